@@ -1,0 +1,204 @@
+"""The `glancetune` command line: train, glance, generate, schedule, tiny, quickstart."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .errors import GlanceError
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
+    for name in ("diffusers", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        from diffusers.utils import logging as dlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def cmd_train(args, command: str) -> int:
+    from .config import load_config
+    from .train.jobs import Job
+
+    cfg = load_config(args.config, args.set)
+    job = Job(cfg, command)
+    print(job.describe())
+    if args.dry_run:
+        return 0
+    out = job.run(overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .sample import GlanceSampler, resolve_spec, save_images
+
+    spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
+                        slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
+                        height=args.height, guidance=args.guidance)
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    t0 = time.perf_counter()
+    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype)
+    t1 = time.perf_counter()
+    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height)
+    t2 = time.perf_counter()
+    info = {"prompt": args.prompt if len(args.prompt) > 1 else args.prompt[0], "seed": args.seed,
+            "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": spec.guidance,
+            "size": [spec.width, spec.height]}
+    for p in save_images(images, args.output, info):
+        print(f"wrote {p}")
+    print(f"{len(spec.ladder.sigmas)} steps ({spec.ladder.boundary} slow + {len(spec.ladder.fast)} fast), "
+          f"load {t1 - t0:.1f}s, sample {t2 - t1:.1f}s")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from .families import model_info
+    from .schedule import cut_ladder, timestep
+    from .train.jobs import model_schedule, scaled_indices
+
+    info = model_info(args.model)
+    w, h = args.width or args.resolution, args.height or args.resolution
+    align = info.family.alignment(info.vae_config)
+    if w % align or h % align:
+        raise GlanceError(f"--resolution: {w}x{h} must be a multiple of {align} for {info.family.name}")
+    sig = model_schedule(info, w, h, args.steps)
+    si, fi = scaled_indices(args.steps)
+    ladder = cut_ladder(sig, si, fi)
+    seq = info.family.image_seq_len(info.vae_config, h, w)
+    if args.json:
+        print(json.dumps({"model": args.model, "family": info.family.name, "width": w, "height": h,
+                          "image_seq_len": seq, "steps": args.steps, "schedule": list(sig),
+                          "slow_indices": list(si), "fast_indices": list(fi), "ladder": ladder.to_dict()}))
+        return 0
+    mu = info.family.mu(info.scheduler_config, seq, args.steps)
+    print(f"{info.family.name} {w}x{h}: {seq} image tokens, {args.steps}-step schedule, mu={mu}")
+    print(f"{'phase':<6}{'index':>6}{'timestep':>12}{'sigma':>12}")
+    for phase, idx in (("slow", si), ("fast", fi)):
+        for i in idx:
+            print(f"{phase:<6}{i:>6}{timestep(sig[i]):>12.4f}{sig[i]:>12.7f}")
+    print("slow: " + ",".join(f"{timestep(s):.4f}" for s in ladder.slow))
+    print("fast: " + ",".join(f"{timestep(s):.4f}" for s in ladder.fast))
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    from .tiny import write_tiny
+
+    print(f"wrote {write_tiny(args.family, args.dir)}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    """Copy the bundled sample, write the configs, train Glance on tiny:flux, generate an image."""
+    from .config import build_config
+    from .sample import GlanceSampler, resolve_spec, save_images
+    from .train.jobs import Job
+
+    root = Path(args.dir)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "config").mkdir(exist_ok=True)
+    for f in ("glance.png", "glance.txt"):
+        shutil.copyfile(ASSETS / f, root / "data" / f)
+    backend = [{"backend": "simple", "resolution": args.resolution, "shuffle": True,
+                "image_dir": str(root / "data"), "caption_extension": ".txt"}]
+    (root / "config" / "multidatabackend.json").write_text(json.dumps(backend, indent=2) + "\n")
+    cfg = {"model_type": "lora", "model_family": "flux", "pretrained_model_name_or_path": args.model,
+           "data_backend_config": str(root / "config" / "multidatabackend.json"), "train_batch_size": 1,
+           "max_train_steps": args.steps, "lora_rank": 16, "output_dir": str(root / "output" / "glance"),
+           "overwrite_output_dir": True}
+    (root / "config" / "glance.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    t0 = time.perf_counter()
+    job = Job(build_config(cfg, str(root / "config" / "glance.json")), "glance")
+    print(job.describe())
+    out = job.run()
+    t1 = time.perf_counter()
+    spec = resolve_spec(run=out)
+    sampler = GlanceSampler.from_spec(spec)
+    caption = (ASSETS / "glance.txt").read_text().strip()
+    images = sampler([caption], seed=0, width=spec.width, height=spec.height)
+    paths = save_images(images, root / "glance.png", {"prompt": caption, "seed": 0})
+    print(f"trained slow+fast in {t1 - t0:.1f}s, sampled 10 steps in {time.perf_counter() - t1:.1f}s: {paths[0]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
+                                "chained sampling for flow-matching text-to-image models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train one LoRA (SimpleTuner-style config, flow_custom_timesteps)"),
+                        ("glance", "train the slow and fast LoRAs in one process")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--config", required=True, help="JSON / YAML / TOML config")
+        s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")
+        s.add_argument("--dry-run", action="store_true", help="print the plan (data, ladder) and exit")
+    g = sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder")
+    g.add_argument("--run", help="folder written by `glancetune glance` (holds slow/ and fast/)")
+    g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
+    g.add_argument("--fast", help="fast LoRA folder or .safetensors file")
+    g.add_argument("--prompt", action="append", required=True, help="prompt (repeat for a batch)")
+    g.add_argument("--seed", type=int, default=0, help="image k of a batch uses seed+k")
+    g.add_argument("--output", default="glance.png", help="PNG path (a batch writes NAME-k.png)")
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("--guidance", type=float, help="override the guidance stored at training time")
+    g.add_argument("--model", help="override the base model stored in the LoRA metadata")
+    g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")
+    g.add_argument("--fast-timesteps", help="explicit fast list (for LoRAs without glancetune metadata)")
+    g.add_argument("--device", help="cuda | cpu (default: cuda if available)")
+    g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    s = sub.add_parser("schedule", help="print the model's Glance ladder at a resolution")
+    s.add_argument("--model", required=True, help="hub id, diffusers folder or tiny:<family>")
+    s.add_argument("--resolution", type=int, default=1024)
+    s.add_argument("--width", type=int)
+    s.add_argument("--height", type=int)
+    s.add_argument("--steps", type=int, default=50, help="N of the N-step schedule the ladder is cut from")
+    s.add_argument("--json", action="store_true")
+    t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
+    t.add_argument("family")
+    t.add_argument("dir")
+    q = sub.add_parser("quickstart", help="train + sample Glance on the built-in tiny model and sample image")
+    q.add_argument("--dir", default="glancetune-quickstart")
+    q.add_argument("--model", default="tiny:flux")
+    q.add_argument("--resolution", type=int, default=512)
+    q.add_argument("--steps", type=int, default=60)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command in ("train", "glance"):
+            return cmd_train(args, args.command)
+        return {"generate": cmd_generate, "schedule": cmd_schedule, "tiny": cmd_tiny,
+                "quickstart": cmd_quickstart}[args.command](args)
+    except GlanceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

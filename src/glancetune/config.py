@@ -1,0 +1,179 @@
+"""Typed, strict configuration: one pydantic schema for `train` and `glance`, read from JSON / YAML / TOML.
+
+SimpleTuner configs work unchanged: keys may carry a leading `--`, numbers may be strings. Unknown keys fail with
+the closest valid key; keys we know from SimpleTuner but have not built fail with "not implemented yet" unless
+their value is neutral (false / 0 / null / "none"), so nothing is ever silently ignored.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import GlanceError
+
+FLAVOUR_MODELS = {("flux", "dev"): "black-forest-labs/FLUX.1-dev",
+                  ("flux", "schnell"): "black-forest-labs/FLUX.1-schnell"}
+
+# SimpleTuner keys that are recognised but whose feature is not built yet.
+NOT_IMPLEMENTED = {
+    "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
+    "validation_steps", "validation_resolution", "validation_num_inference_steps", "validation_guidance",
+    "report_to", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
+    "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
+    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
+    "offload_during_startup", "vae_batch_size", "flux_guidance_min", "flux_guidance_max", "use_ema",
+    "flux_lora_target", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
+    "train_text_encoder", "noise_offset", "snr_gamma", "lora_init_type",
+}
+NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
+
+
+class TrainConfig(BaseModel):
+    """Everything `glancetune train` and `glancetune glance` accept. Field descriptions are the CLI help."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model_type: Literal["lora"] = Field("lora", description="only LoRA training exists")
+    model_family: str = Field("flux", description="model family (flux)")
+    model_flavour: str | None = Field(None, description="flux: dev | schnell (picks the hub id if no path given)")
+    pretrained_model_name_or_path: str | None = Field(
+        None, description="hub id, local diffusers folder, or tiny:<family> (built-in tiny random model)")
+    data_backend_config: str = Field(..., description="dataloader JSON (SimpleTuner style)")
+    output_dir: str = Field("output", description="where LoRA folders are written")
+    overwrite_output_dir: bool = Field(False, description="replace an output_dir that holds a different run")
+    train_batch_size: int = Field(1, ge=1, description="samples per step (one image is repeated with new noise)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_train_steps: int = Field(60, ge=1, description="optimizer steps per phase")
+    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate (2e-3 at alpha=rank is the "
+                                 "official 5e-4 at alpha=4*rank)")
+    lr_scheduler: Literal["constant", "constant_with_warmup"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient norm clip (0 disables)")
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default: = lora_rank)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_init: Literal["gaussian", "default"] = Field("gaussian", description="gaussian (official Glance) or "
+                                                      "peft default (kaiming A)")
+    lora_targets: list[str] | None = Field(None, description="module name suffixes (default: the family preset)")
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["auto", "bf16", "no", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 "
+                                                                   "on CPU")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    seed: int = 0
+    flux_guidance_mode: Literal["constant"] = "constant"
+    flux_guidance_value: float | None = Field(None, description="guidance embedding value while training "
+                                              "(default 1.0 for guidance-distilled models)")
+    tokenizer_max_length: int = Field(512, ge=1, description="text tokens (T5 for FLUX.1, max 512)")
+    timestep_sampling: Literal["uniform", "round-robin"] = Field("uniform", description="how each step picks its "
+                                                                 "sigma from the phase's list")
+    flow_custom_timesteps: str | list[float] | None = Field(
+        None, description="train: the sigmas (0-1) or timesteps (0-1000) to train on")
+    glance_slow_timesteps: str | list[float] | None = None
+    glance_fast_timesteps: str | list[float] | None = None
+    glance_ladder_steps: int = Field(50, ge=2, description="N of the model's own N-step schedule the ladder is cut "
+                                     "from")
+    glance_slow_indices: str | list[int] | None = None
+    glance_fast_indices: str | list[int] | None = None
+
+    @property
+    def model_ref(self) -> str:
+        if self.pretrained_model_name_or_path:
+            return self.pretrained_model_name_or_path
+        key = (self.model_family, self.model_flavour)
+        if key in FLAVOUR_MODELS:
+            return FLAVOUR_MODELS[key]
+        raise GlanceError("pretrained_model_name_or_path: required (no default model for "
+                          f"model_family={self.model_family!r} model_flavour={self.model_flavour!r})")
+
+    @property
+    def alpha(self) -> float:
+        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
+
+
+KNOWN = set(TrainConfig.model_fields)
+
+
+def normalise_key(key: str) -> str:
+    return key.lstrip("-").replace("-", "_")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse JSON / YAML / TOML by extension; syntax errors name the file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise GlanceError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GlanceError(f"{path}: cannot read config ({e})") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GlanceError(f"{path}: JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GlanceError(f"{path}: YAML syntax error{where}: {getattr(e, 'problem', e)}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GlanceError(f"{path}: TOML syntax error: {e}") from None
+    if not isinstance(data, dict):
+        raise GlanceError(f"{path}: the config must be a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise GlanceError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Normalise keys, refuse unknown / unimplemented ones, validate types; errors name `source` and the key."""
+    data: dict[str, Any] = {}
+    for key, value in list(raw.items()) + list((overrides or {}).items()):
+        k = normalise_key(str(key))
+        if k in NOT_IMPLEMENTED:
+            if value in NEUTRAL:
+                continue
+            raise GlanceError(f"{source}: key {key!r} is a SimpleTuner option that glancetune does not implement "
+                              "yet; remove it")
+        if k not in KNOWN:
+            hint = difflib.get_close_matches(k, KNOWN | NOT_IMPLEMENTED, n=1, cutoff=0.6)
+            extra = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise GlanceError(f"{source}: unknown key {key!r}{extra}")
+        data[k] = value
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        got = f" (got {err['input']!r})" if "input" in err and key != "?" and not isinstance(err["input"], dict) \
+            else ""
+        raise GlanceError(f"{source}: key {key!r}: {err['msg']}{got}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    return build_config(read_config_file(path), str(path), parse_overrides(overrides))

@@ -1,0 +1,83 @@
+"""Model families and model references (`tiny:<family>`, a local diffusers folder, or a hub id)."""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import GlanceError
+from .base import Family
+from .flux import Flux1
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(),)}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        hint = difflib.get_close_matches(name, FAMILIES, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise GlanceError(f"model_family: unknown family {name!r}{extra}; valid: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
+
+
+@dataclass
+class ModelInfo:
+    """A resolved model reference and the configs that the schedule needs (no weights loaded)."""
+
+    ref: str  # what the user wrote
+    path: str  # local folder or hub id handed to from_pretrained
+    family: Family
+    scheduler_config: dict
+    vae_config: dict
+
+
+def resolve_ref(ref: str) -> str:
+    if ref.startswith("tiny:"):
+        from ..tiny import resolve_tiny
+
+        return str(resolve_tiny(ref))
+    return ref
+
+
+def read_config(path: str, filename: str) -> dict:
+    """Read a JSON config file of a pipeline: from a local folder, or fetched alone from the hub."""
+    local = Path(path)
+    if local.is_dir():
+        f = local / filename
+        if not f.is_file():
+            raise GlanceError(f"{local}: not a diffusers pipeline folder ({filename} is missing)")
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            f = Path(hf_hub_download(path, filename))
+        except Exception as e:  # offline, unknown repo, gated...: one line is what the user needs
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise GlanceError(f"{path}: not a local folder, and {filename} could not be fetched from the hub "
+                              f"({type(e).__name__}: {first})") from None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GlanceError(f"{f}: unreadable config ({e})") from None
+
+
+def model_info(ref: str, family_name: str | None = None) -> ModelInfo:
+    """Resolve `ref`, detect (or check) its family from model_index.json, read scheduler and VAE configs."""
+    path = resolve_ref(ref)
+    index = read_config(path, "model_index.json")
+    cls = index.get("_class_name", "?")
+    detected = next((f for f in FAMILIES.values() if cls in f.pipeline_class_names), None)
+    if family_name is not None:
+        family = get_family(family_name)
+        if cls not in family.pipeline_class_names:
+            raise GlanceError(f"{ref}: pipeline class {cls} does not match model_family {family_name!r} "
+                              f"(expected {', '.join(family.pipeline_class_names)})")
+    elif detected is None:
+        raise GlanceError(f"{ref}: pipeline class {cls} is not supported; supported families: "
+                          f"{', '.join(sorted(FAMILIES))}")
+    else:
+        family = detected
+    return ModelInfo(ref=ref, path=path, family=family,
+                     scheduler_config=read_config(path, "scheduler/scheduler_config.json"),
+                     vae_config=read_config(path, "vae/config.json"))

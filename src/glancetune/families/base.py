@@ -1,0 +1,91 @@
+"""The family protocol: everything the trainer and sampler need to know about one model family.
+
+The training loop and the sampler call only these methods; a family that does not fit changes the protocol,
+never the loop. A family works on a loaded diffusers pipeline (`pipe`) and on plain config dicts, so that
+`glancetune schedule` can answer from configs alone without loading weights.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class Family:
+    name: str = ""
+    #: `_class_name` values in model_index.json that this family loads
+    pipeline_class_names: tuple[str, ...] = ()
+    #: LoRA target module suffixes used when the config names none
+    default_lora_targets: tuple[str, ...] = ()
+    #: pipeline components that only encode inputs (released from the device before training)
+    encoder_components: tuple[str, ...] = ()
+    #: transformer kwargs that carry no batch dimension (shared by every sample in a batch)
+    shared_keys: frozenset[str] = frozenset()
+    #: training guidance value used when the config gives none (None: the family has no guidance input)
+    default_guidance: float | None = None
+
+    # --- loading -------------------------------------------------------------------------------------------
+    def pipeline_class(self):
+        raise NotImplementedError
+
+    def load_pipeline(self, path: str, dtype: torch.dtype):
+        return self.pipeline_class().from_pretrained(path, dtype=dtype)
+
+    # --- geometry and schedule (config dicts only) ---------------------------------------------------------
+    def alignment(self, vae_config: dict) -> int:
+        """Image sides must be multiples of this many pixels."""
+        raise NotImplementedError
+
+    def image_seq_len(self, vae_config: dict, height: int, width: int) -> int:
+        """Number of image tokens the transformer sees at this size (drives the dynamic shift)."""
+        raise NotImplementedError
+
+    def mu(self, scheduler_config: dict, image_seq_len: int, num_steps: int) -> float | None:
+        """The `mu` the family's pipeline passes to `scheduler.set_timesteps` (None if not dynamic)."""
+        raise NotImplementedError
+
+    # --- encoding ------------------------------------------------------------------------------------------
+    def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int) -> dict[str, torch.Tensor]:
+        """Transformer kwargs for the text side, batch dimension first (except `shared_keys`)."""
+        raise NotImplementedError
+
+    def encode_images(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs)."""
+        raise NotImplementedError
+
+    # --- the transformer call ------------------------------------------------------------------------------
+    def transformer_timestep(self, sigmas: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Exactly what the family's pipeline passes as `timestep=` for these float32 sigmas at `dtype`."""
+        raise NotImplementedError
+
+    def guidance_kwargs(self, transformer, value: float | None, batch: int, device) -> dict[str, Any]:
+        return {}
+
+    def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, text: dict, image: dict,
+                guidance: float | None) -> torch.Tensor:
+        kwargs = dict(text)
+        kwargs.update(image)
+        kwargs.update(self.guidance_kwargs(transformer, guidance, noisy.shape[0], noisy.device))
+        return transformer(hidden_states=noisy, timestep=timestep, return_dict=False, **kwargs)[0]
+
+    # --- inference -----------------------------------------------------------------------------------------
+    def pipeline_kwargs(self, guidance: float | None, max_sequence_length: int) -> dict[str, Any]:
+        """Extra kwargs for the stock pipeline call (guidance, sequence length)."""
+        raise NotImplementedError
+
+    # --- helpers shared by all families --------------------------------------------------------------------
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stack per-sample kwargs into a batch: tensors are concatenated on dim 0 unless in `shared_keys`."""
+        out = {}
+        for key, first in items[0].items():
+            if key in self.shared_keys or not isinstance(first, torch.Tensor):
+                out[key] = first
+            else:
+                out[key] = torch.cat([it[key] for it in items], dim=0)
+        return out
+
+    def release_encoders(self, pipe) -> None:
+        """Drop the text encoders and the VAE from the pipeline (training needs only the transformer)."""
+        for name in self.encoder_components:
+            if getattr(pipe, name, None) is not None:
+                setattr(pipe, name, None)

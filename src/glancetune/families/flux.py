@@ -1,0 +1,72 @@
+"""FLUX.1 (dev, schnell): FluxPipeline, CLIP-L + T5, 16-channel VAE, 2x2-packed 64-channel tokens, sigma timesteps."""
+from __future__ import annotations
+
+import torch
+
+from .base import Family
+
+
+class Flux1(Family):
+    name = "flux"
+    pipeline_class_names = ("FluxPipeline",)
+    # diffusers' train_dreambooth_lora_flux.py default list
+    default_lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
+                            "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
+                            "ff_context.net.0.proj", "ff_context.net.2")
+    encoder_components = ("text_encoder", "text_encoder_2", "vae")
+    shared_keys = frozenset({"txt_ids", "img_ids"})
+    default_guidance = 1.0  # the official Glance FLUX recipe trains with guidance embed 1
+
+    def pipeline_class(self):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
+
+    @staticmethod
+    def _vae_scale(vae_config: dict) -> int:
+        return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+    def alignment(self, vae_config):
+        return self._vae_scale(vae_config) * 2
+
+    def image_seq_len(self, vae_config, height, width):
+        a = self.alignment(vae_config)
+        return (height // a) * (width // a)
+
+    def mu(self, scheduler_config, image_seq_len, num_steps):
+        if not scheduler_config.get("use_dynamic_shifting", False):
+            return None
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c = scheduler_config
+        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                               c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+        embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                                      max_sequence_length=max_sequence_length)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": text_ids}
+
+    def encode_images(self, pipe, pixels):
+        vae = pipe.vae
+        z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        b, c, h, w = z.shape
+        packed = pipe._pack_latents(z, b, c, h, w)
+        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, z.device, z.dtype)
+        return packed, {"img_ids": img_ids}
+
+    def transformer_timestep(self, sigmas, dtype):
+        # FluxPipeline: t = sigma * 1000 (scheduler, fp32); timestep = t.to(latents.dtype); passes timestep / 1000
+        return (sigmas.float() * 1000).to(dtype) / 1000
+
+    def guidance_kwargs(self, transformer, value, batch, device):
+        if not transformer.config.guidance_embeds:
+            return {}
+        return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
+
+    def pipeline_kwargs(self, guidance, max_sequence_length):
+        kw = {"max_sequence_length": max_sequence_length}
+        if guidance is not None:
+            kw["guidance_scale"] = guidance
+        return kw

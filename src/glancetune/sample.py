@@ -1,0 +1,146 @@
+"""The chained Glance sampler: one stock pipeline, two named adapters, the exact ladder, one switch.
+
+The pipeline's scheduler is replaced by an identity `FlowMatchEulerDiscreteScheduler` (no shift, no terminal
+stretch), so `sigmas=ladder` is used verbatim; the adapter switches from "slow" to "fast" in
+`callback_on_step_end` after the last slow step. This is exactly reproducible with stock diffusers (see README).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import GlanceError
+from .export import META_PREFIX, WEIGHT_NAME, lora_file, read_metadata
+from .families import Family, model_info
+from .schedule import Ladder, f32, identity_scheduler_config, parse_sigma_list
+
+
+@dataclass
+class GlanceSpec:
+    """What generate needs, read from the two LoRA files' metadata (explicit arguments override it)."""
+
+    slow: Path
+    fast: Path
+    ladder: Ladder
+    base_model: str
+    width: int
+    height: int
+    guidance: float | None
+    max_sequence_length: int = 512
+
+
+def _meta(path: Path) -> dict:
+    raw = read_metadata(path)
+    return {k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)}
+
+
+def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, fast_sigmas=None, width=None,
+                 height=None, guidance=None) -> GlanceSpec:
+    """Combine the LoRA metadata with explicit overrides; say exactly what is missing when metadata is absent."""
+    if run is not None:
+        if slow is not None or fast is not None:
+            raise GlanceError("--run: give either --run or --slow/--fast, not both")
+        slow, fast = Path(run) / "slow", Path(run) / "fast"
+    if slow is None or fast is None:
+        raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR")
+    slow, fast = Path(slow), Path(fast)
+    ms, mf = _meta(slow), _meta(fast)
+    missing = []
+    if slow_sigmas is not None or fast_sigmas is not None:
+        if slow_sigmas is None or fast_sigmas is None:
+            raise GlanceError("--slow-timesteps/--fast-timesteps: give both")
+        ladder = Ladder(parse_sigma_list(slow_sigmas, "--slow-timesteps"),
+                        parse_sigma_list(fast_sigmas, "--fast-timesteps"))
+    elif "sigmas" in ms and "sigmas" in mf:
+        ladder = Ladder(tuple(f32(x) for x in json.loads(ms["sigmas"])),
+                        tuple(f32(x) for x in json.loads(mf["sigmas"])))
+    else:
+        ladder = None
+        for name, m, p in (("slow", ms, slow), ("fast", mf, fast)):
+            if "sigmas" not in m:
+                missing.append(f"{name} sigmas ({lora_file(p)} has no glancetune metadata; pass "
+                               f"--{name}-timesteps)")
+    base = model or ms.get("base_model") or mf.get("base_model")
+    if base is None:
+        missing.append("base model (pass --model)")
+    if missing:
+        raise GlanceError("generate: missing " + "; ".join(missing))
+    if model is None and ms.get("base_model") and mf.get("base_model") and ms["base_model"] != mf["base_model"]:
+        raise GlanceError(f"generate: slow and fast LoRAs were trained on different base models "
+                          f"({ms['base_model']} vs {mf['base_model']}); pass --model to choose")
+    res = ms.get("resolution") or mf.get("resolution") or "1024x1024"
+    w, h = (int(v) for v in res.split("x"))
+    if guidance is None:
+        g = ms.get("guidance", mf.get("guidance"))
+        guidance = json.loads(g) if g is not None else None
+    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance,
+                      int(ms.get("max_sequence_length", mf.get("max_sequence_length", 512))))
+
+
+class GlanceSampler:
+    """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
+
+    def __init__(self, pipe, family: Family, ladder: Ladder, guidance: float | None, max_sequence_length: int = 512):
+        self.pipe, self.family, self.ladder = pipe, family, ladder
+        self.guidance, self.max_sequence_length = guidance, max_sequence_length
+        pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
+
+    @classmethod
+    def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None):
+        info = model_info(spec.base_model)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        pipe = info.family.load_pipeline(info.path, dtype).to(device)
+        for name, path in (("slow", spec.slow), ("fast", spec.fast)):
+            f = lora_file(path)
+            pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
+        return cls(pipe, info.family, spec.ladder, spec.guidance, spec.max_sequence_length)
+
+    def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
+                 guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None):
+        """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ladder = ladder or self.ladder
+        align = self.family.alignment(self.pipe.vae.config) if self.pipe.vae is not None else 16
+        if width % align or height % align:
+            raise GlanceError(f"--width/--height: {width}x{height} must be multiples of {align}")
+        boundary = ladder.boundary
+
+        def switch(pipe, i, t, kwargs):
+            if i == boundary - 1:
+                pipe.set_adapters("fast")
+            return {}
+
+        self.pipe.set_adapters("slow")
+        gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
+        g = self.guidance if guidance is None else guidance
+        out = self.pipe(prompt=prompts, sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas),
+                        width=width, height=height, generator=gens, output_type=output_type,
+                        callback_on_step_end=switch, callback_on_step_end_tensor_inputs=[],
+                        **self.family.pipeline_kwargs(g, self.max_sequence_length))
+        return out.images
+
+
+def save_images(images, output: str | Path, info: dict) -> list[Path]:
+    """Write PNGs atomically; several images become NAME-0.png, NAME-1.png, ... Parameters go in a text chunk."""
+    import os
+
+    from PIL.PngImagePlugin import PngInfo
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix or '.png'}")
+                                              for k in range(len(images))]
+    for k, (im, p) in enumerate(zip(images, paths)):
+        png = PngInfo()
+        png.add_text("glancetune", json.dumps({**info, "seed": info.get("seed", 0) + k}))
+        tmp = p.with_name(f".{p.name}.tmp")
+        im.save(tmp, format="PNG", pnginfo=png)
+        os.replace(tmp, p)
+    return paths
+
+
+__all__ = ["GlanceSampler", "GlanceSpec", "resolve_spec", "save_images", "WEIGHT_NAME"]

@@ -1,0 +1,123 @@
+"""Tiny random pipelines built in code (no downloads), saved with `save_pretrained`, loaded via `from_pretrained`.
+
+`tiny:flux` resolves to a cached folder holding such a pipeline; `glancetune tiny flux DIR` writes one anywhere.
+Architectures keep the real channel counts, VAE scale (8) and packing, and the scheduler carries the real model's
+config, so token counts and ladders at a given resolution equal the full-size model's. Weights are random: the
+images are noise-like, but every code path (tokenise, encode, pack, LoRA, sample, decode) is the production one.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+from .errors import GlanceError
+
+# FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
+FLUX1_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                           max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+# Qwen-Image's scheduler_config.json (Qwen/Qwen-Image).
+QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+                            max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                            time_shift_type="exponential", invert_sigmas=False, stochastic_sampling=False,
+                            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
+
+TINY_VERSION = "1"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GLANCETUNE_HOME", Path.home() / ".cache" / "glancetune"))
+
+
+def _byte_symbols() -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    return sorted(pre_tokenizers.ByteLevel.alphabet())
+
+
+def clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in _byte_symbols():
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    for c in string.ascii_letters + string.digits + string.punctuation:
+        pieces += [(c, -3.0), ("\u2581" + c, -3.5)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = True):
+    """A tiny random FluxPipeline (FLUX.1 layout: 64-channel packed tokens, VAE scale 8, CLIP-L + T5)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    ct, tt = clip_tokenizer(), t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(ct), hidden_size=32, intermediate_size=37,
+                                            num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+                                            max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                            pad_token_id=1))
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tt), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8))
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(4, 4, 4, 4), layers_per_block=1, latent_channels=16,
+                            norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+                            shift_factor=0.1159, scaling_factor=0.3611)
+    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or FLUX1_DEV_SCHEDULER))
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=ct, text_encoder_2=t5,
+                        tokenizer_2=tt, transformer=transformer)
+
+
+BUILDERS = {"flux": build_flux}
+
+
+def write_tiny(family: str, directory: str | os.PathLike) -> Path:
+    """Build the tiny pipeline for `family` and save it to `directory` atomically (temp folder, then rename)."""
+    if family not in BUILDERS:
+        raise GlanceError(f"tiny: unknown family {family!r}; available: {', '.join(sorted(BUILDERS))}")
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise GlanceError(f"tiny: {directory} already exists and is not empty")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        BUILDERS[family]().save_pretrained(tmp)
+        if directory.exists():
+            directory.rmdir()
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def resolve_tiny(ref: str) -> Path:
+    """`tiny:<family>` -> path of a cached tiny pipeline folder, built on first use."""
+    family = ref.split(":", 1)[1]
+    path = cache_root() / "tiny" / f"{family}-v{TINY_VERSION}"
+    if not (path / "model_index.json").exists():
+        if family not in BUILDERS:
+            raise GlanceError(f"{ref}: unknown tiny model; available: "
+                              + ", ".join(f"tiny:{f}" for f in sorted(BUILDERS)))
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            write_tiny(family, path)
+        except GlanceError:
+            if not (path / "model_index.json").exists():  # a concurrent builder did not win the race either
+                raise
+    return path

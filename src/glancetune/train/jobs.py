@@ -1,0 +1,223 @@
+"""The two training jobs: `train` (one phase, one LoRA) and `glance` (slow + fast in one process).
+
+Both load the model once, encode captions and images once, release the encoders, then run their phases on the
+shared transformer, writing everything into a temporary folder that replaces `output_dir` only when complete.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..data import load_backends, load_samples
+from ..errors import GlanceError
+from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
+from ..families import ModelInfo, model_info
+from ..schedule import (FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list,
+                        parse_sigma_list, schedule_sigmas)
+from .lora import add_lora, lora_targets
+from .loop import PhaseTrainer, Prepared
+
+
+@dataclass
+class Phase:
+    name: str  # adapter name and role: slow | fast | lora
+    sigmas: tuple[float, ...]
+    subdir: str  # "" = output_dir itself
+
+
+def pick_device(cfg) -> tuple[torch.device, torch.dtype]:
+    if cfg.device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(cfg.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise GlanceError(f"device: {cfg.device!r} requested but no CUDA device is available")
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if dev.type == "cuda" else "no"
+    return dev, (torch.bfloat16 if mp == "bf16" else torch.float32)
+
+
+def scaled_indices(steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The Glance index pattern ([0,2,4,6,8] | [10,20,30,40,49] at 50 steps) scaled to another N."""
+    if steps == LADDER_STEPS:
+        return SLOW_INDICES, FAST_INDICES
+    scale = steps / LADDER_STEPS
+    slow = tuple(round(i * scale) for i in SLOW_INDICES)
+    fast = tuple(round(i * scale) for i in FAST_INDICES[:-1]) + (steps - 1,)
+    idx = slow + fast
+    if any(b <= a for a, b in zip(idx, idx[1:])):
+        raise GlanceError(f"glance_ladder_steps: {steps} is too few to scale the default indices "
+                          f"(got {list(idx)}); give glance_slow_indices and glance_fast_indices")
+    return slow, fast
+
+
+def model_schedule(info: ModelInfo, width: int, height: int, steps: int) -> tuple[float, ...]:
+    """The model's own `steps`-step sigmas at this image size (what its pipeline would sample on)."""
+    seq = info.family.image_seq_len(info.vae_config, height, width)
+    return schedule_sigmas(info.scheduler_config, steps, info.family.mu(info.scheduler_config, seq, steps))
+
+
+def glance_ladder(cfg, info: ModelInfo, width: int, height: int) -> Ladder:
+    slow, fast = cfg.glance_slow_timesteps, cfg.glance_fast_timesteps
+    if (slow is None) != (fast is None):
+        missing = "glance_fast_timesteps" if fast is None else "glance_slow_timesteps"
+        raise GlanceError(f"{missing}: give both explicit lists or neither")
+    if slow is not None:
+        return Ladder(tuple(sorted(parse_sigma_list(slow, "glance_slow_timesteps"), reverse=True)),
+                      tuple(sorted(parse_sigma_list(fast, "glance_fast_timesteps"), reverse=True)))
+    steps = cfg.glance_ladder_steps
+    si, fi = cfg.glance_slow_indices, cfg.glance_fast_indices
+    if (si is None) != (fi is None):
+        raise GlanceError("glance_slow_indices / glance_fast_indices: give both or neither")
+    if si is None:
+        si, fi = scaled_indices(steps)
+    else:
+        si, fi = parse_index_list(si, "glance_slow_indices"), parse_index_list(fi, "glance_fast_indices")
+    return cut_ladder(model_schedule(info, width, height, steps), si, fi)
+
+
+def stored_model_ref(ref: str) -> str:
+    """The base model reference written into metadata: absolute for local folders, as given otherwise."""
+    p = Path(ref)
+    return str(p.resolve()) if not ref.startswith("tiny:") and p.is_dir() else ref
+
+
+def data_digest(samples) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
+    return h.hexdigest()[:16]
+
+
+class Job:
+    """Loads the model, data and encodings once; runs phases; writes the outputs."""
+
+    def __init__(self, cfg, command: str):
+        if command == "glance" and cfg.flow_custom_timesteps is not None:
+            raise GlanceError("flow_custom_timesteps: not used by `glance`; give glance_slow_timesteps and "
+                              "glance_fast_timesteps (or nothing: the model's own ladder)")
+        self.cfg, self.command = cfg, command
+        self.info = model_info(cfg.model_ref, cfg.model_family)
+        self.family = self.info.family
+        align = self.family.alignment(self.info.vae_config)
+        self.samples = load_samples(load_backends(cfg.data_backend_config), align)
+        self.width, self.height = self.samples[0].width, self.samples[0].height
+        self.targets = lora_targets(self.family, cfg.lora_targets)
+        self.guidance = cfg.flux_guidance_value if cfg.flux_guidance_value is not None else self.family.default_guidance
+        self.ladder: Ladder | None = None
+        if command == "glance":
+            self.ladder = glance_ladder(cfg, self.info, self.width, self.height)
+            self.phases = [Phase("slow", self.ladder.slow, "slow"), Phase("fast", self.ladder.fast, "fast")]
+        elif cfg.flow_custom_timesteps is not None:
+            self.phases = [Phase("lora", parse_sigma_list(cfg.flow_custom_timesteps, "flow_custom_timesteps"), "")]
+        else:
+            self.phases = [Phase("lora", model_schedule(self.info, self.width, self.height,
+                                                        cfg.glance_ladder_steps), "")]
+        self.identity = {"command": command, **cfg.model_dump(exclude={"output_dir", "overwrite_output_dir"}),
+                         "data_sha256": data_digest(self.samples)}
+
+    # ---------------------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} sample(s) at "
+                 f"{self.width}x{self.height}, guidance {self.guidance}"]
+        for ph in self.phases:
+            lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
+        return "\n".join(lines)
+
+    def prepare(self, device, dtype):
+        cfg = self.cfg
+        pipe = self.family.load_pipeline(self.info.path, dtype)
+        for name in self.family.encoder_components:
+            getattr(pipe, name).to(device)
+        with torch.no_grad():
+            prepared = []
+            for s in self.samples:
+                text = self.family.encode_prompts(pipe, [s.caption], device, cfg.tokenizer_max_length)
+                x0, image = self.family.encode_images(pipe, s.pixels)
+                prepared.append(Prepared(x0.float().to(device), text, image))
+        self.family.release_encoders(pipe)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        transformer = pipe.transformer.to(device)
+        transformer.requires_grad_(False)
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        return pipe, transformer, prepared
+
+    def metadata(self, phase: Phase, log) -> dict[str, str]:
+        cfg = self.cfg
+        meta = {
+            "format_version": "1", "version": __version__, "role": phase.name,
+            "sigmas": json.dumps(list(phase.sigmas)), "base_model": stored_model_ref(self.info.ref),
+            "model_family": self.family.name, "resolution": f"{self.width}x{self.height}",
+            "guidance": json.dumps(self.guidance), "max_sequence_length": str(cfg.tokenizer_max_length),
+            "seed": str(cfg.seed), "train_steps": str(cfg.max_train_steps), "lora_rank": str(cfg.lora_rank),
+            "lora_alpha": repr(cfg.alpha), "learning_rate": repr(cfg.learning_rate),
+        }
+        if self.ladder is not None:
+            meta["ladder"] = json.dumps(self.ladder.to_dict())
+            meta["partner"] = f"../{'fast' if phase.name == 'slow' else 'slow'}/pytorch_lora_weights.safetensors"
+        out = {META_PREFIX + k: v for k, v in meta.items()}
+        ts = [s * 1000 for s in phase.sigmas]
+        out.update({"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{self.family.name}/lora",
+                    "modelspec.implementation": "diffusers", "modelspec.title": f"glance-{phase.name}",
+                    "modelspec.resolution": f"{self.width}x{self.height}",
+                    "modelspec.timestep_range": f"{min(ts):.4f},{max(ts):.4f}",
+                    "modelspec.usage_hint": "glancetune generate --run <dir> (slow then fast adapter on the "
+                                            "exact ladder in glancetune.ladder)"})
+        return out
+
+    def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
+        cfg = self.cfg
+        device, dtype = pick_device(cfg)
+        out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir)
+        out.check()  # fail before loading weights
+        pipe, transformer, prepared = self.prepare(device, dtype)
+        trainer = PhaseTrainer(cfg, self.family, transformer, prepared, device, dtype, self.guidance)
+        logs = {}
+        with out as tmp:
+            for ph in self.phases:
+                params = add_lora(transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha,
+                                  dropout=cfg.lora_dropout, init=cfg.lora_init, targets=self.targets, seed=cfg.seed)
+                bar = tqdm(total=cfg.max_train_steps, desc=ph.name, disable=True if quiet else None, leave=False)
+                log = trainer.run(params, ph.sigmas,
+                                  progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
+                bar.close()
+                target = tmp / ph.subdir if ph.subdir else tmp
+                target.mkdir(parents=True, exist_ok=True)
+                save_lora(self.family.pipeline_class(), target, transformer, ph.name, self.metadata(ph, log))
+                transformer.delete_adapters(ph.name)
+                logs[ph.name] = {"losses": log.losses, "eval_loss_before": log.eval_before,
+                                 "eval_loss_after": log.eval_after, "seconds": round(log.seconds, 3),
+                                 "trainable_params": log.trainable_params}
+                write_json(target / "train_log.json", logs[ph.name])
+                if ph.subdir:
+                    write_json(target / CONFIG_NAME, self.resolved(ph))
+                if not quiet:
+                    print(f"{ph.name}: {log.trainable_params:,} trainable params, {cfg.max_train_steps} steps in "
+                          f"{log.seconds:.1f}s, eval loss {log.eval_before:.4f} -> {log.eval_after:.4f}")
+            write_json(tmp / CONFIG_NAME, self.resolved(None))
+        del pipe
+        return Path(cfg.output_dir)
+
+    def resolved(self, phase: Phase | None) -> dict:
+        d = {"run": self.identity, "output_dir": str(self.cfg.output_dir),
+             "resolved": {"base_model": stored_model_ref(self.info.ref), "model_family": self.family.name,
+                          "resolution": [self.width, self.height], "guidance": self.guidance,
+                          "lora_alpha": self.cfg.alpha, "lora_targets": self.targets,
+                          "phases": {p.name: list(p.sigmas) for p in self.phases},
+                          "captions": {s.image_path.name: s.caption for s in self.samples}}}
+        if self.ladder is not None:
+            d["resolved"]["ladder"] = self.ladder.to_dict()
+        if phase is not None:
+            d["phase"] = phase.name
+        return d

@@ -1,0 +1,72 @@
+"""Shared fixtures: one tiny FLUX.1 folder and one small Glance run per test session (imports are the slow part)."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
+
+from PIL import Image  # noqa: E402
+
+from glancetune.cli import main  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    os.environ["GLANCETUNE_HOME"] = str(tmp_path_factory.mktemp("home"))
+
+
+def make_image(path: Path, size=(128, 128), seed=0, mode="RGB"):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((size[1], size[0], 4 if mode == "RGBA" else 3)) * 255).astype("uint8")
+    # a smooth gradient plus a little noise: something a tiny model can fit
+    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    arr[..., 0] = (xx * 255 // max(1, size[0] - 1)).astype("uint8")
+    Image.fromarray(arr, mode).save(path)
+    return path
+
+
+def make_dataset(root: Path, n=1, size=(128, 128), caption="a red gradient with speckles") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        make_image(root / f"img{i}.png", size, seed=i)
+        (root / f"img{i}.txt").write_text(caption if n == 1 else f"{caption} {i}", encoding="utf-8")
+    return root
+
+
+def write_configs(root: Path, model: str, resolution=128, steps=6, **extra) -> Path:
+    """A glance config + dataloader JSON under root; returns the config path."""
+    data = make_dataset(root / "data") if not (root / "data").exists() else root / "data"
+    (root / "config").mkdir(parents=True, exist_ok=True)
+    backend = root / "config" / "multidatabackend.json"
+    backend.write_text(json.dumps([{"backend": "simple", "resolution": resolution, "shuffle": True,
+                                    "image_dir": str(data), "caption_extension": ".txt"}]))
+    cfg = {"--model_type": "lora", "--model_family": "flux", "--pretrained_model_name_or_path": model,
+           "--data_backend_config": str(backend), "--train_batch_size": 1, "--max_train_steps": steps,
+           "--lora_rank": 4, "--output_dir": str(root / "output"), **extra}
+    path = root / "config" / "glance.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("models") / "tiny-flux"
+    assert main(["tiny", "flux", str(d)]) == 0
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def glance_run(tiny_flux, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    cfg = write_configs(root, tiny_flux, steps=8)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    return root / "output"
