@@ -92,6 +92,8 @@ class GlanceSampler:
     def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None):
         info = model_info(spec.base_model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if str(device).startswith("cuda"):
+            torch.backends.cuda.enable_cudnn_sdp(False)  # see train.jobs.pick_device
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         pipe = info.family.load_pipeline(info.path, dtype).to(device)
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):

@@ -39,6 +39,10 @@ def pick_device(cfg) -> tuple[torch.device, torch.dtype]:
         dev = torch.device(cfg.device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise GlanceError(f"device: {cfg.device!r} requested but no CUDA device is available")
+    if dev.type == "cuda":
+        # torch's cuDNN attention crashes on FLUX/Qwen shapes on H100 (illegal memory access); flash/efficient
+        # kernels are used instead. Global, so gradient-checkpoint recomputation picks the same kernel.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if dev.type == "cuda" else "no"
