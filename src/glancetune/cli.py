@@ -27,6 +27,7 @@ def _quiet_libraries() -> None:
         from transformers.utils import logging as tlog
 
         tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
         from diffusers.utils import logging as dlog
 
         dlog.set_verbosity_error()
