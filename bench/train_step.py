@@ -160,8 +160,8 @@ out = dict(bench="glancetune", model="flux1" + ("-tiny" if a.tiny else ""), res=
            fused_adam=a.fused_adam, compile=a.compile, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
-           peak_train_gib=round(marks.get("peak_gib", float("nan")), 2),
-           peak_warmup_gib=round(marks.get("peak_warmup_gib", float("nan")), 2),
+           peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,
+           peak_warmup_gib=round(marks["peak_warmup_gib"], 2) if "peak_warmup_gib" in marks else None,
            run_s=round(t_run, 2), phase_seconds=round(log.seconds, 2), params_b=round(nparam / 1e9, 3),
            lora_m=round(n_lora / 1e6, 2), eval_before=round(log.eval_before, 5), eval_after=round(log.eval_after, 5),
            losses_finite=losses_ok, first_loss=round(log.losses[0], 5), last_loss=round(log.losses[-1], 5))

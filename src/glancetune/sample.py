@@ -87,6 +87,7 @@ class GlanceSampler:
         self.pipe, self.family, self.ladder = pipe, family, ladder
         self.guidance, self.max_sequence_length = guidance, max_sequence_length
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
+        pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
 
     @classmethod
     def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None):

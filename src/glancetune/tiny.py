@@ -18,6 +18,9 @@ from .errors import GlanceError
 # FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
 FLUX1_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                            max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+# FLUX.1-schnell's scheduler_config.json: no shift at all.
+FLUX1_SCHNELL_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5,
+                               max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
 # Qwen-Image's scheduler_config.json (Qwen/Qwen-Image).
 QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
                             max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
@@ -84,7 +87,8 @@ def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = Tru
                         tokenizer_2=tt, transformer=transformer)
 
 
-BUILDERS = {"flux": build_flux}
+BUILDERS = {"flux": build_flux,
+            "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
 
 
 def write_tiny(family: str, directory: str | os.PathLike) -> Path:

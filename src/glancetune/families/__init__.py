@@ -30,6 +30,7 @@ class ModelInfo:
     family: Family
     scheduler_config: dict
     vae_config: dict
+    transformer_config: dict
 
 
 def resolve_ref(ref: str) -> str:
@@ -80,4 +81,5 @@ def model_info(ref: str, family_name: str | None = None) -> ModelInfo:
         family = detected
     return ModelInfo(ref=ref, path=path, family=family,
                      scheduler_config=read_config(path, "scheduler/scheduler_config.json"),
-                     vae_config=read_config(path, "vae/config.json"))
+                     vae_config=read_config(path, "vae/config.json"),
+                     transformer_config=read_config(path, "transformer/config.json"))

@@ -58,6 +58,10 @@ class Family:
         """Exactly what the family's pipeline passes as `timestep=` for these float32 sigmas at `dtype`."""
         raise NotImplementedError
 
+    def training_guidance(self, transformer_config: dict, configured: float | None) -> float | None:
+        """The guidance value the transformer is trained with (None: the model has no guidance input)."""
+        return None
+
     def guidance_kwargs(self, transformer, value: float | None, batch: int, device) -> dict[str, Any]:
         return {}
 

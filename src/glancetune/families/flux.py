@@ -60,6 +60,14 @@ class Flux1(Family):
         # FluxPipeline: t = sigma * 1000 (scheduler, fp32); timestep = t.to(latents.dtype); passes timestep / 1000
         return (sigmas.float() * 1000).to(dtype) / 1000
 
+    def training_guidance(self, transformer_config, configured):
+        if not transformer_config.get("guidance_embeds", False):
+            if configured is not None:
+                print("notice: flux_guidance_value is ignored: this transformer has no guidance embedding "
+                      "(FLUX.1 schnell)")
+            return None
+        return self.default_guidance if configured is None else configured
+
     def guidance_kwargs(self, transformer, value, batch, device):
         if not transformer.config.guidance_embeds:
             return {}

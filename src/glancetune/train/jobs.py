@@ -115,7 +115,7 @@ class Job:
         self.samples = load_samples(load_backends(cfg.data_backend_config), align)
         self.width, self.height = self.samples[0].width, self.samples[0].height
         self.targets = lora_targets(self.family, cfg.lora_targets)
-        self.guidance = cfg.flux_guidance_value if cfg.flux_guidance_value is not None else self.family.default_guidance
+        self.guidance = self.family.training_guidance(self.info.transformer_config, cfg.flux_guidance_value)
         self.ladder: Ladder | None = None
         if command == "glance":
             self.ladder = glance_ladder(cfg, self.info, self.width, self.height)

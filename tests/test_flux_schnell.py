@@ -1,0 +1,27 @@
+"""FLUX.1 schnell: no guidance embedding, unshifted scheduler; same spine, same exactness."""
+import json
+
+import numpy as np
+
+from conftest import write_configs
+from glancetune.cli import main
+from glancetune.export import read_metadata
+from glancetune.sample import GlanceSampler, resolve_spec
+from test_glance import PROMPT, ladder_of, stock_reference
+
+
+def test_schnell_glance_roundtrip(tmp_path, capsys):
+    model = tmp_path / "schnell"
+    assert main(["tiny", "flux-schnell", str(model)]) == 0
+    cfg = write_configs(tmp_path, str(model), steps=4, **{"--flux_guidance_value": 3.0})
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert "flux_guidance_value is ignored" in capsys.readouterr().out  # a notice, not silence
+    run = tmp_path / "output"
+    assert json.loads(read_metadata(run / "slow")["glancetune.guidance"]) is None
+    lad = ladder_of(run)
+    lin = np.linspace(1.0, 1 / 50, 50).astype(np.float32)  # schnell's schedule is unshifted
+    assert list(lad.sigmas) == [float(lin[i]) for i in (0, 2, 4, 6, 8, 10, 20, 30, 40, 49)]
+    spec = resolve_spec(run=run)
+    ours = GlanceSampler.from_spec(spec, device="cpu")([PROMPT], seed=1, width=128, height=128, output_type="np")[0]
+    ref = stock_reference(str(model), run, 1, 0.0, 128, 128)
+    assert np.abs(ours - ref).max() <= 1 / 255
