@@ -7,7 +7,7 @@ import pytest
 
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.schedule import (FAST_INDICES, SLOW_INDICES, cut_ladder, identity_scheduler_config,
+from glancetune.schedule import (FAST_INDICES, SLOW_INDICES, base_sigmas, cut_ladder, identity_scheduler_config,
                                  parse_sigma_list, schedule_sigmas, timestep)
 from glancetune.tiny import FLUX1_DEV_SCHEDULER, QWEN_IMAGE_SCHEDULER
 
@@ -42,7 +42,7 @@ def test_qwen_ladder_equals_the_seed_list_exactly():
 
     c = QWEN_IMAGE_SCHEDULER
     mu = calculate_shift(4096, c["base_image_seq_len"], c["max_image_seq_len"], c["base_shift"], c["max_shift"])
-    lad = cut_ladder(schedule_sigmas(c, 50, mu), SLOW_INDICES, FAST_INDICES)
+    lad = cut_ladder(schedule_sigmas(c, 50, mu, base_sigmas(50)), SLOW_INDICES, FAST_INDICES)
     assert [round(timestep(s), 4) for s in lad.sigmas] == QWEN_SEEDS
 
 
@@ -52,7 +52,7 @@ def test_schedule_matches_brute_force(cfg, seq):
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     mu = calculate_shift(seq, cfg["base_image_seq_len"], cfg["max_image_seq_len"], cfg["base_shift"], cfg["max_shift"])
-    ours = np.array(schedule_sigmas(cfg, 50, mu))
+    ours = np.array(schedule_sigmas(cfg, 50, mu, base_sigmas(50)))
     assert np.max(np.abs(ours - brute_force(cfg, seq))) < 1e-6
 
 
@@ -61,7 +61,7 @@ def test_qwen_at_1328_gives_other_values():
 
     c = QWEN_IMAGE_SCHEDULER
     mu = calculate_shift(83 * 83, 256, 8192, 0.5, 0.9)
-    lad = cut_ladder(schedule_sigmas(c, 50, mu), SLOW_INDICES, FAST_INDICES)
+    lad = cut_ladder(schedule_sigmas(c, 50, mu, base_sigmas(50)), SLOW_INDICES, FAST_INDICES)
     assert [round(timestep(s), 1) for s in lad.slow] == [1000.0, 981.8, 962.7, 942.6, 921.6]
     assert round(timestep(lad.fast[-1]), 1) == 20.0
 

@@ -81,13 +81,13 @@ def cmd_schedule(args) -> int:
 
     info = model_info(args.model)
     w, h = args.width or args.resolution, args.height or args.resolution
-    align = info.family.alignment(info.vae_config)
+    align = info.family.alignment(info)
     if w % align or h % align:
         raise GlanceError(f"--resolution: {w}x{h} must be a multiple of {align} for {info.family.name}")
     sig = model_schedule(info, w, h, args.steps)
     si, fi = scaled_indices(args.steps)
     ladder = cut_ladder(sig, si, fi)
-    seq = info.family.image_seq_len(info.vae_config, h, w)
+    seq = info.family.image_seq_len(info, h, w)
     if args.json:
         print(json.dumps({"model": args.model, "family": info.family.name, "width": w, "height": h,
                           "image_seq_len": seq, "steps": args.steps, "schedule": list(sig),

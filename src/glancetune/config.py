@@ -73,7 +73,8 @@ class TrainConfig(BaseModel):
     flux_guidance_mode: Literal["constant"] = "constant"
     flux_guidance_value: float | None = Field(None, description="guidance embedding value while training "
                                               "(default 1.0 for guidance-distilled models)")
-    tokenizer_max_length: int = Field(512, ge=1, description="text tokens (T5 for FLUX.1, max 512)")
+    tokenizer_max_length: int | None = Field(None, ge=1, description="text tokens (default: the pipeline's, "
+                                             "FLUX.1 512, SD3 256)")
     timestep_sampling: Literal["uniform", "round-robin"] = Field("uniform", description="how each step picks its "
                                                                  "sigma from the phase's list")
     flow_custom_timesteps: str | list[float] | None = Field(

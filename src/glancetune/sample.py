@@ -14,7 +14,7 @@ import torch
 
 from .errors import GlanceError
 from .export import META_PREFIX, WEIGHT_NAME, lora_file, read_metadata
-from .families import Family, model_info
+from .families import ModelInfo, model_info
 from .schedule import Ladder, f32, identity_scheduler_config, parse_sigma_list
 
 
@@ -29,7 +29,8 @@ class GlanceSpec:
     width: int
     height: int
     guidance: float | None
-    max_sequence_length: int = 512
+    max_sequence_length: int | None = None
+    guidance_explicit: bool = False
 
 
 def _meta(path: Path) -> dict:
@@ -73,19 +74,23 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
                           f"({ms['base_model']} vs {mf['base_model']}); pass --model to choose")
     res = ms.get("resolution") or mf.get("resolution") or "1024x1024"
     w, h = (int(v) for v in res.split("x"))
-    if guidance is None:
-        g = ms.get("guidance", mf.get("guidance"))
-        guidance = json.loads(g) if g is not None else None
+    trained_guidance = ms.get("guidance", mf.get("guidance"))
+    explicit = guidance is not None
+    if not explicit and trained_guidance is not None:
+        guidance = json.loads(trained_guidance)
+    msl = ms.get("max_sequence_length", mf.get("max_sequence_length"))
     return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance,
-                      int(ms.get("max_sequence_length", mf.get("max_sequence_length", 512))))
+                      int(msl) if msl else None, explicit)
 
 
 class GlanceSampler:
     """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
 
-    def __init__(self, pipe, family: Family, ladder: Ladder, guidance: float | None, max_sequence_length: int = 512):
-        self.pipe, self.family, self.ladder = pipe, family, ladder
-        self.guidance, self.max_sequence_length = guidance, max_sequence_length
+    def __init__(self, pipe, info: ModelInfo, ladder: Ladder, guidance: float | None,
+                 max_sequence_length: int | None = None):
+        self.pipe, self.info, self.family, self.ladder = pipe, info, info.family, ladder
+        self.guidance = guidance
+        self.max_sequence_length = max_sequence_length or info.family.default_max_sequence_length
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
 
@@ -100,14 +105,15 @@ class GlanceSampler:
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):
             f = lora_file(path)
             pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
-        return cls(pipe, info.family, spec.ladder, spec.guidance, spec.max_sequence_length)
+        guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
+        return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
 
     def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
                  guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None):
         """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ladder = ladder or self.ladder
-        align = self.family.alignment(self.pipe.vae.config) if self.pipe.vae is not None else 16
+        align = self.family.alignment(self.info)
         if width % align or height % align:
             raise GlanceError(f"--width/--height: {width}x{height} must be multiples of {align}")
         boundary = ladder.boundary

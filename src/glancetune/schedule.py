@@ -70,14 +70,20 @@ def base_sigmas(num_steps: int) -> np.ndarray:
     return np.linspace(1.0, 1.0 / num_steps, num_steps)
 
 
-def schedule_sigmas(scheduler_config: dict, num_steps: int, mu: float | None) -> tuple[float, ...]:
-    """The N sigmas (without the appended 0) that `FlowMatchEulerDiscreteScheduler` uses for an N-step run."""
+def schedule_sigmas(scheduler_config: dict, num_steps: int, mu: float | None, sigmas=None) -> tuple[float, ...]:
+    """The N sigmas (without the appended 0) that `FlowMatchEulerDiscreteScheduler` uses for an N-step run.
+
+    `sigmas`: what the pipeline passes (FLUX/Qwen pass linspace(1, 1/N, N)); None = `set_timesteps(N)` alone.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if num_steps < 1:
         raise GlanceError(f"glance_ladder_steps: must be >= 1, got {num_steps}")
     sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-    sched.set_timesteps(sigmas=base_sigmas(num_steps), mu=mu)
+    if sigmas is None:
+        sched.set_timesteps(num_inference_steps=num_steps, mu=mu)
+    else:
+        sched.set_timesteps(sigmas=sigmas, mu=mu)
     return tuple(float(s) for s in sched.sigmas[:-1].tolist())
 
 

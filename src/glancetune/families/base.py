@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..schedule import base_sigmas, schedule_sigmas
+
 
 class Family:
     name: str = ""
@@ -23,6 +25,8 @@ class Family:
     shared_keys: frozenset[str] = frozenset()
     #: training guidance value used when the config gives none (None: the family has no guidance input)
     default_guidance: float | None = None
+    #: text tokens when the config gives no tokenizer_max_length (the pipeline's default)
+    default_max_sequence_length: int = 512
 
     # --- loading -------------------------------------------------------------------------------------------
     def pipeline_class(self):
@@ -32,17 +36,31 @@ class Family:
         return self.pipeline_class().from_pretrained(path, dtype=dtype)
 
     # --- geometry and schedule (config dicts only) ---------------------------------------------------------
-    def alignment(self, vae_config: dict) -> int:
-        """Image sides must be multiples of this many pixels."""
+    def alignment(self, info) -> int:
+        """Image sides must be multiples of this many pixels (`info`: a ModelInfo, configs only)."""
         raise NotImplementedError
 
-    def image_seq_len(self, vae_config: dict, height: int, width: int) -> int:
+    def image_seq_len(self, info, height: int, width: int) -> int:
         """Number of image tokens the transformer sees at this size (drives the dynamic shift)."""
-        raise NotImplementedError
+        a = self.alignment(info)
+        return (height // a) * (width // a)
 
     def mu(self, scheduler_config: dict, image_seq_len: int, num_steps: int) -> float | None:
         """The `mu` the family's pipeline passes to `scheduler.set_timesteps` (None if not dynamic)."""
         raise NotImplementedError
+
+    def base_sigmas(self, num_steps: int):
+        """The `sigmas=` the pipeline passes for a plain N-step call (None: it passes only num_inference_steps)."""
+        return base_sigmas(num_steps)
+
+    def own_schedule(self, info, width: int, height: int, num_steps: int) -> tuple[float, ...]:
+        """The model's own N-step sigmas at this image size: what its stock pipeline would sample on."""
+        mu = self.mu(info.scheduler_config, self.image_seq_len(info, height, width), num_steps)
+        return schedule_sigmas(info.scheduler_config, num_steps, mu, self.base_sigmas(num_steps))
+
+    def inference_guidance(self, training_guidance: float | None) -> float | None:
+        """Default guidance for `generate` given the value stored at training time."""
+        return training_guidance
 
     # --- encoding ------------------------------------------------------------------------------------------
     def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int) -> dict[str, torch.Tensor]:

@@ -26,12 +26,8 @@ class Flux1(Family):
     def _vae_scale(vae_config: dict) -> int:
         return 2 ** (len(vae_config["block_out_channels"]) - 1)
 
-    def alignment(self, vae_config):
-        return self._vae_scale(vae_config) * 2
-
-    def image_seq_len(self, vae_config, height, width):
-        a = self.alignment(vae_config)
-        return (height // a) * (width // a)
+    def alignment(self, info):
+        return self._vae_scale(info.vae_config) * 2
 
     def mu(self, scheduler_config, image_seq_len, num_steps):
         if not scheduler_config.get("use_dynamic_shifting", False):

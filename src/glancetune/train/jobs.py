@@ -20,7 +20,7 @@ from ..errors import GlanceError
 from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
 from ..families import ModelInfo, model_info
 from ..schedule import (FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list,
-                        parse_sigma_list, schedule_sigmas)
+                        parse_sigma_list)
 from .lora import add_lora, lora_targets
 from .loop import PhaseTrainer, Prepared
 
@@ -65,8 +65,7 @@ def scaled_indices(steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def model_schedule(info: ModelInfo, width: int, height: int, steps: int) -> tuple[float, ...]:
     """The model's own `steps`-step sigmas at this image size (what its pipeline would sample on)."""
-    seq = info.family.image_seq_len(info.vae_config, height, width)
-    return schedule_sigmas(info.scheduler_config, steps, info.family.mu(info.scheduler_config, seq, steps))
+    return info.family.own_schedule(info, width, height, steps)
 
 
 def glance_ladder(cfg, info: ModelInfo, width: int, height: int) -> Ladder:
@@ -111,10 +110,11 @@ class Job:
         self.cfg, self.command = cfg, command
         self.info = model_info(cfg.model_ref, cfg.model_family)
         self.family = self.info.family
-        align = self.family.alignment(self.info.vae_config)
+        align = self.family.alignment(self.info)
         self.samples = load_samples(load_backends(cfg.data_backend_config), align)
         self.width, self.height = self.samples[0].width, self.samples[0].height
         self.targets = lora_targets(self.family, cfg.lora_targets)
+        self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
         self.guidance = self.family.training_guidance(self.info.transformer_config, cfg.flux_guidance_value)
         self.ladder: Ladder | None = None
         if command == "glance":
@@ -144,7 +144,7 @@ class Job:
         with torch.no_grad():
             prepared = []
             for s in self.samples:
-                text = self.family.encode_prompts(pipe, [s.caption], device, cfg.tokenizer_max_length)
+                text = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length)
                 x0, image = self.family.encode_images(pipe, s.pixels)
                 prepared.append(Prepared(x0.float().to(device), text, image))
         self.family.release_encoders(pipe)
@@ -163,7 +163,7 @@ class Job:
             "format_version": "1", "version": __version__, "role": phase.name,
             "sigmas": json.dumps(list(phase.sigmas)), "base_model": stored_model_ref(self.info.ref),
             "model_family": self.family.name, "resolution": f"{self.width}x{self.height}",
-            "guidance": json.dumps(self.guidance), "max_sequence_length": str(cfg.tokenizer_max_length),
+            "guidance": json.dumps(self.guidance), "max_sequence_length": str(self.max_sequence_length),
             "seed": str(cfg.seed), "train_steps": str(cfg.max_train_steps), "lora_rank": str(cfg.lora_rank),
             "lora_alpha": repr(cfg.alpha), "learning_rate": repr(cfg.learning_rate),
         }
