@@ -1,0 +1,57 @@
+"""SD3 / SD3.5: StableDiffusion3Pipeline, 2x CLIP + T5, 16-channel latents NOT packed, timestep 0-1000, true CFG."""
+from __future__ import annotations
+
+from .base import Family
+
+
+class SD3(Family):
+    name = "sd3"
+    pipeline_class_names = ("StableDiffusion3Pipeline",)
+    # diffusers' train_dreambooth_lora_sd3.py default list
+    default_lora_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
+                            "attn.to_out.0", "attn.to_q", "attn.to_v")
+    encoder_components = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+    default_max_sequence_length = 256
+    default_cfg = 7.0  # StableDiffusion3Pipeline's default guidance_scale
+
+    def pipeline_class(self):
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline
+
+    def alignment(self, info):
+        vae_scale = 2 ** (len(info.vae_config["block_out_channels"]) - 1)
+        return vae_scale * info.transformer_config.get("patch_size", 2)
+
+    def mu(self, scheduler_config, image_seq_len, num_steps):
+        if not scheduler_config.get("use_dynamic_shifting", False):
+            return None
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        c = scheduler_config
+        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                               c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+
+    def base_sigmas(self, num_steps):
+        return None  # the SD3 pipeline calls set_timesteps(num_inference_steps) without sigmas
+
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
+                                                  do_classifier_free_guidance=False,
+                                                  max_sequence_length=max_sequence_length)
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    def encode_images(self, pipe, pixels):
+        vae = pipe.vae
+        z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+        return (z - vae.config.shift_factor) * vae.config.scaling_factor, {}
+
+    def transformer_timestep(self, sigmas, dtype):
+        # StableDiffusion3Pipeline passes the scheduler's fp32 timestep (sigma * 1000) without a dtype cast
+        return sigmas.float() * 1000
+
+    def inference_guidance(self, training_guidance):
+        return self.default_cfg
+
+    def pipeline_kwargs(self, guidance, max_sequence_length):
+        return {"max_sequence_length": max_sequence_length, "guidance_scale": 1.0 if guidance is None else guidance}

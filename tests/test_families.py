@@ -1,0 +1,125 @@
+"""Every family beyond FLUX.1 through the same spine: tiny pipeline -> glance -> stock load -> exact generate."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_configs
+from glancetune.cli import main
+from glancetune.export import read_metadata
+from glancetune.families import get_family, model_info
+from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.schedule import Ladder
+
+PROMPT = "a red gradient with speckles"
+
+# family -> (tiny builder name, transformer class name, stock pipeline kwargs that `generate` must equal)
+FAMILIES = {
+    "flux": ("flux", "FluxTransformer2DModel", {"guidance_scale": 1.0}),
+    "sd3": ("sd3", "SD3Transformer2DModel", {"guidance_scale": 7.0}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_run(request, tmp_path_factory):
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    model = root / "model"
+    assert main(["tiny", FAMILIES[name][0], str(model)]) == 0
+    cfg = write_configs(root, str(model), steps=6, **{"--model_family": name, "--timestep_sampling": "round-robin"})
+    import diffusers
+
+    cls = getattr(diffusers, FAMILIES[name][1])
+    seen = []
+    orig = cls.forward
+    cls.forward = lambda self, *a, **k: (seen.append(k["timestep"].detach().clone()), orig(self, *a, **k))[1]
+    try:
+        assert main(["glance", "--config", str(cfg)]) == 0
+    finally:
+        cls.forward = orig
+    return name, str(model), root / "output", torch.cat(seen)
+
+
+def ladder_of(run):
+    return Ladder.from_dict(json.loads(read_metadata(run / "slow")["glancetune.ladder"]))
+
+
+def stock(name, model, run, seed, cb_steps=None):
+    """Stock diffusers only: family pipeline, two adapters, identity scheduler, switch in callback_on_step_end."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = get_family(name).pipeline_class().from_pretrained(model)
+    pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
+    pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
+                                                                 shift=1.0, shift_terminal=None)
+    lad = ladder_of(run)
+    pipe.set_adapters("slow")
+
+    def cb(p, i, t, kw):
+        if i == len(lad.slow) - 1:
+            p.set_adapters("fast")
+        return {}
+
+    return pipe(PROMPT, sigmas=list(lad.sigmas), num_inference_steps=10, width=128, height=128,
+                generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb, output_type="np",
+                **FAMILIES[name][2]).images[0]
+
+
+def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatch):
+    name, model, run, trained = family_run
+    import diffusers
+
+    cls = getattr(diffusers, FAMILIES[name][1])
+    seen = []
+    orig = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: (seen.append(k["timestep"].detach().clone()),
+                                                               orig(self, *a, **k))[1])
+    ours = GlanceSampler.from_spec(resolve_spec(run=run), device="cpu")([PROMPT], seed=3, width=128, height=128,
+                                                                        output_type="np")[0]
+    per_step = torch.stack([t[0] for t in seen])
+    fam = get_family(name)
+    assert torch.equal(per_step, fam.transformer_timestep(torch.tensor(ladder_of(run).sigmas), torch.float32))
+    assert set(trained.tolist()) == set(per_step.tolist())
+    monkeypatch.setattr(cls, "forward", orig)
+    assert np.abs(ours - stock(name, model, run, 3)).max() <= 1 / 255
+
+
+def test_stock_load_changes_output(family_run):
+    name, model, run, _ = family_run
+    pipe = get_family(name).pipeline_class().from_pretrained(model)
+    kw = dict(num_inference_steps=2, width=128, height=128, output_type="np")
+    base = pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
+    for role in ("slow", "fast"):
+        pipe.load_lora_weights(str(run / role), adapter_name=role)
+        pipe.set_adapters(role)
+        out = pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
+        assert np.abs(out - base).max() > 1e-4, role
+        log = json.loads((run / role / "train_log.json").read_text())
+        assert log["eval_loss_after"] < log["eval_loss_before"], role
+
+
+def test_ladder_is_the_models_own_schedule(family_run):
+    """Brute force: run the stock scheduler exactly as the stock pipeline would for a 50-step call."""
+    name, model, run, _ = family_run
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    info = model_info(model)
+    sched = FlowMatchEulerDiscreteScheduler.from_config(info.scheduler_config)
+    pipe_cls = get_family(name).pipeline_class()
+    seen = {}
+    orig = sched.set_timesteps
+
+    def spy(*a, **k):
+        seen.update(k)
+        return orig(*a, **k)
+
+    sched.set_timesteps = spy
+    pipe = pipe_cls.from_pretrained(model, scheduler=sched)
+    pipe(PROMPT, num_inference_steps=50, width=128, height=128, output_type="latent",
+         callback_on_step_end=lambda p, i, t, kw: (setattr(p, "_interrupt", True), {})[1])
+    full = sched.sigmas[:-1].tolist()
+    lad = ladder_of(run)
+    assert list(lad.slow) == [full[i] for i in (0, 2, 4, 6, 8)]
+    assert list(lad.fast) == [full[i] for i in (10, 20, 30, 40, 49)]
