@@ -92,3 +92,12 @@ def test_bad_timestep_lists_name_the_key(value, needle):
     with pytest.raises(GlanceError) as e:
         parse_sigma_list(value, "flow_custom_timesteps")
     assert "flow_custom_timesteps" in str(e.value) and needle in str(e.value)
+
+
+def test_qwen_model_folder_prints_the_seed_list(tmp_path, capsys):
+    assert main(["tiny", "qwen_image", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    assert main(["schedule", "--model", str(tmp_path / "q"), "--resolution", "1024", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["family"] == "qwen_image" and out["image_seq_len"] == 4096
+    assert [round(timestep(s), 4) for s in out["ladder"]["slow"] + out["ladder"]["fast"]] == QWEN_SEEDS

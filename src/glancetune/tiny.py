@@ -122,7 +122,55 @@ def build_sd3(scheduler_config: dict | None = None):
                                     transformer=transformer)
 
 
-BUILDERS = {"sd3": build_sd3, "flux": build_flux,
+def qwen2_tokenizer():
+    """Byte-level Qwen2 tokenizer (one token per byte) with the chat/vision special tokens the pipelines use."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0}
+    for c in _byte_symbols():
+        vocab[c] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+                         pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
+    return tok
+
+
+def build_qwen_image(scheduler_config: dict | None = None):
+    """A tiny random QwenImagePipeline (Qwen2.5-VL text encoder, 3-D VAE scale 8, 2x2-packed 64-channel tokens)."""
+    import torch
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = qwen2_tokenizer()
+    ids = {k: tok.convert_tokens_to_ids(k) for k in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                     "<|vision_end|>", "<|im_start|>", "<|endoftext|>")}
+    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=2, bos_token_id=ids["<|im_start|>"],
+                eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0})
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=2, hidden_size=16, intermediate_size=16,
+                                                                num_heads=2, out_hidden_size=16,
+                                                                fullatt_block_indexes=[1]),
+                           image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                           vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(cfg)
+        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                                  attention_head_dim=16, num_attention_heads=2,
+                                                  joint_attention_dim=16, axes_dims_rope=(8, 4, 4))
+        vae = AutoencoderKLQwenImage(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True],
+                                     latents_mean=[0.1 * (i % 4) for i in range(16)],
+                                     latents_std=[1.0 + 0.25 * (i % 3) for i in range(16)])
+    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or QWEN_IMAGE_SCHEDULER))
+    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
+                             transformer=transformer)
+
+
+BUILDERS = {"qwen_image": build_qwen_image, "sd3": build_sd3, "flux": build_flux,
             "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
 
 

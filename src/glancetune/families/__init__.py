@@ -9,9 +9,10 @@ from pathlib import Path
 from ..errors import GlanceError
 from .base import Family
 from .flux import Flux1
+from .qwen_image import QwenImage
 from .sd3 import SD3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), SD3())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), SD3(), QwenImage())}
 
 
 def get_family(name: str) -> Family:

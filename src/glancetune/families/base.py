@@ -97,11 +97,14 @@ class Family:
 
     # --- helpers shared by all families --------------------------------------------------------------------
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Stack per-sample kwargs into a batch: tensors are concatenated on dim 0 unless in `shared_keys`."""
+        """Stack per-sample kwargs into a batch: tensors are concatenated on dim 0 and lists are joined, unless
+        the key is in `shared_keys` (no batch dimension)."""
         out = {}
         for key, first in items[0].items():
-            if key in self.shared_keys or not isinstance(first, torch.Tensor):
+            if key in self.shared_keys or not isinstance(first, (torch.Tensor, list)):
                 out[key] = first
+            elif isinstance(first, list):
+                out[key] = [x for it in items for x in it[key]]
             else:
                 out[key] = torch.cat([it[key] for it in items], dim=0)
         return out

@@ -1,0 +1,74 @@
+"""Qwen-Image: QwenImagePipeline, Qwen2.5-VL text encoder (embeds + mask), 3-D VAE with per-channel latent
+normalisation, 2x2-packed 64-channel tokens with `img_shapes`, sigma timesteps, true CFG at inference."""
+from __future__ import annotations
+
+import torch
+
+from .base import Family
+
+
+class QwenImage(Family):
+    name = "qwen_image"
+    pipeline_class_names = ("QwenImagePipeline",)
+    # the official Glance Qwen LoRAs: attention (image + text streams), MLP outputs, modulation
+    default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                            "to_add_out", "img_mlp.net.2", "txt_mlp.net.2", "img_mod.1", "txt_mod.1")
+    encoder_components = ("text_encoder", "vae")
+    default_cfg = 5.0  # true_cfg_scale of the official Glance Qwen recipe (both phases)
+    negative_prompt = " "
+
+    def pipeline_class(self):
+        from diffusers import QwenImagePipeline
+
+        return QwenImagePipeline
+
+    def alignment(self, info):
+        return 2 ** len(info.vae_config["temperal_downsample"]) * 2
+
+    def mu(self, scheduler_config, image_seq_len, num_steps):
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
+
+        c = scheduler_config
+        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                               c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+        embeds, mask = pipe.encode_prompt(prompt=prompts, device=device, max_sequence_length=max_sequence_length)
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        return {"encoder_hidden_states": embeds, "encoder_hidden_states_mask": mask}
+
+    def encode_images(self, pipe, pixels):
+        vae = pipe.vae
+        z = vae.encode(pixels.unsqueeze(2).to(vae.device, vae.dtype)).latent_dist.mode()  # [B, C, 1, h, w]
+        mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+        z = (z - mean) / std
+        b, c, _, h, w = z.shape
+        return pipe._pack_latents(z, b, c, h, w), {"img_shapes": [[(1, h // 2, w // 2)]] * b}
+
+    def collate(self, items):
+        """Captions of different lengths: pad embeddings with zeros and masks with 0 (as the pipeline does)."""
+        if "encoder_hidden_states" not in items[0]:
+            return super().collate(items)
+        n = max(it["encoder_hidden_states"].shape[1] for it in items)
+        padded = []
+        for it in items:
+            e, m = it["encoder_hidden_states"], it["encoder_hidden_states_mask"]
+            pad = n - e.shape[1]
+            padded.append({**it, "encoder_hidden_states": torch.nn.functional.pad(e, (0, 0, 0, pad)),
+                           "encoder_hidden_states_mask": torch.nn.functional.pad(m, (0, pad))})
+        return super().collate(padded)
+
+    def transformer_timestep(self, sigmas, dtype):
+        # QwenImagePipeline: timestep = t.to(latents.dtype); passes timestep / 1000
+        return (sigmas.float() * 1000).to(dtype) / 1000
+
+    def inference_guidance(self, training_guidance):
+        return self.default_cfg
+
+    def pipeline_kwargs(self, guidance, max_sequence_length):
+        kw = {"max_sequence_length": max_sequence_length}
+        if guidance is not None and guidance > 1:
+            kw.update(true_cfg_scale=guidance, negative_prompt=self.negative_prompt)
+        return kw
