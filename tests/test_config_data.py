@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -11,6 +12,7 @@ from glancetune.cli import main
 from glancetune.config import build_config, load_config
 from glancetune.data.dataset import discover_pairs, load_image, read_caption, target_size
 from glancetune.errors import GlanceError
+from glancetune.export import read_metadata
 
 
 def test_keys_with_and_without_dashes_and_string_numbers():
@@ -106,3 +108,42 @@ def test_multi_image_dataset_trains(tiny_flux, tmp_path):
     assert main(["glance", "--config", str(cfg)]) == 0
     resolved = json.loads((Path(tmp_path) / "output" / "glancetune_config.json").read_text())
     assert len(resolved["resolved"]["captions"]) == 3
+
+
+@pytest.mark.parametrize("key", ["lora_target", "--flux_lora_target"])
+def test_lora_target_presets(tiny_flux, tmp_path, capsys, key):
+    cfg = write_configs(tmp_path, tiny_flux, **{key: "tiny"})
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "on 3 module types (preset tiny): attn.to_q, attn.to_k, attn.to_v" in capsys.readouterr().out
+    cfg = write_configs(tmp_path, tiny_flux, **{key: "mmdit"})
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert key.lstrip("-") in err and "'mmdit'" in err and "all, attention, mlp, tiny" in err
+
+
+def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
+    counts = {}
+    for preset in ("tiny", "all"):
+        cfg = write_configs(tmp_path / preset, tiny_flux, steps=1, lora_target=preset)
+        assert main(["glance", "--config", str(cfg)]) == 0
+        counts[preset] = json.loads((tmp_path / preset / "output" / "slow" / "train_log.json").read_text())[
+            "trainable_params"]
+    assert 0 < counts["tiny"] < counts["all"]
+
+
+def test_random_range_guidance_is_used(tiny_flux, tmp_path, monkeypatch):
+    from diffusers import FluxTransformer2DModel
+
+    seen = []
+    orig = FluxTransformer2DModel.forward
+    monkeypatch.setattr(FluxTransformer2DModel, "forward",
+                        lambda self, *a, **k: (seen.append(k["guidance"].clone()), orig(self, *a, **k))[1])
+    cfg = write_configs(tmp_path, tiny_flux, steps=5, flux_guidance_mode="random-range", flux_guidance_min=1.0,
+                        flux_guidance_max=5.0)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    train = torch.cat(seen[1:6])  # skip the eval pass (midpoint), keep the 5 slow training steps
+    assert len(set(train.tolist())) == 5 and all(1.0 <= g <= 5.0 for g in train.tolist())
+    meta = read_metadata(tmp_path / "output" / "slow")
+    assert json.loads(meta["glancetune.guidance"]) == 3.0 and json.loads(meta["glancetune.guidance_range"]) == [1, 5]
+    cfg = write_configs(tmp_path / "b", tiny_flux, flux_guidance_mode="random-range", flux_guidance_min=2.0)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 2  # max missing

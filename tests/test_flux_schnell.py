@@ -15,7 +15,7 @@ def test_schnell_glance_roundtrip(tmp_path, capsys):
     assert main(["tiny", "flux-schnell", str(model)]) == 0
     cfg = write_configs(tmp_path, str(model), steps=4, **{"--flux_guidance_value": 3.0})
     assert main(["glance", "--config", str(cfg)]) == 0
-    assert "flux_guidance_value is ignored" in capsys.readouterr().out  # a notice, not silence
+    assert "flux_guidance_value ignored: this flux transformer has no guidance embedding" in capsys.readouterr().out  # a notice, not silence
     run = tmp_path / "output"
     assert json.loads(read_metadata(run / "slow")["glancetune.guidance"]) is None
     lad = ladder_of(run)

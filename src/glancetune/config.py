@@ -27,8 +27,7 @@ NOT_IMPLEMENTED = {
     "report_to", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
     "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
     "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
-    "offload_during_startup", "vae_batch_size", "flux_guidance_min", "flux_guidance_max", "use_ema",
-    "flux_lora_target", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
+    "offload_during_startup", "vae_batch_size", "use_ema", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
     "train_text_encoder", "noise_offset", "snr_gamma", "lora_init_type",
 }
 NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
@@ -70,9 +69,15 @@ class TrainConfig(BaseModel):
                                                                    "on CPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 0
-    flux_guidance_mode: Literal["constant"] = "constant"
+    flux_guidance_mode: Literal["constant", "random-range"] = Field(
+        "constant", description="guidance embedding while training: one value, or uniform in [min, max] per sample")
     flux_guidance_value: float | None = Field(None, description="guidance embedding value while training "
                                               "(default 1.0 for guidance-distilled models)")
+    flux_guidance_min: float | None = Field(None, ge=0, description="random-range lower bound")
+    flux_guidance_max: float | None = Field(None, ge=0, description="random-range upper bound")
+    lora_target: str | None = Field(None, description="LoRA target preset: all | attention | mlp | tiny "
+                                    "(family default when unset)")
+    flux_lora_target: str | None = Field(None, description="SimpleTuner's name for lora_target")
     tokenizer_max_length: int | None = Field(None, ge=1, description="text tokens (default: the pipeline's, "
                                              "FLUX.1 512, SD3 256)")
     timestep_sampling: Literal["uniform", "round-robin"] = Field("uniform", description="how each step picks its "

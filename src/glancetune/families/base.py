@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ..errors import GlanceError
 from ..schedule import base_sigmas, schedule_sigmas
 
 
@@ -19,6 +20,8 @@ class Family:
     pipeline_class_names: tuple[str, ...] = ()
     #: LoRA target module suffixes used when the config names none
     default_lora_targets: tuple[str, ...] = ()
+    #: named target lists (`lora_target` / `flux_lora_target`): all, attention, mlp, tiny
+    lora_presets: dict[str, tuple[str, ...]] = {}
     #: pipeline components that only encode inputs (released from the device before training)
     encoder_components: tuple[str, ...] = ()
     #: transformer kwargs that carry no batch dimension (shared by every sample in a batch)
@@ -76,9 +79,27 @@ class Family:
         """Exactly what the family's pipeline passes as `timestep=` for these float32 sigmas at `dtype`."""
         raise NotImplementedError
 
-    def training_guidance(self, transformer_config: dict, configured: float | None) -> float | None:
-        """The guidance value the transformer is trained with (None: the model has no guidance input)."""
-        return None
+    def has_guidance_embedding(self, transformer_config: dict) -> bool:
+        return False
+
+    def training_guidance(self, transformer_config: dict, cfg):
+        """Guidance fed to the transformer while training: a float, a (min, max) range drawn per sample, or None
+        for models without a guidance input (then any guidance option given gets a one-line notice)."""
+        given = [k for k in ("flux_guidance_value", "flux_guidance_min", "flux_guidance_max")
+                 if getattr(cfg, k) is not None] + (["flux_guidance_mode"] if cfg.flux_guidance_mode != "constant"
+                                                     else [])
+        if not self.has_guidance_embedding(transformer_config):
+            if given:
+                print(f"notice: {', '.join(given)} ignored: this {self.name} transformer has no guidance embedding")
+            return None
+        if cfg.flux_guidance_mode == "random-range":
+            lo, hi = cfg.flux_guidance_min, cfg.flux_guidance_max
+            if lo is None or hi is None:
+                raise GlanceError("flux_guidance_min/flux_guidance_max: random-range needs both")
+            if lo > hi:
+                raise GlanceError(f"flux_guidance_min: {lo} is above flux_guidance_max {hi}")
+            return (float(lo), float(hi))
+        return self.default_guidance if cfg.flux_guidance_value is None else float(cfg.flux_guidance_value)
 
     def guidance_kwargs(self, transformer, value: float | None, batch: int, device) -> dict[str, Any]:
         return {}

@@ -13,6 +13,11 @@ class Flux1(Family):
     default_lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",
                             "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2",
                             "ff_context.net.0.proj", "ff_context.net.2")
+    _attention = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                  "attn.add_v_proj", "attn.to_add_out")
+    _mlp = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp")
+    lora_presets = {"all": _attention + _mlp, "attention": _attention, "mlp": _mlp,
+                    "tiny": ("attn.to_q", "attn.to_k", "attn.to_v")}
     encoder_components = ("text_encoder", "text_encoder_2", "vae")
     shared_keys = frozenset({"txt_ids", "img_ids"})
     default_guidance = 1.0  # the official Glance FLUX recipe trains with guidance embed 1
@@ -56,17 +61,14 @@ class Flux1(Family):
         # FluxPipeline: t = sigma * 1000 (scheduler, fp32); timestep = t.to(latents.dtype); passes timestep / 1000
         return (sigmas.float() * 1000).to(dtype) / 1000
 
-    def training_guidance(self, transformer_config, configured):
-        if not transformer_config.get("guidance_embeds", False):
-            if configured is not None:
-                print("notice: flux_guidance_value is ignored: this transformer has no guidance embedding "
-                      "(FLUX.1 schnell)")
-            return None
-        return self.default_guidance if configured is None else configured
+    def has_guidance_embedding(self, transformer_config):
+        return bool(transformer_config.get("guidance_embeds", False))
 
     def guidance_kwargs(self, transformer, value, batch, device):
         if not transformer.config.guidance_embeds:
             return {}
+        if isinstance(value, torch.Tensor):  # random-range: one value per sample
+            return {"guidance": value.to(device=device, dtype=torch.float32)}
         return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
 
     def pipeline_kwargs(self, guidance, max_sequence_length):

@@ -13,6 +13,11 @@ class QwenImage(Family):
     # the official Glance Qwen LoRAs: attention (image + text streams), MLP outputs, modulation
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
                             "to_add_out", "img_mlp.net.2", "txt_mlp.net.2", "img_mod.1", "txt_mod.1")
+    lora_presets = {"all": default_lora_targets + ("img_mlp.net.0.proj", "txt_mlp.net.0.proj"),
+                    "attention": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                  "to_add_out"),
+                    "mlp": ("img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2"),
+                    "tiny": ("to_q", "to_k", "to_v")}
     encoder_components = ("text_encoder", "vae")
     default_cfg = 5.0  # true_cfg_scale of the official Glance Qwen recipe (both phases)
     negative_prompt = " "

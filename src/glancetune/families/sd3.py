@@ -10,6 +10,11 @@ class SD3(Family):
     # diffusers' train_dreambooth_lora_sd3.py default list
     default_lora_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
                             "attn.to_out.0", "attn.to_q", "attn.to_v")
+    lora_presets = {"all": default_lora_targets + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                                                   "ff_context.net.2"),
+                    "attention": default_lora_targets, "mlp": ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+                                                               "ff_context.net.2"),
+                    "tiny": ("attn.to_q", "attn.to_k", "attn.to_v")}
     encoder_components = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
     default_max_sequence_length = 256
     default_cfg = 7.0  # StableDiffusion3Pipeline's default guidance_scale

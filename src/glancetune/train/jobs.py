@@ -113,9 +113,9 @@ class Job:
         align = self.family.alignment(self.info)
         self.samples = load_samples(load_backends(cfg.data_backend_config), align)
         self.width, self.height = self.samples[0].width, self.samples[0].height
-        self.targets = lora_targets(self.family, cfg.lora_targets)
+        self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
-        self.guidance = self.family.training_guidance(self.info.transformer_config, cfg.flux_guidance_value)
+        self.guidance = self.family.training_guidance(self.info.transformer_config, cfg)
         self.ladder: Ladder | None = None
         if command == "glance":
             self.ladder = glance_ladder(cfg, self.info, self.width, self.height)
@@ -131,7 +131,9 @@ class Job:
     # ---------------------------------------------------------------------------------------------------------
     def describe(self) -> str:
         lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} sample(s) at "
-                 f"{self.width}x{self.height}, guidance {self.guidance}"]
+                 f"{self.width}x{self.height}, guidance {self.guidance}",
+                 f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
+                 f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
             lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
         return "\n".join(lines)
@@ -157,16 +159,24 @@ class Job:
             transformer.enable_gradient_checkpointing()
         return pipe, transformer, prepared
 
+    @property
+    def inference_guidance(self) -> float | None:
+        """The value stored for `generate`: the constant, or the middle of a random range."""
+        g = self.guidance
+        return (g[0] + g[1]) / 2 if isinstance(g, tuple) else g
+
     def metadata(self, phase: Phase, log) -> dict[str, str]:
         cfg = self.cfg
         meta = {
             "format_version": "1", "version": __version__, "role": phase.name,
             "sigmas": json.dumps(list(phase.sigmas)), "base_model": stored_model_ref(self.info.ref),
             "model_family": self.family.name, "resolution": f"{self.width}x{self.height}",
-            "guidance": json.dumps(self.guidance), "max_sequence_length": str(self.max_sequence_length),
+            "guidance": json.dumps(self.inference_guidance), "max_sequence_length": str(self.max_sequence_length),
             "seed": str(cfg.seed), "train_steps": str(cfg.max_train_steps), "lora_rank": str(cfg.lora_rank),
             "lora_alpha": repr(cfg.alpha), "learning_rate": repr(cfg.learning_rate),
         }
+        if isinstance(self.guidance, tuple):
+            meta["guidance_range"] = json.dumps(list(self.guidance))
         if self.ladder is not None:
             meta["ladder"] = json.dumps(self.ladder.to_dict())
             meta["partner"] = f"../{'fast' if phase.name == 'slow' else 'slow'}/pytorch_lora_weights.safetensors"

@@ -80,7 +80,7 @@ class PhaseTrainer:
     """Runs one phase. `family` supplies the transformer call; the loop never looks at the family's name."""
 
     def __init__(self, cfg, family, transformer, samples: list[Prepared], device: torch.device,
-                 dtype: torch.dtype, guidance: float | None):
+                 dtype: torch.dtype, guidance):
         self.cfg, self.family, self.transformer = cfg, family, transformer
         self.samples, self.device, self.dtype, self.guidance = samples, device, dtype, guidance
         self.autocast = device.type == "cuda" and dtype != torch.float32
@@ -99,13 +99,13 @@ class PhaseTrainer:
         x0 = torch.cat([s.x0 for s in items], dim=0)
         return x0, self.family.collate([s.text for s in items]), self.family.collate([s.image for s in items])
 
-    def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor, guidance) -> torch.Tensor:
         s = sigmas.to(self.device).view(-1, *([1] * (x0.ndim - 1)))
         noisy = (1.0 - s) * x0 + s * noise
         target = noise - x0
         t = self.family.transformer_timestep(sigmas.to(self.device), self.dtype)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
-            pred = self.family.predict(self.transformer, noisy.to(self.dtype), t, text, image, self.guidance)
+            pred = self.family.predict(self.transformer, noisy.to(self.dtype), t, text, image, guidance)
         return F.mse_loss(pred.float(), target.float())
 
     @torch.no_grad()
@@ -115,7 +115,15 @@ class PhaseTrainer:
         sig = torch.tensor(list(sigmas), dtype=torch.float32)
         x0, text, image = self._batch([0] * len(sig))
         noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(self.device)
-        return float(self.loss(x0, text, image, sig, noise))
+        g = self.guidance
+        return float(self.loss(x0, text, image, sig, noise, (g[0] + g[1]) / 2 if isinstance(g, tuple) else g))
+
+    def draw_guidance(self, n: int, gen: torch.Generator):
+        """The constant, or one value per sample uniform in the (min, max) range."""
+        if not isinstance(self.guidance, tuple):
+            return self.guidance
+        lo, hi = self.guidance
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
 
     def pick(self, state: LoopState, n: int) -> list[int]:
         if len(self.samples) == 1:
@@ -137,7 +145,8 @@ class PhaseTrainer:
                 x0, text, image = self._batch(idx)
                 sig = state.sampler.draw(len(idx), state.generator)
                 noise = torch.randn(x0.shape, generator=state.generator, dtype=torch.float32).to(self.device)
-                loss = self.loss(x0, text, image, sig, noise) / c.gradient_accumulation_steps
+                guidance = self.draw_guidance(len(idx), state.generator)
+                loss = self.loss(x0, text, image, sig, noise, guidance) / c.gradient_accumulation_steps
                 loss.backward()
                 total += float(loss.detach())
             if c.max_grad_norm > 0:

@@ -6,11 +6,20 @@ import torch
 from ..errors import GlanceError
 
 
-def lora_targets(family, configured: list[str] | None) -> list[str]:
-    targets = list(configured) if configured else list(family.default_lora_targets)
-    if not targets:
-        raise GlanceError("lora_targets: the list is empty")
-    return targets
+def lora_targets(family, cfg) -> tuple[str, list[str]]:
+    """(description, module suffixes): an explicit `lora_targets` list wins, then a preset name, then the default."""
+    if cfg.lora_targets:
+        return "explicit list", list(cfg.lora_targets)
+    if cfg.lora_target and cfg.flux_lora_target and cfg.lora_target != cfg.flux_lora_target:
+        raise GlanceError(f"lora_target: {cfg.lora_target!r} contradicts flux_lora_target {cfg.flux_lora_target!r}")
+    preset = cfg.lora_target or cfg.flux_lora_target
+    key = "lora_target" if cfg.lora_target else "flux_lora_target"
+    if preset is None:
+        return "family default", list(family.default_lora_targets)
+    if preset not in family.lora_presets:
+        raise GlanceError(f"{key}: unknown preset {preset!r} for {family.name}; valid: "
+                          f"{', '.join(family.lora_presets)}")
+    return f"preset {preset}", list(family.lora_presets[preset])
 
 
 def add_lora(transformer, name: str, *, rank: int, alpha: float, dropout: float, init: str, targets: list[str],
