@@ -18,6 +18,7 @@ PROMPT = "a red gradient with speckles"
 FAMILIES = {
     "flux": ("flux", "FluxTransformer2DModel", {"guidance_scale": 1.0}),
     "sd3": ("sd3", "SD3Transformer2DModel", {"guidance_scale": 7.0}),
+    "flux2": ("flux2-klein", "Flux2Transformer2DModel", {"guidance_scale": 4.0}),
     "qwen_image": ("qwen_image", "QwenImageTransformer2DModel", {"true_cfg_scale": 5.0, "negative_prompt": " "}),
 }
 
@@ -63,7 +64,7 @@ def stock(name, model, run, seed, cb_steps=None):
             p.set_adapters("fast")
         return {}
 
-    return pipe(PROMPT, sigmas=list(lad.sigmas), num_inference_steps=10, width=128, height=128,
+    return pipe(prompt=PROMPT, sigmas=list(lad.sigmas), num_inference_steps=10, width=128, height=128,
                 generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb, output_type="np",
                 **FAMILIES[name][2]).images[0]
 
@@ -92,11 +93,11 @@ def test_stock_load_changes_output(family_run):
     name, model, run, _ = family_run
     pipe = get_family(name).pipeline_class().from_pretrained(model)
     kw = dict(num_inference_steps=2, width=128, height=128, output_type="np")
-    base = pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
+    base = pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
     for role in ("slow", "fast"):
         pipe.load_lora_weights(str(run / role), adapter_name=role)
         pipe.set_adapters(role)
-        out = pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
+        out = pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
         assert np.abs(out - base).max() > 1e-4, role
         log = json.loads((run / role / "train_log.json").read_text())
         assert log["eval_loss_after"] < log["eval_loss_before"], role
@@ -110,7 +111,7 @@ def test_ladder_is_the_models_own_schedule(family_run):
     info = model_info(model)
     sched = FlowMatchEulerDiscreteScheduler.from_config(info.scheduler_config)
     pipe = get_family(name).pipeline_class().from_pretrained(model, scheduler=sched)
-    pipe(PROMPT, num_inference_steps=50, width=128, height=128, output_type="latent",
+    pipe(prompt=PROMPT, num_inference_steps=50, width=128, height=128, output_type="latent",
          callback_on_step_end=lambda p, i, t, kw: (setattr(p, "_interrupt", True), {})[1])
     full = sched.sigmas[:-1].tolist()
     lad = ladder_of(run)

@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import GlanceError
 
 FLAVOUR_MODELS = {("flux", "dev"): "black-forest-labs/FLUX.1-dev",
-                  ("flux", "schnell"): "black-forest-labs/FLUX.1-schnell"}
+                  ("flux", "schnell"): "black-forest-labs/FLUX.1-schnell",
+                  ("flux2", None): "black-forest-labs/FLUX.2-klein-base-9B",  # the seed's default flavour
+                  ("flux2", "klein-9b"): "black-forest-labs/FLUX.2-klein-base-9B",
+                  ("flux2", "klein-4b"): "black-forest-labs/FLUX.2-klein-base-4B",
+                  ("flux2", "dev"): "black-forest-labs/FLUX.2-dev",
+                  ("sd3", "medium"): "stabilityai/stable-diffusion-3-medium-diffusers",
+                  ("sd3", "3.5-medium"): "stabilityai/stable-diffusion-3.5-medium",
+                  ("sd3", "3.5-large"): "stabilityai/stable-diffusion-3.5-large",
+                  ("qwen_image", None): "Qwen/Qwen-Image"}
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {

@@ -170,7 +170,44 @@ def build_qwen_image(scheduler_config: dict | None = None):
                              transformer=transformer)
 
 
-BUILDERS = {"qwen_image": build_qwen_image, "sd3": build_sd3, "flux": build_flux,
+# FLUX.2 scheduler_config.json (mu is computed empirically by the pipeline)
+FLUX2_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                       max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+def build_flux2_klein(distilled: bool = False):
+    """A tiny random Flux2KleinPipeline (Qwen3 encoder with 28 layers so layers 9/18/27 exist, 128-ch tokens)."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = qwen2_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2,
+            num_key_value_heads=2, head_dim=8, eos_token_id=0, pad_token_id=0, bos_token_id=0))
+        transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=2,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
+                                              axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
+        vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 4,
+                                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4, 4, 4, 4),
+                                 layers_per_block=1, latent_channels=32, norm_num_groups=1, use_quant_conv=False,
+                                 use_post_quant_conv=False)
+        vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.running_mean.numel()))
+        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,
+                              text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
+                              is_distilled=distilled)
+
+
+BUILDERS = {"flux2-klein": build_flux2_klein, "qwen_image": build_qwen_image, "sd3": build_sd3, "flux": build_flux,
             "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from ..errors import GlanceError
 from .base import Family
 from .flux import Flux1
+from .flux2 import Flux2Klein
 from .qwen_image import QwenImage
 from .sd3 import SD3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), SD3(), QwenImage())}
+FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), Flux2Klein(), SD3(), QwenImage())}
 
 
 def get_family(name: str) -> Family:
