@@ -17,17 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import GlanceError
 
-FLAVOUR_MODELS = {("flux", "dev"): "black-forest-labs/FLUX.1-dev",
-                  ("flux", "schnell"): "black-forest-labs/FLUX.1-schnell",
-                  ("flux2", None): "black-forest-labs/FLUX.2-klein-base-9B",  # the seed's default flavour
-                  ("flux2", "klein-9b"): "black-forest-labs/FLUX.2-klein-base-9B",
-                  ("flux2", "klein-4b"): "black-forest-labs/FLUX.2-klein-base-4B",
-                  ("flux2", "dev"): "black-forest-labs/FLUX.2-dev",
-                  ("sd3", "medium"): "stabilityai/stable-diffusion-3-medium-diffusers",
-                  ("sd3", "3.5-medium"): "stabilityai/stable-diffusion-3.5-medium",
-                  ("sd3", "3.5-large"): "stabilityai/stable-diffusion-3.5-large",
-                  ("qwen_image", None): "Qwen/Qwen-Image"}
-
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
     "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
@@ -47,8 +36,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model_type: Literal["lora"] = Field("lora", description="only LoRA training exists")
-    model_family: str = Field("flux", description="model family (flux)")
-    model_flavour: str | None = Field(None, description="flux: dev | schnell (picks the hub id if no path given)")
+    model_family: str = Field("flux", description="model family: flux | flux2 | sd3 | qwen_image")
+    model_flavour: str | None = Field(None, description="flux: dev | schnell; flux2: klein-9b | klein-4b; sd3: "
+                                      "medium | 3.5-medium | 3.5-large (picks the hub id if no path is given)")
     pretrained_model_name_or_path: str | None = Field(
         None, description="hub id, local diffusers folder, or tiny:<family> (built-in tiny random model)")
     data_backend_config: str = Field(..., description="dataloader JSON (SimpleTuner style)")
@@ -101,13 +91,15 @@ class TrainConfig(BaseModel):
 
     @property
     def model_ref(self) -> str:
+        """The model to load: the explicit path/id, else the flavour's hub id (the flavour is checked either way)."""
+        from .families import get_family
+
+        family = get_family(self.model_family)
         if self.pretrained_model_name_or_path:
+            if self.model_flavour is not None:
+                family.flavour_model(self.model_flavour)  # an unknown flavour is an error even with a path
             return self.pretrained_model_name_or_path
-        key = (self.model_family, self.model_flavour)
-        if key in FLAVOUR_MODELS:
-            return FLAVOUR_MODELS[key]
-        raise GlanceError("pretrained_model_name_or_path: required (no default model for "
-                          f"model_family={self.model_family!r} model_flavour={self.model_flavour!r})")
+        return family.flavour_model(self.model_flavour)
 
     @property
     def alpha(self) -> float:

@@ -31,6 +31,22 @@ class Family:
     #: text tokens when the config gives no tokenizer_max_length (the pipeline's default)
     default_max_sequence_length: int = 512
 
+    #: model_flavour -> hub id (None: the family's default flavour)
+    flavours: dict[str | None, str] = {}
+    #: flavours we know but have not built, with the reason
+    unsupported_flavours: dict[str, str] = {}
+
+    def flavour_model(self, flavour: str | None) -> str:
+        if flavour in self.unsupported_flavours:
+            raise GlanceError(f"model_flavour: {flavour!r} is not implemented yet ({self.unsupported_flavours[flavour]})")
+        if flavour is not None and flavour not in self.flavours:
+            valid = ", ".join(f for f in self.flavours if f is not None) or "none"
+            raise GlanceError(f"model_flavour: unknown flavour {flavour!r} for {self.name}; valid: {valid}")
+        if flavour not in self.flavours:
+            raise GlanceError(f"pretrained_model_name_or_path: required for {self.name} (or set model_flavour: "
+                              f"{', '.join(f for f in self.flavours if f)})")
+        return self.flavours[flavour]
+
     # --- loading -------------------------------------------------------------------------------------------
     def pipeline_class(self):
         raise NotImplementedError

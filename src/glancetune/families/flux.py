@@ -8,6 +8,7 @@ from .base import Family
 
 class Flux1(Family):
     name = "flux"
+    flavours = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell"}
     pipeline_class_names = ("FluxPipeline",)
     # diffusers' train_dreambooth_lora_flux.py default list
     default_lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj",

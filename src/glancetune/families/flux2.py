@@ -10,6 +10,9 @@ from .base import Family
 
 class Flux2Klein(Family):
     name = "flux2"
+    flavours = {None: "black-forest-labs/FLUX.2-klein-base-9B", "klein-9b": "black-forest-labs/FLUX.2-klein-base-9B",
+                "klein-4b": "black-forest-labs/FLUX.2-klein-base-4B"}
+    unsupported_flavours = {"dev": "Flux2Pipeline with the Mistral-3 text encoder"}
     pipeline_class_names = ("Flux2KleinPipeline",)
     # diffusers' FLUX.2 LoRA script default: attention of both block types + the fused single-block projection
     _attention = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",

@@ -9,6 +9,8 @@ from .base import Family
 
 class QwenImage(Family):
     name = "qwen_image"
+    flavours = {None: "Qwen/Qwen-Image"}
+    unsupported_flavours = {"edit": "QwenImageEditPipeline", "edit-plus": "QwenImageEditPlusPipeline"}
     pipeline_class_names = ("QwenImagePipeline",)
     # the official Glance Qwen LoRAs: attention (image + text streams), MLP outputs, modulation
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",

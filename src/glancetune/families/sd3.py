@@ -6,6 +6,9 @@ from .base import Family
 
 class SD3(Family):
     name = "sd3"
+    flavours = {"medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+                "3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
+                "3.5-large": "stabilityai/stable-diffusion-3.5-large"}
     pipeline_class_names = ("StableDiffusion3Pipeline",)
     # diffusers' train_dreambooth_lora_sd3.py default list
     default_lora_targets = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
