@@ -62,7 +62,7 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype)
     t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height)
+    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height, cfg_phases=args.cfg_phases)
     t2 = time.perf_counter()
     info = {"prompt": args.prompt if len(args.prompt) > 1 else args.prompt[0], "seed": args.seed,
             "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": spec.guidance,
@@ -70,6 +70,7 @@ def cmd_generate(args) -> int:
     for p in save_images(images, args.output, info):
         print(f"wrote {p}")
     print(f"{len(spec.ladder.sigmas)} steps ({spec.ladder.boundary} slow + {len(spec.ladder.fast)} fast), "
+          f"{sampler.nfe(args.cfg_phases)} transformer passes per image, guidance {sampler.guidance}, "
           f"load {t1 - t0:.1f}s, sample {t2 - t1:.1f}s")
     return 0
 
@@ -166,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int)
     g.add_argument("--guidance", type=float, help="override the guidance stored at training time")
     g.add_argument("--model", help="override the base model stored in the LoRA metadata")
+    g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
+                   help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
     g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")
     g.add_argument("--fast-timesteps", help="explicit fast list (for LoRAs without glancetune metadata)")
     g.add_argument("--device", help="cuda | cpu (default: cuda if available)")

@@ -108,28 +108,73 @@ class GlanceSampler:
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
 
+    CFG_PHASES = ("both", "slow", "fast", "none")
+
+    def nfe(self, cfg_phases: str | None = None, ladder: Ladder | None = None) -> int:
+        """Transformer passes per image: 2 per step where true CFG is on."""
+        ladder = ladder or self.ladder
+        phases = self._cfg_phases(cfg_phases, self.guidance)
+        doubled = {"both": len(ladder.sigmas), "slow": len(ladder.slow), "fast": len(ladder.fast), "none": 0}
+        return len(ladder.sigmas) + doubled[phases]
+
+    def _cfg_phases(self, cfg_phases: str | None, guidance) -> str:
+        if not self.family.true_cfg:
+            if cfg_phases not in (None, "none"):
+                raise GlanceError(f"--cfg-phases: {self.family.name} uses a guidance embedding, not true CFG")
+            return "none"
+        if cfg_phases is None:
+            return "both" if guidance is not None and guidance > 1 else "none"
+        if cfg_phases not in self.CFG_PHASES:
+            raise GlanceError(f"--cfg-phases: {cfg_phases!r} is not one of {', '.join(self.CFG_PHASES)}")
+        return cfg_phases
+
     def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
-                 guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None):
-        """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in."""
+                 guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None,
+                 cfg_phases: str | None = None):
+        """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in.
+
+        `cfg_phases` (true-CFG families): both (default when guidance > 1), slow, fast or none. "both"/"none"
+        is one pipeline call; "slow"/"fast" stops the first call after the slow steps (latent output) and
+        continues with a second call on the fast sigmas, the exact chaining of the notes.
+        """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ladder = ladder or self.ladder
         align = self.family.alignment(self.info)
         if width % align or height % align:
             raise GlanceError(f"--width/--height: {width}x{height} must be multiples of {align}")
+        g = self.guidance if guidance is None else guidance
+        phases = self._cfg_phases(cfg_phases, g)
         boundary = ladder.boundary
+        gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
+        common = dict(prompt=prompts, width=width, height=height, generator=gens)
+        cfg_on = self.family.pipeline_kwargs(g, self.max_sequence_length)
+        # a guidance embedding (FLUX.1) is not CFG: it is passed whatever the phase policy
+        cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
+        self.pipe.set_adapters("slow")
+        if phases in ("both", "none"):
+            def switch(pipe, i, t, kwargs):
+                if i == boundary - 1:
+                    pipe.set_adapters("fast")
+                return {}
 
-        def switch(pipe, i, t, kwargs):
+            out = self.pipe(sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas),
+                            output_type=output_type, callback_on_step_end=switch,
+                            callback_on_step_end_tensor_inputs=[], **common,
+                            **(cfg_on if phases == "both" else cfg_off))
+            return out.images
+
+        def stop(pipe, i, t, kwargs):
             if i == boundary - 1:
-                pipe.set_adapters("fast")
+                pipe._interrupt = True
             return {}
 
-        self.pipe.set_adapters("slow")
-        gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
-        g = self.guidance if guidance is None else guidance
-        out = self.pipe(prompt=prompts, sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas),
-                        width=width, height=height, generator=gens, output_type=output_type,
-                        callback_on_step_end=switch, callback_on_step_end_tensor_inputs=[],
-                        **self.family.pipeline_kwargs(g, self.max_sequence_length))
+        first = self.pipe(sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas), output_type="latent",
+                          callback_on_step_end=stop, callback_on_step_end_tensor_inputs=[], **common,
+                          **(cfg_on if phases == "slow" else cfg_off)).images
+        self.pipe.set_adapters("fast")
+        out = self.pipe(sigmas=list(ladder.fast), num_inference_steps=len(ladder.fast), output_type=output_type,
+                        latents=self.family.resume_latents(self.pipe, first), **common,
+                        **(cfg_on if phases == "fast" else cfg_off))
         return out.images
 
 

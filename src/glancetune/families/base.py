@@ -127,7 +127,14 @@ class Family:
         kwargs.update(self.guidance_kwargs(transformer, guidance, noisy.shape[0], noisy.device))
         return transformer(hidden_states=noisy, timestep=timestep, return_dict=False, **kwargs)[0]
 
-    # --- inference -----------------------------------------------------------------------------------------
+    # --- inference ---------------------------------------------------------------------------------------------
+    #: True when inference guidance is true CFG (two passes per step); False for a guidance embedding
+    true_cfg: bool = False
+
+    def resume_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Turn `output_type="latent"` output into the `latents=` input of the same pipeline (to continue)."""
+        return latents
+
     def pipeline_kwargs(self, guidance: float | None, max_sequence_length: int) -> dict[str, Any]:
         """Extra kwargs for the stock pipeline call (guidance, sequence length)."""
         raise NotImplementedError

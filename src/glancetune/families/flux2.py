@@ -24,6 +24,8 @@ class Flux2Klein(Family):
     encoder_components = ("text_encoder", "vae")
     default_cfg = 4.0  # Flux2KleinPipeline's default guidance_scale (true CFG on base, ignored when distilled)
 
+    true_cfg = True
+
     def pipeline_class(self):
         from diffusers import Flux2KleinPipeline
 
@@ -57,6 +59,14 @@ class Flux2Klein(Family):
     def predict(self, transformer, noisy, timestep, text, image, guidance):
         return transformer(hidden_states=noisy, timestep=timestep, guidance=None, return_dict=False,
                            **text, **image)[0]
+
+    def resume_latents(self, pipe, latents):
+        # the klein pipeline returns unpatchified, de-normalised latents; `latents=` takes [B, 128, H/16, W/16]
+        z = pipe._patchify_latents(latents)
+        mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(z.device, z.dtype)
+        std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(z.device,
+                                                                                                     z.dtype)
+        return (z - mean) / std
 
     def inference_guidance(self, training_guidance):
         return self.default_cfg

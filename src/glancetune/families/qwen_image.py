@@ -24,6 +24,8 @@ class QwenImage(Family):
     default_cfg = 5.0  # true_cfg_scale of the official Glance Qwen recipe (both phases)
     negative_prompt = " "
 
+    true_cfg = True
+
     def pipeline_class(self):
         from diffusers import QwenImagePipeline
 

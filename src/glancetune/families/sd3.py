@@ -22,6 +22,8 @@ class SD3(Family):
     default_max_sequence_length = 256
     default_cfg = 7.0  # StableDiffusion3Pipeline's default guidance_scale
 
+    true_cfg = True
+
     def pipeline_class(self):
         from diffusers import StableDiffusion3Pipeline
 
