@@ -70,3 +70,39 @@ def glance_run(tiny_flux, tmp_path_factory) -> Path:
     cfg = write_configs(root, tiny_flux, steps=8)
     assert main(["glance", "--config", str(cfg)]) == 0
     return root / "output"
+
+
+PROMPT = "a red gradient with speckles"
+
+
+def run_ladder(run: Path):
+    from glancetune.export import read_metadata
+    from glancetune.schedule import Ladder
+
+    return Ladder.from_dict(json.loads(read_metadata(run / "slow")["glancetune.ladder"]))
+
+
+def stock_glance(family: str, model, run: Path, seed: int, width: int, height: int, **guidance):
+    """Stock diffusers only: the family's pipeline class, both adapters, an identity scheduler, the ladder as
+    `sigmas=`, and the adapter switched in `callback_on_step_end` after the last slow step."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from glancetune.families import get_family
+
+    pipe = get_family(family).pipeline_class().from_pretrained(str(model))
+    pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
+    pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
+                                                                 shift=1.0, shift_terminal=None)
+    lad = run_ladder(run)
+    pipe.set_adapters("slow")
+
+    def cb(p, i, t, kw):
+        if i == len(lad.slow) - 1:
+            p.set_adapters("fast")
+        return {}
+
+    return pipe(prompt=PROMPT, sigmas=list(lad.sigmas), num_inference_steps=len(lad.sigmas), width=width,
+                height=height, generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb,
+                output_type="np", **guidance).images[0]

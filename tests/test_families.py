@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_configs
+from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export import read_metadata
 from glancetune.families import get_family, model_info
 from glancetune.sample import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder
 
-PROMPT = "a red gradient with speckles"
 
 # family -> (tiny builder name, transformer class name, stock pipeline kwargs that `generate` must equal)
 FAMILIES = {
@@ -43,30 +42,11 @@ def family_run(request, tmp_path_factory):
     return name, str(model), root / "output", torch.cat(seen)
 
 
-def ladder_of(run):
-    return Ladder.from_dict(json.loads(read_metadata(run / "slow")["glancetune.ladder"]))
+ladder_of = run_ladder
 
 
-def stock(name, model, run, seed, cb_steps=None):
-    """Stock diffusers only: family pipeline, two adapters, identity scheduler, switch in callback_on_step_end."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    pipe = get_family(name).pipeline_class().from_pretrained(model)
-    pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
-    pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
-                                                                 shift=1.0, shift_terminal=None)
-    lad = ladder_of(run)
-    pipe.set_adapters("slow")
-
-    def cb(p, i, t, kw):
-        if i == len(lad.slow) - 1:
-            p.set_adapters("fast")
-        return {}
-
-    return pipe(prompt=PROMPT, sigmas=list(lad.sigmas), num_inference_steps=10, width=128, height=128,
-                generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb, output_type="np",
-                **FAMILIES[name][2]).images[0]
+def stock(name, model, run, seed):
+    return stock_glance(name, model, run, seed, 128, 128, **FAMILIES[name][2])
 
 
 def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatch):

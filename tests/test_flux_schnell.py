@@ -3,11 +3,10 @@ import json
 
 import numpy as np
 
-from conftest import write_configs
 from glancetune.cli import main
 from glancetune.export import read_metadata
 from glancetune.sample import GlanceSampler, resolve_spec
-from test_glance import PROMPT, ladder_of, stock_reference
+from conftest import write_configs, PROMPT, run_ladder as ladder_of, stock_glance
 
 
 def test_schnell_glance_roundtrip(tmp_path, capsys):
@@ -23,5 +22,5 @@ def test_schnell_glance_roundtrip(tmp_path, capsys):
     assert list(lad.sigmas) == [float(lin[i]) for i in (0, 2, 4, 6, 8, 10, 20, 30, 40, 49)]
     spec = resolve_spec(run=run)
     ours = GlanceSampler.from_spec(spec, device="cpu")([PROMPT], seed=1, width=128, height=128, output_type="np")[0]
-    ref = stock_reference(str(model), run, 1, 0.0, 128, 128)
+    ref = stock_glance("flux", model, run, 1, 128, 128)
     assert np.abs(ours - ref).max() <= 1 / 255

@@ -7,19 +7,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import write_configs
+from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export import WEIGHT_NAME, read_metadata
 from glancetune.families.flux import Flux1
 from glancetune.sample import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder, identity_scheduler_config
 
-PROMPT = "a red gradient with speckles"
 
 
-def ladder_of(run):
-    meta = read_metadata(run / "slow")
-    return Ladder.from_dict(json.loads(meta["glancetune.ladder"]))
+ladder_of = run_ladder
 
 
 @pytest.fixture
@@ -59,35 +56,13 @@ def test_generate_sees_exactly_the_trained_sigmas(tiny_flux, tmp_path, record_ti
     assert lad.fast == tuple(own[i] for i in (10, 20, 30, 40, 49))
 
 
-def stock_reference(model_dir, run, seed, guidance, width, height):
-    """Stock diffusers only: FluxPipeline, two adapters, identity scheduler, switch in callback_on_step_end."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
-    pipe = FluxPipeline.from_pretrained(model_dir)
-    pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
-    pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
-                                                                 shift=1.0, shift_terminal=None)
-    lad = ladder_of(run)
-    pipe.set_adapters("slow")
-
-    def cb(p, i, t, kw):
-        if i == len(lad.slow) - 1:
-            p.set_adapters("fast")
-        return {}
-
-    return pipe(PROMPT, sigmas=list(lad.sigmas), num_inference_steps=10, guidance_scale=guidance, width=width,
-                height=height, generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb,
-                output_type="np").images[0]
-
-
 def test_generate_equals_stock_diffusers(glance_run, tiny_flux):
     spec = resolve_spec(run=glance_run)
     assert spec.base_model == str(__import__("pathlib").Path(tiny_flux).resolve())
     assert spec.guidance == 1.0 and (spec.width, spec.height) == (128, 128)
     ours = GlanceSampler.from_spec(spec, device="cpu")([PROMPT], seed=7, width=128, height=128,
                                                        output_type="np")[0]
-    ref = stock_reference(tiny_flux, glance_run, 7, 1.0, 128, 128)
+    ref = stock_glance("flux", tiny_flux, glance_run, 7, 128, 128, guidance_scale=1.0)
     assert np.abs(ours - ref).max() <= 1 / 255
     # and the naive recipe (configured scheduler re-shifting `sigmas=`) does differ
     from diffusers import FluxPipeline

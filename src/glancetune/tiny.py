@@ -59,6 +59,13 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
+def _tiny_vae(cls, **kwargs):
+    """A 4-level (scale 8) VAE with 4 channels per level: real geometry, toy width."""
+    return cls(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+               block_out_channels=(4, 4, 4, 4), layers_per_block=1, norm_num_groups=1, use_quant_conv=False,
+               use_post_quant_conv=False, **kwargs)
+
+
 def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = True):
     """A tiny random FluxPipeline (FLUX.1 layout: 64-channel packed tokens, VAE scale 8, CLIP-L + T5)."""
     import torch
@@ -78,10 +85,7 @@ def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = Tru
                                             pad_token_id=1))
         t5 = T5EncoderModel(T5Config(vocab_size=len(tt), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                      relative_attention_num_buckets=8))
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(4, 4, 4, 4), layers_per_block=1, latent_channels=16,
-                            norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.1159, scaling_factor=0.3611)
+        vae = _tiny_vae(AutoencoderKL, latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)
     scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or FLUX1_DEV_SCHEDULER))
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=ct, text_encoder_2=t5,
                         tokenizer_2=tt, transformer=transformer)
@@ -112,10 +116,7 @@ def build_sd3(scheduler_config: dict | None = None):
         clip2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
         t5 = T5EncoderModel(T5Config(vocab_size=len(tt), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                      relative_attention_num_buckets=8))
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(4, 4, 4, 4), layers_per_block=1, latent_channels=16,
-                            norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.0609, scaling_factor=1.5305)
+        vae = _tiny_vae(AutoencoderKL, latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305)
     scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or SD3_SCHEDULER))
     return StableDiffusion3Pipeline(scheduler=scheduler, vae=vae, text_encoder=clip1, tokenizer=ct,
                                     text_encoder_2=clip2, tokenizer_2=ct2, text_encoder_3=t5, tokenizer_3=tt,
@@ -196,10 +197,7 @@ def build_flux2_klein(distilled: bool = False):
         transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=2,
                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
                                               axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
-        vae = AutoencoderKLFlux2(down_block_types=("DownEncoderBlock2D",) * 4,
-                                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(4, 4, 4, 4),
-                                 layers_per_block=1, latent_channels=32, norm_num_groups=1, use_quant_conv=False,
-                                 use_post_quant_conv=False)
+        vae = _tiny_vae(AutoencoderKLFlux2, latent_channels=32)
         vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.running_mean.numel()))
         vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
     return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,

@@ -68,6 +68,15 @@ class Family:
         """The `mu` the family's pipeline passes to `scheduler.set_timesteps` (None if not dynamic)."""
         raise NotImplementedError
 
+    @staticmethod
+    def linear_mu(scheduler_config: dict, image_seq_len: int, default_max_shift: float = 1.15) -> float:
+        """diffusers' `calculate_shift` (FLUX.1, SD3, Qwen-Image pipelines share it) with the config's values."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        c = scheduler_config
+        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                               c.get("base_shift", 0.5), c.get("max_shift", default_max_shift))
+
     def base_sigmas(self, num_steps: int):
         """The `sigmas=` the pipeline passes for a plain N-step call (None: it passes only num_inference_steps)."""
         return base_sigmas(num_steps)

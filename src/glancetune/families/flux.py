@@ -38,11 +38,7 @@ class Flux1(Family):
     def mu(self, scheduler_config, image_seq_len, num_steps):
         if not scheduler_config.get("use_dynamic_shifting", False):
             return None
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        c = scheduler_config
-        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                               c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        return self.linear_mu(scheduler_config, image_seq_len)
 
     def encode_prompts(self, pipe, prompts, device, max_sequence_length):
         embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,

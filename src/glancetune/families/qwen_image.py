@@ -35,11 +35,7 @@ class QwenImage(Family):
         return 2 ** len(info.vae_config["temperal_downsample"]) * 2
 
     def mu(self, scheduler_config, image_seq_len, num_steps):
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
-
-        c = scheduler_config
-        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                               c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        return self.linear_mu(scheduler_config, image_seq_len)
 
     def encode_prompts(self, pipe, prompts, device, max_sequence_length):
         embeds, mask = pipe.encode_prompt(prompt=prompts, device=device, max_sequence_length=max_sequence_length)

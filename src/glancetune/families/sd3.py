@@ -36,11 +36,7 @@ class SD3(Family):
     def mu(self, scheduler_config, image_seq_len, num_steps):
         if not scheduler_config.get("use_dynamic_shifting", False):
             return None
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
-        c = scheduler_config
-        return calculate_shift(image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                               c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+        return self.linear_mu(scheduler_config, image_seq_len, default_max_shift=1.16)  # SD3 pipeline default
 
     def base_sigmas(self, num_steps):
         return None  # the SD3 pipeline calls set_timesteps(num_inference_steps) without sigmas
