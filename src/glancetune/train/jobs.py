@@ -203,8 +203,8 @@ class Job:
                 params = add_lora(transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha,
                                   dropout=cfg.lora_dropout, init=cfg.lora_init, targets=self.targets, seed=cfg.seed)
                 bar = tqdm(total=cfg.max_train_steps, desc=ph.name, disable=True if quiet else None, leave=False)
-                log = trainer.run(params, ph.sigmas,
-                                  progress=lambda s, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
+                log = trainer.run(params, ph.sigmas, progress=lambda step, loss: (
+                    bar.update(1), loss is not None and bar.set_postfix(loss=f"{loss:.4f}")))
                 bar.close()
                 target = tmp / ph.subdir if ph.subdir else tmp
                 target.mkdir(parents=True, exist_ok=True)

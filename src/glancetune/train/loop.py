@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 EVAL_SEED_OFFSET = 1_000_003
+LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the GPU)
 
 
 @dataclass
@@ -99,11 +100,19 @@ class PhaseTrainer:
         x0 = torch.cat([s.x0 for s in items], dim=0)
         return x0, self.family.collate([s.text for s in items]), self.family.collate([s.image for s in items])
 
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host tensors (noise and sigmas are drawn on the CPU, so runs are device-independent) go up without
+        making the CPU wait for the GPU: pinned memory and a non-blocking copy on CUDA."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor, guidance) -> torch.Tensor:
-        s = sigmas.to(self.device).view(-1, *([1] * (x0.ndim - 1)))
+        sigmas = self.to_device(sigmas)
+        s = sigmas.view(-1, *([1] * (x0.ndim - 1)))
         noisy = (1.0 - s) * x0 + s * noise
         target = noise - x0
-        t = self.family.transformer_timestep(sigmas.to(self.device), self.dtype)
+        t = self.family.transformer_timestep(sigmas, self.dtype)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
             pred = self.family.predict(self.transformer, noisy.to(self.dtype), t, text, image, guidance)
         return F.mse_loss(pred.float(), target.float())
@@ -114,7 +123,7 @@ class PhaseTrainer:
         gen = torch.Generator("cpu").manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
         sig = torch.tensor(list(sigmas), dtype=torch.float32)
         x0, text, image = self._batch([0] * len(sig))
-        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(self.device)
+        noise = self.to_device(torch.randn(x0.shape, generator=gen, dtype=torch.float32))
         g = self.guidance
         return float(self.loss(x0, text, image, sig, noise, (g[0] + g[1]) / 2 if isinstance(g, tuple) else g))
 
@@ -138,26 +147,29 @@ class PhaseTrainer:
         log.eval_before = self.eval_loss(sigmas)
         self.transformer.train()
         t0 = time.perf_counter()
+        losses = []  # kept on the device; read on the host only every LOG_EVERY steps
         while state.step < c.max_train_steps:
             total = 0.0
             for _ in range(c.gradient_accumulation_steps):
                 idx = self.pick(state, c.train_batch_size)
                 x0, text, image = self._batch(idx)
                 sig = state.sampler.draw(len(idx), state.generator)
-                noise = torch.randn(x0.shape, generator=state.generator, dtype=torch.float32).to(self.device)
+                noise = self.to_device(torch.randn(x0.shape, generator=state.generator, dtype=torch.float32))
                 guidance = self.draw_guidance(len(idx), state.generator)
                 loss = self.loss(x0, text, image, sig, noise, guidance) / c.gradient_accumulation_steps
                 loss.backward()
-                total += float(loss.detach())
+                total = total + loss.detach()
             if c.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
             state.optimizer.step()
             state.lr_schedule.step()
             state.optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            log.losses.append(total)
+            losses.append(total)
             if progress is not None:
-                progress(state.step, total)
+                show = state.step % LOG_EVERY == 0 or state.step == c.max_train_steps
+                progress(state.step, float(total) if show else None)
+        log.losses = torch.stack(losses).tolist()
         log.seconds = time.perf_counter() - t0
         self.transformer.eval()
         log.eval_after = self.eval_loss(sigmas)
