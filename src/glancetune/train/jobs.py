@@ -202,6 +202,10 @@ class Job:
             for ph in self.phases:
                 params = add_lora(transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha,
                                   dropout=cfg.lora_dropout, init=cfg.lora_init, targets=self.targets, seed=cfg.seed)
+                if cfg.compile_transformer and not getattr(transformer, "_glancetune_compiled", False):
+                    # after the adapter exists, so the compiled blocks include the LoRA layers
+                    transformer.compile_repeated_blocks(fullgraph=True)
+                    transformer._glancetune_compiled = True
                 bar = tqdm(total=cfg.max_train_steps, desc=ph.name, disable=True if quiet else None, leave=False)
                 log = trainer.run(params, ph.sigmas, progress=lambda step, loss: (
                     bar.update(1), loss is not None and bar.set_postfix(loss=f"{loss:.4f}")))
