@@ -36,8 +36,9 @@ run anchor_gc1 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps "$S
 run ours_gc1   150 python3 bench/train_step.py --gc 1 --steps "$STEPS" --warmup 3
 run anchor_gc0 150 python3 bench/anchor_loop.py --model flux1 --gc 0 --steps "$STEPS"
 run ours_gc0   150 python3 bench/train_step.py --gc 0 --steps "$STEPS" --warmup 3
-optional ours_gc1_fused   100 python3 bench/train_step.py --gc 1 --steps "$STEPS" --warmup 3 --fused-adam
+
 optional ours_gc0_compile 240 python3 bench/train_step.py --gc 0 --steps "$STEPS" --warmup 3 --compile
+optional ours_gc1_compile 240 python3 bench/train_step.py --gc 1 --steps "$STEPS" --warmup 3 --compile
 
 python3 - "$OUT" <<'EOF'
 import json, sys, pathlib
@@ -59,7 +60,7 @@ for gc in (1, 0):
     a_s, u_s, a_m, u_m = an["train_s_per_step"], us["train_s_per_step"], an["peak_train_gib"], us["peak_train_gib"]
     print(f"| {'on' if gc else 'off'} | {a_s:.4f} | {u_s:.4f} | {u_s / a_s:.3f} | {a_m:.2f} | {u_m:.2f} | {u_m / a_m:.3f} |")
 print("\nvariants of ours (ratio against the anchor with the same gc):")
-for name in ("ours_gc1_fused", "ours_gc0_compile"):
+for name in ("ours_gc1_fused", "ours_gc0_compile", "ours_gc1_compile"):
     v = res(name)
     if not v:
         print(f"  {name}: no result")
@@ -68,7 +69,7 @@ for name in ("ours_gc1_fused", "ours_gc0_compile"):
     r = f"{v['train_s_per_step'] / an['train_s_per_step']:.3f}" if an else "n/a"
     print(f"  {name}: {v['train_s_per_step']:.4f} s/step (median {v['median_s_per_step']:.4f}), peak "
           f"{v['peak_train_gib']:.2f} GiB, ratio s {r}, run {v['run_s']} s")
-summary = {n: res(n) for n in ("anchor_gc1", "ours_gc1", "anchor_gc0", "ours_gc0", "ours_gc1_fused", "ours_gc0_compile")}
+summary = {n: res(n) for n in ("anchor_gc1", "ours_gc1", "anchor_gc0", "ours_gc0", "ours_gc1_fused", "ours_gc0_compile", "ours_gc1_compile")}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 EOF
 echo "total elapsed ${SECONDS}s"

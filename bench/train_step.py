@@ -33,9 +33,6 @@ p.add_argument("--fused-adam", action="store_true", help="variant: AdamW(fused=T
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
-p.add_argument("--no-host-sync", action="store_true",
-               help="diagnostic: copies of PhaseTrainer.run/loss without the per-step host syncs (loss kept on the "
-                    "device, noise and sigmas sent from pinned memory with non_blocking); same math, same RNG")
 a = p.parse_args()
 
 import diffusers, peft, transformers  # noqa: E402
@@ -116,13 +113,6 @@ cfg = SimpleNamespace(learning_rate=2e-3, adam_beta1=0.9, adam_beta2=0.999, adam
 SIGMAS = (1.0, 0.9775, 0.9526, 0.9249, 0.8941)
 
 
-def to_dev(t, device):
-    """Host tensor -> device without a host sync (pinned staging; the caching host allocator keeps it alive)."""
-    if device.type != "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 class Trainer(PhaseTrainer):
     """PhaseTrainer; with --fused-adam, the same optimizer and schedule but AdamW(fused=True)."""
 
@@ -135,55 +125,6 @@ class Trainer(PhaseTrainer):
             state.optimizer = opt
             state.lr_schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         return state
-
-    def loss(self, x0, text, image, sigmas, noise, *rest):
-        if a.no_host_sync:  # PhaseTrainer.loss reads `sigmas.to(self.device)` twice: blocking copies
-            sigmas = to_dev(sigmas, self.device)
-        return super().loss(x0, text, image, sigmas, noise, *rest)
-
-    def run(self, params, sigmas, progress=None):
-        if not a.no_host_sync:
-            return super().run(params, sigmas, progress)
-        # PhaseTrainer.run, verbatim but for `total` (a device tensor, read back once at the end) and the noise
-        # (pinned, non_blocking): no host sync inside the step loop
-        from glancetune.train.loop import PhaseLog
-
-        c = self.cfg
-        log = PhaseLog(trainable_params=sum(p.numel() for p in params))
-        state = self.new_state(params, sigmas)
-        self.transformer.eval()
-        log.eval_before = self.eval_loss(sigmas)
-        self.transformer.train()
-        t0 = time.perf_counter()
-        while state.step < c.max_train_steps:
-            total = 0.0
-            for _ in range(c.gradient_accumulation_steps):
-                idx = self.pick(state, c.train_batch_size)
-                x0, text, image = self._batch(idx)
-                sig = state.sampler.draw(len(idx), state.generator)
-                noise = torch.randn(x0.shape, generator=state.generator, dtype=torch.float32)
-                noise = to_dev(noise, self.device)
-                if hasattr(self, "draw_guidance"):  # the loop as of the working tree (per-sample guidance)
-                    guidance = self.draw_guidance(len(idx), state.generator)
-                    loss = self.loss(x0, text, image, sig, noise, guidance) / c.gradient_accumulation_steps
-                else:
-                    loss = self.loss(x0, text, image, sig, noise) / c.gradient_accumulation_steps
-                loss.backward()
-                total = total + loss.detach()
-            if c.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-            state.optimizer.step()
-            state.lr_schedule.step()
-            state.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            log.losses.append(total)
-            if progress is not None:
-                progress(state.step, total)
-        log.losses = [float(v) for v in log.losses]
-        log.seconds = time.perf_counter() - t0
-        self.transformer.eval()
-        log.eval_after = self.eval_loss(sigmas)
-        return log
 
 
 def sync():
@@ -219,7 +160,7 @@ per_step = [t[i] - t[i - 1] for i in range(a.warmup, total_steps)]  # steps warm
 s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, log.losses))
 out = dict(bench="glancetune", model="flux1" + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           fused_adam=a.fused_adam, compile=a.compile, sync=a.sync, no_host_sync=a.no_host_sync, warmup=a.warmup, steps=a.steps,
+           fused_adam=a.fused_adam, compile=a.compile, sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,
