@@ -6,6 +6,7 @@ import pytest
 
 from conftest import make_image, write_configs
 from glancetune.cli import main
+from glancetune.export import read_metadata
 
 
 def run_err(capsys, argv):
@@ -192,3 +193,20 @@ def test_unimplemented_simpletuner_key(tiny_flux, tmp_path, capsys):
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert "does not implement yet" in err
     make_image(tmp_path / "unused.png")  # keep helper import used
+
+
+def test_lora_with_unexpected_keys_is_named(glance_run, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(glance_run, run)
+    f = run / "fast" / "pytorch_lora_weights.safetensors"
+    sd = load_file(str(f))
+    sd["transformer.transformer_blocks.0.attn.to_zz.lora_A.weight"] = torch.zeros(4, 32)
+    save_file(sd, str(f), metadata=read_metadata(f))
+    err = run_err(capsys, ["generate", "--run", str(run), "--prompt", "x", "--output", str(tmp_path / "o.png")])
+    assert "fast" in err and "1 LoRA keys match no module" in err and "to_zz" in err
+    assert not (tmp_path / "o.png").exists()

@@ -83,6 +83,32 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
                       int(msl) if msl else None, explicit)
 
 
+LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_A.bias", ".lora_B.bias", ".alpha")
+
+
+def check_lora_keys(path: Path, modules: set[str]) -> None:
+    """Refuse a diffusers-format LoRA whose keys name modules the transformer does not have (diffusers would
+    only warn and drop them). Other formats (kohya, ComfyUI) are left to diffusers' converters."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as sf:
+        keys = list(sf.keys())
+    ours = [k for k in keys if k.startswith("transformer.") and k.endswith(LORA_SUFFIXES)]
+    if len(ours) != len(keys):
+        return
+    bad = []
+    for k in ours:
+        module = k[len("transformer."):]
+        for suffix in LORA_SUFFIXES:
+            module = module.removesuffix(suffix)
+        if module not in modules:
+            bad.append(k)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise GlanceError(f"{path}: {len(bad)} LoRA keys match no module of this transformer: "
+                          f"{', '.join(bad[:3])}{more}")
+
+
 class GlanceSampler:
     """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
 
@@ -102,8 +128,10 @@ class GlanceSampler:
             torch.backends.cuda.enable_cudnn_sdp(False)  # see train.jobs.pick_device
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         pipe = info.family.load_pipeline(info.path, dtype).to(device)
+        modules = {n for n, _ in pipe.transformer.named_modules()}
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):
             f = lora_file(path)
+            check_lora_keys(f, modules)
             pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
