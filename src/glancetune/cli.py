@@ -50,6 +50,25 @@ def cmd_train(args, command: str) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
+    from .config import load_config
+    from .train.jobs import Job, pick_device
+
+    cfg = load_config(args.config, args.set)
+    job = Job(cfg, "cache")
+    device, dtype = pick_device(cfg)
+    t0 = time.perf_counter()
+    _, computed = job.encode(device, dtype)
+    dt = time.perf_counter() - t0
+    text_cache, vae_cache = job.caches()
+    n = len(job.samples)
+    per = f", {dt / max(1, computed) * 2:.3f}s per sample" if computed else ""
+    print(f"{n} samples: {computed} of {2 * n} entries computed, {2 * n - computed} reused, in {dt:.1f}s{per}")
+    print(f"text embeddings: {text_cache.dir}\nVAE latents: {vae_cache.dir}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -156,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")
         s.add_argument("--dry-run", action="store_true", help="print the plan (data, ladder) and exit")
+    c = sub.add_parser("cache", help="pre-compute the VAE latent and text embedding caches of a config")
+    c.add_argument("--config", required=True, help="the train / glance config")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
     g = sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder")
     g.add_argument("--run", help="folder written by `glancetune glance` (holds slow/ and fast/)")
     g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
@@ -197,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
-        return {"generate": cmd_generate, "schedule": cmd_schedule, "tiny": cmd_tiny,
+        return {"generate": cmd_generate, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
                 "quickstart": cmd_quickstart}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)

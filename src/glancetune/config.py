@@ -69,6 +69,8 @@ class TrainConfig(BaseModel):
                                                                    "on CPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     seed: int = 0
+    cache_dir: str | None = Field(None, description="where VAE latents and text embeddings are cached "
+                                  "(default: $GLANCETUNE_HOME/cache, i.e. ~/.cache/glancetune/cache)")
     flux_guidance_mode: Literal["constant", "random-range"] = Field(
         "constant", description="guidance embedding while training: one value, or uniform in [min, max] per sample")
     flux_guidance_value: float | None = Field(None, description="guidance embedding value while training "

@@ -51,8 +51,14 @@ class Family:
     def pipeline_class(self):
         raise NotImplementedError
 
-    def load_pipeline(self, path: str, dtype: torch.dtype):
-        return self.pipeline_class().from_pretrained(path, dtype=dtype)
+    def load_pipeline(self, path: str, dtype: torch.dtype, **components):
+        """The stock `from_pretrained`; `components` (e.g. `transformer=None`) skip loading those parts."""
+        return self.pipeline_class().from_pretrained(path, dtype=dtype, **components)
+
+    def text_components(self) -> list[str]:
+        """Pipeline folders that determine the text embedding: the text encoders and their tokenizers."""
+        enc = [c for c in self.encoder_components if c.startswith("text_encoder")]
+        return enc + [c.replace("text_encoder", "tokenizer") for c in enc]
 
     # --- geometry and schedule (config dicts only) ---------------------------------------------------------
     def alignment(self, info) -> int:

@@ -100,6 +100,10 @@ def data_digest(samples) -> str:
     return h.hexdigest()[:16]
 
 
+def _to(d: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
 class Job:
     """Loads the model, data and encodings once; runs phases; writes the outputs."""
 
@@ -125,7 +129,7 @@ class Job:
         else:
             self.phases = [Phase("lora", model_schedule(self.info, self.width, self.height,
                                                         cfg.glance_ladder_steps), "")]
-        self.identity = {"command": command, **cfg.model_dump(exclude={"output_dir", "overwrite_output_dir"}),
+        self.identity = {"command": command, **cfg.model_dump(exclude={"output_dir", "overwrite_output_dir", "cache_dir"}),
                          "data_sha256": data_digest(self.samples)}
 
     # ---------------------------------------------------------------------------------------------------------
@@ -136,23 +140,75 @@ class Job:
                  f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
             lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
+        text_cache, vae_cache = self.caches()
+        lines.append(f"caches: text embeddings {text_cache.dir}, VAE latents {vae_cache.dir}")
         return "\n".join(lines)
+
+    # --- encodings (cached on disk) -----------------------------------------------------------------------
+    def caches(self):
+        from ..data.cache import TensorCache
+        from ..tiny import cache_root
+
+        root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root() / "cache"
+        return TensorCache(root / "text", "text embedding"), TensorCache(root / "vae", "VAE latent")
+
+    def cache_keys(self, dtype):
+        """(text key, text description, image key, image description, pixels) per sample."""
+        from ..data.cache import component_identity, digest, tensor_digest
+
+        path, fam = self.info.path, self.family
+        vae_id = component_identity(path, "vae")
+        text_ids = {c: component_identity(path, c) for c in fam.text_components()}
+        out = []
+        for s in self.samples:
+            pixels = s.pixels
+            tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
+                     "max_sequence_length": self.max_sequence_length, "caption": s.caption}
+            idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
+                     "pixels": tensor_digest(pixels)}
+            out.append((digest(tdesc), tdesc, digest(idesc), idesc, pixels))
+        return out
+
+    def encode(self, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
+        """Per sample (text kwargs, {"x0", image kwargs}) on the CPU, from the caches; the encoders (and only they)
+        are loaded when something is missing, and released before the transformer is loaded."""
+        text_cache, vae_cache = self.caches()
+        keys = self.cache_keys(dtype)
+        found = [(text_cache.get(tk), vae_cache.get(ik)) for tk, _, ik, _, _ in keys]
+        missing = sum((t is None) + (i is None) for t, i in found)
+        if missing:
+            text_cache.check_writable()
+            vae_cache.check_writable()
+            pipe = self.family.load_pipeline(self.info.path, dtype, transformer=None)
+            for name in self.family.encoder_components:
+                getattr(pipe, name).to(device)
+            with torch.no_grad():
+                for n, ((tk, tdesc, ik, idesc, pixels), (t, i)) in enumerate(zip(keys, found)):
+                    if t is None:
+                        t = self.family.encode_prompts(pipe, [self.samples[n].caption], device,
+                                                       self.max_sequence_length)
+                        text_cache.put(tk, t, tdesc)
+                    if i is None:
+                        x0, image = self.family.encode_images(pipe, pixels)
+                        i = {"x0": x0.float(), **image}
+                        vae_cache.put(ik, i, idesc)
+                    found[n] = (t, i)
+            del pipe
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        return found, missing
 
     def prepare(self, device, dtype):
         cfg = self.cfg
-        pipe = self.family.load_pipeline(self.info.path, dtype)
-        for name in self.family.encoder_components:
-            getattr(pipe, name).to(device)
-        with torch.no_grad():
-            prepared = []
-            for s in self.samples:
-                text = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length)
-                x0, image = self.family.encode_images(pipe, s.pixels)
-                prepared.append(Prepared(x0.float().to(device), text, image))
-        self.family.release_encoders(pipe)
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        found, _ = self.encode(device, dtype)
+        prepared = []
+        for t, i in found:
+            i = dict(i)
+            x0 = i.pop("x0")
+            prepared.append(Prepared(x0.float().to(device), _to(t, device), _to(i, device)))
+        pipe = self.family.load_pipeline(self.info.path, dtype,
+                                         **{c: None for c in self.family.encoder_components})
         transformer = pipe.transformer.to(device)
         transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:

@@ -1,0 +1,135 @@
+"""On-disk caches of text embeddings and VAE latents: hit, miss, invalidation, atomic writes, bad cache files."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_image, write_configs
+from glancetune.cli import main
+from glancetune.data.cache import TensorCache, digest
+from glancetune.errors import GlanceError
+from glancetune.families.flux import Flux1
+
+
+def lora_bytes(out: Path) -> dict:
+    return {r: (out / r / "pytorch_lora_weights.safetensors").read_bytes() for r in ("slow", "fast")}
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    """Counts the family's encoder calls (a cache hit makes none)."""
+    calls = {"text": 0, "vae": 0, "pipelines": []}
+    enc_p, enc_i, load = Flux1.encode_prompts, Flux1.encode_images, Flux1.load_pipeline
+
+    def ep(self, *a, **k):
+        calls["text"] += 1
+        return enc_p(self, *a, **k)
+
+    def ei(self, *a, **k):
+        calls["vae"] += 1
+        return enc_i(self, *a, **k)
+
+    def lp(self, path, dtype, **components):
+        calls["pipelines"].append(sorted(components))
+        return load(self, path, dtype, **components)
+
+    monkeypatch.setattr(Flux1, "encode_prompts", ep)
+    monkeypatch.setattr(Flux1, "encode_images", ei)
+    monkeypatch.setattr(Flux1, "load_pipeline", lp)
+    return calls
+
+
+def test_hit_miss_and_invalidation(tiny_flux, tmp_path, counting):
+    cfg = write_configs(tmp_path, tiny_flux, steps=3, **{"--cache_dir": str(tmp_path / "cache"),
+                                                          "--overwrite_output_dir": True})
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (1, 1)
+    # encoders loaded without the transformer, then the transformer without the encoders
+    assert counting["pipelines"] == [["transformer"], ["text_encoder", "text_encoder_2", "vae"]]
+    first = lora_bytes(tmp_path / "output")
+    assert len(list((tmp_path / "cache" / "text").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache" / "vae").glob("*.safetensors"))) == 1
+
+    counting["pipelines"].clear()
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (1, 1)  # all hits: no encoder ran, none was loaded
+    assert counting["pipelines"] == [["text_encoder", "text_encoder_2", "vae"]]
+    assert lora_bytes(tmp_path / "output") == first  # the cached encodings are exact
+
+    (tmp_path / "data" / "img0.txt").write_text("another caption", encoding="utf-8")
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (2, 1)  # caption changed: text rebuilt, latent reused
+
+    make_image(tmp_path / "data" / "img0.png", seed=7)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (2, 2)  # image changed: latent rebuilt
+    assert len(list((tmp_path / "cache" / "vae").glob("*.safetensors"))) == 2
+
+    assert main(["glance", "--config", str(cfg), "--set", "tokenizer_max_length=16"]) == 0
+    assert (counting["text"], counting["vae"]) == (3, 2)  # sequence length is part of the text key
+
+
+def test_cache_command_then_train_reuses(tiny_flux, tmp_path, counting, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
+    assert main(["cache", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "1 samples: 2 of 2 entries computed, 0 reused" in out
+    assert counting["pipelines"] == [["transformer"]]  # the transformer is never loaded for caching
+    assert main(["cache", "--config", str(cfg)]) == 0
+    assert "0 of 2 entries computed, 2 reused" in capsys.readouterr().out
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (1, 1)
+
+
+def test_truncated_cache_file_is_an_error(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
+    assert main(["cache", "--config", str(cfg)]) == 0
+    f = next((tmp_path / "c" / "vae").glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-40])
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(f) in err and "truncated or corrupt" in err
+    assert not (tmp_path / "output").exists()
+
+
+def test_unwritable_cache_dir_is_an_error(tiny_flux, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(blocker / "sub")})
+    assert main(["glance", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cache directory is not writable" in err and str(blocker) in err
+    assert not (tmp_path / "output").exists()
+
+
+def test_crash_mid_write_leaves_nothing_loadable(tmp_path, monkeypatch):
+    import safetensors.torch as st
+
+    cache = TensorCache(tmp_path, "test")
+    key = digest({"a": 1})
+
+    def crash(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(st, "save_file", crash)
+    with pytest.raises(GlanceError, match="cannot write test cache"):
+        cache.put(key, {"x": torch.ones(2)}, {"a": 1})
+    assert list(tmp_path.iterdir()) == []  # no temp file left, nothing at the final name
+    assert cache.get(key) is None
+
+
+def test_round_trip_and_foreign_file(tmp_path):
+    cache = TensorCache(tmp_path, "test")
+    value = {"x0": torch.randn(1, 4, 8), "img_shapes": [[[1, 2, 2]]], "ids": torch.arange(3)}
+    k1, k2 = digest({"n": 1}), digest({"n": 2})
+    cache.put(k1, value, {"n": 1})
+    got = cache.get(k1)
+    assert torch.equal(got["x0"], value["x0"]) and torch.equal(got["ids"], value["ids"])
+    assert got["img_shapes"] == [[[1, 2, 2]]]
+    assert json.loads(json.dumps(got["img_shapes"])) == value["img_shapes"]
+    cache.path(k1).rename(cache.path(k2))  # a file under another key's name is not trusted
+    with pytest.raises(GlanceError, match="does not belong to this key"):
+        cache.get(k2)
