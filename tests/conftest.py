@@ -83,14 +83,15 @@ def run_ladder(run: Path):
 
 
 def stock_glance(family: str, model, run: Path, seed: int, width: int, height: int, **guidance):
-    """Stock diffusers only: the family's pipeline class, both adapters, an identity scheduler, the ladder as
+    """Stock diffusers only: the folder's pipeline class, both adapters, an identity scheduler, the ladder as
     `sigmas=`, and the adapter switched in `callback_on_step_end` after the last slow step."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from glancetune.families import get_family
+    from glancetune.families import model_info
 
-    pipe = get_family(family).pipeline_class().from_pretrained(str(model))
+    adapter = model_info(str(model), family).family  # the adapter for the folder's pipeline class
+    pipe = adapter.pipeline_class().from_pretrained(str(model))
     pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
     pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,

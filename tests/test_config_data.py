@@ -153,12 +153,11 @@ def test_flavours_are_checked():
     for fam, flav, hub in (("flux", "schnell", "black-forest-labs/FLUX.1-schnell"),
                            ("flux2", None, "black-forest-labs/FLUX.2-klein-base-9B"),
                            ("flux2", "klein-4b", "black-forest-labs/FLUX.2-klein-base-4B"),
+                           ("flux2", "dev", "black-forest-labs/FLUX.2-dev"),
                            ("qwen_image", None, "Qwen/Qwen-Image")):
         assert build_config({"data_backend_config": "d", "model_family": fam, "model_flavour": flav}, "c").model_ref == hub
-    with pytest.raises(GlanceError, match="model_flavour: unknown flavour 'klein-2b' for flux2; valid: klein-9b, klein-4b"):
+    with pytest.raises(GlanceError, match="model_flavour: unknown flavour 'klein-2b' for flux2; valid: klein-9b, klein-4b, dev"):
         build_config({"data_backend_config": "d", "model_family": "flux2", "model_flavour": "klein-2b"}, "c").model_ref
-    with pytest.raises(GlanceError, match="model_flavour: 'dev' is not implemented yet"):
-        build_config({"data_backend_config": "d", "model_family": "flux2", "model_flavour": "dev"}, "c").model_ref
     with pytest.raises(GlanceError, match="unknown flavour 'turbo' for flux"):  # checked with a path given too
         build_config({"data_backend_config": "d", "model_flavour": "turbo",
                       "pretrained_model_name_or_path": "x"}, "c").model_ref

@@ -1,4 +1,4 @@
-"""Every family beyond FLUX.1 through the same spine: tiny pipeline -> glance -> stock load -> exact generate."""
+"""Every family and flavour through the same spine: tiny pipeline -> glance -> stock load -> exact generate."""
 import json
 
 import numpy as np
@@ -8,27 +8,30 @@ import torch
 from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export import read_metadata
-from glancetune.families import get_family, model_info
+from glancetune.families import model_info
 from glancetune.sample import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder
 
 
-# family -> (tiny builder name, transformer class name, stock pipeline kwargs that `generate` must equal)
+# tiny model -> (model_family, transformer class name, stock pipeline kwargs that `generate` must equal)
 FAMILIES = {
     "flux": ("flux", "FluxTransformer2DModel", {"guidance_scale": 1.0}),
     "sd3": ("sd3", "SD3Transformer2DModel", {"guidance_scale": 7.0}),
-    "flux2": ("flux2-klein", "Flux2Transformer2DModel", {"guidance_scale": 4.0}),
+    "flux2-klein": ("flux2", "Flux2Transformer2DModel", {"guidance_scale": 4.0}),
+    "flux2-dev": ("flux2", "Flux2Transformer2DModel", {"guidance_scale": 4.0}),  # the guidance embedding
     "qwen_image": ("qwen_image", "QwenImageTransformer2DModel", {"true_cfg_scale": 5.0, "negative_prompt": " "}),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_run(request, tmp_path_factory):
+    """(tiny model name, model folder, glance output folder, timesteps the transformer saw while training)"""
     name = request.param
     root = tmp_path_factory.mktemp(name)
     model = root / "model"
-    assert main(["tiny", FAMILIES[name][0], str(model)]) == 0
-    cfg = write_configs(root, str(model), steps=6, **{"--model_family": name, "--timestep_sampling": "round-robin"})
+    assert main(["tiny", name, str(model)]) == 0
+    cfg = write_configs(root, str(model), steps=6, **{"--model_family": FAMILIES[name][0],
+                                                       "--timestep_sampling": "round-robin"})
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[name][1])
@@ -46,7 +49,12 @@ ladder_of = run_ladder
 
 
 def stock(name, model, run, seed):
-    return stock_glance(name, model, run, seed, 128, 128, **FAMILIES[name][2])
+    return stock_glance(FAMILIES[name][0], model, run, seed, 128, 128, **FAMILIES[name][2])
+
+
+def adapter(model):
+    """The family adapter for this folder's pipeline class (FLUX.2: klein or dev)."""
+    return model_info(model).family
 
 
 def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatch):
@@ -62,7 +70,8 @@ def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatc
                                                                         output_type="np")[0]
     per_step = torch.unique_consecutive(torch.stack([t[0] for t in seen]))  # CFG may call twice per step
     assert all(torch.equal(t, t[:1].expand_as(t)) for t in seen)
-    fam = get_family(name)
+    fam = adapter(model)
+    assert fam.name == FAMILIES[name][0]
     assert torch.equal(per_step, fam.transformer_timestep(torch.tensor(ladder_of(run).sigmas), torch.float32))
     assert set(trained.tolist()) == set(per_step.tolist())
     monkeypatch.setattr(cls, "forward", orig)
@@ -71,7 +80,7 @@ def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatc
 
 def test_stock_load_changes_output(family_run):
     name, model, run, _ = family_run
-    pipe = get_family(name).pipeline_class().from_pretrained(model)
+    pipe = adapter(model).pipeline_class().from_pretrained(model)
     kw = dict(num_inference_steps=2, width=128, height=128, output_type="np")
     base = pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0]
     for role in ("slow", "fast"):
@@ -90,7 +99,7 @@ def test_ladder_is_the_models_own_schedule(family_run):
 
     info = model_info(model)
     sched = FlowMatchEulerDiscreteScheduler.from_config(info.scheduler_config)
-    pipe = get_family(name).pipeline_class().from_pretrained(model, scheduler=sched)
+    pipe = adapter(model).pipeline_class().from_pretrained(model, scheduler=sched)
     pipe(prompt=PROMPT, num_inference_steps=50, width=128, height=128, output_type="latent",
          callback_on_step_end=lambda p, i, t, kw: (setattr(p, "_interrupt", True), {})[1])
     full = sched.sigmas[:-1].tolist()
@@ -105,14 +114,15 @@ def test_cfg_phases(family_run, monkeypatch):
     sampler = GlanceSampler.from_spec(resolve_spec(run=run), device="cpu")
     kw = dict(seed=2, width=128, height=128, output_type="np")
     if not sampler.family.true_cfg:
-        with pytest.raises(Exception, match="--cfg-phases: flux uses a guidance embedding"):
+        with pytest.raises(Exception, match=f"--cfg-phases: {FAMILIES[name][0]} uses a guidance embedding"):
             sampler([PROMPT], cfg_phases="slow", **kw)
+        check_resume_latents(sampler, ladder_of(run))
         return
     one_call = sampler([PROMPT], cfg_phases="none", **kw)[0]
     sampler.guidance = None  # CFG off in both calls: the chained path must reproduce the single call
     chained = sampler([PROMPT], cfg_phases="slow", **kw)[0]
     assert np.abs(chained - one_call).max() <= 1 / 255
-    sampler.guidance = get_family(name).default_cfg
+    sampler.guidance = sampler.family.default_cfg
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[name][1])
@@ -126,3 +136,31 @@ def test_cfg_phases(family_run, monkeypatch):
         assert sampler.nfe(phases) == nfe and sum(calls) == nfe, phases  # SD3 batches cond+uncond in one call
         if phases == "slow":
             assert np.abs(out - one_call).max() > 1e-5  # CFG in the slow phase changed the image
+
+
+
+def check_resume_latents(sampler, lad):
+    """Guidance-embedding families never chain two calls in `generate`; check their `resume_latents` directly: the
+    stock pipeline stopped after the slow steps (latent output), then continued on the fast sigmas from
+    `resume_latents(...)`, equals one call (FLUX.2 dev returns packed tokens but takes [B, 128, h, w])."""
+    pipe, fam = sampler.pipe, sampler.family
+    kw = dict(prompt=[PROMPT], width=128, height=128, **fam.pipeline_kwargs(sampler.guidance, 512))
+    pipe.set_adapters("slow")  # one adapter throughout: the chaining itself is what is checked
+    one = pipe(sigmas=list(lad.sigmas), num_inference_steps=10, output_type="np",
+               generator=torch.Generator().manual_seed(5), **kw).images[0]
+
+    def stop(p, i, t, k):
+        if i == lad.boundary - 1:
+            p._interrupt = True
+        return {}
+
+    first = pipe(sigmas=list(lad.sigmas), num_inference_steps=10, output_type="latent", callback_on_step_end=stop,
+                 generator=torch.Generator().manual_seed(5), **kw).images
+    second = pipe(sigmas=list(lad.fast), num_inference_steps=len(lad.fast), output_type="np",
+                  latents=fam.resume_latents(pipe, first, 128, 128), **kw).images[0]
+    assert np.abs(second - one).max() <= 1 / 255
+    jumped = pipe(sigmas=list(lad.slow), num_inference_steps=len(lad.slow), output_type="latent",
+                  generator=torch.Generator().manual_seed(5), **kw).images  # the naive chaining: ends at sigma 0
+    naive = pipe(sigmas=list(lad.fast), num_inference_steps=len(lad.fast), output_type="np",
+                 latents=fam.resume_latents(pipe, jumped, 128, 128), **kw).images[0]
+    assert np.abs(naive - one).max() > 1 / 255  # so the check can fail

@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
 
     model_type: Literal["lora"] = Field("lora", description="only LoRA training exists")
     model_family: str = Field("flux", description="model family: flux | flux2 | sd3 | qwen_image")
-    model_flavour: str | None = Field(None, description="flux: dev | schnell; flux2: klein-9b | klein-4b; sd3: "
+    model_flavour: str | None = Field(None, description="flux: dev | schnell; flux2: klein-9b | klein-4b | dev; sd3: "
                                       "medium | 3.5-medium | 3.5-large (picks the hub id if no path is given)")
     pretrained_model_name_or_path: str | None = Field(
         None, description="hub id, local diffusers folder, or tiny:<family> (built-in tiny random model)")

@@ -201,7 +201,7 @@ class GlanceSampler:
                           **(cfg_on if phases == "slow" else cfg_off)).images
         self.pipe.set_adapters("fast")
         out = self.pipe(sigmas=list(ladder.fast), num_inference_steps=len(ladder.fast), output_type=output_type,
-                        latents=self.family.resume_latents(self.pipe, first), **common,
+                        latents=self.family.resume_latents(self.pipe, first, height, width), **common,
                         **(cfg_on if phases == "fast" else cfg_off))
         return out.images
 

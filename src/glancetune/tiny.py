@@ -171,7 +171,7 @@ def build_qwen_image(scheduler_config: dict | None = None):
                              transformer=transformer)
 
 
-# FLUX.2 scheduler_config.json (mu is computed empirically by the pipeline)
+# FLUX.2 scheduler_config.json, klein and dev alike (mu is computed empirically by the pipeline)
 FLUX2_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
                        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
 QWEN3_CHAT_TEMPLATE = (
@@ -180,10 +180,24 @@ QWEN3_CHAT_TEMPLATE = (
     "<think>\n\n</think>\n\n{% endif %}{% endif %}")
 
 
+def _flux2_transformer_vae(guidance_embeds: bool):
+    """The FLUX.2 transformer (128-channel tokens, 4-axis RoPE) and 32-channel BatchNorm VAE (non-trivial stats)."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                                          num_attention_heads=2, joint_attention_dim=48, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=guidance_embeds)
+    vae = _tiny_vae(AutoencoderKLFlux2, latent_channels=32)
+    vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.running_mean.numel()))
+    vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+    return transformer, vae
+
+
 def build_flux2_klein(distilled: bool = False):
     """A tiny random Flux2KleinPipeline (Qwen3 encoder with 28 layers so layers 9/18/27 exist, 128-ch tokens)."""
     import torch
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tok = qwen2_tokenizer()
@@ -194,18 +208,75 @@ def build_flux2_klein(distilled: bool = False):
         text_encoder = Qwen3ForCausalLM(Qwen3Config(
             vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2,
             num_key_value_heads=2, head_dim=8, eos_token_id=0, pad_token_id=0, bos_token_id=0))
-        transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=2,
-                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=48,
-                                              axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False)
-        vae = _tiny_vae(AutoencoderKLFlux2, latent_channels=32)
-        vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.running_mean.numel()))
-        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+        transformer, vae = _flux2_transformer_vae(guidance_embeds=False)
     return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,
                               text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
                               is_distilled=distilled)
 
 
-BUILDERS = {"flux2-klein": build_flux2_klein, "qwen_image": build_qwen_image, "sd3": build_sd3, "flux": build_flux,
+# Mistral-Small-3.1's special tokens, at their real ids ([IMG] 10, <pad> 11)
+MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                    "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                    "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+# Mistral-Small-3.1's chat layout: bos, [SYSTEM_PROMPT]..[/SYSTEM_PROMPT], [INST]..[/INST], content as a string or
+# a list of {"type": "text" | "image"} blocks (Flux2Pipeline sends lists)
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}{%- if content is string -%}{{ content }}{%- else -%}{%- for c in content -%}"
+    "{%- if c['type'] == 'text' -%}{{ c['text'] }}{%- elif c['type'] == 'image' -%}[IMG]{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}{%- endmacro -%}"
+    "{{ bos_token }}{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}[SYSTEM_PROMPT]{{ render(m['content']) }}[/SYSTEM_PROMPT]"
+    "{%- elif m['role'] == 'user' -%}[INST]{{ render(m['content']) }}[/INST]"
+    "{%- else -%}{{ render(m['content']) }}{{ eos_token }}{%- endif -%}{%- endfor -%}")
+
+
+def mistral_tokenizer():
+    """Byte-level BPE (one token per byte) with Mistral-3's special tokens and chat template. The real FLUX.2-dev
+    folder holds a PixtralProcessor, which transformers 5 cannot build without torchvision; the pipeline only calls
+    `apply_chat_template`, which a tokenizer has too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {s: i for i, s in enumerate(MISTRAL_SPECIALS)}
+    for c in _byte_symbols():
+        vocab[c] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", additional_special_tokens=list(MISTRAL_SPECIALS[3:]),
+                                   chat_template=MISTRAL_CHAT_TEMPLATE, model_max_length=512)
+
+
+def build_flux2_dev():
+    """A tiny random Flux2Pipeline (FLUX.2 dev): Mistral3ForConditionalGeneration with 31 text layers so hidden
+    states 10/20/30 exist (hidden 16: 3 x 16 = the transformer's 48-wide context), a 1-layer Pixtral vision tower,
+    and the klein transformer with a guidance embedding."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tok = mistral_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>", "[IMG]")}
+    cfg = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=16, intermediate_size=16,
+                         num_hidden_layers=31, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                         sliding_window=None, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                         pad_token_id=ids["<pad>"]),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, image_size=30, patch_size=6),
+        image_token_index=ids["[IMG]"], spatial_merge_size=2, multimodal_projector_bias=False,
+        projector_hidden_act="gelu", vision_feature_layer=-1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Mistral3ForConditionalGeneration(cfg)
+        transformer, vae = _flux2_transformer_vae(guidance_embeds=True)
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,
+                         text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+
+
+BUILDERS = {"flux2-klein": build_flux2_klein, "flux2-dev": build_flux2_dev, "qwen_image": build_qwen_image,
+            "sd3": build_sd3, "flux": build_flux,
             "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
 
 

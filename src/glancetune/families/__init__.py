@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GlanceError
-from .base import Family
+from .base import Family, FamilyGroup
 from .flux import Flux1
-from .flux2 import Flux2Klein
+from .flux2 import Flux2Dev, Flux2Klein
 from .qwen_image import QwenImage
 from .sd3 import SD3
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), Flux2Klein(), SD3(), QwenImage())}
+# model_family -> family; FLUX.2's flavours use two pipeline classes, so its entry is a group of two adapters
+FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), FamilyGroup(Flux2Klein(), Flux2Dev()), SD3(),
+                                                   QwenImage())}
 
 
 def get_family(name: str) -> Family:
@@ -30,7 +32,7 @@ class ModelInfo:
 
     ref: str  # what the user wrote
     path: str  # local folder or hub id handed to from_pretrained
-    family: Family
+    family: Family  # the adapter for this folder's pipeline class (a member of a FamilyGroup)
     scheduler_config: dict
     vae_config: dict
     transformer_config: dict
@@ -66,8 +68,9 @@ def read_config(path: str, filename: str) -> dict:
         raise GlanceError(f"{f}: unreadable config ({e})") from None
 
 
-def model_info(ref: str, family_name: str | None = None) -> ModelInfo:
-    """Resolve `ref`, detect (or check) its family from model_index.json, read scheduler and VAE configs."""
+def model_info(ref: str, family_name: str | None = None, flavour: str | None = None) -> ModelInfo:
+    """Resolve `ref`, detect (or check) its family from model_index.json, pick the adapter for its pipeline class
+    (checked against `flavour` when given), read scheduler, VAE and transformer configs."""
     path = resolve_ref(ref)
     index = read_config(path, "model_index.json")
     cls = index.get("_class_name", "?")
@@ -82,7 +85,13 @@ def model_info(ref: str, family_name: str | None = None) -> ModelInfo:
                           f"{', '.join(sorted(FAMILIES))}")
     else:
         family = detected
-    return ModelInfo(ref=ref, path=path, family=family,
+    adapter = family.adapter(cls)
+    if flavour is not None:
+        wanted = family.flavour_adapter(flavour)
+        if wanted is not adapter:
+            raise GlanceError(f"{ref}: model_flavour {flavour!r} needs a {' or '.join(wanted.pipeline_class_names)} "
+                              f"folder, but its model_index.json names {cls}")
+    return ModelInfo(ref=ref, path=path, family=adapter,
                      scheduler_config=read_config(path, "scheduler/scheduler_config.json"),
                      vae_config=read_config(path, "vae/config.json"),
                      transformer_config=read_config(path, "transformer/config.json"))

@@ -47,6 +47,17 @@ class Family:
                               f"{', '.join(f for f in self.flavours if f)})")
         return self.flavours[flavour]
 
+    def adapter(self, pipeline_class_name: str) -> "Family":
+        """The adapter for a folder whose model_index.json names this pipeline class (`FamilyGroup` picks one of its
+        members; a plain family is its own adapter). `model_info` stores it as `ModelInfo.family`: the trainer and
+        the sampler only ever talk to that adapter."""
+        return self
+
+    def flavour_adapter(self, flavour: str) -> "Family":
+        """The adapter whose pipeline class serves `flavour` (an unknown flavour is an error)."""
+        self.flavour_model(flavour)
+        return self
+
     # --- loading -------------------------------------------------------------------------------------------
     def pipeline_class(self):
         raise NotImplementedError
@@ -146,8 +157,9 @@ class Family:
     #: True when inference guidance is true CFG (two passes per step); False for a guidance embedding
     true_cfg: bool = False
 
-    def resume_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        """Turn `output_type="latent"` output into the `latents=` input of the same pipeline (to continue)."""
+    def resume_latents(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Turn `output_type="latent"` output of a `height` x `width` call into the `latents=` input of the same
+        pipeline (to continue where the first call stopped)."""
         return latents
 
     def pipeline_kwargs(self, guidance: float | None, max_sequence_length: int) -> dict[str, Any]:
@@ -173,3 +185,34 @@ class Family:
         for name in self.encoder_components:
             if getattr(pipe, name, None) is not None:
                 setattr(pipe, name, None)
+
+
+class FamilyGroup(Family):
+    """One `model_family` whose flavours load different pipeline classes (FLUX.2: Flux2KleinPipeline for klein,
+    Flux2Pipeline for dev). It answers the family-level questions (flavours, accepted pipeline classes); everything
+    model-specific is asked of the member adapter that `adapter()` returns for a folder's pipeline class."""
+
+    def __init__(self, *members: Family):
+        self.members = members
+        self.name = members[0].name
+        self.pipeline_class_names = tuple(c for m in members for c in m.pipeline_class_names)
+        self.flavours, self.unsupported_flavours = {}, {}
+        for m in members:
+            for k, v in m.flavours.items():
+                self.flavours.setdefault(k, v)  # the first member's default flavour (None) is the family's
+            self.unsupported_flavours.update(m.unsupported_flavours)
+
+    def adapter(self, pipeline_class_name):
+        for m in self.members:
+            if pipeline_class_name in m.pipeline_class_names:
+                return m.adapter(pipeline_class_name)
+        raise GlanceError(f"model_family: {self.name} does not load {pipeline_class_name} "
+                          f"(expected {', '.join(self.pipeline_class_names)})")
+
+    def flavour_adapter(self, flavour):
+        self.flavour_model(flavour)
+        return next(m for m in self.members if flavour in m.flavours).flavour_adapter(flavour)
+
+    def pipeline_class(self):
+        raise TypeError(f"{self.name}: the pipeline class depends on the model folder "
+                        f"({', '.join(self.pipeline_class_names)}); ask model_info(ref).family")

@@ -112,7 +112,7 @@ class Job:
             raise GlanceError("flow_custom_timesteps: not used by `glance`; give glance_slow_timesteps and "
                               "glance_fast_timesteps (or nothing: the model's own ladder)")
         self.cfg, self.command = cfg, command
-        self.info = model_info(cfg.model_ref, cfg.model_family)
+        self.info = model_info(cfg.model_ref, cfg.model_family, cfg.model_flavour)
         self.family = self.info.family
         align = self.family.alignment(self.info)
         self.samples = load_samples(load_backends(cfg.data_backend_config), align)
