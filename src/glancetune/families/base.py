@@ -35,12 +35,16 @@ class Family:
     flavours: dict[str | None, str] = {}
     #: flavours we know but have not built, with the reason
     unsupported_flavours: dict[str, str] = {}
+    #: flavours served by another family (model_flavour -> family name), e.g. qwen_image `edit` -> qwen_image_edit
+    flavour_families: dict[str, str] = {}
+    #: True for edit models: every sample has a control image, and `generate` needs `--image`
+    needs_control_image: bool = False
 
     def flavour_model(self, flavour: str | None) -> str:
         if flavour in self.unsupported_flavours:
             raise GlanceError(f"model_flavour: {flavour!r} is not implemented yet ({self.unsupported_flavours[flavour]})")
         if flavour is not None and flavour not in self.flavours:
-            valid = ", ".join(f for f in self.flavours if f is not None) or "none"
+            valid = ", ".join([f for f in self.flavours if f is not None] + list(self.flavour_families)) or "none"
             raise GlanceError(f"model_flavour: unknown flavour {flavour!r} for {self.name}; valid: {valid}")
         if flavour not in self.flavours:
             raise GlanceError(f"pretrained_model_name_or_path: required for {self.name} (or set model_flavour: "
@@ -51,8 +55,10 @@ class Family:
     def pipeline_class(self):
         raise NotImplementedError
 
-    def load_pipeline(self, path: str, dtype: torch.dtype):
-        return self.pipeline_class().from_pretrained(path, dtype=dtype)
+    def load_pipeline(self, path: str, dtype: torch.dtype, **components):
+        """The stock `from_pretrained`; `components` (e.g. `processor=` for a tiny Edit folder saved without one)
+        are handed to it and replace what the folder holds."""
+        return self.pipeline_class().from_pretrained(path, dtype=dtype, **components)
 
     # --- geometry and schedule (config dicts only) ---------------------------------------------------------
     def alignment(self, info) -> int:
@@ -92,11 +98,17 @@ class Family:
 
     # --- encoding ------------------------------------------------------------------------------------------
     def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int) -> dict[str, torch.Tensor]:
-        """Transformer kwargs for the text side, batch dimension first (except `shared_keys`)."""
+        """Transformer kwargs for the text side, batch dimension first (except `shared_keys`).
+
+        Edit families (`needs_control_image`) take `control=` (the control image, PIL) and encode the prompt with it
+        exactly as their pipeline does; the trainer passes `control` only to those families."""
         raise NotImplementedError
 
     def encode_images(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs)."""
+        """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs).
+
+        Edit families also take `control=` and put the control latents into the image-side kwargs; their `predict`
+        feeds them to the transformer (appended after the target tokens) and returns the target part only."""
         raise NotImplementedError
 
     # --- the transformer call ------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import load_backends, load_samples
+from ..data import load_backends
+from ..data.edit import load_job_samples
 from ..errors import GlanceError
 from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
 from ..families import ModelInfo, model_info
@@ -97,21 +98,26 @@ def data_digest(samples) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
+        control = getattr(s, "control_path", None)  # edit datasets
+        if control is not None:
+            h.update(b"\0control\0" + control.name.encode() + b"\0" + control.read_bytes())
     return h.hexdigest()[:16]
 
 
 class Job:
     """Loads the model, data and encodings once; runs phases; writes the outputs."""
 
-    def __init__(self, cfg, command: str):
+    def __init__(self, cfg, command: str, components: dict | None = None):
+        """`components`: pipeline components handed to the family's `load_pipeline` (see Family.load_pipeline)."""
         if command == "glance" and cfg.flow_custom_timesteps is not None:
             raise GlanceError("flow_custom_timesteps: not used by `glance`; give glance_slow_timesteps and "
                               "glance_fast_timesteps (or nothing: the model's own ladder)")
-        self.cfg, self.command = cfg, command
-        self.info = model_info(cfg.model_ref, cfg.model_family)
+        self.cfg, self.command, self.components = cfg, command, components or {}
+        self.info = model_info(cfg.model_ref, cfg.family.name)
         self.family = self.info.family
         align = self.family.alignment(self.info)
-        self.samples = load_samples(load_backends(cfg.data_backend_config), align)
+        self.samples = load_job_samples(load_backends(cfg.data_backend_config), align,
+                                        edit=self.family.needs_control_image)
         self.width, self.height = self.samples[0].width, self.samples[0].height
         self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
@@ -130,7 +136,8 @@ class Job:
 
     # ---------------------------------------------------------------------------------------------------------
     def describe(self) -> str:
-        lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} sample(s) at "
+        kind = "edit pair(s) (target + control)" if self.family.needs_control_image else "sample(s)"
+        lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} {kind} at "
                  f"{self.width}x{self.height}, guidance {self.guidance}",
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
@@ -140,15 +147,19 @@ class Job:
 
     def prepare(self, device, dtype):
         cfg = self.cfg
-        pipe = self.family.load_pipeline(self.info.path, dtype)
+        pipe = self.family.load_pipeline(self.info.path, dtype, **self.components)
         for name in self.family.encoder_components:
             getattr(pipe, name).to(device)
         with torch.no_grad():
             prepared = []
             for s in self.samples:
-                text = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length)
-                x0, image = self.family.encode_images(pipe, s.pixels)
+                # edit models: the control image conditions both the prompt and the transformer input
+                control = {"control": s.control} if getattr(s, "control", None) is not None else {}
+                text = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length, **control)
+                x0, image = self.family.encode_images(pipe, s.pixels, **control)
                 prepared.append(Prepared(x0.float().to(device), text, image))
+        if cfg.train_batch_size > 1 and len(prepared) > 1:
+            self.family.collate([p.image for p in prepared])  # samples that cannot share a batch fail here
         self.family.release_encoders(pipe)
         gc.collect()
         if device.type == "cuda":
@@ -234,6 +245,8 @@ class Job:
                           "lora_alpha": self.cfg.alpha, "lora_targets": self.targets,
                           "phases": {p.name: list(p.sigmas) for p in self.phases},
                           "captions": {s.image_path.name: s.caption for s in self.samples}}}
+        if any(getattr(s, "control_path", None) is not None for s in self.samples):
+            d["resolved"]["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         if self.ladder is not None:
             d["resolved"]["ladder"] = self.ladder.to_dict()
         if phase is not None:
