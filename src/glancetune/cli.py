@@ -72,20 +72,31 @@ def cmd_cache(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from .sample import GlanceSampler, resolve_spec, save_images
+    from .data.dataset import open_image
+    from .families import model_info
+    from .sample import GlanceSampler, check_image_arg, resolve_spec, save_images
 
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
                         height=args.height, guidance=args.guidance)
+    control = None
+    if args.image is not None:
+        if not Path(args.image).is_file():
+            raise GlanceError(f"--image: {args.image}: file not found")
+        control = open_image(Path(args.image))
+    check_image_arg(model_info(spec.base_model).family, control)  # before any weights load
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
     sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype)
     t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height, cfg_phases=args.cfg_phases)
+    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height, cfg_phases=args.cfg_phases,
+                     image=control)
     t2 = time.perf_counter()
     info = {"prompt": args.prompt if len(args.prompt) > 1 else args.prompt[0], "seed": args.seed,
             "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": spec.guidance,
             "size": [spec.width, spec.height]}
+    if args.image is not None:
+        info["image"] = str(args.image)
     for p in save_images(images, args.output, info):
         print(f"wrote {p}")
     print(f"{len(spec.ladder.sigmas)} steps ({spec.ladder.boundary} slow + {len(spec.ladder.fast)} fast), "
@@ -183,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
     g.add_argument("--fast", help="fast LoRA folder or .safetensors file")
     g.add_argument("--prompt", action="append", required=True, help="prompt (repeat for a batch)")
+    g.add_argument("--image", metavar="PATH", help="control image to edit (required for edit models, refused "
+                   "for the others)")
     g.add_argument("--seed", type=int, default=0, help="image k of a batch uses seed+k")
     g.add_argument("--output", default="glance.png", help="PNG path (a batch writes NAME-k.png)")
     g.add_argument("--width", type=int)

@@ -36,9 +36,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model_type: Literal["lora"] = Field("lora", description="only LoRA training exists")
-    model_family: str = Field("flux", description="model family: flux | flux2 | sd3 | qwen_image")
+    model_family: str = Field("flux", description="model family: flux | flux2 | sd3 | qwen_image "
+                              "(| qwen_image_edit | qwen_image_edit_plus)")
     model_flavour: str | None = Field(None, description="flux: dev | schnell; flux2: klein-9b | klein-4b | dev; sd3: "
-                                      "medium | 3.5-medium | 3.5-large (picks the hub id if no path is given)")
+                                      "medium | 3.5-medium | 3.5-large; qwen_image: edit (edit-v1) | edit-plus "
+                                      "(edit-v2) (picks the hub id if no path is given)")
     pretrained_model_name_or_path: str | None = Field(
         None, description="hub id, local diffusers folder, or tiny:<family> (built-in tiny random model)")
     data_backend_config: str = Field(..., description="dataloader JSON (SimpleTuner style)")
@@ -94,16 +96,23 @@ class TrainConfig(BaseModel):
     glance_fast_indices: str | list[int] | None = None
 
     @property
+    def family(self):
+        """The family that trains this model: model_family, or the one a model_flavour selects (qwen_image edit)."""
+        from .families import resolve_family
+
+        return resolve_family(self.model_family, self.model_flavour)[0]
+
+    @property
     def model_ref(self) -> str:
         """The model to load: the explicit path/id, else the flavour's hub id (the flavour is checked either way)."""
-        from .families import get_family
+        from .families import resolve_family
 
-        family = get_family(self.model_family)
+        family, flavour = resolve_family(self.model_family, self.model_flavour)
         if self.pretrained_model_name_or_path:
-            if self.model_flavour is not None:
-                family.flavour_model(self.model_flavour)  # an unknown flavour is an error even with a path
+            if flavour is not None:
+                family.flavour_model(flavour)  # an unknown flavour is an error even with a path
             return self.pretrained_model_name_or_path
-        return family.flavour_model(self.model_flavour)
+        return family.flavour_model(flavour)
 
     @property
     def alpha(self) -> float:

@@ -109,6 +109,16 @@ def check_lora_keys(path: Path, modules: set[str]) -> None:
                           f"{', '.join(bad[:3])}{more}")
 
 
+def check_image_arg(family, image) -> None:
+    """`--image` is required for edit models and refused for the others (checked before any weights load)."""
+    if family.needs_control_image and image is None:
+        raise GlanceError(f"--image: {family.name} is an edit model; give the control image to edit "
+                          "(--image PATH)")
+    if not family.needs_control_image and image is not None:
+        raise GlanceError(f"--image: {family.name} is not an edit model; --image is only for edit models "
+                          "(Qwen-Image-Edit / Edit-Plus)")
+
+
 class GlanceSampler:
     """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
 
@@ -121,13 +131,15 @@ class GlanceSampler:
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
 
     @classmethod
-    def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None):
+    def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None,
+                  components: dict | None = None):
+        """`components`: pipeline components handed to the family's `load_pipeline` (e.g. `processor=`)."""
         info = model_info(spec.base_model)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if str(device).startswith("cuda"):
             torch.backends.cuda.enable_cudnn_sdp(False)  # see train.jobs.pick_device
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-        pipe = info.family.load_pipeline(info.path, dtype).to(device)
+        pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
         modules = {n for n, _ in pipe.transformer.named_modules()}
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):
             f = lora_file(path)
@@ -158,14 +170,21 @@ class GlanceSampler:
 
     def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
                  guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None,
-                 cfg_phases: str | None = None):
+                 cfg_phases: str | None = None, image=None):
         """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in.
 
         `cfg_phases` (true-CFG families): both (default when guidance > 1), slow, fast or none. "both"/"none"
         is one pipeline call; "slow"/"fast" stops the first call after the slow steps (latent output) and
         continues with a second call on the fast sigmas, the exact chaining of the notes.
+
+        `image` (edit models only, required there): the control image (PIL), passed to the pipeline as `image=`;
+        each prompt then runs as its own call (the edit pipelines condition one prompt on one image).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        check_image_arg(self.family, image)
+        if image is not None and len(prompts) > 1:
+            return [im for k, p in enumerate(prompts)
+                    for im in self(p, seed + k, width, height, guidance, output_type, ladder, cfg_phases, image)]
         ladder = ladder or self.ladder
         align = self.family.alignment(self.info)
         if width % align or height % align:
@@ -175,6 +194,8 @@ class GlanceSampler:
         boundary = ladder.boundary
         gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
         common = dict(prompt=prompts, width=width, height=height, generator=gens)
+        if image is not None:
+            common["image"] = image
         cfg_on = self.family.pipeline_kwargs(g, self.max_sequence_length)
         # a guidance embedding (FLUX.1) is not CFG: it is passed whatever the phase policy
         cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
@@ -225,4 +246,4 @@ def save_images(images, output: str | Path, info: dict) -> list[Path]:
     return paths
 
 
-__all__ = ["GlanceSampler", "GlanceSpec", "resolve_spec", "save_images", "WEIGHT_NAME"]
+__all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "resolve_spec", "save_images", "WEIGHT_NAME"]

@@ -137,11 +137,11 @@ def qwen2_tokenizer():
     return tok
 
 
-def build_qwen_image(scheduler_config: dict | None = None):
-    """A tiny random QwenImagePipeline (Qwen2.5-VL text encoder, 3-D VAE scale 8, 2x2-packed 64-channel tokens)."""
+def _qwen_image_components(scheduler_config: dict | None = None) -> dict:
+    """Tiny random Qwen-Image components (Qwen2.5-VL text encoder with a vision tower, 3-D VAE scale 8, 2x2-packed
+    64-channel transformer), shared by the text-to-image and the Edit pipelines."""
     import torch
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tok = qwen2_tokenizer()
@@ -167,8 +167,39 @@ def build_qwen_image(scheduler_config: dict | None = None):
                                      latents_mean=[0.1 * (i % 4) for i in range(16)],
                                      latents_std=[1.0 + 0.25 * (i % 3) for i in range(16)])
     scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or QWEN_IMAGE_SCHEDULER))
-    return QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok,
-                             transformer=transformer)
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+
+
+def build_qwen_image(scheduler_config: dict | None = None):
+    """A tiny random QwenImagePipeline (Qwen2.5-VL text encoder, 3-D VAE scale 8, 2x2-packed 64-channel tokens)."""
+    from diffusers import QwenImagePipeline
+
+    return QwenImagePipeline(**_qwen_image_components(scheduler_config))
+
+
+def qwen2vl_processor(tokenizer):
+    """A stock Qwen2VLProcessor for the Edit pipelines, or None where it cannot be built: under transformers 5 its
+    video processor needs torchvision (not installable on every machine, e.g. CPU-only test machines)."""
+    try:
+        import torchvision  # noqa: F401
+        from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+        return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), tokenizer=tokenizer,
+                                video_processor=Qwen2VLVideoProcessor())
+    except Exception:  # ImportError, or a torchvision build that does not match torch
+        return None
+
+
+def build_qwen_image_edit(plus: bool = False):
+    """A tiny random QwenImageEditPipeline (QwenImageEditPlusPipeline with `plus`): the Qwen-Image components
+    (Qwen-Image-Edit's scheduler config equals Qwen-Image's) plus a stock Qwen2VLProcessor where torchvision is
+    available. Without torchvision the folder is saved with `processor: null` and loads only with a processor given
+    (`components={"processor": ...}`, see README "Pointing at a real model")."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    parts = _qwen_image_components()
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    return cls(processor=qwen2vl_processor(parts["tokenizer"]), **parts)
 
 
 # FLUX.2 scheduler_config.json, klein and dev alike (mu is computed empirically by the pipeline)
@@ -277,7 +308,9 @@ def build_flux2_dev():
 
 BUILDERS = {"flux2-klein": build_flux2_klein, "flux2-dev": build_flux2_dev, "qwen_image": build_qwen_image,
             "sd3": build_sd3, "flux": build_flux,
-            "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
+            "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False),
+            "qwen_image_edit": build_qwen_image_edit,
+            "qwen_image_edit_plus": lambda: build_qwen_image_edit(plus=True)}
 
 
 def write_tiny(family: str, directory: str | os.PathLike) -> Path:

@@ -114,11 +114,8 @@ def target_size(width: int, height: int, resolution: float, align: int) -> tuple
     return (max(align, round(width * scale / align) * align), max(align, round(height * scale / align) * align))
 
 
-def load_image(path: Path, resolution: float, align: int) -> torch.Tensor:
-    """Open, honour EXIF orientation, flatten alpha onto white, resize to cover the target size, centre-crop.
-
-    Returns [1, 3, H, W] in [-1, 1] with (W, H) = target_size(...) of the (oriented) image.
-    """
+def open_image(path: Path):
+    """Open as an RGB PIL image: EXIF orientation honoured, alpha flattened onto white (with a notice)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -131,7 +128,17 @@ def load_image(path: Path, resolution: float, align: int) -> torch.Tensor:
         print(f"notice: {path.name}: alpha channel flattened onto white")
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    im = im.convert("RGB")
+    return im.convert("RGB")
+
+
+def load_image(path: Path, resolution: float, align: int) -> torch.Tensor:
+    """`open_image`, then resize to cover the target size and centre-crop.
+
+    Returns [1, 3, H, W] in [-1, 1] with (W, H) = target_size(...) of the (oriented) image.
+    """
+    from PIL import Image
+
+    im = open_image(path)
     w, h = target_size(im.width, im.height, resolution, align)
     scale = max(w / im.width, h / im.height)
     rw, rh = max(w, round(im.width * scale)), max(h, round(im.height * scale))

@@ -11,11 +11,12 @@ from .base import Family, FamilyGroup
 from .flux import Flux1
 from .flux2 import Flux2Dev, Flux2Klein
 from .qwen_image import QwenImage
+from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
 from .sd3 import SD3
 
 # model_family -> family; FLUX.2's flavours use two pipeline classes, so its entry is a group of two adapters
 FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), FamilyGroup(Flux2Klein(), Flux2Dev()), SD3(),
-                                                   QwenImage())}
+                                                   QwenImage(), QwenImageEdit(), QwenImageEditPlus())}
 
 
 def get_family(name: str) -> Family:
@@ -24,6 +25,17 @@ def get_family(name: str) -> Family:
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise GlanceError(f"model_family: unknown family {name!r}{extra}; valid: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[name]
+
+
+def resolve_family(name: str, flavour: str | None = None) -> tuple[Family, str | None]:
+    """(family, its own flavour) for a config's model_family + model_flavour: a flavour served by another family
+    (qwen_image `edit` / `edit-v1` -> qwen_image_edit, `edit-plus` / `edit-v2` -> qwen_image_edit_plus) resolves
+    to that family's default flavour."""
+    family = get_family(name)
+    if flavour is not None and flavour in family.flavour_families:
+        target, _, own = family.flavour_families[flavour].partition(":")  # "family" or "family:flavour"
+        return get_family(target), own or None
+    return family, flavour
 
 
 @dataclass
@@ -77,7 +89,9 @@ def model_info(ref: str, family_name: str | None = None, flavour: str | None = N
     detected = next((f for f in FAMILIES.values() if cls in f.pipeline_class_names), None)
     if family_name is not None:
         family = get_family(family_name)
-        if cls not in family.pipeline_class_names:
+        if detected is not None and detected.name in {f.partition(":")[0] for f in family.flavour_families.values()}:
+            family = detected  # e.g. model_family qwen_image with a Qwen-Image-Edit folder and no model_flavour
+        elif cls not in family.pipeline_class_names:
             raise GlanceError(f"{ref}: pipeline class {cls} does not match model_family {family_name!r} "
                               f"(expected {', '.join(family.pipeline_class_names)})")
     elif detected is None:

@@ -35,12 +35,16 @@ class Family:
     flavours: dict[str | None, str] = {}
     #: flavours we know but have not built, with the reason
     unsupported_flavours: dict[str, str] = {}
+    #: flavours served by another family (model_flavour -> family name), e.g. qwen_image `edit` -> qwen_image_edit
+    flavour_families: dict[str, str] = {}
+    #: True for edit models: every sample has a control image, and `generate` needs `--image`
+    needs_control_image: bool = False
 
     def flavour_model(self, flavour: str | None) -> str:
         if flavour in self.unsupported_flavours:
             raise GlanceError(f"model_flavour: {flavour!r} is not implemented yet ({self.unsupported_flavours[flavour]})")
         if flavour is not None and flavour not in self.flavours:
-            valid = ", ".join(f for f in self.flavours if f is not None) or "none"
+            valid = ", ".join([f for f in self.flavours if f is not None] + list(self.flavour_families)) or "none"
             raise GlanceError(f"model_flavour: unknown flavour {flavour!r} for {self.name}; valid: {valid}")
         if flavour not in self.flavours:
             raise GlanceError(f"pretrained_model_name_or_path: required for {self.name} (or set model_flavour: "
@@ -63,13 +67,15 @@ class Family:
         raise NotImplementedError
 
     def load_pipeline(self, path: str, dtype: torch.dtype, **components):
-        """The stock `from_pretrained`; `components` (e.g. `transformer=None`) skip loading those parts."""
+        """The stock `from_pretrained`; `components` are handed to it and replace what the folder holds
+        (`transformer=None` skips loading it; `processor=` for a tiny Edit folder saved without one)."""
         return self.pipeline_class().from_pretrained(path, dtype=dtype, **components)
 
     def text_components(self) -> list[str]:
-        """Pipeline folders that determine the text embedding: the text encoders and their tokenizers."""
+        """Pipeline folders that determine the text embedding: the text encoders, their tokenizers, and the
+        processor of the models that encode the prompt with an image (absent folders count as None)."""
         enc = [c for c in self.encoder_components if c.startswith("text_encoder")]
-        return enc + [c.replace("text_encoder", "tokenizer") for c in enc]
+        return enc + [c.replace("text_encoder", "tokenizer") for c in enc] + ["processor"]
 
     # --- geometry and schedule (config dicts only) ---------------------------------------------------------
     def alignment(self, info) -> int:
@@ -109,11 +115,17 @@ class Family:
 
     # --- encoding ------------------------------------------------------------------------------------------
     def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int) -> dict[str, torch.Tensor]:
-        """Transformer kwargs for the text side, batch dimension first (except `shared_keys`)."""
+        """Transformer kwargs for the text side, batch dimension first (except `shared_keys`).
+
+        Edit families (`needs_control_image`) take `control=` (the control image, PIL) and encode the prompt with it
+        exactly as their pipeline does; the trainer passes `control` only to those families."""
         raise NotImplementedError
 
     def encode_images(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs)."""
+        """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs).
+
+        Edit families also take `control=` and put the control latents into the image-side kwargs; their `predict`
+        feeds them to the transformer (appended after the target tokens) and returns the target part only."""
         raise NotImplementedError
 
     # --- the transformer call ------------------------------------------------------------------------------
@@ -179,12 +191,6 @@ class Family:
             else:
                 out[key] = torch.cat([it[key] for it in items], dim=0)
         return out
-
-    def release_encoders(self, pipe) -> None:
-        """Drop the text encoders and the VAE from the pipeline (training needs only the transformer)."""
-        for name in self.encoder_components:
-            if getattr(pipe, name, None) is not None:
-                setattr(pipe, name, None)
 
 
 class FamilyGroup(Family):

@@ -9,8 +9,11 @@ from .base import Family
 
 class QwenImage(Family):
     name = "qwen_image"
-    flavours = {None: "Qwen/Qwen-Image"}
-    unsupported_flavours = {"edit": "QwenImageEditPipeline", "edit-plus": "QwenImageEditPlusPipeline"}
+    flavours = {None: "Qwen/Qwen-Image", "v1.0": "Qwen/Qwen-Image"}
+    # Edit models have their own pipelines (families in qwen_image_edit.py); SimpleTuner's names are aliases
+    flavour_families = {"edit": "qwen_image_edit", "edit-v1": "qwen_image_edit",
+                        "edit-plus": "qwen_image_edit_plus", "edit-v2": "qwen_image_edit_plus",
+                        "edit-2511": "qwen_image_edit_plus:2511"}
     pipeline_class_names = ("QwenImagePipeline",)
     # the official Glance Qwen LoRAs: attention (image + text streams), MLP outputs, modulation
     default_lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",

@@ -15,10 +15,11 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import load_backends, load_samples
+from ..data import load_backends
+from ..data.edit import load_job_samples
 from ..errors import GlanceError
 from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
-from ..families import ModelInfo, model_info
+from ..families import ModelInfo, model_info, resolve_family
 from ..schedule import (FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list,
                         parse_sigma_list)
 from .lora import add_lora, lora_targets
@@ -97,6 +98,9 @@ def data_digest(samples) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
+        control = getattr(s, "control_path", None)  # edit datasets
+        if control is not None:
+            h.update(b"\0control\0" + control.name.encode() + b"\0" + control.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -107,15 +111,18 @@ def _to(d: dict, device) -> dict:
 class Job:
     """Loads the model, data and encodings once; runs phases; writes the outputs."""
 
-    def __init__(self, cfg, command: str):
+    def __init__(self, cfg, command: str, components: dict | None = None):
+        """`components`: pipeline components handed to the family's `load_pipeline` (see Family.load_pipeline)."""
         if command == "glance" and cfg.flow_custom_timesteps is not None:
             raise GlanceError("flow_custom_timesteps: not used by `glance`; give glance_slow_timesteps and "
                               "glance_fast_timesteps (or nothing: the model's own ladder)")
-        self.cfg, self.command = cfg, command
-        self.info = model_info(cfg.model_ref, cfg.model_family, cfg.model_flavour)
+        self.cfg, self.command, self.components = cfg, command, components or {}
+        family, flavour = resolve_family(cfg.model_family, cfg.model_flavour)
+        self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
         align = self.family.alignment(self.info)
-        self.samples = load_samples(load_backends(cfg.data_backend_config), align)
+        self.samples = load_job_samples(load_backends(cfg.data_backend_config), align,
+                                        edit=self.family.needs_control_image)
         self.width, self.height = self.samples[0].width, self.samples[0].height
         self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
@@ -134,7 +141,8 @@ class Job:
 
     # ---------------------------------------------------------------------------------------------------------
     def describe(self) -> str:
-        lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} sample(s) at "
+        kind = "edit pair(s) (target + control)" if self.family.needs_control_image else "sample(s)"
+        lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} {kind} at "
                  f"{self.width}x{self.height}, guidance {self.guidance}",
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
@@ -162,10 +170,13 @@ class Job:
         out = []
         for s in self.samples:
             pixels = s.pixels
+            control = getattr(s, "control", None)  # edit models: a PIL image that conditions text and latents
+            control = None if control is None else digest([control.size, control.mode,
+                                                           hashlib.sha256(control.tobytes()).hexdigest()])
             tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
-                     "max_sequence_length": self.max_sequence_length, "caption": s.caption}
+                     "max_sequence_length": self.max_sequence_length, "caption": s.caption, "control": control}
             idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
-                     "pixels": tensor_digest(pixels)}
+                     "pixels": tensor_digest(pixels), "control": control}
             out.append((digest(tdesc), tdesc, digest(idesc), idesc, pixels))
         return out
 
@@ -179,17 +190,20 @@ class Job:
         if missing:
             text_cache.check_writable()
             vae_cache.check_writable()
-            pipe = self.family.load_pipeline(self.info.path, dtype, transformer=None)
+            pipe = self.family.load_pipeline(self.info.path, dtype, **{**self.components, "transformer": None})
             for name in self.family.encoder_components:
                 getattr(pipe, name).to(device)
             with torch.no_grad():
                 for n, ((tk, tdesc, ik, idesc, pixels), (t, i)) in enumerate(zip(keys, found)):
+                    # edit models: the control image conditions both the prompt and the transformer input
+                    s = self.samples[n]
+                    control = {"control": s.control} if getattr(s, "control", None) is not None else {}
                     if t is None:
-                        t = self.family.encode_prompts(pipe, [self.samples[n].caption], device,
-                                                       self.max_sequence_length)
+                        t = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length,
+                                                       **control)
                         text_cache.put(tk, t, tdesc)
                     if i is None:
-                        x0, image = self.family.encode_images(pipe, pixels)
+                        x0, image = self.family.encode_images(pipe, pixels, **control)
                         i = {"x0": x0.float(), **image}
                         vae_cache.put(ik, i, idesc)
                     found[n] = (t, i)
@@ -207,8 +221,10 @@ class Job:
             i = dict(i)
             x0 = i.pop("x0")
             prepared.append(Prepared(x0.float().to(device), _to(t, device), _to(i, device)))
-        pipe = self.family.load_pipeline(self.info.path, dtype,
-                                         **{c: None for c in self.family.encoder_components})
+        if cfg.train_batch_size > 1 and len(prepared) > 1:
+            self.family.collate([p.image for p in prepared])  # samples that cannot share a batch fail here
+        pipe = self.family.load_pipeline(self.info.path, dtype, **{**self.components,
+                                         **{c: None for c in self.family.encoder_components}})
         transformer = pipe.transformer.to(device)
         transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:
@@ -290,6 +306,8 @@ class Job:
                           "lora_alpha": self.cfg.alpha, "lora_targets": self.targets,
                           "phases": {p.name: list(p.sigmas) for p in self.phases},
                           "captions": {s.image_path.name: s.caption for s in self.samples}}}
+        if any(getattr(s, "control_path", None) is not None for s in self.samples):
+            d["resolved"]["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         if self.ladder is not None:
             d["resolved"]["ladder"] = self.ladder.to_dict()
         if phase is not None:
