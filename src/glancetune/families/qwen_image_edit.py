@@ -80,9 +80,10 @@ class QwenImageEdit(QwenImage):
         x0, image = super().encode_images(pipe, pixels)
         _, vae_images = self.condition_images(pipe, control)
         b = x0.shape[0]
-        # the pipeline's own call; `latents=x0` only skips drawing noise (the returned latents are not used)
+        # the pipeline's own call; `latents=x0` only skips drawing noise (the returned latents are not used);
+        # z_dim = transformer in_channels // 4 (the transformer is not loaded while encoding)
         _, control_latents = pipe.prepare_latents(
-            vae_images if self.multi_image else vae_images[0], b, pipe.transformer.config.in_channels // 4,
+            vae_images if self.multi_image else vae_images[0], b, pipe.vae.config.z_dim,
             pixels.shape[-2], pixels.shape[-1], pipe.text_encoder.dtype, pipe.vae.device, None, latents=x0)
         f = pipe.vae_scale_factor * 2
         shapes = [(1, v.shape[-2] // f, v.shape[-1] // f) for v in vae_images]
