@@ -161,3 +161,16 @@ def test_flavours_are_checked():
     with pytest.raises(GlanceError, match="unknown flavour 'turbo' for flux"):  # checked with a path given too
         build_config({"data_backend_config": "d", "model_flavour": "turbo",
                       "pretrained_model_name_or_path": "x"}, "c").model_ref
+
+
+def test_help_lists_every_schema_key(capsys):
+    """`train --help` is generated from the schema: every key, its allowed values and defaults."""
+    from glancetune.config import NOT_IMPLEMENTED, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key in TrainConfig.model_fields:
+        assert f"\n  {key} (" in out, key
+    assert "lr_scheduler (constant | constant_with_warmup; default 'constant')" in out
+    assert all(k in out for k in NOT_IMPLEMENTED)

@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("train", "train one LoRA (SimpleTuner-style config, flow_custom_timesteps)"),
                         ("glance", "train the slow and fast LoRAs in one process")):
-        s = sub.add_parser(name, help=help_)
+        from .config import config_help
+
+        s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
         s.add_argument("--config", required=True, help="JSON / YAML / TOML config")
         s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
         s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")

@@ -23,7 +23,7 @@ NOT_IMPLEMENTED = {
     "validation_steps", "validation_resolution", "validation_num_inference_steps", "validation_guidance",
     "report_to", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
     "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
-    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
+    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path", "group_offload_text_encoder", "group_offload_vae",
     "offload_during_startup", "vae_batch_size", "use_ema", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
     "train_text_encoder", "noise_offset", "snr_gamma", "lora_init_type",
 }
@@ -196,3 +196,20 @@ def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | N
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     return build_config(read_config_file(path), str(path), parse_overrides(overrides))
+
+
+def config_help() -> str:
+    """The schema as CLI help: every key with its type, default and description (the one source of truth)."""
+    lines = ["config keys (JSON / YAML / TOML, with or without a leading --; override with --set key=value):"]
+    for name, f in TrainConfig.model_fields.items():
+        default = "required" if f.is_required() else f"default {f.default!r}"
+        from typing import get_args, get_origin
+
+        if get_origin(f.annotation) is Literal:
+            ann = " | ".join(map(str, get_args(f.annotation)))
+        else:
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        lines.append(f"  {name} ({ann}; {default})" + (f": {f.description}" if f.description else ""))
+    lines.append("recognised SimpleTuner keys not implemented yet (an error unless false/0/null): "
+                 + ", ".join(sorted(NOT_IMPLEMENTED)))
+    return "\n".join(lines)
