@@ -78,7 +78,7 @@ def cmd_generate(args) -> int:
 
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
-                        height=args.height, guidance=args.guidance)
+                        height=args.height, guidance=args.guidance, preset=args.preset)
     control = None
     if args.image is not None:
         if not Path(args.image).is_file():
@@ -87,19 +87,21 @@ def cmd_generate(args) -> int:
     check_image_arg(model_info(spec.base_model).family, control)  # before any weights load
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
-    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype)
+    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load)
     t1 = time.perf_counter()
     images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height, cfg_phases=args.cfg_phases,
-                     image=control)
+                     image=control, sampler=args.sampler)
     t2 = time.perf_counter()
     info = {"prompt": args.prompt if len(args.prompt) > 1 else args.prompt[0], "seed": args.seed,
             "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": spec.guidance,
-            "size": [spec.width, spec.height]}
+            "size": [spec.width, spec.height], "sampler": args.sampler,
+            **({"preset": spec.published.name} if spec.published else {})}
     if args.image is not None:
         info["image"] = str(args.image)
     for p in save_images(images, args.output, info):
         print(f"wrote {p}")
-    print(f"{len(spec.ladder.sigmas)} steps ({spec.ladder.boundary} slow + {len(spec.ladder.fast)} fast), "
+    print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
+          f"{len(spec.ladder.fast)} fast), "
           f"{sampler.nfe(args.cfg_phases)} transformer passes per image, guidance {sampler.guidance}, "
           f"load {t1 - t0:.1f}s, sample {t2 - t1:.1f}s")
     return 0
@@ -208,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
     g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")
     g.add_argument("--fast-timesteps", help="explicit fast list (for LoRAs without glancetune metadata)")
+    g.add_argument("--sampler", choices=["exact", "official-compat"], default="exact",
+                   help="exact: Euler on the ladder itself (default); official-compat: the official Glance Qwen "
+                   "pipelines' trajectory (bf16 timesteps, their step grids), for the published weights")
+    g.add_argument("--preset", default="auto", metavar="auto|none|glance-qwen",
+                   help="published LoRA pair without glancetune metadata: auto-detected by key layout (default), "
+                   "forced by name, or none")
+    g.add_argument("--lora-load", choices=["as-trained", "stock"], default="as-trained",
+                   help="as-trained: all LoRA keys, the training alpha (default); stock: exactly what "
+                   "pipe.load_lora_weights does")
     g.add_argument("--device", help="cuda | cpu (default: cuda if available)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     s = sub.add_parser("schedule", help="print the model's Glance ladder at a resolution")

@@ -3,6 +3,9 @@
 The pipeline's scheduler is replaced by an identity `FlowMatchEulerDiscreteScheduler` (no shift, no terminal
 stretch), so `sigmas=ladder` is used verbatim; the adapter switches from "slow" to "fast" in
 `callback_on_step_end` after the last slow step. This is exactly reproducible with stock diffusers (see README).
+`sampler="official-compat"` instead reproduces the official Glance Qwen pipelines' trajectory (official.py).
+LoRA files without our metadata are read by lora_files.py; a recognised published pair (`--preset`) brings its
+ladder, guidance and training alpha.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import torch
 from .errors import GlanceError
 from .export import META_PREFIX, WEIGHT_NAME, lora_file, read_metadata
 from .families import ModelInfo, model_info
+from .families.base import PublishedLoras
+from .lora_files import detect_published, load_adapter, published_by_name
 from .schedule import Ladder, f32, identity_scheduler_config, parse_sigma_list
 
 
@@ -31,6 +36,7 @@ class GlanceSpec:
     guidance: float | None
     max_sequence_length: int | None = None
     guidance_explicit: bool = False
+    published: PublishedLoras | None = None  # a recognised published pair (its alpha is applied when loading)
 
 
 def _meta(path: Path) -> dict:
@@ -39,8 +45,13 @@ def _meta(path: Path) -> dict:
 
 
 def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, fast_sigmas=None, width=None,
-                 height=None, guidance=None) -> GlanceSpec:
-    """Combine the LoRA metadata with explicit overrides; say exactly what is missing when metadata is absent."""
+                 height=None, guidance=None, preset: str = "auto") -> GlanceSpec:
+    """Combine the LoRA metadata with explicit overrides; say exactly what is missing when metadata is absent.
+
+    `preset`: "auto" recognises a published pair (files without glancetune metadata, see PublishedLoras) by its
+    key layout; a preset name forces it; "none" turns recognition off. A preset supplies the ladder, base model,
+    size and guidance that explicit arguments do not, and its training alpha for loading.
+    """
     if run is not None:
         if slow is not None or fast is not None:
             raise GlanceError("--run: give either --run or --slow/--fast, not both")
@@ -49,12 +60,21 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
         raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR")
     slow, fast = Path(slow), Path(fast)
     ms, mf = _meta(slow), _meta(fast)
+    pub = None
+    if preset not in ("auto", "none"):
+        pub = published_by_name(preset)[1]
+    elif preset == "auto" and not ms and not mf:
+        found = detect_published(lora_file(slow), lora_file(fast))
+        pub = found[1] if found else None
     missing = []
     if slow_sigmas is not None or fast_sigmas is not None:
         if slow_sigmas is None or fast_sigmas is None:
             raise GlanceError("--slow-timesteps/--fast-timesteps: give both")
         ladder = Ladder(parse_sigma_list(slow_sigmas, "--slow-timesteps"),
                         parse_sigma_list(fast_sigmas, "--fast-timesteps"))
+    elif pub is not None:
+        ladder = Ladder(parse_sigma_list(list(pub.slow_timesteps), f"--preset {pub.name}"),
+                        parse_sigma_list(list(pub.fast_timesteps), f"--preset {pub.name}"))
     elif "sigmas" in ms and "sigmas" in mf:
         ladder = Ladder(tuple(f32(x) for x in json.loads(ms["sigmas"])),
                         tuple(f32(x) for x in json.loads(mf["sigmas"])))
@@ -64,7 +84,7 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
             if "sigmas" not in m:
                 missing.append(f"{name} sigmas ({lora_file(p)} has no glancetune metadata; pass "
                                f"--{name}-timesteps)")
-    base = model or ms.get("base_model") or mf.get("base_model")
+    base = model or ms.get("base_model") or mf.get("base_model") or (pub.base_model if pub else None)
     if base is None:
         missing.append("base model (pass --model)")
     if missing:
@@ -72,41 +92,17 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
     if model is None and ms.get("base_model") and mf.get("base_model") and ms["base_model"] != mf["base_model"]:
         raise GlanceError(f"generate: slow and fast LoRAs were trained on different base models "
                           f"({ms['base_model']} vs {mf['base_model']}); pass --model to choose")
-    res = ms.get("resolution") or mf.get("resolution") or "1024x1024"
+    res = ms.get("resolution") or mf.get("resolution") or ("{}x{}".format(*pub.resolution) if pub else "1024x1024")
     w, h = (int(v) for v in res.split("x"))
     trained_guidance = ms.get("guidance", mf.get("guidance"))
     explicit = guidance is not None
     if not explicit and trained_guidance is not None:
         guidance = json.loads(trained_guidance)
+    if not explicit and pub is not None:
+        guidance, explicit = pub.guidance, True  # the published recipe's value, as if given
     msl = ms.get("max_sequence_length", mf.get("max_sequence_length"))
     return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance,
-                      int(msl) if msl else None, explicit)
-
-
-LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight", ".lora_A.bias", ".lora_B.bias", ".alpha")
-
-
-def check_lora_keys(path: Path, modules: set[str]) -> None:
-    """Refuse a diffusers-format LoRA whose keys name modules the transformer does not have (diffusers would
-    only warn and drop them). Other formats (kohya, ComfyUI) are left to diffusers' converters."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as sf:
-        keys = list(sf.keys())
-    ours = [k for k in keys if k.startswith("transformer.") and k.endswith(LORA_SUFFIXES)]
-    if len(ours) != len(keys):
-        return
-    bad = []
-    for k in ours:
-        module = k[len("transformer."):]
-        for suffix in LORA_SUFFIXES:
-            module = module.removesuffix(suffix)
-        if module not in modules:
-            bad.append(k)
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise GlanceError(f"{path}: {len(bad)} LoRA keys match no module of this transformer: "
-                          f"{', '.join(bad[:3])}{more}")
+                      int(msl) if msl else None, explicit, pub)
 
 
 def check_image_arg(family, image) -> None:
@@ -132,23 +128,34 @@ class GlanceSampler:
 
     @classmethod
     def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None,
-                  components: dict | None = None):
-        """`components`: pipeline components handed to the family's `load_pipeline` (e.g. `processor=`)."""
+                  components: dict | None = None, lora_load: str = "as-trained"):
+        """`components`: pipeline components handed to the family's `load_pipeline` (e.g. `processor=`).
+        `lora_load`: "as-trained" (our loader, lora_files.py) or "stock" (exactly `pipe.load_lora_weights`)."""
+        if lora_load not in ("as-trained", "stock"):
+            raise GlanceError(f"--lora-load: {lora_load!r} is not one of as-trained, stock")
         info = model_info(spec.base_model)
+        pub = spec.published
+        if pub is not None and pub not in info.family.published:
+            raise GlanceError(f"--preset {pub.name}: the published LoRAs are for {pub.base_model}, but "
+                              f"{spec.base_model} is a {info.family.name} model (--preset none loads them as is)")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if str(device).startswith("cuda"):
             torch.backends.cuda.enable_cudnn_sdp(False)  # see train.jobs.pick_device
         dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
-        modules = {n for n, _ in pipe.transformer.named_modules()}
+        if pub is not None:
+            print(f"notice: using the published {pub.name} recipe ({pub.source}): ladder {spec.ladder.to_dict()}, "
+                  f"guidance {spec.guidance:g}")
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):
-            f = lora_file(path)
-            check_lora_keys(f, modules)
-            pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=name)
+            note = load_adapter(pipe, lora_file(path), name, pub.alpha_per_rank if pub else None,
+                                stock=lora_load == "stock")
+            if note:
+                print(note)
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
 
     CFG_PHASES = ("both", "slow", "fast", "none")
+    SAMPLERS = ("exact", "official-compat")
 
     def nfe(self, cfg_phases: str | None = None, ladder: Ladder | None = None) -> int:
         """Transformer passes per image: 2 per step where true CFG is on."""
@@ -170,7 +177,7 @@ class GlanceSampler:
 
     def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
                  guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None,
-                 cfg_phases: str | None = None, image=None):
+                 cfg_phases: str | None = None, image=None, sampler: str = "exact"):
         """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in.
 
         `cfg_phases` (true-CFG families): both (default when guidance > 1), slow, fast or none. "both"/"none"
@@ -179,12 +186,16 @@ class GlanceSampler:
 
         `image` (edit models only, required there): the control image (PIL), passed to the pipeline as `image=`;
         each prompt then runs as its own call (the edit pipelines condition one prompt on one image).
+        `sampler`: "exact" (the above) or "official-compat" (the official Qwen pipelines' trajectory, official.py).
         """
+        if sampler not in self.SAMPLERS:
+            raise GlanceError(f"--sampler: {sampler!r} is not one of {', '.join(self.SAMPLERS)}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         check_image_arg(self.family, image)
         if image is not None and len(prompts) > 1:
             return [im for k, p in enumerate(prompts)
-                    for im in self(p, seed + k, width, height, guidance, output_type, ladder, cfg_phases, image)]
+                    for im in self(p, seed + k, width, height, guidance, output_type, ladder, cfg_phases, image,
+                                   sampler)]
         ladder = ladder or self.ladder
         align = self.family.alignment(self.info)
         if width % align or height % align:
@@ -199,6 +210,10 @@ class GlanceSampler:
         cfg_on = self.family.pipeline_kwargs(g, self.max_sequence_length)
         # a guidance embedding (FLUX.1) is not CFG: it is passed whatever the phase policy
         cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
+        if sampler == "official-compat":
+            from . import official
+
+            return official.sample(self, common, ladder, output_type, phases, cfg_on, cfg_off)
         self.pipe.set_adapters("slow")
         if phases in ("both", "none"):
             def switch(pipe, i, t, kwargs):

@@ -6,12 +6,36 @@ never the loop. A family works on a loaded diffusers pipeline (`pipe`) and on pl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..errors import GlanceError
 from ..schedule import base_sigmas, schedule_sigmas
+
+
+@dataclass(frozen=True)
+class PublishedLoras:
+    """A published slow/fast LoRA pair without glancetune metadata, recognised by its key layout (`--preset`).
+
+    Recognised when a file has no glancetune or diffusers adapter metadata and no `.alpha` tensors, every LoRA
+    module is `<blocks>.<i>.<type>` with exactly the types in `module_types` (each block having all of them), and
+    every rank is `rank`. The pair then gets this ladder and guidance, and alpha = `alpha_per_rank` * rank (the
+    training alpha, which the files do not store).
+    """
+
+    name: str  # the --preset value
+    source: str  # where the weights are published
+    base_model: str  # hub id used when --model is not given
+    blocks: str  # name of the transformer's block list
+    module_types: tuple[str, ...]  # module paths inside one block
+    rank: int
+    alpha_per_rank: float
+    slow_timesteps: tuple[float, ...]  # timesteps 0-1000, as published
+    fast_timesteps: tuple[float, ...]
+    guidance: float
+    resolution: tuple[int, int] = (1024, 1024)  # width, height
 
 
 class Family:
@@ -39,6 +63,8 @@ class Family:
     flavour_families: dict[str, str] = {}
     #: True for edit models: every sample has a control image, and `generate` needs `--image`
     needs_control_image: bool = False
+    #: published Glance LoRA pairs for this family that carry no glancetune metadata (see PublishedLoras)
+    published: tuple[PublishedLoras, ...] = ()
 
     def flavour_model(self, flavour: str | None) -> str:
         if flavour in self.unsupported_flavours:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family
+from .base import Family, PublishedLoras
 
 
 class QwenImage(Family):
@@ -26,6 +26,18 @@ class QwenImage(Family):
     encoder_components = ("text_encoder", "vae")
     default_cfg = 5.0  # true_cfg_scale of the official Glance Qwen recipe (both phases)
     negative_prompt = " "
+    # CSU-JPG/Glance train_Glance_qwen.py: LoraConfig(r=rank, lora_alpha=rank*4, the 12 targets above), saved by
+    # QwenImagePipeline.save_lora_weights without adapter metadata; timesteps from its custom_timesteps lists
+    published = (PublishedLoras(
+        name="glance-qwen", source="huggingface.co/CSU-JPG/Glance glance_qwen_slow/fast.safetensors",
+        base_model="Qwen/Qwen-Image", blocks="transformer_blocks",
+        module_types=("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                      "attn.add_v_proj", "attn.to_add_out", "img_mlp.net.2", "txt_mlp.net.2", "img_mod.1",
+                      "txt_mod.1"),
+        rank=32, alpha_per_rank=4.0,
+        slow_timesteps=(1000.0, 979.1915, 957.5157, 934.9171, 911.3354),
+        fast_timesteps=(886.7053, 745.0728, 562.9505, 320.0802, 20.0),
+        guidance=5.0),)
 
     true_cfg = True
 
