@@ -74,6 +74,6 @@ def sample(sampler, common: dict, ladder: Ladder, output_type: str, phases: str,
     pipe.set_adapters("fast")
     with pinned_timesteps(pipe.scheduler, conditioning_timesteps(ladder.fast)):
         out = pipe(sigmas=fast_grid, num_inference_steps=len(fast_grid), output_type=output_type,
-                   latents=sampler.family.resume_latents(pipe, first), **common,
+                   latents=sampler.family.resume_latents(pipe, first, height, width), **common,
                    **(cfg_on if phases in ("both", "fast") else cfg_off))
     return out.images
