@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import load_backends, load_samples
+from ..data import load_backends, load_plan
 from ..errors import GlanceError
 from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
 from ..families import ModelInfo, model_info
@@ -94,10 +95,21 @@ def stored_model_ref(ref: str) -> str:
 
 
 def data_digest(samples) -> str:
+    """Files, captions and crops (sizes, boxes, conditioning): a different dataset or geometry is a different run."""
     h = hashlib.sha256()
     for s in samples:
         h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
+        h.update(json.dumps([s.dataset_id, s.repeats, s.crop.to_dict()]).encode())
+        for c in s.conditioning:
+            h.update(c.image_path.read_bytes() + json.dumps([c.dataset_id, c.crop.to_dict()]).encode())
     return h.hexdigest()[:16]
+
+
+def captions_by_file(samples) -> dict[str, str]:
+    """File name -> caption (dataset id / relative path where names repeat across datasets or folders)."""
+    names = Counter(s.image_path.name for s in samples)
+    return {(s.image_path.name if names[s.image_path.name] == 1 else f"{s.dataset_id}/{s.key}{s.image_path.suffix}"):
+            s.caption for s in samples}
 
 
 class Job:
@@ -111,8 +123,15 @@ class Job:
         self.info = model_info(cfg.model_ref, cfg.model_family)
         self.family = self.info.family
         align = self.family.alignment(self.info)
-        self.samples = load_samples(load_backends(cfg.data_backend_config), align)
-        self.width, self.height = self.samples[0].width, self.samples[0].height
+        self.plan = load_plan(load_backends(cfg.data_backend_config), align, cfg.seed)
+        self.samples = self.plan.samples
+        if cfg.glance_single_image and len(self.samples) > 1:
+            raise GlanceError(f"glance_single_image: {cfg.data_backend_config} holds {len(self.samples)} images "
+                              f"({', '.join(s.image_path.name for s in self.samples[:3])}"
+                              f"{', ...' if len(self.samples) > 3 else ''}); Glance's one-image recipe needs exactly "
+                              "one (or set glance_single_image: false)")
+        # the size the ladder is cut at and LoRAs are labelled with: the bucket holding the most images
+        self.width, self.height = self.plan.primary_size
         self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
         self.guidance = self.family.training_guidance(self.info.transformer_config, cfg)
@@ -130,8 +149,11 @@ class Job:
 
     # ---------------------------------------------------------------------------------------------------------
     def describe(self) -> str:
+        buckets = len({s.target for s in self.samples})
         lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} sample(s) at "
-                 f"{self.width}x{self.height}, guidance {self.guidance}",
+                 f"{self.width}x{self.height}" + (f" (the largest of {buckets} buckets: the ladder's size)"
+                                                  if buckets > 1 else "") + f", guidance {self.guidance}",
+                 *self.plan.describe(self.cfg.train_batch_size),
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
@@ -147,7 +169,7 @@ class Job:
             prepared = []
             for s in self.samples:
                 text = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length)
-                x0, image = self.family.encode_images(pipe, s.pixels)
+                x0, image = self.family.encode_images(pipe, s.load_pixels())
                 prepared.append(Prepared(x0.float().to(device), text, image))
         self.family.release_encoders(pipe)
         gc.collect()
@@ -196,7 +218,10 @@ class Job:
         out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir)
         out.check()  # fail before loading weights
         pipe, transformer, prepared = self.prepare(device, dtype)
-        trainer = PhaseTrainer(cfg, self.family, transformer, prepared, device, dtype, self.guidance)
+        trainer = PhaseTrainer(cfg, self.family, transformer, prepared, device, dtype, self.guidance,
+                               groups=self.plan.groups, shuffle=self.plan.shuffle,
+                               choices=self.plan.conditioning_choices()
+                               if cfg.conditioning_multidataset_sampling == "random" else None)
         logs = {}
         with out as tmp:
             for ph in self.phases:
@@ -233,7 +258,8 @@ class Job:
                           "resolution": [self.width, self.height], "guidance": self.guidance,
                           "lora_alpha": self.cfg.alpha, "lora_targets": self.targets,
                           "phases": {p.name: list(p.sigmas) for p in self.phases},
-                          "captions": {s.image_path.name: s.caption for s in self.samples}}}
+                          "captions": captions_by_file(self.samples),
+                          "buckets": dict(sorted(Counter(f"{s.width}x{s.height}" for s in self.samples).items()))}}
         if self.ladder is not None:
             d["resolved"]["ladder"] = self.ladder.to_dict()
         if phase is not None:
