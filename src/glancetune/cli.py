@@ -1,4 +1,4 @@
-"""The `glancetune` command line: train, glance, generate, schedule, tiny, quickstart."""
+"""The `glancetune` command line: train, glance, generate, schedule, tiny, quickstart, validate-dataset."""
 from __future__ import annotations
 
 import argparse
@@ -137,6 +137,12 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .data.validate import run
+
+    return run(args.path, args.data_backend_config, args.resolution, args.caption_extension)
+
+
 def cmd_tiny(args) -> int:
     from .tiny import write_tiny
 
@@ -228,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--height", type=int)
     s.add_argument("--steps", type=int, default=50, help="N of the N-step schedule the ladder is cut from")
     s.add_argument("--json", action="store_true")
+    v = sub.add_parser("validate-dataset", help="list every problem of a dataset (exit 0 clean, 1 problems found)")
+    v.add_argument("--path", help="folder of image + caption pairs (or image/ + control/ edit layout)")
+    v.add_argument("--data-backend-config", help="dataloader JSON: check every dataset as train/glance read them")
+    v.add_argument("--resolution", type=int, help="also report images with an area below RESOLUTION^2")
+    v.add_argument("--caption-extension", default=".txt")
     t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
     t.add_argument("family")
     t.add_argument("dir")
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
         return {"generate": cmd_generate, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
-                "quickstart": cmd_quickstart}[args.command](args)
+                "quickstart": cmd_quickstart, "validate-dataset": cmd_validate}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

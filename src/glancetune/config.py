@@ -94,6 +94,10 @@ class TrainConfig(BaseModel):
                                      "from")
     glance_slow_indices: str | list[int] | None = None
     glance_fast_indices: str | list[int] | None = None
+    glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
+                                      "paper's one-image recipe)")
+    conditioning_multidataset_sampling: Literal["random", "combined"] = Field(
+        "random", description="several conditioning datasets per image: one per batch (random) or all (combined)")
 
     @property
     def family(self):

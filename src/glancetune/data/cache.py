@@ -1,7 +1,7 @@
 """On-disk caches of VAE latents and text embeddings (safetensors), keyed by everything that changes them.
 
 An entry is one file `<dir>/<key>.safetensors` whose name is the SHA-256 of a JSON description of its inputs
-(family, the encoder's identity and dtype, the exact pixels or caption text, ...). Change any input and the key
+(family, the encoder's identity and dtype, the image file's content and exact crop, or the caption text, ...). Change any input and the key
 changes, so a stale entry is never read: it is simply not found, and the value is computed again. The header
 repeats the description, and a load checks it, so a renamed or foreign file is not trusted either.
 
@@ -37,6 +37,15 @@ def tensor_digest(t: torch.Tensor) -> str:
     t = t.detach().to("cpu").contiguous()
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (an image's identity: renaming or touching it does not invalidate its entry)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 

@@ -14,20 +14,24 @@ code that `generate --image` uses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
 
 from ..errors import GlanceError
-from .dataset import IMAGE_EXTENSIONS, Sample, discover_pairs, load_samples, open_image
+from .dataset import IMAGE_EXTENSIONS, discover_pairs, open_image
+from .samples import DataPlan, Sample, load_plan
 
 IMAGE_SUBDIRS, CONTROL_SUBDIR = ("image", "images"), "control"
 
 
-@dataclass
+@dataclass(frozen=True)
 class EditSample(Sample):
     control_path: Path | None = None
-    control: Any = None  # PIL image (RGB), as opened
+
+    @property
+    def control(self):
+        """The control image as opened (RGB PIL, EXIF orientation, alpha flattened): the pipeline sizes it."""
+        return open_image(self.control_path)
 
 
 def target_dir(root: Path) -> Path | None:
@@ -72,21 +76,23 @@ def discover_edit_pairs(root: Path, caption_ext: str = ".txt") -> list[tuple[Pat
     return out
 
 
-def load_job_samples(backends: list[dict], align: int, edit: bool) -> list[Sample]:
-    """The samples a job trains on: plain image/caption pairs, or edit triples when the model is an edit model.
+def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
+    """The data plan a job trains on: plain image/caption samples, or edit triples when the model is an edit model.
 
-    The layout must match the model: an edit model needs image/ + control/ in every backend's image_dir, and a
-    folder laid out that way is refused for a text-to-image model (its control images would be ignored)."""
-    dirs = [Path(b["image_dir"]) for b in backends]
+    The layout must match the model: an edit model needs image/ + control/ in every dataset folder, and a folder
+    laid out that way is refused for a text-to-image model (its control images would be ignored)."""
+    images = [s for s in specs if s.dataset_type == "image"]
     if not edit:
-        for d in dirs:
-            if is_edit_layout(d):
-                raise GlanceError(f"{d}: holds {target_dir(d).name}/ and {CONTROL_SUBDIR}/ (an edit dataset), but "
-                                  "the model is not an edit model (e.g. model_family qwen_image, model_flavour edit)")
-        return load_samples(backends, align)
+        for spec in images:
+            if spec.root is not None and is_edit_layout(spec.root):
+                raise GlanceError(f"{spec.root}: holds {target_dir(spec.root).name}/ and {CONTROL_SUBDIR}/ (an edit "
+                                  "dataset), but the model is not an edit model (e.g. model_family qwen_image, "
+                                  "model_flavour edit)")
+        return load_plan(specs, align, seed)
     controls = {}
-    for b, d in zip(backends, dirs):
-        controls.update({img: ctl for img, _, ctl in discover_edit_pairs(d, b["caption_extension"])})
-    samples = load_samples([{**b, "image_dir": str(target_dir(d))} for b, d in zip(backends, dirs)], align)
-    return [EditSample(**vars(s), control_path=controls[s.image_path], control=open_image(controls[s.image_path]))
-            for s in samples]
+    for spec in images:
+        controls.update({img: ctl for img, _, ctl in discover_edit_pairs(spec.root, spec.caption_extension)})
+    plan = load_plan([replace(s, root=target_dir(s.root)) if s in images else s for s in specs], align, seed)
+    samples = [EditSample(**{f.name: getattr(s, f.name) for f in fields(s)}, control_path=controls[s.image_path])
+               for s in plan.samples]
+    return replace(plan, samples=samples)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import load_backends
-from ..data.edit import load_job_samples
+from ..data.edit import load_job_plan
 from ..errors import GlanceError
 from ..export import CONFIG_NAME, META_PREFIX, OutputDir, save_lora, write_json
 from ..families import ModelInfo, model_info, resolve_family
@@ -95,13 +96,24 @@ def stored_model_ref(ref: str) -> str:
 
 
 def data_digest(samples) -> str:
+    """Files, captions and crops (sizes, boxes, conditioning): a different dataset or geometry is a different run."""
     h = hashlib.sha256()
     for s in samples:
         h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
+        h.update(json.dumps([s.dataset_id, s.repeats, s.crop.to_dict()]).encode())
         control = getattr(s, "control_path", None)  # edit datasets
         if control is not None:
             h.update(b"\0control\0" + control.name.encode() + b"\0" + control.read_bytes())
+        for c in s.conditioning:
+            h.update(c.image_path.read_bytes() + json.dumps([c.dataset_id, c.crop.to_dict()]).encode())
     return h.hexdigest()[:16]
+
+
+def captions_by_file(samples) -> dict[str, str]:
+    """File name -> caption (dataset id / relative path where names repeat across datasets or folders)."""
+    names = Counter(s.image_path.name for s in samples)
+    return {(s.image_path.name if names[s.image_path.name] == 1 else f"{s.dataset_id}/{s.key}{s.image_path.suffix}"):
+            s.caption for s in samples}
 
 
 def _to(d: dict, device) -> dict:
@@ -121,9 +133,16 @@ class Job:
         self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
         align = self.family.alignment(self.info)
-        self.samples = load_job_samples(load_backends(cfg.data_backend_config), align,
-                                        edit=self.family.needs_control_image)
-        self.width, self.height = self.samples[0].width, self.samples[0].height
+        self.plan = load_job_plan(load_backends(cfg.data_backend_config), align, cfg.seed,
+                                  edit=self.family.needs_control_image)
+        self.samples = self.plan.samples
+        if cfg.glance_single_image and len(self.samples) > 1:
+            raise GlanceError(f"glance_single_image: {cfg.data_backend_config} holds {len(self.samples)} images "
+                              f"({', '.join(s.image_path.name for s in self.samples[:3])}"
+                              f"{', ...' if len(self.samples) > 3 else ''}); Glance's one-image recipe needs exactly "
+                              "one (or set glance_single_image: false)")
+        # the size the ladder is cut at and LoRAs are labelled with: the bucket holding the most images
+        self.width, self.height = self.plan.primary_size
         self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
         self.guidance = self.family.training_guidance(self.info.transformer_config, cfg)
@@ -142,8 +161,11 @@ class Job:
     # ---------------------------------------------------------------------------------------------------------
     def describe(self) -> str:
         kind = "edit pair(s) (target + control)" if self.family.needs_control_image else "sample(s)"
+        buckets = len({s.target for s in self.samples})
         lines = [f"model {self.info.ref} ({self.family.name}), {len(self.samples)} {kind} at "
-                 f"{self.width}x{self.height}, guidance {self.guidance}",
+                 f"{self.width}x{self.height}" + (f" (the largest of {buckets} buckets: the ladder's size)"
+                                                  if buckets > 1 else "") + f", guidance {self.guidance}",
+                 *self.plan.describe(self.cfg.train_batch_size),
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
@@ -161,23 +183,22 @@ class Job:
         return TensorCache(root / "text", "text embedding"), TensorCache(root / "vae", "VAE latent")
 
     def cache_keys(self, dtype):
-        """(text key, text description, image key, image description, pixels) per sample."""
-        from ..data.cache import component_identity, digest, tensor_digest
+        """(text key, text description, image key, image description) per sample. The image side is keyed by the
+        file's content and the exact crop (so a hit decodes nothing); edit models add the control file's content."""
+        from ..data.cache import component_identity, digest, file_digest
 
         path, fam = self.info.path, self.family
         vae_id = component_identity(path, "vae")
         text_ids = {c: component_identity(path, c) for c in fam.text_components()}
         out = []
         for s in self.samples:
-            pixels = s.pixels
-            control = getattr(s, "control", None)  # edit models: a PIL image that conditions text and latents
-            control = None if control is None else digest([control.size, control.mode,
-                                                           hashlib.sha256(control.tobytes()).hexdigest()])
+            control = getattr(s, "control_path", None)  # edit models: conditions both text and latents
+            control = None if control is None else file_digest(control)
             tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
                      "max_sequence_length": self.max_sequence_length, "caption": s.caption, "control": control}
             idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
-                     "pixels": tensor_digest(pixels), "control": control}
-            out.append((digest(tdesc), tdesc, digest(idesc), idesc, pixels))
+                     "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control}
+            out.append((digest(tdesc), tdesc, digest(idesc), idesc))
         return out
 
     def encode(self, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
@@ -185,7 +206,7 @@ class Job:
         are loaded when something is missing, and released before the transformer is loaded."""
         text_cache, vae_cache = self.caches()
         keys = self.cache_keys(dtype)
-        found = [(text_cache.get(tk), vae_cache.get(ik)) for tk, _, ik, _, _ in keys]
+        found = [(text_cache.get(tk), vae_cache.get(ik)) for tk, _, ik, _ in keys]
         missing = sum((t is None) + (i is None) for t, i in found)
         if missing:
             text_cache.check_writable()
@@ -194,16 +215,16 @@ class Job:
             for name in self.family.encoder_components:
                 getattr(pipe, name).to(device)
             with torch.no_grad():
-                for n, ((tk, tdesc, ik, idesc, pixels), (t, i)) in enumerate(zip(keys, found)):
+                for n, ((tk, tdesc, ik, idesc), (t, i)) in enumerate(zip(keys, found)):
                     # edit models: the control image conditions both the prompt and the transformer input
                     s = self.samples[n]
-                    control = {"control": s.control} if getattr(s, "control", None) is not None else {}
+                    control = {"control": s.control} if getattr(s, "control_path", None) is not None else {}
                     if t is None:
                         t = self.family.encode_prompts(pipe, [s.caption], device, self.max_sequence_length,
                                                        **control)
                         text_cache.put(tk, t, tdesc)
                     if i is None:
-                        x0, image = self.family.encode_images(pipe, pixels, **control)
+                        x0, image = self.family.encode_images(pipe, s.load_pixels(), **control)
                         i = {"x0": x0.float(), **image}
                         vae_cache.put(ik, i, idesc)
                     found[n] = (t, i)
@@ -268,7 +289,10 @@ class Job:
         out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir)
         out.check()  # fail before loading weights
         pipe, transformer, prepared = self.prepare(device, dtype)
-        trainer = PhaseTrainer(cfg, self.family, transformer, prepared, device, dtype, self.guidance)
+        trainer = PhaseTrainer(cfg, self.family, transformer, prepared, device, dtype, self.guidance,
+                               groups=self.plan.groups, shuffle=self.plan.shuffle,
+                               choices=self.plan.conditioning_choices()
+                               if cfg.conditioning_multidataset_sampling == "random" else None)
         logs = {}
         with out as tmp:
             for ph in self.phases:
@@ -305,7 +329,8 @@ class Job:
                           "resolution": [self.width, self.height], "guidance": self.guidance,
                           "lora_alpha": self.cfg.alpha, "lora_targets": self.targets,
                           "phases": {p.name: list(p.sigmas) for p in self.phases},
-                          "captions": {s.image_path.name: s.caption for s in self.samples}}}
+                          "captions": captions_by_file(self.samples),
+                          "buckets": dict(sorted(Counter(f"{s.width}x{s.height}" for s in self.samples).items()))}}
         if any(getattr(s, "control_path", None) is not None for s in self.samples):
             d["resolved"]["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         if self.ladder is not None:

@@ -1,8 +1,9 @@
 """The flow-matching LoRA step loop for one phase (one adapter, one sigma list).
 
 x_s = (1 - s) x0 + s eps, target eps - x0, MSE in fp32. Each step draws its sigmas from the phase's list with a
-seeded CPU generator (uniform, or round-robin). The loop state (step, generator, sigma cursor, optimizer, LR
-schedule) lives in one `LoopState` with `state_dict()`, so checkpoints can save and restore it whole.
+seeded CPU generator (uniform, or round-robin) and its samples from the data's batch sampler (bucket-pure
+batches; a one-image dataset draws nothing). The loop state (step, generator, sigma cursor, batch sampler,
+optimizer, LR schedule) lives in one `LoopState` with `state_dict()`, so checkpoints can save and restore it whole.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from ..data.buckets import BatchSampler
 
 EVAL_SEED_OFFSET = 1_000_003
 LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the GPU)
@@ -55,15 +58,18 @@ class LoopState:
     sampler: SigmaSampler
     optimizer: torch.optim.Optimizer
     lr_schedule: torch.optim.lr_scheduler.LambdaLR
+    batches: BatchSampler
 
     def state_dict(self) -> dict:
         return {"step": self.step, "generator": self.generator.get_state(), "sampler": self.sampler.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict()}
+                "batches": self.batches.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "lr_schedule": self.lr_schedule.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         self.step = int(d["step"])
         self.generator.set_state(d["generator"])
         self.sampler.load_state_dict(d["sampler"])
+        self.batches.load_state_dict(d["batches"])
         self.optimizer.load_state_dict(d["optimizer"])
         self.lr_schedule.load_state_dict(d["lr_schedule"])
 
@@ -78,12 +84,19 @@ class PhaseLog:
 
 
 class PhaseTrainer:
-    """Runs one phase. `family` supplies the transformer call; the loop never looks at the family's name."""
+    """Runs one phase. `family` supplies the transformer call; the loop never looks at the family's name.
+
+    groups: sample indices per bucket with repeats expanded (DataPlan.groups); default: one bucket of all samples.
+    choices: per group, how many conditioning datasets the sampler picks one from per batch (random mode).
+    """
 
     def __init__(self, cfg, family, transformer, samples: list[Prepared], device: torch.device,
-                 dtype: torch.dtype, guidance):
+                 dtype: torch.dtype, guidance, groups: list[list[int]] | None = None, shuffle: bool = True,
+                 choices: list[int] | None = None):
         self.cfg, self.family, self.transformer = cfg, family, transformer
         self.samples, self.device, self.dtype, self.guidance = samples, device, dtype, guidance
+        self.groups = groups if groups is not None else [list(range(len(samples)))]
+        self.shuffle, self.choices = shuffle, choices
         self.autocast = device.type == "cuda" and dtype != torch.float32
 
     def new_state(self, params, sigmas) -> LoopState:
@@ -93,7 +106,8 @@ class PhaseTrainer:
         warm = c.lr_warmup_steps if c.lr_scheduler == "constant_with_warmup" else 0
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         gen = torch.Generator("cpu").manual_seed(c.seed)
-        return LoopState(0, gen, SigmaSampler(sigmas, c.timestep_sampling), opt, sched)
+        batches = BatchSampler(self.groups, c.train_batch_size, c.seed, self.shuffle, self.choices)
+        return LoopState(0, gen, SigmaSampler(sigmas, c.timestep_sampling), opt, sched, batches)
 
     def _batch(self, idx: list[int]):
         items = [self.samples[i] for i in idx]
@@ -134,11 +148,6 @@ class PhaseTrainer:
         lo, hi = self.guidance
         return lo + (hi - lo) * torch.rand(n, generator=gen)
 
-    def pick(self, state: LoopState, n: int) -> list[int]:
-        if len(self.samples) == 1:
-            return [0] * n
-        return torch.randint(len(self.samples), (n,), generator=state.generator).tolist()
-
     def run(self, params, sigmas, progress=None) -> PhaseLog:
         c = self.cfg
         log = PhaseLog(trainable_params=sum(p.numel() for p in params))
@@ -151,7 +160,7 @@ class PhaseTrainer:
         while state.step < c.max_train_steps:
             total = 0.0
             for _ in range(c.gradient_accumulation_steps):
-                idx = self.pick(state, c.train_batch_size)
+                idx = state.batches.next().indices
                 x0, text, image = self._batch(idx)
                 sig = state.sampler.draw(len(idx), state.generator)
                 noise = self.to_device(torch.randn(x0.shape, generator=state.generator, dtype=torch.float32))
