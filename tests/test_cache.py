@@ -133,3 +133,24 @@ def test_round_trip_and_foreign_file(tmp_path):
     cache.path(k1).rename(cache.path(k2))  # a file under another key's name is not trusted
     with pytest.raises(GlanceError, match="does not belong to this key"):
         cache.get(k2)
+
+
+def test_dataset_cache_dirs_from_the_dataloader_json(tiny_flux, tmp_path, counting):
+    """SimpleTuner's `cache_dir_vae` (per image dataset) and the text_embeds dataset's `cache_dir` are honoured."""
+    from conftest import make_dataset
+
+    make_dataset(tmp_path / "imgs", n=2)
+    backend = tmp_path / "multidatabackend.json"
+    backend.write_text(json.dumps([
+        {"id": "mine", "type": "local", "instance_data_dir": str(tmp_path / "imgs"), "caption_strategy": "textfile",
+         "resolution": 128, "resolution_type": "pixel_area", "cache_dir_vae": str(tmp_path / "vae-mine")},
+        {"id": "text", "type": "local", "dataset_type": "text_embeds", "default": True,
+         "cache_dir": str(tmp_path / "text-here")}]))
+    cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--data_backend_config": str(backend),
+                                                          "--cache_dir": str(tmp_path / "unused")})
+    assert main(["cache", "--config", str(cfg)]) == 0
+    assert len(list((tmp_path / "vae-mine").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "text-here").glob("*.safetensors"))) == 2
+    assert not (tmp_path / "unused").exists()
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert (counting["text"], counting["vae"]) == (2, 2)  # training reused both

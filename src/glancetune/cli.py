@@ -61,11 +61,12 @@ def cmd_cache(args) -> int:
     t0 = time.perf_counter()
     _, computed = job.encode(device, dtype)
     dt = time.perf_counter() - t0
-    text_cache, vae_cache = job.caches()
+    caches = job.sample_caches()
     n = len(job.samples)
     per = f", {dt / max(1, computed) * 2:.3f}s per sample" if computed else ""
     print(f"{n} samples: {computed} of {2 * n} entries computed, {2 * n - computed} reused, in {dt:.1f}s{per}")
-    print(f"text embeddings: {text_cache.dir}\nVAE latents: {vae_cache.dir}")
+    print("text embeddings: " + ", ".join(sorted({str(t.dir) for t, _ in caches})))
+    print("VAE latents: " + ", ".join(sorted({str(v.dir) for _, v in caches})))
     return 0
 
 

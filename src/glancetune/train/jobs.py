@@ -170,8 +170,9 @@ class Job:
                  f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
             lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
-        text_cache, vae_cache = self.caches()
-        lines.append(f"caches: text embeddings {text_cache.dir}, VAE latents {vae_cache.dir}")
+        caches = self.sample_caches()
+        lines.append("caches: text embeddings " + ", ".join(sorted({str(t.dir) for t, _ in caches}))
+                     + "; VAE latents " + ", ".join(sorted({str(v.dir) for _, v in caches})))
         return "\n".join(lines)
 
     # --- encodings (cached on disk) -----------------------------------------------------------------------
@@ -181,6 +182,22 @@ class Job:
 
         root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else cache_root() / "cache"
         return TensorCache(root / "text", "text embedding"), TensorCache(root / "vae", "VAE latent")
+
+    def sample_caches(self):
+        """(text cache, VAE cache) per sample: the dataset's `cache_dir_vae` and its text_embeds dataset's
+        `cache_dir` where the dataloader JSON gives them, else the defaults under `cache_dir`."""
+        from ..data.cache import TensorCache
+
+        text_default, vae_default = self.caches()
+        made = {}
+
+        def get(folder, kind, default):
+            if not folder:
+                return default
+            return made.setdefault((kind, folder), TensorCache(folder, kind))
+
+        return [(get(getattr(s, "text_cache_dir", None), "text embedding", text_default),
+                 get(getattr(s, "cache_dir_vae", None), "VAE latent", vae_default)) for s in self.samples]
 
     def cache_keys(self, dtype):
         """(text key, text description, image key, image description) per sample. The image side is keyed by the
@@ -204,18 +221,18 @@ class Job:
     def encode(self, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
         """Per sample (text kwargs, {"x0", image kwargs}) on the CPU, from the caches; the encoders (and only they)
         are loaded when something is missing, and released before the transformer is loaded."""
-        text_cache, vae_cache = self.caches()
+        caches = self.sample_caches()
         keys = self.cache_keys(dtype)
-        found = [(text_cache.get(tk), vae_cache.get(ik)) for tk, _, ik, _ in keys]
+        found = [(tc.get(tk), vc.get(ik)) for (tk, _, ik, _), (tc, vc) in zip(keys, caches)]
         missing = sum((t is None) + (i is None) for t, i in found)
         if missing:
-            text_cache.check_writable()
-            vae_cache.check_writable()
+            for cache in {id(c): c for pair in caches for c in pair}.values():
+                cache.check_writable()
             pipe = self.family.load_pipeline(self.info.path, dtype, **{**self.components, "transformer": None})
             for name in self.family.encoder_components:
                 getattr(pipe, name).to(device)
             with torch.no_grad():
-                for n, ((tk, tdesc, ik, idesc), (t, i)) in enumerate(zip(keys, found)):
+                for n, ((tk, tdesc, ik, idesc), (t, i), (text_cache, vae_cache)) in enumerate(zip(keys, found, caches)):
                     # edit models: the control image conditions both the prompt and the transformer input
                     s = self.samples[n]
                     control = {"control": s.control} if getattr(s, "control_path", None) is not None else {}
