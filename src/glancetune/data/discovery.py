@@ -86,6 +86,11 @@ def filename_caption(path: Path) -> str:
     return " ".join(path.stem.replace("_", " ").split())
 
 
+def _reason(e: GlanceError, path: Path) -> str:
+    """The message of a GlanceError raised as "<path>: <reason>", without the path."""
+    return str(e).removeprefix(f"{path}: ")
+
+
 def _listing(root: Path, recursive: bool) -> list[Path]:
     files = root.rglob("*") if recursive else root.iterdir()
     out = []
@@ -149,7 +154,7 @@ def discover(root: Path, problems: Problems, *, captions: str | None = "textfile
                     caption, source = read_caption(texts[key]), texts[key].name
                 except GlanceError as e:
                     kind = "empty_caption" if str(e).endswith("caption is empty") else "caption_not_utf8"
-                    problems.add(texts[key], kind, str(e).split(": ", 1)[1])
+                    problems.add(texts[key], kind, _reason(e, texts[key]))
                     ok = False
         elif captions == "filename":
             caption, source = filename_caption(img), "filename"
@@ -162,7 +167,7 @@ def discover(root: Path, problems: Problems, *, captions: str | None = "textfile
         try:
             size = probe_image(img)
         except GlanceError as e:
-            problems.add(img, "corrupt_image", str(e).split(": ", 1)[1])
+            problems.add(img, "corrupt_image", _reason(e, img))
             ok = False
         found.append(Found(img, key, caption if ok else None, source, size, ok))
     return found
