@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tiny models: one thread is as fast on a quiet machine and does not collapse when the cores are shared
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
 
 from PIL import Image  # noqa: E402
