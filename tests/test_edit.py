@@ -378,3 +378,24 @@ def test_flavours_and_family_resolution(edit_run):
     other = "qwen_image_edit" if name == "qwen_image_edit_plus" else "qwen_image_edit_plus"
     with pytest.raises(GlanceError, match=f"does not match model_family '{other}'"):
         model_info(str(model), other)
+
+
+def test_simpletuner_conditioning_json_trains_the_same_loras(edit_run, processor, tmp_path):
+    """A `local` image dataset linked by `conditioning_data` to a conditioning dataset is the same edit data as the
+    image/ + control/ layout: the LoRA files are byte-identical."""
+    name, model, run, _, _ = edit_run
+    data = make_edit_dataset(tmp_path / "data")
+    backend = tmp_path / "multidatabackend.json"
+    backend.write_text(json.dumps([
+        {"id": "targets", "type": "local", "instance_data_dir": str(data / "image"), "caption_strategy": "textfile",
+         "resolution": 64, "resolution_type": "pixel_area", "conditioning_data": ["sources"]},
+        {"id": "sources", "type": "local", "dataset_type": "conditioning", "instance_data_dir": str(data / "control"),
+         "conditioning_type": "reference_loose", "resolution": 64, "resolution_type": "pixel_area"}]))
+    cfg = edit_config(tmp_path, model, VARIANTS[name][0], timestep_sampling="round-robin",
+                      data_backend_config=str(backend))
+    job = Job(load_config(cfg), "glance", components={"processor": processor})
+    assert [s.control_path for s in job.samples] == [data / "control" / "img0.jpg"]
+    job.run(quiet=True)
+    for role in ("slow", "fast"):
+        assert (tmp_path / "output" / role / "pytorch_lora_weights.safetensors").read_bytes() == \
+            (run / role / "pytorch_lora_weights.safetensors").read_bytes(), role

@@ -79,8 +79,9 @@ def discover_edit_pairs(root: Path, caption_ext: str = ".txt") -> list[tuple[Pat
 def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
     """The data plan a job trains on: plain image/caption samples, or edit triples when the model is an edit model.
 
-    The layout must match the model: an edit model needs image/ + control/ in every dataset folder, and a folder
-    laid out that way is refused for a text-to-image model (its control images would be ignored)."""
+    The layout must match the model: an edit model needs image/ + control/ in every dataset folder (or, as in
+    SimpleTuner, every image dataset linked to a conditioning dataset with `conditioning_data`), and a folder laid
+    out as image/ + control/ is refused for a text-to-image model (its control images would be ignored)."""
     images = [s for s in specs if s.dataset_type == "image"]
     if not edit:
         for spec in images:
@@ -89,10 +90,16 @@ def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
                                   "dataset), but the model is not an edit model (e.g. model_family qwen_image, "
                                   "model_flavour edit)")
         return load_plan(specs, align, seed)
-    controls = {}
-    for spec in images:
-        controls.update({img: ctl for img, _, ctl in discover_edit_pairs(spec.root, spec.caption_extension)})
-    plan = load_plan([replace(s, root=target_dir(s.root)) if s in images else s for s in specs], align, seed)
+    if all(s.conditioning_data for s in images):
+        # SimpleTuner's way: image datasets linked to a conditioning dataset (`conditioning_data`); its paired
+        # file is the control image (the edit pipeline sizes it itself, so its planned crop is not used)
+        plan = load_plan(specs, align, seed)
+        controls = {s.image_path: s.conditioning[0].image_path for s in plan.samples}
+    else:
+        controls = {}
+        for spec in images:
+            controls.update({img: ctl for img, _, ctl in discover_edit_pairs(spec.root, spec.caption_extension)})
+        plan = load_plan([replace(s, root=target_dir(s.root)) if s in images else s for s in specs], align, seed)
     samples = [EditSample(**{f.name: getattr(s, f.name) for f in fields(s)}, control_path=controls[s.image_path])
                for s in plan.samples]
     return replace(plan, samples=samples)
