@@ -77,6 +77,15 @@ def glance_run(tiny_flux, tmp_path_factory) -> Path:
 PROMPT = "a red gradient with speckles"
 
 
+def run_err(capsys, argv):
+    """A bad-input check: exit status 2 and exactly one line on stderr, starting with "error: "."""
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
 def run_ladder(run: Path):
     from glancetune.export import read_metadata
     from glancetune.schedule import Ladder

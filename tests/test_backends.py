@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_dataset, make_image, write_configs
+from conftest import make_dataset, make_image, write_configs, run_err
 from glancetune.cli import main
 from glancetune.data import Problems, build_plan, load_backends
 from glancetune.data.dataset import load_image
@@ -190,14 +190,6 @@ def test_neutral_simpletuner_keys_pass(tmp_path):
     plan_of(tmp_path, [local(data, probability=1.0, vae_cache_clear_each_epoch=False, start_epoch=1, start_step=0,
                              skip_file_discovery="", preserve_data_backend_cache=False, hash_filenames=True,
                              disable_multiline_split=True, max_num_samples=None)])
-
-
-def run_err(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 BAD = [  # (entries given tmp data dir d, text every error must contain)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
+from conftest import make_image, run_err
 from glancetune.cli import main
 from glancetune.config import build_config, load_config
 from glancetune.errors import GlanceError
@@ -301,14 +301,6 @@ def test_generate_cli_image(edit_run, processor, tmp_path, monkeypatch, capsys):
     sampler.guidance = None  # CFG off in both calls: the chained path must reproduce the single call
     chained = sampler([CAPTION], seed=2, width=64, height=64, output_type="np", image=control, cfg_phases="slow")
     assert np.abs(chained[0] - one_call[0]).max() <= 1 / 255
-
-
-def run_err(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_generate_image_flag_checked_before_loading(edit_run, capsys, tmp_path):

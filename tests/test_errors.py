@@ -4,17 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image, write_configs
+from conftest import make_image, write_configs, run_err
 from glancetune.cli import main
 from glancetune.export import read_metadata
-
-
-def run_err(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def no_output(root: Path):

@@ -181,8 +181,14 @@ class Family:
             return (float(lo), float(hi))
         return self.default_guidance if cfg.flux_guidance_value is None else float(cfg.flux_guidance_value)
 
-    def guidance_kwargs(self, transformer, value: float | None, batch: int, device) -> dict[str, Any]:
-        return {}
+    def guidance_kwargs(self, transformer, value, batch: int, device) -> dict[str, Any]:
+        """The guidance-embedding input of transformers that have one (FLUX.1 dev, FLUX.2 dev), as their pipelines
+        build it: float32, one value per sample (a random-range draw is already a tensor of those)."""
+        if not getattr(transformer.config, "guidance_embeds", False) or value is None:
+            return {}
+        if isinstance(value, torch.Tensor):
+            return {"guidance": value.to(device=device, dtype=torch.float32)}
+        return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
 
     def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, text: dict, image: dict,
                 guidance: float | None) -> torch.Tensor:

@@ -1,8 +1,6 @@
 """FLUX.1 (dev, schnell): FluxPipeline, CLIP-L + T5, 16-channel VAE, 2x2-packed 64-channel tokens, sigma timesteps."""
 from __future__ import annotations
 
-import torch
-
 from .base import Family
 
 
@@ -60,13 +58,6 @@ class Flux1(Family):
 
     def has_guidance_embedding(self, transformer_config):
         return bool(transformer_config.get("guidance_embeds", False))
-
-    def guidance_kwargs(self, transformer, value, batch, device):
-        if not transformer.config.guidance_embeds:
-            return {}
-        if isinstance(value, torch.Tensor):  # random-range: one value per sample
-            return {"guidance": value.to(device=device, dtype=torch.float32)}
-        return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
 
     def pipeline_kwargs(self, guidance, max_sequence_length):
         kw = {"max_sequence_length": max_sequence_length}

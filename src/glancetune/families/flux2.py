@@ -112,14 +112,6 @@ class Flux2Dev(_Flux2):
     def has_guidance_embedding(self, transformer_config):
         return bool(transformer_config.get("guidance_embeds", True))  # Flux2Transformer2DModel's default
 
-    def guidance_kwargs(self, transformer, value, batch, device):
-        # Flux2Pipeline: guidance = torch.full([1], guidance_scale, dtype=float32).expand(B)
-        if not transformer.config.guidance_embeds:
-            return {}
-        if isinstance(value, torch.Tensor):  # random-range: one value per sample
-            return {"guidance": value.to(device=device, dtype=torch.float32)}
-        return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
-
     def resume_latents(self, pipe, latents, height, width):
         # output_type="latent" gives the packed tokens [B, h*w, 128] (row-major, as _prepare_latent_ids numbers
         # them); `latents=` takes [B, 128, h, w] and packs it again
