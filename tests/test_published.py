@@ -119,6 +119,7 @@ def test_auto_detected_and_loaded_with_the_training_alpha(pair, capsys):
     seeds = Ladder(tuple(float(np.float32(t / 1000)) for t in PUB.slow_timesteps),
                    tuple(float(np.float32(t / 1000)) for t in PUB.fast_timesteps))
     assert spec.ladder == seeds and spec.ladder.slow[1] == float(np.float32(0.9791915))
+    assert resolve_spec(slow=slow, fast=fast).base_model == "Qwen/Qwen-Image"  # --model may be left out
     sampler = GlanceSampler.from_spec(spec, device="cpu")
     out = capsys.readouterr().out
     assert "alpha 128 = 4 x rank 32 (scale 4)" in out and "lora.down/lora.up" in out
