@@ -158,3 +158,14 @@ def test_compiled_transformer_trains_the_same(tiny_flux, glance_run, tmp_path):
         a = load_file(str(glance_run / role / WEIGHT_NAME))
         b = load_file(str(tmp_path / "output" / role / WEIGHT_NAME))
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4, role
+
+
+def test_dry_run_counts_the_trainable_parameters_without_weights(glance_run, capsys):
+    """--dry-run counts LoRA parameters on a weightless copy of the transformer: the count training reports."""
+    cfg = glance_run.parent / "config" / "glance.json"
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    trained = json.loads((glance_run / "slow" / "train_log.json").read_text())["trainable_params"]
+    assert f"trainable LoRA parameters per phase: {trained:,}" in out
+    assert '"lora_rank": 4' in out.split("resolved config: ")[1]

@@ -44,6 +44,11 @@ def cmd_train(args, command: str) -> int:
     job = Job(cfg, command)
     print(job.describe())
     if args.dry_run:
+        from .train.lora import count_trainable
+
+        n = count_trainable(job.info.transformer_config, cfg, job.targets)
+        print(f"trainable LoRA parameters per phase: {n:,}")
+        print("resolved config: " + json.dumps(cfg.model_dump(), default=str))
         return 0
     out = job.run(overwrite=args.overwrite)
     print(f"wrote {out}")

@@ -58,3 +58,16 @@ def add_lora(transformer, name: str, *, rank: int, alpha: float, dropout: float,
 
 def count_params(params) -> int:
     return sum(p.numel() for p in params)
+
+
+def count_trainable(transformer_config: dict, cfg, targets: list[str]) -> int:
+    """Trainable LoRA parameters for this config, counted on a weightless (meta-device) copy of the transformer
+    built from its config alone: `--dry-run` reports it without loading any weights."""
+    import diffusers
+    from accelerate import init_empty_weights
+
+    cls = getattr(diffusers, transformer_config["_class_name"])
+    with init_empty_weights():
+        transformer = cls.from_config(transformer_config)
+    return count_params(add_lora(transformer, "count", rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                                 init=cfg.lora_init, targets=targets, seed=cfg.seed))
