@@ -87,10 +87,9 @@ def run_err(capsys, argv):
 
 
 def run_ladder(run: Path):
-    from glancetune.export import read_metadata
-    from glancetune.schedule import Ladder
+    from glancetune.record import read_record
 
-    return Ladder.from_dict(json.loads(read_metadata(run / "slow")["glancetune.ladder"]))
+    return read_record(run / "slow")[0].ladder
 
 
 def stock_glance(family: str, model, run: Path, seed: int, width: int, height: int, **guidance):

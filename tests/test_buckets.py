@@ -47,23 +47,26 @@ def test_sampler_state_resumes_exactly():
         BatchSampler([[0, 1]], 2, seed=1).load_state_dict(state)
 
 
-def test_loop_state_carries_the_sampler():
+def test_phase_state_carries_the_sampler():
     from types import SimpleNamespace
 
-    from glancetune.train.loop import PhaseTrainer
+    from glancetune.train.loop import Trainer
 
     cfg = SimpleNamespace(learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0,
                           adam_epsilon=1e-8, lr_scheduler="constant", lr_warmup_steps=0, seed=3,
-                          timestep_sampling="uniform", train_batch_size=2)
-    trainer = PhaseTrainer(cfg, None, None, [None] * 3, torch.device("cpu"), torch.float32, 1.0,
-                           groups=[[0, 1], [2]])
+                          timestep_sampling="uniform", train_batch_size=2, conditioning_multidataset_sampling="combined",
+                          optimizer="adamw", lr_num_cycles=None, lr_power=1.0)
+    rt = SimpleNamespace(accelerator=None, device=torch.device("cpu"), dtype=torch.float32, layout="single", rank=0,
+                         world=1)
+    plan = SimpleNamespace(groups=[[0, 1], [2]], shuffle=True)
+    trainer = Trainer(cfg, None, None, None, [None] * 3, rt, 1.0, plan)
     params = [torch.nn.Parameter(torch.zeros(2))]
-    state = trainer.new_state(params, (1.0, 0.5))
+    state = trainer.new_phase("lora", (1.0, 0.5), params, 10)
     for _ in range(3):
         state.batches.next()
     saved = state.state_dict()
     assert saved["batches"]["cursor"] == 1 and saved["batches"]["epoch"] == 1
-    again = trainer.new_state(params, (1.0, 0.5))
+    again = trainer.new_phase("lora", (1.0, 0.5), params, 10)
     again.load_state_dict(saved)
     assert again.batches.next().indices == state.batches.next().indices
 
@@ -173,8 +176,8 @@ def test_glance_on_two_aspect_buckets(tiny_flux, tmp_path, capsys, record_shapes
     assert len(train) == 8  # 4 steps x 2 phases
     tokens = Counter(s[1] for s in train)
     assert set(tokens) == {64, 66}  # 128x128 -> 8x8 tokens, 176x96 -> 11x6: every batch from one bucket
-    resolved = json.loads((tmp_path / "output" / "glancetune_config.json").read_text())["resolved"]
-    assert resolved["buckets"] == {"128x128": 2, "176x96": 1} and resolved["resolution"] == [128, 128]
+    resolved = json.loads((tmp_path / "output" / "glancetune_config.json").read_text())
+    assert resolved["buckets"] == {"128x128": 2, "176x96": 1} and resolved["record"]["resolution"] == [128, 128]
 
 
 def test_glance_single_image(tiny_flux, tmp_path, capsys):

@@ -25,7 +25,7 @@ from glancetune.config import build_config, load_config
 from glancetune.errors import GlanceError
 from glancetune.families import get_family, model_info
 from glancetune.sample import GlanceSampler, resolve_spec
-from glancetune.train.jobs import Job
+from glancetune.train.job import Job
 
 CAPTION = "make the gradient blue"
 AREA = 96 * 96  # control-image area in this module instead of the pipelines' 1024*1024 / 384*384
@@ -276,8 +276,8 @@ def test_stock_load_changes_output(edit_run, processor):
         assert np.abs(out - base).max() > 1e-4, role
         log = json.loads((run / role / "train_log.json").read_text())
         assert log["eval_loss_after"] < log["eval_loss_before"], role
-    resolved = json.loads((run / "glancetune_config.json").read_text())["resolved"]
-    assert resolved["model_family"] == name and resolved["controls"] == {"img0.png": "img0.jpg"}
+    resolved = json.loads((run / "glancetune_config.json").read_text())
+    assert resolved["record"]["model_family"] == name and resolved["controls"] == {"img0.png": "img0.jpg"}
 
 
 def test_generate_cli_image(edit_run, processor, tmp_path, monkeypatch, capsys):

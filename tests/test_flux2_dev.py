@@ -8,7 +8,7 @@ import torch
 from conftest import PROMPT, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.export import read_metadata
+from glancetune.record import read_record
 from glancetune.families import get_family, model_info
 from glancetune.sample import GlanceSampler, resolve_spec
 
@@ -45,9 +45,8 @@ def test_random_range_guidance_is_per_sample_per_step(tmp_path, dev_model, monke
     assert values.min() >= 1.5 and values.max() <= 4.5
     assert len(set(values.tolist())) == 6  # one draw per sample per step: all different
     assert len(evals) == 2 and all(torch.equal(g, torch.full_like(g, 3.0)) for g in evals)  # eval: the middle
-    meta = read_metadata(tmp_path / "output")
-    assert json.loads(meta["glancetune.guidance_range"]) == [1.5, 4.5]
-    assert json.loads(meta["glancetune.guidance"]) == 3.0
+    record = read_record(tmp_path / "output")[0]
+    assert record.guidance_range == [1.5, 4.5] and record.guidance == 3.0
 
 
 def test_constant_guidance_is_the_configured_value(tmp_path, dev_model, monkeypatch):

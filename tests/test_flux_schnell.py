@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from glancetune.cli import main
-from glancetune.export import read_metadata
+from glancetune.record import read_record
 from glancetune.sample import GlanceSampler, resolve_spec
 from conftest import write_configs, PROMPT, run_ladder as ladder_of, stock_glance
 
@@ -16,7 +16,7 @@ def test_schnell_glance_roundtrip(tmp_path, capsys):
     assert main(["glance", "--config", str(cfg)]) == 0
     assert "flux_guidance_value ignored: this flux transformer has no guidance embedding" in capsys.readouterr().out  # a notice, not silence
     run = tmp_path / "output"
-    assert json.loads(read_metadata(run / "slow")["glancetune.guidance"]) is None
+    assert read_record(run / "slow")[0].guidance is None
     lad = ladder_of(run)
     lin = np.linspace(1.0, 1 / 50, 50).astype(np.float32)  # schnell's schedule is unshifted
     assert list(lad.sigmas) == [float(lin[i]) for i in (0, 2, 4, 6, 8, 10, 20, 30, 40, 49)]

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export import WEIGHT_NAME, read_metadata
+from glancetune.record import read_record
 from glancetune.families.flux import Flux1
 from glancetune.sample import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder, identity_scheduler_config
@@ -50,7 +51,7 @@ def test_generate_sees_exactly_the_trained_sigmas(tiny_flux, tmp_path, record_ti
     assert set(trained.tolist()) == set(sampled.tolist())  # every training sigma is a sampling sigma, and back
     # the metadata holds the model's own ladder at the training resolution (128px -> 64 tokens)
     from glancetune.families import model_info
-    from glancetune.train.jobs import model_schedule
+    from glancetune.ladder import model_schedule
     own = model_schedule(model_info(tiny_flux), 128, 128, 50)
     assert lad.slow == tuple(own[i] for i in (0, 2, 4, 6, 8))
     assert lad.fast == tuple(own[i] for i in (10, 20, 30, 40, 49))
@@ -110,11 +111,16 @@ def test_metadata_in_the_header(glance_run):
     meta = read_metadata(glance_run / "slow")
     assert meta["glancetune.role"] == "slow"
     assert meta["glancetune.partner"] == "../fast/pytorch_lora_weights.safetensors"
-    assert json.loads(meta["glancetune.sigmas"]) == list(ladder_of(glance_run).slow)
-    assert json.loads(meta["glancetune.guidance"]) == 1.0 and meta["glancetune.resolution"] == "128x128"
+    record = read_record(glance_run / "slow")[0]
+    assert record.phases["slow"] == list(ladder_of(glance_run).slow)
+    assert record.guidance == 1.0 and record.resolution == (128, 128)
     assert json.loads(meta["lora_adapter_metadata"])["transformer.lora_alpha"] == 4
     assert read_metadata(glance_run / "fast")["glancetune.role"] == "fast"
-    assert (glance_run / "glancetune_config.json").is_file() and (glance_run / "slow" / "glancetune_config.json").is_file()
+    # one record, written once per header; the run folder's config holds the same record
+    assert sorted(k for k in meta if k.startswith("glancetune.")) == ["glancetune.format_version", "glancetune.partner",
+                                                                "glancetune.role", "glancetune.run"]
+    config = json.loads((glance_run / "glancetune_config.json").read_text())
+    assert config["record"] == record.to_dict()
 
 
 def test_same_seed_same_bytes_and_glance_phase_equals_train(tiny_flux, glance_run, tmp_path):

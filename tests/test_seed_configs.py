@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from glancetune.cli import main
-from glancetune.export import read_metadata
+from glancetune.record import read_record
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "glancetune" / "assets"
 SLOW = "1000,979.1915,957.5157,934.9171,911.3354"
@@ -32,9 +32,9 @@ def test_seed_guide_runs_as_written(tiny_flux, tmp_path, monkeypatch):
     (tmp_path / "config" / "glance-fast.json").write_text(json.dumps(seed_config(tiny_flux, "output/glance-fast", FAST)))
     assert main(["train", "--config", "config/glance-slow.json"]) == 0
     assert main(["train", "--config", "config/glance-fast.json"]) == 0
-    meta = read_metadata("output/glance-slow")
-    assert meta["glancetune.resolution"] == "1024x1024" and meta["glancetune.role"] == "lora"
-    assert json.loads(meta["glancetune.sigmas"]) == [float(torch.tensor(float(t) / 1000).item())
+    record, role = read_record("output/glance-slow")
+    assert record.resolution == (1024, 1024) and role == "lora"
+    assert record.phases["lora"] == [float(torch.tensor(float(t) / 1000).item())
                                                      for t in SLOW.split(",")]
     seen = []
     from diffusers import FluxTransformer2DModel

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .errors import GlanceError
+from .schedule import LADDER_STEPS
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -38,35 +39,50 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args, command: str) -> int:
     from .config import load_config
-    from .train.jobs import Job
+    from .train.job import Job
+    from .train.loop import Interrupted
 
     cfg = load_config(args.config, args.set)
     job = Job(cfg, command)
     print(job.describe())
     if args.dry_run:
+        from .train import optim
         from .train.lora import count_trainable
 
         n = count_trainable(job.info.transformer_config, cfg, job.targets)
         print(f"trainable LoRA parameters per phase: {n:,}")
+        print(f"steps: {job.steps_note}")
+        print(optim.describe(cfg, job.steps))
+        print(job.checkpoint_plan())
         print("resolved config: " + json.dumps(cfg.model_dump(), default=str))
         return 0
-    out = job.run(overwrite=args.overwrite)
-    print(f"wrote {out}")
+    try:
+        out = job.run(overwrite=args.overwrite)
+    except Interrupted as e:
+        import signal
+
+        print(f"interrupted at step {e.step}: checkpoint written in {cfg.output_dir}; run the same command again "
+              "to resume (resume_from_checkpoint: latest)", file=sys.stderr)
+        return 130 if e.signum == signal.SIGINT else 143
+    if job.rt.is_main:
+        print(f"wrote {out}")
     return 0
 
 
 def cmd_cache(args) -> int:
     """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
     from .config import load_config
-    from .train.jobs import Job, pick_device
+    from .train.encode import encode, sample_caches
+    from .train.plan import Plan
+    from .train.runtime import compute_dtype, select
 
     cfg = load_config(args.config, args.set)
-    job = Job(cfg, "cache")
-    device, dtype = pick_device(cfg)
+    job = Plan(cfg, "cache")
+    device, precision = select(cfg.device, cfg.mixed_precision)
     t0 = time.perf_counter()
-    _, computed = job.encode(device, dtype)
+    _, computed = encode(job, device, compute_dtype(precision))
     dt = time.perf_counter() - t0
-    caches = job.sample_caches()
+    caches = sample_caches(cfg, job.samples)
     n = len(job.samples)
     per = f", {dt / max(1, computed) * 2:.3f}s per sample" if computed else ""
     print(f"{n} samples: {computed} of {2 * n} entries computed, {2 * n - computed} reused, in {dt:.1f}s{per}")
@@ -115,8 +131,8 @@ def cmd_generate(args) -> int:
 
 def cmd_schedule(args) -> int:
     from .families import model_info
+    from .ladder import model_schedule, scaled_indices
     from .schedule import cut_ladder, timestep
-    from .train.jobs import model_schedule, scaled_indices
 
     info = model_info(args.model)
     w, h = args.width or args.resolution, args.height or args.resolution
@@ -160,7 +176,7 @@ def cmd_quickstart(args) -> int:
     """Copy the bundled sample, write the configs, train Glance on tiny:flux, generate an image."""
     from .config import build_config
     from .sample import GlanceSampler, resolve_spec, save_images
-    from .train.jobs import Job
+    from .train.job import Job
 
     root = Path(args.dir)
     (root / "data").mkdir(parents=True, exist_ok=True)
@@ -238,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resolution", type=int, default=1024)
     s.add_argument("--width", type=int)
     s.add_argument("--height", type=int)
-    s.add_argument("--steps", type=int, default=50, help="N of the N-step schedule the ladder is cut from")
+    s.add_argument("--steps", type=int, default=LADDER_STEPS, help="N of the N-step schedule the ladder is cut from")
     s.add_argument("--json", action="store_true")
     v = sub.add_parser("validate-dataset", help="list every problem of a dataset (exit 0 clean, 1 problems found)")
     v.add_argument("--path", help="folder of image + caption pairs (or image/ + control/ edit layout)")

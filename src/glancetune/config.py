@@ -19,12 +19,12 @@ from .errors import GlanceError
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
-    "resume_from_checkpoint", "checkpointing_steps", "checkpoints_total_limit", "validation_prompt",
+    "validation_prompt",
     "validation_steps", "validation_resolution", "validation_num_inference_steps", "validation_guidance",
-    "report_to", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
+    "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
     "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
     "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path", "group_offload_text_encoder", "group_offload_vae",
-    "offload_during_startup", "vae_batch_size", "use_ema", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
+    "offload_during_startup", "use_ema", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
     "train_text_encoder", "noise_offset", "snr_gamma", "lora_init_type",
 }
 NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
@@ -98,6 +98,17 @@ class TrainConfig(BaseModel):
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(
         "random", description="several conditioning datasets per image: one per batch (random) or all (combined)")
+
+    # --- trainer core (temporary block; the config branch owns these) ---
+    parallel_phases: bool = False
+    vae_batch_size: int = Field(4, ge=1)
+    checkpointing_steps: int = Field(100, ge=0)
+    checkpoints_total_limit: int | None = 3
+    resume_from_checkpoint: str | None = "latest"
+    resume_allow_changes: list[str] = []
+    report_to: str = "none"
+    logging_dir: str = "logs"
+    logging_steps: int = Field(10, ge=1)
 
     @property
     def family(self):

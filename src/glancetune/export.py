@@ -87,53 +87,83 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-class OutputDir:
-    """Build a run's output in a temporary sibling folder and move it into place only when complete.
+OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", "train_log.jsonl")
+OWN_DIRS = ("slow", "fast")
 
-    An existing non-empty `final` folder is replaced only if it holds the same run (same resolved config) or
-    `overwrite` is set; otherwise the user gets an error naming the keys that differ.
+
+class OutputDir:
+    """A run's output folder. Finished LoRAs and logs are written into it atomically (temp name, rename);
+    checkpoints live beside them (train/checkpoint.py).
+
+    A folder that holds a different run (its `glancetune_config.json` names another identity) is refused unless
+    `overwrite`; then only what glancetune writes is removed (LoRA folders/files, logs, checkpoints, our config),
+    never other files. A non-empty folder without our config is refused without `overwrite`.
     """
 
-    def __init__(self, final: str | Path, identity: dict, overwrite: bool):
+    def __init__(self, final: str | Path, identity: dict, overwrite: bool, allow: tuple[str, ...] = ()):
         self.final = Path(final)
         self.identity = identity
         self.overwrite = overwrite
-        self.tmp: Path | None = None
+        self.allow = set(allow)
+
+    def differences(self) -> list[str] | None:
+        """None when the folder is empty/new or holds this run; else the differing keys ([] = not ours)."""
+        f = self.final
+        if not f.is_dir() or not any(f.iterdir()):
+            return None
+        old_path = f / CONFIG_NAME
+        if not old_path.is_file():
+            return []
+        try:
+            old = json.loads(old_path.read_text(encoding="utf-8")).get("run", {})
+        except ValueError:
+            old = {}
+        keys = sorted(k for k in set(old) | set(self.identity)
+                      if k not in self.allow and old.get(k) != self.identity.get(k))
+        return keys or None
 
     def check(self) -> None:
         f = self.final
         if f.exists() and not f.is_dir():
             raise GlanceError(f"output_dir {f}: exists and is not a folder")
-        if not f.is_dir() or not any(f.iterdir()) or self.overwrite:
+        keys = self.differences()
+        if keys is None or self.overwrite:
             return
-        old_path = f / CONFIG_NAME
-        if not old_path.is_file():
+        if not keys:
             raise GlanceError(f"output_dir {f}: holds files that are not a glancetune run; choose another "
-                              "output_dir or set overwrite_output_dir (--overwrite)")
-        try:
-            old = json.loads(old_path.read_text(encoding="utf-8")).get("run", {})
-        except ValueError:
-            old = {}
-        if old != self.identity:
-            keys = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
-            raise GlanceError(f"output_dir {f}: already holds a different run (differs in: {', '.join(keys)}); "
-                              "choose another output_dir or set overwrite_output_dir (--overwrite)")
+                              "output_dir or set overwrite_output_dir (--overwrite: writes beside them)")
+        raise GlanceError(f"output_dir {f}: already holds a different run (differs in: {', '.join(keys)}); "
+                          "choose another output_dir or set overwrite_output_dir (--overwrite)")
 
-    def __enter__(self) -> Path:
+    def prepare(self, record: dict, logging_dir: str | None = None) -> None:
+        """Create the folder (removing our own files of a different run when overwriting) and write our config."""
         self.check()
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
-        return self.tmp
+        if self.overwrite and self.differences():  # our own earlier run of another config (never foreign files)
+            self.remove_own(logging_dir)
+        self.final.mkdir(parents=True, exist_ok=True)
+        write_json(self.final / CONFIG_NAME, {"run": self.identity, **record})
 
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
+    def remove_own(self, logging_dir: str | None) -> None:
+        import re
+
+        for p in list(self.final.iterdir()):
+            ours = (p.name in OWN_FILES and p.is_file()) or (p.name in OWN_DIRS and (p / WEIGHT_NAME).is_file()) \
+                or (p.is_dir() and re.match(r"^\.?checkpoint-\d+", p.name)) \
+                or (logging_dir is not None and p.name == logging_dir and p.is_dir())
+            if ours:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+    def replace_dir(self, built: Path, name: str) -> Path:
+        """Move a folder built elsewhere on this filesystem to `<output_dir>/<name>` atomically."""
+        target = self.final / name
         old = None
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        if target.exists():
+            old = target.with_name(f".{name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(built, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return False
+        return target
+
+    def staging(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.final))

@@ -16,11 +16,13 @@ from pathlib import Path
 import torch
 
 from .errors import GlanceError
-from .export import META_PREFIX, WEIGHT_NAME, lora_file, read_metadata
+from .export import WEIGHT_NAME, lora_file
 from .families import ModelInfo, model_info
 from .families.base import PublishedLoras
+from .train.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
-from .schedule import Ladder, f32, identity_scheduler_config, parse_sigma_list
+from .record import RunRecord, read_record
+from .schedule import Ladder, identity_scheduler_config, parse_sigma_list
 
 
 @dataclass
@@ -39,9 +41,15 @@ class GlanceSpec:
     published: PublishedLoras | None = None  # a recognised published pair (its alpha is applied when loading)
 
 
-def _meta(path: Path) -> dict:
-    raw = read_metadata(path)
-    return {k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)}
+def _record(path: Path) -> RunRecord | None:
+    """The record of a LoRA written by glancetune, with the sigmas of its own phase under "sigmas"."""
+    found = read_record(path)
+    return found[0] if found else None
+
+
+def _sigmas(path: Path) -> tuple[float, ...] | None:
+    found = read_record(path)
+    return tuple(found[0].phases[found[1]]) if found else None
 
 
 def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, fast_sigmas=None, width=None,
@@ -59,11 +67,11 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
     if slow is None or fast is None:
         raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR")
     slow, fast = Path(slow), Path(fast)
-    ms, mf = _meta(slow), _meta(fast)
+    rs, rf = _record(slow), _record(fast)
     pub = None
     if preset not in ("auto", "none"):
         pub = published_by_name(preset)[1]
-    elif preset == "auto" and not ms and not mf:
+    elif preset == "auto" and rs is None and rf is None:
         found = detect_published(lora_file(slow), lora_file(fast))
         pub = found[1] if found else None
     missing = []
@@ -75,34 +83,31 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
     elif pub is not None:
         ladder = Ladder(parse_sigma_list(list(pub.slow_timesteps), f"--preset {pub.name}"),
                         parse_sigma_list(list(pub.fast_timesteps), f"--preset {pub.name}"))
-    elif "sigmas" in ms and "sigmas" in mf:
-        ladder = Ladder(tuple(f32(x) for x in json.loads(ms["sigmas"])),
-                        tuple(f32(x) for x in json.loads(mf["sigmas"])))
+    elif rs is not None and rf is not None:
+        ladder = Ladder(_sigmas(slow), _sigmas(fast))
     else:
         ladder = None
-        for name, m, p in (("slow", ms, slow), ("fast", mf, fast)):
-            if "sigmas" not in m:
+        for name, r, p in (("slow", rs, slow), ("fast", rf, fast)):
+            if r is None:
                 missing.append(f"{name} sigmas ({lora_file(p)} has no glancetune metadata; pass "
                                f"--{name}-timesteps)")
-    base = model or ms.get("base_model") or mf.get("base_model") or (pub.base_model if pub else None)
+    known = [r for r in (rs, rf) if r is not None]
+    base = model or next((r.base_model for r in known), None) or (pub.base_model if pub else None)
     if base is None:
         missing.append("base model (pass --model)")
     if missing:
         raise GlanceError("generate: missing " + "; ".join(missing))
-    if model is None and ms.get("base_model") and mf.get("base_model") and ms["base_model"] != mf["base_model"]:
+    if model is None and len(known) == 2 and rs.base_model != rf.base_model:
         raise GlanceError(f"generate: slow and fast LoRAs were trained on different base models "
-                          f"({ms['base_model']} vs {mf['base_model']}); pass --model to choose")
-    res = ms.get("resolution") or mf.get("resolution") or ("{}x{}".format(*pub.resolution) if pub else "1024x1024")
-    w, h = (int(v) for v in res.split("x"))
-    trained_guidance = ms.get("guidance", mf.get("guidance"))
+                          f"({rs.base_model} vs {rf.base_model}); pass --model to choose")
+    w, h = known[0].resolution if known else (pub.resolution if pub else (1024, 1024))
     explicit = guidance is not None
-    if not explicit and trained_guidance is not None:
-        guidance = json.loads(trained_guidance)
+    if not explicit and known:
+        guidance = known[0].guidance
     if not explicit and pub is not None:
         guidance, explicit = pub.guidance, True  # the published recipe's value, as if given
-    msl = ms.get("max_sequence_length", mf.get("max_sequence_length"))
-    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance,
-                      int(msl) if msl else None, explicit, pub)
+    msl = known[0].max_sequence_length if known else None
+    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub)
 
 
 def check_image_arg(family, image) -> None:
@@ -138,10 +143,9 @@ class GlanceSampler:
         if pub is not None and pub not in info.family.published:
             raise GlanceError(f"--preset {pub.name}: the published LoRAs are for {pub.base_model}, but "
                               f"{spec.base_model} is a {info.family.name} model (--preset none loads them as is)")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if str(device).startswith("cuda"):
-            torch.backends.cuda.enable_cudnn_sdp(False)  # see train.jobs.pick_device
-        dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+        device, precision = select(device)
+        configure_backends(device)
+        dtype = dtype or compute_dtype(precision)
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
         if pub is not None:
             print(f"notice: using the published {pub.name} recipe ({pub.source}): ladder {spec.ladder.to_dict()}, "

@@ -184,7 +184,8 @@ class Family:
     def guidance_kwargs(self, transformer, value, batch: int, device) -> dict[str, Any]:
         """The guidance-embedding input of transformers that have one (FLUX.1 dev, FLUX.2 dev), as their pipelines
         build it: float32, one value per sample (a random-range draw is already a tensor of those)."""
-        if not getattr(transformer.config, "guidance_embeds", False) or value is None:
+        config = getattr(transformer, "module", transformer).config  # DistributedDataParallel wraps the model
+        if not getattr(config, "guidance_embeds", False) or value is None:
             return {}
         if isinstance(value, torch.Tensor):
             return {"guidance": value.to(device=device, dtype=torch.float32)}
@@ -222,6 +223,22 @@ class Family:
                 out[key] = [x for it in items for x in it[key]]
             else:
                 out[key] = torch.cat([it[key] for it in items], dim=0)
+        return out
+
+    def uncollate(self, batch: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        """The inverse of `collate` for `n` samples: tensors split on dim 0 (copies), lists cut evenly, shared
+        keys and other values repeated."""
+        out = [{} for _ in range(n)]
+        for key, value in batch.items():
+            if key in self.shared_keys or not isinstance(value, (torch.Tensor, list)):
+                parts = [value] * n
+            elif isinstance(value, list):
+                k = len(value) // n
+                parts = [value[i * k:(i + 1) * k] for i in range(n)]
+            else:
+                parts = [t.clone() for t in value.split(value.shape[0] // n)]
+            for d, part in zip(out, parts):
+                d[key] = part
         return out
 
 

@@ -1,1 +1,2 @@
-"""Training: LoRA setup (`lora`), the flow-matching step loop (`loop`), and the train/glance jobs (`jobs`)."""
+"""Training: the plan (`plan`), the job (`job`) and the modules around its loop (`loop`, `hooks`, `runtime`,
+`encode`, `lora`, `optim`, `checkpoint`, `logs`)."""

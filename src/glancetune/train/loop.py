@@ -1,23 +1,34 @@
-"""The flow-matching LoRA step loop for one phase (one adapter, one sigma list).
+"""The flow-matching LoRA loop: every job step advances each phase of this process by one optimizer step.
 
-x_s = (1 - s) x0 + s eps, target eps - x0, MSE in fp32. Each step draws its sigmas from the phase's list with a
-seeded CPU generator (uniform, or round-robin) and its samples from the data's batch sampler (bucket-pure
-batches; a one-image dataset draws nothing). The loop state (step, generator, sigma cursor, batch sampler,
-optimizer, LR schedule) lives in one `LoopState` with `state_dict()`, so checkpoints can save and restore it whole.
+x_s = (1 - s) x0 + s eps, target eps - x0, MSE in fp32. Phases (slow, fast; or one `lora`) are interleaved in
+one loop on one transformer that holds both adapters; only the stepping phase's adapter is active. Each phase has
+its own `PhaseState`: optimizer, LR schedule, a CPU generator for its draws (sigmas, noise, guidance), its own
+stream of torch's global RNG (LoRA dropout), its sigma sampler and batch sampler. Nothing is shared, so a phase
+trained here equals the same phase trained alone, and the whole state round-trips through `state_dict()`
+(checkpoints). Hooks (hooks.py) see every step; the loss is read from the device once per logging window.
+
+Distributed (runtime.py): every process draws from its own generator (seed + rank); the batch sampler builds
+batches of train_batch_size x processes and each process takes its slice. Gradient accumulation and
+synchronisation go through `accelerator.accumulate` / `accelerator.backward`.
 """
 from __future__ import annotations
 
+import logging
 import math
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..data.buckets import BatchSampler
+from .hooks import Hooks, RunInfo, StepRecord, TrainSummary
 
+log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_003
-LOG_EVERY = 10  # steps between reads of the loss on the host (each read waits for the GPU)
+RANK_SEED_OFFSET = 7_919  # process r draws from seed + r * this
 
 
 @dataclass
@@ -52,63 +63,104 @@ class SigmaSampler:
 
 
 @dataclass
-class LoopState:
-    step: int
+class PhaseState:
+    """Everything one phase needs to continue: restoring it continues the phase bit for bit."""
+
+    name: str
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_schedule: object
     generator: torch.Generator
     sampler: SigmaSampler
-    optimizer: torch.optim.Optimizer
-    lr_schedule: torch.optim.lr_scheduler.LambdaLR
     batches: BatchSampler
+    rng: dict  # this phase's stream of torch's global RNG: {"cpu": state, "cuda": state | None}
+    step: int = 0
+    losses: list = field(default_factory=list)  # per step; device tensors until read
+    eval_before: float = math.nan
+
+    def loss_values(self) -> list[float]:
+        pending = [i for i, x in enumerate(self.losses) if isinstance(x, torch.Tensor)]
+        if pending:
+            values = torch.stack([self.losses[i] for i in pending]).tolist()
+            for i, v in zip(pending, values):
+                self.losses[i] = v
+        return list(self.losses)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "generator": self.generator.get_state(), "sampler": self.sampler.state_dict(),
-                "batches": self.batches.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "lr_schedule": self.lr_schedule.state_dict()}
+        return {"name": self.name, "step": self.step, "params": [p.detach().cpu().clone() for p in self.params],
+                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                "generator": self.generator.get_state(), "sampler": self.sampler.state_dict(),
+                "batches": self.batches.state_dict(), "rng": self.rng, "losses": self.loss_values(),
+                "eval_before": self.eval_before}
 
     def load_state_dict(self, d: dict) -> None:
-        self.step = int(d["step"])
+        with torch.no_grad():
+            for p, saved in zip(self.params, d["params"], strict=True):
+                p.copy_(saved)
+        self.step, self.losses, self.eval_before = int(d["step"]), list(d["losses"]), float(d["eval_before"])
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.lr_schedule.load_state_dict(d["lr_schedule"])
         self.generator.set_state(d["generator"])
         self.sampler.load_state_dict(d["sampler"])
         self.batches.load_state_dict(d["batches"])
-        self.optimizer.load_state_dict(d["optimizer"])
-        self.lr_schedule.load_state_dict(d["lr_schedule"])
+        self.rng = d["rng"]
 
 
-@dataclass
-class PhaseLog:
-    losses: list = field(default_factory=list)
-    eval_before: float = math.nan
-    eval_after: float = math.nan
-    seconds: float = 0.0
-    trainable_params: int = 0
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived; the loop stopped after a whole step (hooks wrote a checkpoint)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"signal {signum} at step {step}")
+        self.signum, self.step = signum, step
 
 
-class PhaseTrainer:
-    """Runs one phase. `family` supplies the transformer call; the loop never looks at the family's name.
+class Trainer:
+    """Runs the phases of one process. `family` supplies the transformer call; the loop never looks at the
+    family's name. `model` is the transformer as prepared by the accelerator (DDP-wrapped or the same object)."""
 
-    groups: sample indices per bucket with repeats expanded (DataPlan.groups); default: one bucket of all samples.
-    choices: per group, how many conditioning datasets the sampler picks one from per batch (random mode).
-    """
+    def __init__(self, cfg, family, transformer, model, samples: list[Prepared], runtime, guidance, plan):
+        self.cfg, self.family, self.transformer, self.model = cfg, family, transformer, model
+        self.samples, self.rt, self.guidance, self.plan = samples, runtime, guidance, plan
+        self.acc, self.device, self.dtype = runtime.accelerator, runtime.device, runtime.dtype
+        # ddp: each process takes its slice of a batch of train_batch_size x processes
+        self.slices = runtime.world if runtime.layout == "ddp" else 1
+        self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if runtime.layout == "ddp" else 0)
+        self.stop_signal: int | None = None
 
-    def __init__(self, cfg, family, transformer, samples: list[Prepared], device: torch.device,
-                 dtype: torch.dtype, guidance, groups: list[list[int]] | None = None, shuffle: bool = True,
-                 choices: list[int] | None = None):
-        self.cfg, self.family, self.transformer = cfg, family, transformer
-        self.samples, self.device, self.dtype, self.guidance = samples, device, dtype, guidance
-        self.groups = groups if groups is not None else [list(range(len(samples)))]
-        self.shuffle, self.choices = shuffle, choices
-        self.autocast = device.type == "cuda" and dtype != torch.float32
+    # --- state ------------------------------------------------------------------------------------------------
+    def new_phase(self, name: str, sigmas, params, num_steps: int) -> PhaseState:
+        from .optim import build_lr_scheduler, build_optimizer
 
-    def new_state(self, params, sigmas) -> LoopState:
         c = self.cfg
-        opt = torch.optim.AdamW(params, lr=c.learning_rate, betas=(c.adam_beta1, c.adam_beta2),
-                                weight_decay=c.adam_weight_decay, eps=c.adam_epsilon)
-        warm = c.lr_warmup_steps if c.lr_scheduler == "constant_with_warmup" else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        gen = torch.Generator("cpu").manual_seed(c.seed)
-        batches = BatchSampler(self.groups, c.train_batch_size, c.seed, self.shuffle, self.choices)
-        return LoopState(0, gen, SigmaSampler(sigmas, c.timestep_sampling), opt, sched, batches)
+        opt = build_optimizer(params, c)
+        sched = build_lr_scheduler(opt, c, num_steps)
+        gen = torch.Generator("cpu").manual_seed(self.seed)
+        choices = self.plan.conditioning_choices() if c.conditioning_multidataset_sampling == "random" else None
+        batches = BatchSampler(self.plan.groups, c.train_batch_size * self.slices, c.seed, self.plan.shuffle,
+                               choices)
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.manual_seed(self.seed)
+            rng = self._get_rng()
+        return PhaseState(name, params, opt, sched, gen, SigmaSampler(sigmas, c.timestep_sampling), batches, rng)
 
+    def _cuda_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _get_rng(self) -> dict:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+    @contextmanager
+    def phase_rng(self, ph: PhaseState):
+        """Run with the phase's own stream of torch's global RNG; the outer stream is left as it was."""
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.set_rng_state(ph.rng["cpu"])
+            if ph.rng["cuda"] is not None:
+                torch.cuda.set_rng_state(ph.rng["cuda"], self.device)
+            yield
+            ph.rng = self._get_rng()
+
+    # --- one step -------------------------------------------------------------------------------------------
     def _batch(self, idx: list[int]):
         items = [self.samples[i] for i in idx]
         x0 = torch.cat([s.x0 for s in items], dim=0)
@@ -121,25 +173,15 @@ class PhaseTrainer:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor, guidance) -> torch.Tensor:
+    def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor, guidance, model=None):
         sigmas = self.to_device(sigmas)
         s = sigmas.view(-1, *([1] * (x0.ndim - 1)))
         noisy = (1.0 - s) * x0 + s * noise
         target = noise - x0
         t = self.family.transformer_timestep(sigmas, self.dtype)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.autocast):
-            pred = self.family.predict(self.transformer, noisy.to(self.dtype), t, text, image, guidance)
+        with self.acc.autocast():
+            pred = self.family.predict(model or self.model, noisy.to(self.dtype), t, text, image, guidance)
         return F.mse_loss(pred.float(), target.float())
-
-    @torch.no_grad()
-    def eval_loss(self, sigmas) -> float:
-        """Loss of sample 0 at every sigma of the list, with fixed noise: comparable before and after."""
-        gen = torch.Generator("cpu").manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
-        sig = torch.tensor(list(sigmas), dtype=torch.float32)
-        x0, text, image = self._batch([0] * len(sig))
-        noise = self.to_device(torch.randn(x0.shape, generator=gen, dtype=torch.float32))
-        g = self.guidance
-        return float(self.loss(x0, text, image, sig, noise, (g[0] + g[1]) / 2 if isinstance(g, tuple) else g))
 
     def draw_guidance(self, n: int, gen: torch.Generator):
         """The constant, or one value per sample uniform in the (min, max) range."""
@@ -148,38 +190,112 @@ class PhaseTrainer:
         lo, hi = self.guidance
         return lo + (hi - lo) * torch.rand(n, generator=gen)
 
-    def run(self, params, sigmas, progress=None) -> PhaseLog:
-        c = self.cfg
-        log = PhaseLog(trainable_params=sum(p.numel() for p in params))
-        state = self.new_state(params, sigmas)
-        self.transformer.eval()
-        log.eval_before = self.eval_loss(sigmas)
-        self.transformer.train()
-        t0 = time.perf_counter()
-        losses = []  # kept on the device; read on the host only every LOG_EVERY steps
-        while state.step < c.max_train_steps:
-            total = 0.0
+    def _micro_batch(self, ph: PhaseState):
+        idx = ph.batches.next().indices
+        n = len(idx) // self.slices
+        idx = idx[self.rt.rank * n:(self.rt.rank + 1) * n] if self.slices > 1 else idx
+        x0, text, image = self._batch(idx)
+        x0 = x0.to(self.device)
+        sig = ph.sampler.draw(len(idx), ph.generator)
+        noise = self.to_device(torch.randn(x0.shape, generator=ph.generator, dtype=torch.float32))
+        return x0, text, image, sig, noise, self.draw_guidance(len(idx), ph.generator)
+
+    def phase_step(self, ph: PhaseState, job_step: int) -> StepRecord:
+        c, t0 = self.cfg, time.perf_counter()
+        self.transformer.set_adapter(ph.name)
+        lr = float(ph.lr_schedule.get_last_lr()[0])
+        total, sigmas, grad_norm = 0.0, [], None
+        with self.phase_rng(ph):
             for _ in range(c.gradient_accumulation_steps):
-                idx = state.batches.next().indices
-                x0, text, image = self._batch(idx)
-                sig = state.sampler.draw(len(idx), state.generator)
-                noise = self.to_device(torch.randn(x0.shape, generator=state.generator, dtype=torch.float32))
-                guidance = self.draw_guidance(len(idx), state.generator)
-                loss = self.loss(x0, text, image, sig, noise, guidance) / c.gradient_accumulation_steps
-                loss.backward()
-                total = total + loss.detach()
+                with self.acc.accumulate(self.model):
+                    x0, text, image, sig, noise, guidance = self._micro_batch(ph)
+                    loss = self.loss(x0, text, image, sig, noise, guidance)
+                    self.acc.backward(loss)  # divides by gradient_accumulation_steps
+                    total = total + loss.detach() / c.gradient_accumulation_steps
+                    sigmas += sig.tolist()
             if c.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
-            state.optimizer.step()
-            state.lr_schedule.step()
-            state.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            losses.append(total)
-            if progress is not None:
-                show = state.step % LOG_EVERY == 0 or state.step == c.max_train_steps
-                progress(state.step, float(total) if show else None)
-        log.losses = torch.stack(losses).tolist()
-        log.seconds = time.perf_counter() - t0
+                grad_norm = self.acc.clip_grad_norm_(ph.params, c.max_grad_norm)
+            ph.optimizer.step()
+            ph.lr_schedule.step()
+            ph.optimizer.zero_grad(set_to_none=True)
+        ph.step += 1
+        ph.losses.append(total)
+        mem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        return StepRecord(job_step, ph.name, total, lr, sigmas, grad_norm, time.perf_counter() - t0, mem)
+
+    @torch.no_grad()
+    def eval_loss(self, name: str, sigmas) -> float:
+        """Loss of sample 0 at every sigma of the phase, with fixed noise: comparable before and after."""
+        was_training = self.transformer.training
         self.transformer.eval()
-        log.eval_after = self.eval_loss(sigmas)
-        return log
+        self.transformer.set_adapter(name)
+        gen = torch.Generator("cpu").manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
+        sig = torch.tensor(list(sigmas), dtype=torch.float32)
+        x0, text, image = self._batch([0] * len(sig))
+        x0 = x0.to(self.device)
+        noise = self.to_device(torch.randn(x0.shape, generator=gen, dtype=torch.float32))
+        g = self.guidance
+        g = (g[0] + g[1]) / 2 if isinstance(g, tuple) else g
+        value = float(self.loss(x0, text, image, sig, noise, g, model=self.transformer))
+        self.transformer.train(was_training)
+        return value
+
+    # --- the loop -------------------------------------------------------------------------------------------
+    @contextmanager
+    def signals(self):
+        """SIGINT / SIGTERM set a flag; the loop stops after the current step."""
+        def handler(signum, frame):
+            self.stop_signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        if self.rt.world == 1:
+            return self.stop_signal is not None
+        if self.stop_signal is not None:
+            self.acc.set_trigger()
+        return self.acc.check_trigger()
+
+    def run(self, states: list[PhaseState], hooks: Hooks, run: RunInfo, seconds_setup: float) -> TrainSummary:
+        """Steps run.start_step+1 .. run.total_steps; `states` already hold a resumed state where there is one."""
+        for ph in states:
+            if ph.step == 0 and math.isnan(ph.eval_before):
+                ph.eval_before = self.eval_loss(ph.name, ph.sampler.sigmas.tolist())
+        self.transformer.train()
+        hooks.on_train_start(run)
+        pending: list[StepRecord] = []
+        t0 = time.perf_counter()
+        with self.signals():
+            for step in range(run.start_step + 1, run.total_steps + 1):
+                pending += [self.phase_step(ph, step) for ph in states]
+                if step % run.logging_steps == 0 or step == run.total_steps:
+                    self.flush(pending, hooks, run)
+                hooks.on_step_end(run, step)
+                if step < run.total_steps and self._stop_requested():
+                    self.flush(pending, hooks, run)
+                    hooks.on_interrupt(run, step)
+                    raise Interrupted(self.stop_signal or signal.SIGTERM, step)
+        self.flush(pending, hooks, run)
+        seconds = time.perf_counter() - t0
+        self.transformer.eval()
+        window = max(1, run.logging_steps)
+        final = {ph.name: sum(ph.loss_values()[-window:]) / len(ph.loss_values()[-window:]) for ph in states}
+        return TrainSummary(run.total_steps, seconds, seconds_setup, final)
+
+    def flush(self, pending: list[StepRecord], hooks: Hooks, run: RunInfo) -> None:
+        """Read the pending losses and grad norms from the device in one transfer and hand them to the hooks."""
+        if not pending:
+            return
+        values = torch.stack([torch.as_tensor(r.loss, dtype=torch.float32, device="cpu") if not
+                              isinstance(r.loss, torch.Tensor) else r.loss.float() for r in pending]).tolist()
+        norms = [r.grad_norm for r in pending]
+        for r, v, g in zip(pending, values, norms):
+            r.loss = v
+            r.grad_norm = None if g is None else float(g)
+        hooks.on_log(run, list(pending))
+        pending.clear()

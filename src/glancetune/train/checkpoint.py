@@ -1,0 +1,164 @@
+"""Checkpoints: `<output_dir>/checkpoint-<step>/`, written atomically, pruned safely, resumed bit for bit.
+
+A checkpoint holds the LoRA of each phase in the normal loadable layout (`slow/`, `fast/` or the LoRA file
+itself for `train`, with the run record in the header) and `training_state.pt`: per process and phase the LoRA
+parameters (fp32), optimizer, LR schedule, the phase's generator and global-RNG stream, sigma sampler, batch
+sampler cursor/epoch, step and losses. `checkpoint.json` (written last) holds the step, the run identity (the
+resolved config and a digest of every data file) and the process layout that resuming checks.
+
+Atomicity: everything is written into `.checkpoint-<step>.tmp-<pid>`, fsynced, then renamed; a kill at any point
+leaves either no checkpoint or a complete one. Pruning renames a checkpoint away before deleting it, so a
+half-deleted folder never looks complete. Only the main process writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import GlanceError
+from .hooks import Hook
+
+log = logging.getLogger(__name__)
+STATE_NAME = "training_state.pt"
+MANIFEST = "checkpoint.json"
+NAME = re.compile(r"^checkpoint-(\d+)$")
+# keys that never change the trajectory: they may differ between a checkpoint and the resuming run
+NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
+                          "resume_allow_changes", "report_to", "logging_dir", "logging_steps",
+                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device"})
+
+
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    found = []
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            m = NAME.match(p.name)
+            if m and (p / MANIFEST).is_file() and (p / STATE_NAME).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def clean_partial(output_dir: Path) -> None:
+    """Remove checkpoint folders a killed run left half-written or half-deleted (names only we use)."""
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            if p.is_dir() and re.match(r"^\.checkpoint-\d+\.(tmp|old)-\d+$", p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def resume_path(setting: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: "latest" (newest complete one, or none), "none", or a folder."""
+    if setting in (None, "", "none", "None", "false"):
+        return None
+    if setting == "latest":
+        found = complete_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    p = Path(setting)
+    if not p.is_absolute() and not p.exists():
+        p = Path(output_dir) / setting
+    if not (p / MANIFEST).is_file() or not (p / STATE_NAME).is_file():
+        raise GlanceError(f"resume_from_checkpoint: {setting} is not a complete glancetune checkpoint "
+                          f"(no {MANIFEST} / {STATE_NAME})")
+    return p
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GlanceError(f"resume_from_checkpoint: {path / MANIFEST}: unreadable ({e})") from None
+
+
+def check_compatible(path: Path, manifest: dict, identity: dict, files: dict, layout: dict, allow) -> None:
+    """One line naming every config key and data file that differs from the checkpoint's run."""
+    old = manifest["identity"]
+    skip = NEUTRAL_KEYS | set(allow or ()) | {"data_sha256"}
+    keys = sorted(k for k in set(old) | set(identity) if k not in skip and old.get(k) != identity.get(k))
+    problems = [f"config keys differ: {', '.join(keys)}"] if keys else []
+    old_files = manifest.get("files", {})
+    changed = sorted(f for f in set(old_files) | set(files) if old_files.get(f) != files.get(f))
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        problems.append(f"data files differ: {shown}")
+    if manifest.get("layout") != layout:
+        problems.append(f"process layout differs: {manifest.get('layout')} then, {layout} now")
+    if problems:
+        raise GlanceError(f"resume_from_checkpoint: {path} is of another run ({'; '.join(problems)}); set "
+                          "resume_from_checkpoint: none (or --overwrite) to start fresh, or list harmless keys "
+                          "in resume_allow_changes")
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            with open(os.path.join(dirpath, n), "rb") as f:
+                os.fsync(f.fileno())
+        fd = os.open(dirpath, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(p: Path) -> None:
+    away = p.with_name(f".{p.name}.old-{os.getpid()}")
+    os.replace(p, away)
+    shutil.rmtree(away, ignore_errors=True)
+
+
+class Checkpoints(Hook):
+    """Writes a checkpoint every `every` steps (not at the last step: the final LoRAs are written then) and on
+    SIGINT/SIGTERM; keeps the newest `limit` complete ones. `job` writes the LoRA files and gathers the states."""
+
+    def __init__(self, job, every: int, limit: int | None):
+        self.job, self.every, self.limit = job, every, limit
+        self.saved_step = -1
+
+    def on_step_end(self, run, step):
+        if self.every and step % self.every == 0 and step < run.total_steps:
+            self.save(run, step)
+
+    def on_interrupt(self, run, step):
+        if step != self.saved_step:
+            self.save(run, step)
+
+    def save(self, run, step: int) -> None:
+        states = self.job.gather_states()  # every process takes part; the main one gets all
+        self.saved_step = step
+        if not run.is_main:
+            return
+        out = Path(run.output_dir)
+        final = out / f"checkpoint-{step}"
+        tmp = out / f".checkpoint-{step}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.job.write_loras(tmp, states)
+        torch.save({"step": step, "ranks": states}, tmp / STATE_NAME)
+        manifest = {"step": step, **self.job.manifest()}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():
+            _remove(final)
+        os.replace(tmp, final)
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.debug("wrote %s", final)
+        if self.limit:
+            for _, old in complete_checkpoints(out)[:-self.limit]:
+                _remove(old)
+
+
+def load_states(path: Path, rank: int) -> dict[str, dict]:
+    """This process's phase states from a checkpoint: phase name -> PhaseState.state_dict()."""
+    data = torch.load(path / STATE_NAME, map_location="cpu", weights_only=False)
+    return data["ranks"][rank]

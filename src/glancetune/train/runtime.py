@@ -1,0 +1,93 @@
+"""The runtime: `accelerate.Accelerator` owns device, mixed precision, gradient accumulation and processes.
+
+One rule picks the device and compute dtype for training and for inference (`sample.py` calls `select`):
+"auto" is CUDA when available; mixed precision "auto" is bf16 on CUDA and fp32 elsewhere. Base weights are
+loaded in that dtype, LoRA weights stay fp32, and the forward runs under the accelerator's autocast.
+
+Process layouts (`accelerate launch --num_processes N -m glancetune ...`):
+  ddp              every process trains every phase on its own slice of each batch; LoRA gradients are averaged
+                   by accelerate's DistributedDataParallel wrapper
+  parallel-phases  `glance` with `parallel_phases: true` on 2 processes: rank 0 trains slow, rank 1 fast, no
+                   gradient sync; rank 1 hands its LoRA and state to rank 0, which writes everything
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
+
+
+def select(device: str | None, mixed_precision: str | None = "auto") -> tuple[torch.device, str]:
+    """(device, accelerate mixed_precision "bf16" | "no") for a device string and a precision choice."""
+    if device in (None, "auto"):
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise GlanceError(f"device: {device!r} requested but no CUDA device is available")
+    mp = mixed_precision or "auto"
+    if mp == "auto":
+        mp = "bf16" if dev.type == "cuda" else "no"
+    return dev, ("bf16" if mp == "bf16" else "no")
+
+
+def compute_dtype(mixed_precision: str) -> torch.dtype:
+    return torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+
+
+def configure_backends(device: torch.device) -> None:
+    """torch's cuDNN attention crashes on FLUX/Qwen shapes on H100/H200 (illegal memory access); the flash and
+    memory-efficient kernels are used instead. Global, so gradient-checkpoint recomputation picks the same."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+@dataclass
+class Runtime:
+    accelerator: object  # accelerate.Accelerator
+    device: torch.device
+    dtype: torch.dtype
+    layout: str  # single | ddp | parallel-phases
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+def make_runtime(cfg, command: str) -> Runtime:
+    """The Accelerator for a train/glance job, and the process layout it implies."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+
+    want, mp = select(cfg.device, cfg.mixed_precision)
+    if want.type == "cuda" and want.index is not None and PartialState().num_processes == 1:
+        torch.cuda.set_device(want)
+    # find_unused_parameters: in `glance` both adapters are in the model and each step uses one
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    acc = Accelerator(cpu=want.type == "cpu", mixed_precision=mp,
+                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, kwargs_handlers=[ddp])
+    layout = "single"
+    if acc.num_processes > 1:
+        layout = "ddp"
+        if cfg.parallel_phases:
+            if command != "glance" or acc.num_processes != 2:
+                raise GlanceError(f"parallel_phases: needs `glance` on exactly 2 processes (got `{command}` on "
+                                  f"{acc.num_processes})")
+            layout = "parallel-phases"
+    elif cfg.parallel_phases:
+        log.warning("parallel_phases: only one process; the phases are interleaved in this process instead "
+                    "(launch with `accelerate launch --num_processes 2`)")
+    configure_backends(acc.device)
+    return Runtime(acc, acc.device, compute_dtype(mp), layout)
