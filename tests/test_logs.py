@@ -276,3 +276,28 @@ def test_progress_bar_on_a_terminal_and_silent_off_main(caplog):
     drive(off, RunInfo(output_dir="", phases=["slow"], total_steps=4, start_step=0, logging_steps=1,
                        is_main=False), range(1, 5), phases=("slow",))
     assert quiet.getvalue() == "" and caplog.records == []
+
+
+@pytest.fixture
+def glancetune_logger():
+    logger = logging.getLogger("glancetune")
+    handlers, level = logger.handlers[:], logger.level
+    yield logger
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+def test_setup_logging_renders_notices_on_stderr(capsys, glancetune_logger):
+    from glancetune.cli import setup_logging
+
+    setup_logging()
+    setup_logging()  # idempotent: one handler
+    child = logging.getLogger("glancetune.data.images")
+    child.info("notice: %s: alpha channel flattened onto white", "a.png")
+    child.warning("disk almost full")
+    child.debug("hidden")
+    out, err = capsys.readouterr()
+    assert out == "" and err == "notice: a.png: alpha channel flattened onto white\nwarning: disk almost full\n"
+    setup_logging(verbose=True)
+    child.debug("shown")
+    assert capsys.readouterr().err == "shown\n"
