@@ -1,5 +1,6 @@
 """Config formats and strictness; the simple backend's discovery, captions and image handling."""
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,8 @@ def test_caption_bom_and_multiline(tmp_path):
     assert read_caption(p) == "a red fox in the snow"
 
 
-def test_exif_orientation_and_alpha(tmp_path, capsys):
+def test_exif_orientation_and_alpha(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="glancetune")
     arr = np.zeros((32, 64, 3), np.uint8)
     arr[:, :32] = 255  # left half white
     im = Image.fromarray(arr)
@@ -81,7 +83,7 @@ def test_exif_orientation_and_alpha(tmp_path, capsys):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     t = load_image(tmp_path / "a.png", 32, 16)
     assert t.min() > 0.99  # flattened onto white
-    assert "alpha channel flattened" in capsys.readouterr().out
+    assert "notice: a.png: alpha channel flattened onto white" in caplog.messages
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tiny_flux, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """FLUX.1 schnell: no guidance embedding, unshifted scheduler; same spine, same exactness."""
 import json
+import logging
 
 import numpy as np
 
@@ -9,12 +10,13 @@ from glancetune.sample import GlanceSampler, resolve_spec
 from conftest import write_configs, PROMPT, run_ladder as ladder_of, stock_glance
 
 
-def test_schnell_glance_roundtrip(tmp_path, capsys):
+def test_schnell_glance_roundtrip(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="glancetune")
     model = tmp_path / "schnell"
     assert main(["tiny", "flux-schnell", str(model)]) == 0
     cfg = write_configs(tmp_path, str(model), steps=4, **{"--flux_guidance_value": 3.0})
     assert main(["glance", "--config", str(cfg)]) == 0
-    assert "flux_guidance_value ignored: this flux transformer has no guidance embedding" in capsys.readouterr().out  # a notice, not silence
+    assert "flux_guidance_value ignored: this flux transformer has no guidance embedding" in caplog.text  # a notice, not silence
     run = tmp_path / "output"
     assert read_record(run / "slow")[0].guidance is None
     lad = ladder_of(run)

@@ -6,6 +6,7 @@ lora_alpha=128, init_lora_weights="gaussian", 12 targets)`, `convert_state_dict_
 get_peft_model_state_dict(model))`, `QwenImagePipeline.save_lora_weights(dir, state_dict)` (no adapter metadata).
 """
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -137,7 +138,8 @@ def test_auto_detected_and_loaded_with_the_training_alpha(pair, capsys):
         assert (ours - base).abs().max() > 1e-2 and (scale1 - ours).abs().max() > 1e-2, role
 
 
-def test_generate_from_the_two_files(pair, tmp_path, capsys):
+def test_generate_from_the_two_files(pair, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="glancetune")
     out = tmp_path / "g.png"
     assert main(argv(pair, out)) == 0
     info = json.loads(Image.open(out).text["glancetune"])
@@ -145,7 +147,7 @@ def test_generate_from_the_two_files(pair, tmp_path, capsys):
     assert info["ladder"]["fast"][-1] == float(np.float32(0.02))
     stock = tmp_path / "s.png"
     assert main(argv(pair, stock, "--lora-load", "stock")) == 0
-    printed = capsys.readouterr().out
+    printed = caplog.text  # a notice: logged (stderr through cli.setup_logging)
     assert "stock diffusers loading skipped 8 of 24 modules (attn.to_k, attn.to_out.0, attn.to_q, attn.to_v), " \
            "alpha 32 (scale 1)" in printed
     a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (out, stock))

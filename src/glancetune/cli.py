@@ -37,6 +37,38 @@ def _quiet_libraries() -> None:
         pass
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """glancetune's loggers on stderr as plain text: INFO as the bare message (`notice: ...`, progress lines),
+    WARNING as `warning: ...`, ERROR as `error: ...`; DEBUG only with `verbose`. Lines go through tqdm.write so
+    they do not break a progress bar. Idempotent; records still propagate (pytest's caplog sees them)."""
+    import logging
+
+    class Text(logging.Formatter):
+        def format(self, record):
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + self.formatException(record.exc_info)
+            return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
+
+    class Stderr(logging.Handler):  # sys.stderr looked up per line: redirected / captured streams work
+        def emit(self, record):
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:
+                self.handleError(record)
+
+    logger = logging.getLogger("glancetune")
+    for h in [h for h in logger.handlers if getattr(h, "_glancetune", False)]:
+        logger.removeHandler(h)
+    handler = Stderr()
+    handler._glancetune = True
+    handler.setFormatter(Text())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def cmd_train(args, command: str) -> int:
     from .config import load_config
     from .train.job import Job

@@ -10,6 +10,7 @@ ladder, guidance and training alpha.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from .train.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
 from .record import RunRecord, read_record
 from .schedule import Ladder, identity_scheduler_config, parse_sigma_list
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,13 +151,13 @@ class GlanceSampler:
         dtype = dtype or compute_dtype(precision)
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
         if pub is not None:
-            print(f"notice: using the published {pub.name} recipe ({pub.source}): ladder {spec.ladder.to_dict()}, "
-                  f"guidance {spec.guidance:g}")
+            log.info("notice: using the published %s recipe (%s): ladder %s, guidance %g", pub.name, pub.source,
+                     spec.ladder.to_dict(), spec.guidance)
         for name, path in (("slow", spec.slow), ("fast", spec.fast)):
             note = load_adapter(pipe, lora_file(path), name, pub.alpha_per_rank if pub else None,
                                 stock=lora_load == "stock")
             if note:
-                print(note)
+                log.info("%s", note)
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
 

@@ -6,6 +6,7 @@ so a cache key can be derived from it; pixels are only decoded when `load_pixels
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -65,7 +68,7 @@ def to_rgb(im, path: Path):
     from PIL import Image
 
     if has_alpha(im):
-        print(f"notice: {path.name}: alpha channel flattened onto white")
+        log.info("notice: %s: alpha channel flattened onto white", path.name)
         rgba = im.convert("RGBA")
         im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return im.convert("RGB")

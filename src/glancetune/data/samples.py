@@ -6,6 +6,7 @@ dataset of hundreds of 1024^2 images costs no memory until it is encoded (or rea
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from .backends import DatasetSpec
 from .buckets import file_rng, measure, plan_crop, plan_target, strict_crop
 from .discovery import Found, Problems, discover, pair_by_key
 from .images import Crop, load_pixels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -234,10 +237,10 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
 
 
 def load_plan(specs: list[DatasetSpec], align: int, seed: int = 0) -> DataPlan:
-    """The loader: the plan, with its notices printed; raises on the first problem."""
+    """The loader: the plan, with its notices logged; raises on the first problem."""
     plan = build_plan(specs, align, seed)
     for n in plan.notices:
-        print(f"notice: {n}")
+        log.info("notice: %s", n)
     return plan
 
 

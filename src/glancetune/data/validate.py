@@ -6,10 +6,13 @@ Exit status 0 when clean, 1 when problems were found (2 for bad arguments, like 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import GlanceError
 from .discovery import KINDS, Found, Problems, discover, pair_by_key
+
+log = logging.getLogger(__name__)
 
 
 def _too_small(found: list[Found], resolution: int, problems: Problems) -> None:
@@ -47,7 +50,7 @@ def validate_config(path: Path, problems: Problems) -> dict[str, int]:
     specs = load_backends(path)  # JSON / key errors stay errors (exit 2): the file itself is wrong
     plan = build_plan(specs, align=16, problems=problems)
     for n in plan.notices:
-        print(f"notice: {n}")
+        log.info("notice: %s", n)
     return {"datasets": sum(s.dataset_type != "text_embeds" for s in specs), "training images": len(plan.samples),
             "conditioning images": sum(len(s.conditioning) for s in plan.samples),
             "excluded by size / aspect filters": len(plan.excluded)}

@@ -6,6 +6,7 @@ never the loop. A family works on a loaded diffusers pipeline (`pipe`) and on pl
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 
 from ..errors import GlanceError
 from ..schedule import base_sigmas, schedule_sigmas
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,8 @@ class Family:
                                                      else [])
         if not self.has_guidance_embedding(transformer_config):
             if given:
-                print(f"notice: {', '.join(given)} ignored: this {self.name} transformer has no guidance embedding")
+                log.info("notice: %s ignored: this %s transformer has no guidance embedding", ", ".join(given),
+                         self.name)
             return None
         if cfg.flux_guidance_mode == "random-range":
             lo, hi = cfg.flux_guidance_min, cfg.flux_guidance_max
