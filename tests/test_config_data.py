@@ -175,5 +175,6 @@ def test_help_lists_every_schema_key(capsys):
     out = capsys.readouterr().out
     for key in TrainConfig.model_fields:
         assert f"\n  {key} (" in out, key
-    assert "lr_scheduler (constant | constant_with_warmup; default 'constant')" in out
+    assert ("lr_scheduler (constant | constant_with_warmup | linear | cosine | cosine_with_restarts | polynomial; "
+            "default 'constant')") in out
     assert all(k in out for k in NOT_IMPLEMENTED)

@@ -69,12 +69,25 @@ def setup_logging(verbose: bool = False) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def load_train_config(args):
+    """The config of train / glance / cache: --config PATH, else SimpleTuner's places (config/config.json,
+    .toml, .yaml; --env NAME: config/NAME/...), then --set items, then the positional key=value items."""
+    from .config import build_config, find_config, parse_overrides, read_config_file
+
+    if args.config and args.env:
+        raise GlanceError(f"--config {args.config} and --env {args.env}: give one of them")
+    path = args.config or find_config(args.env)
+    overrides = parse_overrides(args.set)
+    overrides.update(parse_overrides(args.overrides, what="override"))
+    return build_config(read_config_file(path), str(path), overrides)
+
+
 def cmd_train(args, command: str) -> int:
     from .config import load_config
     from .train.job import Job
     from .train.loop import Interrupted
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_train_config(args)
     job = Job(cfg, command)
     print(job.describe())
     if args.dry_run:
@@ -103,12 +116,11 @@ def cmd_train(args, command: str) -> int:
 
 def cmd_cache(args) -> int:
     """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
-    from .config import load_config
     from .train.encode import encode, sample_caches
     from .train.plan import Plan
     from .train.runtime import compute_dtype, select
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_train_config(args)
     job = Plan(cfg, "cache")
     device, precision = select(cfg.device, cfg.mixed_precision)
     t0 = time.perf_counter()
@@ -237,6 +249,17 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def _config_args(s: argparse.ArgumentParser) -> None:
+    from .config import CONFIG_NAMES
+
+    s.add_argument("--config", help="JSON / YAML / TOML config (default: the first of "
+                   + ", ".join(f"config/{n}" for n in CONFIG_NAMES) + ", as SimpleTuner)")
+    s.add_argument("--env", metavar="NAME", help="use config/NAME/config.json (.toml, .yaml), SimpleTuner's ENV")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, like --set; "
+                   "--KEY=VALUE works too (SimpleTuner's command line)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
                                 "chained sampling for flow-matching text-to-image models.")
@@ -245,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                         ("glance", "train the slow and fast LoRAs in one process")):
         from .config import config_help
 
-        s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-        s.add_argument("--config", required=True, help="JSON / YAML / TOML config")
-        s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+        s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
+        _config_args(s)
         s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")
         s.add_argument("--dry-run", action="store_true", help="print the plan (data, ladder) and exit")
-    c = sub.add_parser("cache", help="pre-compute the VAE latent and text embedding caches of a config")
-    c.add_argument("--config", required=True, help="the train / glance config")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    c = sub.add_parser("cache", help="pre-compute the VAE latent and text embedding caches of a config",
+                       allow_abbrev=False)
+    _config_args(c)
     g = sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder")
     g.add_argument("--run", help="folder written by `glancetune glance` (holds slow/ and fast/)")
     g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
@@ -304,9 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse, except that train / glance / cache take unknown `--key=value` items as config overrides."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command not in ("train", "glance", "cache"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = (args.overrides or []) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     _quiet_libraries()
+    setup_logging()
     try:
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)

@@ -2,7 +2,8 @@
 
 SimpleTuner configs work unchanged: keys may carry a leading `--`, numbers may be strings. Unknown keys fail with
 the closest valid key; keys we know from SimpleTuner but have not built fail with "not implemented yet" unless
-their value is neutral (false / 0 / null / "none"), so nothing is ever silently ignored.
+their value is neutral (false / 0 / null / "none") or SimpleTuner's feature-off default (ACCEPTED_DEFAULTS), so
+nothing is ever silently ignored. All problems of a config are reported together, on one line.
 """
 from __future__ import annotations
 
@@ -13,21 +14,43 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import GlanceError
+from .schedule import LADDER_STEPS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
-    "validation_prompt",
-    "validation_steps", "validation_resolution", "validation_num_inference_steps", "validation_guidance",
-    "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
+    "validation_prompt", "validation_steps", "validation_resolution", "validation_num_inference_steps",
+    "validation_guidance", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
     "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
-    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path", "group_offload_text_encoder", "group_offload_vae",
-    "offload_during_startup", "use_ema", "lora_type", "optimizer", "push_to_hub", "hub_model_id", "aspect_bucket_rounding",
-    "train_text_encoder", "noise_offset", "snr_gamma", "lora_init_type",
+    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
+    "group_offload_text_encoder", "group_offload_vae", "offload_during_startup", "use_ema", "lora_type",
+    "push_to_hub", "hub_model_id", "aspect_bucket_rounding", "train_text_encoder", "noise_offset", "snr_gamma",
+    "lora_init_type",
 }
+# Values that mean "feature off" for every key of NOT_IMPLEMENTED.
 NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
+# SimpleTuner's own defaults (simpletuner_sdk/server/services/field_registry/sections/*.py) that leave the
+# feature off, so a config copied from SimpleTuner may keep them. Defaults that change training are not here
+# (caption_dropout_probability 0.1, noise_offset 0.1, base_model_default_dtype bf16, aspect_bucket_rounding 2,
+# lora_init_type "default", validation_* settings).
+ACCEPTED_DEFAULTS: dict[str, tuple] = {
+    "lora_type": ("standard",),
+    "base_model_precision": ("no_change",),
+    "text_encoder_1_precision": ("no_change",),
+    "text_encoder_2_precision": ("no_change",),
+    "quantize_via": ("accelerator",),  # only used when a precision other than no_change is set
+    "group_offload_type": ("block_level",),  # only used with enable_group_offload (refused unless false)
+    "group_offload_blocks_per_group": (1, "1"),
+}
+# SimpleTuner optimizer names that are the same class as ours.
+OPTIMIZER_ALIASES = {"torch-adamw": "adamw", "optimi-adamw": "adamw_bf16", "bnb-adamw8bit": "adamw8bit"}
+DEFAULT_TRAIN_STEPS = 60  # when neither max_train_steps nor num_train_epochs is set
+# diffusers' get_scheduler num_cycles when lr_num_cycles is unset (its own defaults for these schedules)
+DEFAULT_NUM_CYCLES = {"cosine": 0.5, "cosine_with_restarts": 1}
+RESUME_NEVER = ("none", "None", "", "null", "false")
+CONFIG_NAMES = ("config.json", "config.toml", "config.yaml")  # searched in this order
 
 
 class TrainConfig(BaseModel):
@@ -48,11 +71,25 @@ class TrainConfig(BaseModel):
     overwrite_output_dir: bool = Field(False, description="replace an output_dir that holds a different run")
     train_batch_size: int = Field(1, ge=1, description="samples per step (one image is repeated with new noise)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    max_train_steps: int = Field(60, ge=1, description="optimizer steps per phase")
-    learning_rate: float = Field(2e-3, gt=0, description="AdamW learning rate (2e-3 at alpha=rank is the "
-                                 "official 5e-4 at alpha=4*rank)")
-    lr_scheduler: Literal["constant", "constant_with_warmup"] = "constant"
-    lr_warmup_steps: int = Field(0, ge=0)
+    max_train_steps: int | None = Field(
+        None, ge=0, description=f"optimizer steps per phase (0 = unset, as in SimpleTuner; with num_train_epochs the "
+        f"smaller wins; neither: {DEFAULT_TRAIN_STEPS})")
+    num_train_epochs: int | None = Field(None, ge=0, description="passes over the dataset per phase (0 = unset)")
+    learning_rate: float = Field(2e-3, gt=0, description="learning rate (2e-3 at alpha=rank is the official 5e-4 "
+                                 "at alpha=4*rank; prodigy: set 1.0)")
+    optimizer: Literal["adamw", "adamw_bf16", "adamw8bit", "prodigy"] = Field(
+        "adamw", description="adamw: torch.optim.AdamW; adamw_bf16: optimi.AdamW (pip install torch-optimi; states "
+        "in the parameters' dtype, Kahan summation for bf16); adamw8bit: bitsandbytes.optim.AdamW8bit (pip install "
+        "bitsandbytes); prodigy: prodigyopt.Prodigy (pip install prodigyopt). SimpleTuner names accepted: "
+        + ", ".join(f"{k} = {v}" for k, v in OPTIMIZER_ALIASES.items()))
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+                          "polynomial"] = Field("constant", description="diffusers get_scheduler schedule")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear warmup steps (every schedule but constant)")
+    lr_num_cycles: float | None = Field(
+        None, gt=0, description="cosine: number of cosine waves (default "
+        f"{DEFAULT_NUM_CYCLES['cosine']}, half a wave = decay to 0); cosine_with_restarts: number of hard restarts "
+        f"(integer, default {DEFAULT_NUM_CYCLES['cosine_with_restarts']})")
+    lr_power: float = Field(1.0, gt=0, description="polynomial: decay power (1.0 = linear to 1e-7)")
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_weight_decay: float = Field(1e-2, ge=0)
@@ -90,7 +127,7 @@ class TrainConfig(BaseModel):
         None, description="train: the sigmas (0-1) or timesteps (0-1000) to train on")
     glance_slow_timesteps: str | list[float] | None = None
     glance_fast_timesteps: str | list[float] | None = None
-    glance_ladder_steps: int = Field(50, ge=2, description="N of the model's own N-step schedule the ladder is cut "
+    glance_ladder_steps: int = Field(LADDER_STEPS, ge=2, description="N of the model's own N-step schedule the ladder is cut "
                                      "from")
     glance_slow_indices: str | list[int] | None = None
     glance_fast_indices: str | list[int] | None = None
@@ -98,17 +135,55 @@ class TrainConfig(BaseModel):
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(
         "random", description="several conditioning datasets per image: one per batch (random) or all (combined)")
+    vae_batch_size: int = Field(4, ge=1, description="images per VAE encode batch while caching latents")
+    checkpointing_steps: int = Field(100, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    checkpoints_total_limit: int | None = Field(3, ge=1, description="checkpoints kept per run (null: all)")
+    resume_from_checkpoint: str | None = Field(
+        "latest", description="latest: resume from the newest complete checkpoint if there is one, else start "
+        "fresh; none / null / \"\": never resume; or a checkpoint path")
+    resume_allow_changes: list[str] = Field(
+        [], description="config keys that may differ from the checkpoint's config when resuming (e.g. "
+        "max_train_steps)")
+    report_to: Literal["none", "tensorboard", "wandb", "all"] = Field("none", description="experiment tracker")
+    logging_dir: str = Field("logs", description="tracker logs, relative to output_dir")
+    tracker_project_name: str | None = Field(None, description="wandb project")
+    tracker_run_name: str | None = Field(None, description="wandb run name")
+    logging_steps: int = Field(10, ge=1, description="steps between progress log lines (and loss reads)")
+    parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
-    # --- trainer core (temporary block; the config branch owns these) ---
-    parallel_phases: bool = False
-    vae_batch_size: int = Field(4, ge=1)
-    checkpointing_steps: int = Field(100, ge=0)
-    checkpoints_total_limit: int | None = 3
-    resume_from_checkpoint: str | None = "latest"
-    resume_allow_changes: list[str] = []
-    report_to: str = "none"
-    logging_dir: str = "logs"
-    logging_steps: int = Field(10, ge=1)
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_alias(cls, v):
+        return OPTIMIZER_ALIASES.get(v, v) if isinstance(v, str) else v
+
+    @field_validator("max_train_steps", "num_train_epochs")
+    @classmethod
+    def _zero_is_unset(cls, v):
+        return v or None
+
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _resume_never(cls, v):
+        return None if v is None or v is False or (isinstance(v, str) and v.strip() in RESUME_NEVER) else v
+
+    @field_validator("resume_allow_changes")
+    @classmethod
+    def _known_keys(cls, v):
+        keys = [normalise_key(k) for k in v]
+        bad = [k for k in keys if k not in cls.model_fields]
+        if bad:
+            raise ValueError(f"not config keys: {', '.join(map(repr, bad))}")
+        return keys
+
+    @model_validator(mode="after")
+    def _schedule_args(self):
+        if self.lr_scheduler == "constant" and self.lr_warmup_steps:
+            raise ValueError(f"lr_warmup_steps: {self.lr_warmup_steps} warmup steps do nothing with lr_scheduler "
+                             "'constant'; use constant_with_warmup or set 0")
+        n = self.lr_num_cycles
+        if n is not None and self.lr_scheduler == "cosine_with_restarts" and n != int(n):
+            raise ValueError(f"lr_num_cycles: cosine_with_restarts needs a whole number of restarts, got {n}")
+        return self
 
     @property
     def family(self):
@@ -171,11 +246,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+def parse_overrides(items: list[str] | None, what: str = "--set") -> dict[str, Any]:
+    """`key=value` items (a leading `--` on the key is fine); values are read as YAML scalars/lists."""
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise GlanceError(f"--set {item!r}: expected key=value")
+            raise GlanceError(f"{what} {item!r}: expected key=value")
         key, raw = item.split("=", 1)
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else ""
@@ -184,29 +260,74 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def find_config(env: str | None = None, root: str | Path = ".") -> Path:
+    """SimpleTuner's lookup (helpers/configuration/loader.py): config/config.json, then config/config.toml (its
+    third, config.env, is shell syntax and not read; config.yaml is ours); `env` NAME looks in config/NAME/.
+    Paths are relative to `root` (the current directory) and returned that way."""
+    base = Path("config") / env if env and env != "default" else Path("config")
+    tried = [base / name for name in CONFIG_NAMES]
+    for p in tried:
+        if (Path(root) / p).is_file():
+            return p if str(root) == "." else Path(root) / p
+    raise GlanceError(f"no config file: looked for {', '.join(map(str, tried))} in {Path(root).resolve()} "
+                      "(give --config PATH, or --env NAME for config/NAME/config.json)")
+
+
+def _accepted(key: str, value: Any) -> bool:
+    return value in NEUTRAL or value in ACCEPTED_DEFAULTS.get(key, ())
+
+
+def _key_problem(key: str, value: Any, origin: str) -> str | None:
+    """Why a raw key is refused (None when it is fine or a neutral SimpleTuner value)."""
+    k = normalise_key(key)
+    if k in NOT_IMPLEMENTED:
+        if _accepted(k, value):
+            return None
+        ok = ", ".join(repr(v) for v in ACCEPTED_DEFAULTS.get(k, ())) or "false / 0 / null"
+        return (f"key {key!r}{origin} is a SimpleTuner option glancetune does not implement yet (remove it, or set "
+                f"{ok}; got {value!r})")
+    if k not in KNOWN:
+        hint = difflib.get_close_matches(k, KNOWN | NOT_IMPLEMENTED, n=1, cutoff=0.6)
+        return f"unknown key {key!r}{origin}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    return None
+
+
+def _validation_problems(e: ValidationError) -> list[str]:
+    out = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if not key:  # a check across keys: its message starts with the key
+            out.append(msg)
+            continue
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        out.append(f"key {key!r}: {msg}{got}")
+    return out
+
+
 def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Normalise keys, refuse unknown / unimplemented ones, validate types; errors name `source` and the key."""
+    """Normalise keys, refuse unknown / unimplemented ones, validate types. Every problem is collected and raised
+    as one single-line GlanceError naming `source` and each key."""
+    merged: dict[str, tuple[str, Any, str]] = {}  # normalised key -> (key as written, value, origin)
+    for items, origin in ((raw, ""), (overrides or {}, " (override)")):
+        for key, value in items.items():
+            merged[normalise_key(str(key))] = (str(key), value, origin)
     data: dict[str, Any] = {}
-    for key, value in list(raw.items()) + list((overrides or {}).items()):
-        k = normalise_key(str(key))
-        if k in NOT_IMPLEMENTED:
-            if value in NEUTRAL:
-                continue
-            raise GlanceError(f"{source}: key {key!r} is a SimpleTuner option that glancetune does not implement "
-                              "yet; remove it")
-        if k not in KNOWN:
-            hint = difflib.get_close_matches(k, KNOWN | NOT_IMPLEMENTED, n=1, cutoff=0.6)
-            extra = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise GlanceError(f"{source}: unknown key {key!r}{extra}")
-        data[k] = value
+    problems: list[str] = []
+    for k, (key, value, origin) in merged.items():
+        problem = _key_problem(key, value, origin)
+        if problem:
+            problems.append(problem)
+        elif k in KNOWN:
+            data[k] = value
     try:
-        return TrainConfig(**data)
+        cfg = TrainConfig(**data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "?"
-        got = f" (got {err['input']!r})" if "input" in err and key != "?" and not isinstance(err["input"], dict) \
-            else ""
-        raise GlanceError(f"{source}: key {key!r}: {err['msg']}{got}") from None
+        problems += _validation_problems(e)
+    if problems:
+        head = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise GlanceError(f"{source}: {head}" + "; ".join(problems).replace("\n", " "))
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -225,6 +346,8 @@ def config_help() -> str:
         else:
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
         lines.append(f"  {name} ({ann}; {default})" + (f": {f.description}" if f.description else ""))
-    lines.append("recognised SimpleTuner keys not implemented yet (an error unless false/0/null): "
-                 + ", ".join(sorted(NOT_IMPLEMENTED)))
+    lines.append("recognised SimpleTuner keys not implemented yet (an error unless false / 0 / null, or the "
+                 "SimpleTuner default named here): " + ", ".join(
+                     k + "".join(f" ({v!r} ok)" for v in ACCEPTED_DEFAULTS.get(k, ())[:1])
+                     for k in sorted(NOT_IMPLEMENTED)))
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from .encode import encode
 from .hooks import Hooks, RunInfo
 from .lora import add_lora
 from .loop import Prepared, Trainer
+from .optim import resolve_train_steps
 from .plan import Plan
 from .runtime import make_runtime
 
@@ -36,6 +37,8 @@ class Job(Plan):
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
         cfg, t_start = self.cfg, time.perf_counter()
         self.rt = rt = make_runtime(cfg, self.command)
+        if rt.layout == "ddp":  # epochs count global batches (train_batch_size x processes)
+            self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
         self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
                                    tuple(cfg.resume_allow_changes))
         out.check()  # fail before loading weights

@@ -1,0 +1,146 @@
+"""Where `train` / `glance` / `cache` find their config (SimpleTuner's places), command-line overrides, and a
+config's problems reported all at once."""
+import json
+import shutil
+
+import pytest
+
+from conftest import run_err, write_configs
+from glancetune.cli import load_train_config, main, parse_args
+from glancetune.config import ACCEPTED_DEFAULTS, NOT_IMPLEMENTED, build_config
+from glancetune.errors import GlanceError
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(data))
+    elif path.suffix == ".toml":
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items()))
+    else:
+        path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in data.items()))
+    return path
+
+
+def load(argv):
+    return load_train_config(parse_args(argv))
+
+
+def test_config_dir_is_found_and_positional_overrides_apply(tiny_flux, tmp_path, monkeypatch, capsys):
+    cfg = write_configs(tmp_path, tiny_flux)
+    shutil.copyfile(cfg, tmp_path / "config" / "config.json")
+    monkeypatch.chdir(tmp_path)
+    assert main(["glance", "--dry-run", "lora_rank=8", "--seed=5", "--set", "seed=4", "--flux_lora_target=tiny"]) == 0
+    out = capsys.readouterr().out
+    resolved = json.loads(out.split("resolved config: ", 1)[1].splitlines()[0])
+    assert resolved["lora_rank"] == 8 and resolved["seed"] == 5 and resolved["flux_lora_target"] == "tiny"
+    assert "preset tiny" in out
+
+
+def test_simpletuner_order_json_toml_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "config" / "config.yaml", {"data_backend_config": "d", "seed": 3})
+    assert load(["train"]).seed == 3
+    write(tmp_path / "config" / "config.toml", {"data_backend_config": "d", "seed": 2})
+    assert load(["train"]).seed == 2
+    write(tmp_path / "config" / "config.json", {"data_backend_config": "d", "seed": 1})
+    assert load(["train"]).seed == 1
+    write(tmp_path / "config.json", {"data_backend_config": "d", "seed": 9})  # the current folder is not looked in
+    assert load(["cache", "seed=7"]).seed == 7 and load(["glance"]).seed == 1
+
+
+def test_env_picks_config_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "config" / "config.json", {"data_backend_config": "d", "seed": 1})
+    write(tmp_path / "config" / "fox" / "config.yaml", {"data_backend_config": "d", "seed": 4})
+    assert load(["train", "--env", "fox"]).seed == 4
+    assert load(["train", "--env", "default"]).seed == 1  # SimpleTuner's name for config/ itself
+    assert load(["train", "--config", "config/fox/config.yaml", "seed=6"]).seed == 6
+
+
+def test_nothing_found_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    err = run_err(capsys, ["glance", "--dry-run"])
+    assert "no config file: looked for config/config.json, config/config.toml, config/config.yaml" in err
+    assert "--config PATH" in err
+    err = run_err(capsys, ["train", "--env", "fox"])
+    assert "config/fox/config.json, config/fox/config.toml, config/fox/config.yaml" in err
+    err = run_err(capsys, ["train", "--env", "fox", "--config", "c.json"])
+    assert "give one of them" in err
+
+
+def test_override_errors_name_the_item(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "config" / "config.json", {"data_backend_config": "d"})
+    assert "override '--dryrun': expected key=value" in run_err(capsys, ["train", "--dryrun"])
+    err = run_err(capsys, ["train", "lora_rnak=4"])
+    assert "config/config.json: unknown key 'lora_rnak' (override) (did you mean 'lora_rank'?)" in err
+    with pytest.raises(SystemExit):  # other commands keep argparse's strictness
+        parse_args(["schedule", "--model", "m", "seed=1"])
+
+
+BAD = {"use_ema": True, "lerning_rate": 1e-4, "lora_rank": 0, "--noise_offset": 0.1, "tread_config": {"a": 1},
+       "optimizer": "lion", "lr_scheduler": "sine", "max_train_steps": "many", "report_to": "comet",
+       "vae_batch_size": 0, "lora_type": "lycoris", "checkpoints_total_limit": 0, "validation_prompt": "a fox",
+       "trian_batch_size": 2}
+
+
+def test_all_problems_in_one_line():
+    with pytest.raises(GlanceError) as e:
+        build_config({"data_backend_config": "d", **BAD}, "config.json")
+    msg = str(e.value)
+    assert msg.startswith("config.json: 14 problems: ") and "\n" not in msg
+    for key in BAD:
+        assert repr(key) in msg, key
+    assert "unknown key 'lerning_rate' (did you mean 'learning_rate'?)" in msg
+    assert "key 'use_ema' is a SimpleTuner option glancetune does not implement yet" in msg
+    assert "key 'lora_type' is a SimpleTuner option glancetune does not implement yet (remove it, or set " \
+           "'standard'; got 'lycoris')" in msg
+    assert "key 'max_train_steps': Input should be a valid integer" in msg
+
+
+def test_one_problem_has_no_count():
+    with pytest.raises(GlanceError, match=r"^c: key 'lora_rank': Input should be greater than or equal to 1 "
+                                          r"\(got 0\)$"):
+        build_config({"data_backend_config": "d", "lora_rank": 0}, "c")
+
+
+def test_simpletuner_feature_off_defaults_are_accepted():
+    simpletuner_defaults = {"lora_type": "standard", "base_model_precision": "no_change",
+                            "text_encoder_1_precision": "no_change", "text_encoder_2_precision": "no_change",
+                            "quantize_via": "accelerator", "group_offload_type": "block_level",
+                            "group_offload_blocks_per_group": 1, "use_ema": False, "enable_group_offload": False,
+                            "push_to_hub": False, "hub_model_id": None, "snr_gamma": None, "noise_offset": 0,
+                            "report_to": "none", "optimizer": "bnb-adamw8bit", "num_train_epochs": 0,
+                            "resume_from_checkpoint": "latest", "checkpointing_steps": 500}
+    assert set(ACCEPTED_DEFAULTS) <= NOT_IMPLEMENTED
+    c = build_config({"data_backend_config": "d", **{f"--{k}": v for k, v in simpletuner_defaults.items()}}, "c")
+    assert c.optimizer == "adamw8bit" and c.num_train_epochs is None and c.checkpointing_steps == 500
+    for key, value in (("noise_offset", 0.1), ("caption_dropout_probability", 0.1), ("lora_type", "lycoris"),
+                       ("base_model_default_dtype", "bf16"), ("base_model_precision", "int8-quanto")):
+        with pytest.raises(GlanceError, match=f"'{key}' is a SimpleTuner option"):
+            build_config({"data_backend_config": "d", key: value}, "c")
+
+
+def test_new_keys_defaults_and_checks():
+    c = build_config({"data_backend_config": "d"}, "c")
+    assert (c.optimizer, c.lr_scheduler, c.lr_num_cycles, c.lr_power) == ("adamw", "constant", None, 1.0)
+    assert (c.max_train_steps, c.num_train_epochs, c.vae_batch_size) == (None, None, 4)
+    assert (c.checkpointing_steps, c.checkpoints_total_limit, c.resume_from_checkpoint) == (100, 3, "latest")
+    assert (c.report_to, c.logging_dir, c.logging_steps, c.parallel_phases) == ("none", "logs", 10, False)
+    assert c.resume_allow_changes == [] and c.tracker_project_name is None and c.tracker_run_name is None
+    for never in ("none", None, "", False):
+        assert build_config({"data_backend_config": "d", "resume_from_checkpoint": never},
+                            "c").resume_from_checkpoint is None
+    c = build_config({"data_backend_config": "d", "resume_allow_changes": ["--max_train_steps", "seed"]}, "c")
+    assert c.resume_allow_changes == ["max_train_steps", "seed"]
+    with pytest.raises(GlanceError, match="'resume_allow_changes': not config keys: 'max_steps'"):
+        build_config({"data_backend_config": "d", "resume_allow_changes": ["max_steps"]}, "c")
+
+
+def test_help_names_accepted_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["glance", "--help"])
+    out = capsys.readouterr().out
+    assert "lora_type ('standard' ok)" in out and "--env NAME" in out and "KEY=VALUE" in out
+    assert "optimizer (adamw | adamw_bf16 | adamw8bit | prodigy; default 'adamw')" in out
