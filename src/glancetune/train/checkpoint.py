@@ -121,8 +121,14 @@ class Checkpoints(Hook):
         self.job, self.every, self.limit = job, every, limit
         self.saved_step = -1
 
+    def due(self, run, step) -> bool:
+        return bool(self.every) and step % self.every == 0 and step < run.total_steps
+
+    def wants_log(self, run, step):
+        return self.due(run, step)
+
     def on_step_end(self, run, step):
-        if self.every and step % self.every == 0 and step < run.total_steps:
+        if self.due(run, step):
             self.save(run, step)
 
     def on_interrupt(self, run, step):

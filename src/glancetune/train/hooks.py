@@ -3,8 +3,9 @@
 The loop calls, in order:
   on_train_start(run)            once, after the model is loaded and both adapters exist (run: RunInfo)
   on_step_end(run, step)         after job step `step` (1-based) advanced every phase of this process
-  on_log(run, records)           every `logging_steps` job steps, at the end, and before a checkpoint: the
-                                 StepRecords since the previous call, with losses read from the device once
+  on_log(run, records)           every `logging_steps` job steps, at the end, and at any step where a hook's
+                                 `wants_log(run, step)` is true (a checkpoint is due): the StepRecords since the
+                                 previous call, with losses read from the device once; before on_step_end
   on_train_end(run, summary)     once, after the last step (summary: TrainSummary)
   on_interrupt(run, step)        SIGINT/SIGTERM: after the current step finished, before exiting
 
@@ -72,6 +73,10 @@ class Hook:
     def on_log(self, run: RunInfo, records: list[StepRecord]) -> None:
         pass
 
+    def wants_log(self, run: RunInfo, step: int) -> bool:
+        """True when this hook needs the records up to `step` handed out before its on_step_end."""
+        return False
+
     def on_train_end(self, run: RunInfo, summary: TrainSummary) -> None:
         pass
 
@@ -102,6 +107,9 @@ class Hooks(Hook):
     def on_log(self, run, records):
         for h in self.hooks:
             h.on_log(run, records)
+
+    def wants_log(self, run, step):
+        return any(h.wants_log(run, step) for h in self.hooks)
 
     def on_train_end(self, run, summary):
         for h in self.hooks:

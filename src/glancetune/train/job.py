@@ -41,14 +41,12 @@ class Job(Plan):
             self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
         self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
                                    tuple(cfg.resume_allow_changes))
-        out.check()  # fail before loading weights
-        if rt.is_main:
-            out.prepare(self.run_config(), cfg.logging_dir)
-            checkpoint.clean_partial(out.final)
-        resume = checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
-        if resume is not None:
+        resume = None if out.overwrite else checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
+        if resume is not None:  # names the keys and files that differ, before the folder check does less well
             checkpoint.check_compatible(resume, checkpoint.read_manifest(resume), self.identity, self.files,
                                         self.layout(), cfg.resume_allow_changes)
+        out.check()  # fail before loading weights
+        hooks = Hooks(self.hooks(quiet))  # a tracker that is not installed fails here
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(self, rt.device, rt.dtype)
         samples = self.prepared(encoded)
@@ -61,7 +59,10 @@ class Job(Plan):
         start = self.trainer_states[0].step
         run = RunInfo(str(out.final), [p.name for p in self.trainer_states], self.steps, start, rt.is_main,
                       rt.rank, rt.world, cfg.logging_steps, cfg.model_dump(mode="json"), self, self.trainer)
-        hooks = Hooks(self.hooks(quiet))
+        if rt.is_main:  # the output folder appears only once everything before the loop worked
+            out.prepare(self.run_config(), cfg.logging_dir)
+            checkpoint.clean_partial(out.final)
+        rt.accelerator.wait_for_everyone()
         try:
             if resume is not None and rt.is_main:
                 log.info("resuming from %s (step %d of %d)", resume, start, self.steps)
@@ -76,6 +77,10 @@ class Job(Plan):
         return out.final
 
     # --- the steps ----------------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        """What a checkpoint records about the run, for the resume check."""
+        return {"identity": self.identity, "files": self.files, "layout": self.layout()}
+
     def layout(self) -> dict:
         return {"layout": self.rt.layout, "processes": self.rt.world}
 

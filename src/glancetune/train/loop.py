@@ -273,7 +273,7 @@ class Trainer:
         with self.signals():
             for step in range(run.start_step + 1, run.total_steps + 1):
                 pending += [self.phase_step(ph, step) for ph in states]
-                if step % run.logging_steps == 0 or step == run.total_steps:
+                if step % run.logging_steps == 0 or step == run.total_steps or hooks.wants_log(run, step):
                     self.flush(pending, hooks, run)
                 hooks.on_step_end(run, step)
                 if step < run.total_steps and self._stop_requested():
