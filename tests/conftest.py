@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tiny models: one thread is as fast on a quiet machine and does not collapse when the cores are shared
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# MKL otherwise picks gemm kernels by memory alignment: bit-for-bit comparisons across processes need this
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
 
 from PIL import Image  # noqa: E402
@@ -79,6 +81,7 @@ PROMPT = "a red gradient with speckles"
 
 def run_err(capsys, argv):
     """A bad-input check: exit status 2 and exactly one line on stderr, starting with "error: "."""
+    capsys.readouterr()  # what earlier calls wrote is not this call's
     rc = main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2, err

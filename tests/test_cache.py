@@ -153,4 +153,25 @@ def test_dataset_cache_dirs_from_the_dataloader_json(tiny_flux, tmp_path, counti
     assert len(list((tmp_path / "text-here").glob("*.safetensors"))) == 2
     assert not (tmp_path / "unused").exists()
     assert main(["glance", "--config", str(cfg)]) == 0
-    assert (counting["text"], counting["vae"]) == (2, 2)  # training reused both
+    # 2 captions, 2 images of one size: one VAE call (vae_batch_size 4); training reused both
+    assert (counting["text"], counting["vae"]) == (2, 1)
+
+
+def test_vae_batch_size_batches_the_encoder(tiny_flux, tmp_path, counting):
+    """Images of one size are encoded vae_batch_size at a time; each cached latent equals its one-at-a-time twin."""
+    from conftest import make_dataset
+    from safetensors.torch import load_file
+
+    make_dataset(tmp_path / "data", n=3)
+    latents = {}
+    for bs in (1, 2):
+        counting["vae"] = 0
+        cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / f"c{bs}"),
+                                                             "--vae_batch_size": bs})
+        assert main(["cache", "--config", str(cfg)]) == 0
+        assert counting["vae"] == {1: 3, 2: 2}[bs]
+        latents[bs] = {f.name: load_file(str(f)) for f in (tmp_path / f"c{bs}" / "vae").glob("*.safetensors")}
+    assert latents[1].keys() == latents[2].keys() and len(latents[1]) == 3  # same keys: batching is not identity
+    for name, entry in latents[1].items():
+        for k, v in entry.items():
+            torch.testing.assert_close(latents[2][name][k], v, rtol=1e-5, atol=1e-5)

@@ -113,7 +113,7 @@ def test_stock_diffusers_mis_loads_them(pair):
     assert not hasattr(block.attn.to_q, "lora_A") and hasattr(block.attn.add_q_proj, "lora_A")
 
 
-def test_auto_detected_and_loaded_with_the_training_alpha(pair, capsys):
+def test_auto_detected_and_loaded_with_the_training_alpha(pair, caplog):
     model, slow, fast = pair
     spec = resolve_spec(slow=slow, fast=fast, model=model)
     assert spec.published == PUB and spec.guidance == 5.0 and (spec.width, spec.height) == (1024, 1024)
@@ -121,8 +121,9 @@ def test_auto_detected_and_loaded_with_the_training_alpha(pair, capsys):
                    tuple(float(np.float32(t / 1000)) for t in PUB.fast_timesteps))
     assert spec.ladder == seeds and spec.ladder.slow[1] == float(np.float32(0.9791915))
     assert resolve_spec(slow=slow, fast=fast).base_model == "Qwen/Qwen-Image"  # --model may be left out
+    caplog.set_level("INFO", logger="glancetune")
     sampler = GlanceSampler.from_spec(spec, device="cpu")
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "alpha 128 = 4 x rank 32 (scale 4)" in out and "lora.down/lora.up" in out
     assert sampler.guidance == 5.0 and sampler.pipe.transformer.peft_config["fast"].lora_alpha == 128
     from diffusers import QwenImageTransformer2DModel

@@ -38,7 +38,8 @@ def _quiet_libraries() -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """glancetune's loggers on stderr as plain text: INFO as the bare message (`notice: ...`, progress lines),
+    """glancetune's loggers as plain text: INFO on stdout as the bare message (`notice: ...`, progress lines),
+    WARNING and above on stderr (so a failing command's stderr is its one error line plus real warnings),
     WARNING as `warning: ...`, ERROR as `error: ...`; DEBUG only with `verbose`. Lines go through tqdm.write so
     they do not break a progress bar. Idempotent; records still propagate (pytest's caplog sees them)."""
     import logging
@@ -50,12 +51,13 @@ def setup_logging(verbose: bool = False) -> None:
                 msg += "\n" + self.formatException(record.exc_info)
             return msg if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {msg}"
 
-    class Stderr(logging.Handler):  # sys.stderr looked up per line: redirected / captured streams work
+    class Stderr(logging.Handler):  # sys.stdout/stderr looked up per line: redirected / captured streams work
         def emit(self, record):
             try:
                 from tqdm import tqdm
 
-                tqdm.write(self.format(record), file=sys.stderr)
+                stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+                tqdm.write(self.format(record), file=stream)
             except Exception:
                 self.handleError(record)
 
@@ -87,9 +89,13 @@ def cmd_train(args, command: str) -> int:
     from .train.job import Job
     from .train.loop import Interrupted
 
+    from .train.runtime import process_state
+
     cfg = load_train_config(args)
     job = Job(cfg, command)
-    print(job.describe())
+    main_process = process_state(cfg).is_main_process
+    if main_process:
+        print(job.describe())
     if args.dry_run:
         from .train import optim
         from .train.lora import count_trainable
@@ -106,10 +112,11 @@ def cmd_train(args, command: str) -> int:
     except Interrupted as e:
         import signal
 
-        print(f"interrupted at step {e.step}: checkpoint written in {cfg.output_dir}; run the same command again "
-              "to resume (resume_from_checkpoint: latest)", file=sys.stderr)
+        if main_process:
+            print(f"interrupted at step {e.step}: checkpoint written in {cfg.output_dir}; run the same command again "
+                  "to resume (resume_from_checkpoint: latest)", file=sys.stderr)
         return 130 if e.signum == signal.SIGINT else 143
-    if job.rt.is_main:
+    if main_process:
         print(f"wrote {out}")
     return 0
 

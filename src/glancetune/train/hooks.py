@@ -41,7 +41,7 @@ class RunInfo:
     """What hooks may read about the run."""
 
     output_dir: str
-    phases: list[str]  # phases trained by this process, in step order
+    phases: list[str]  # the job's phases, in step order (with parallel_phases each process trains one)
     total_steps: int  # job steps
     start_step: int  # 0, or the step a resumed run continues after
     is_main: bool = True

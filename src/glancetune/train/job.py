@@ -57,7 +57,7 @@ class Job(Plan):
             for ph in self.trainer_states:
                 ph.load_state_dict(saved[ph.name])
         start = self.trainer_states[0].step
-        run = RunInfo(str(out.final), [p.name for p in self.trainer_states], self.steps, start, rt.is_main,
+        run = RunInfo(str(out.final), [p.name for p in self.phases], self.steps, start, rt.is_main,
                       rt.rank, rt.world, cfg.logging_steps, cfg.model_dump(mode="json"), self, self.trainer)
         if rt.is_main:  # the output folder appears only once everything before the loop worked
             out.prepare(self.run_config(), cfg.logging_dir)

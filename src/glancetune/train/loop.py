@@ -297,5 +297,11 @@ class Trainer:
         for r, v, g in zip(pending, values, norms):
             r.loss = v
             r.grad_norm = None if g is None else float(g)
-        hooks.on_log(run, list(pending))
+        records = list(pending)
         pending.clear()
+        if self.rt.layout == "parallel-phases":  # each process trains its own phase: log them all, in step order
+            from accelerate.utils import gather_object
+
+            records = sorted(gather_object(records), key=lambda r: (r.step, run.phases.index(r.phase)
+                                                                     if r.phase in run.phases else 0))
+        hooks.on_log(run, records)

@@ -111,9 +111,8 @@ class Plan:
 
     def checkpoint_plan(self) -> str:
         """--dry-run: when checkpoints are written, what a rerun resumes from, and the process layout."""
-        from accelerate import PartialState
-
         from .checkpoint import complete_checkpoints
+        from .runtime import process_state
 
         c = self.cfg
         every = (f"every {c.checkpointing_steps} steps into {c.output_dir}/checkpoint-<step>/, keeping the newest "
@@ -121,7 +120,7 @@ class Plan:
         found = complete_checkpoints(Path(c.output_dir))
         resume = {"latest": f"latest ({found[-1][1].name})" if found else "latest (none yet: starts fresh)",
                   None: "none"}.get(c.resume_from_checkpoint, c.resume_from_checkpoint)
-        n = PartialState().num_processes
+        n = process_state(c).num_processes
         layout = "1 process" if n == 1 else (f"{n} processes, " + ("one phase each (parallel_phases)"
                                              if c.parallel_phases else "DDP, each a slice of every batch"))
         return f"checkpoints: {every}; resume: {resume}; {layout}"

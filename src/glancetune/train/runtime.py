@@ -47,6 +47,14 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
+def process_state(cfg):
+    """accelerate's process state (ranks) for this config, created with the same device rule as the runtime:
+    the first creation decides it for the whole process (a CPU run launched on several processes uses gloo)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=select(cfg.device, cfg.mixed_precision)[0].type == "cpu")
+
+
 @dataclass
 class Runtime:
     accelerator: object  # accelerate.Accelerator
@@ -69,10 +77,10 @@ class Runtime:
 
 def make_runtime(cfg, command: str) -> Runtime:
     """The Accelerator for a train/glance job, and the process layout it implies."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     want, mp = select(cfg.device, cfg.mixed_precision)
-    if want.type == "cuda" and want.index is not None and PartialState().num_processes == 1:
+    if want.type == "cuda" and want.index is not None and process_state(cfg).num_processes == 1:
         torch.cuda.set_device(want)
     # find_unused_parameters: in `glance` both adapters are in the model and each step uses one
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
