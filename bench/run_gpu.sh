@@ -3,7 +3,7 @@
 # and glancetune's own step (bench/train_step.py), gradient checkpointing on and off, then a table of ratios.
 # Run from the repository root on the GPU machine, with the wheels folder carried:
 #   run(command="bash bench/run_gpu.sh", carry=[".whl"])
-# Optional variants of ours (fused AdamW, regional compile) run last, only while time is left (BENCH_BUDGET_S).
+# Optional variants of ours (slow+fast interleaved as `glance` runs them, regional compile) run last, only while time is left (BENCH_BUDGET_S).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/bench_out}
@@ -37,6 +37,7 @@ run ours_gc1   150 python3 bench/train_step.py --gc 1 --steps "$STEPS" --warmup 
 run anchor_gc0 150 python3 bench/anchor_loop.py --model flux1 --gc 0 --steps "$STEPS"
 run ours_gc0   150 python3 bench/train_step.py --gc 0 --steps "$STEPS" --warmup 3
 
+optional ours_gc0_p2 150 python3 bench/train_step.py --gc 0 --steps "$STEPS" --warmup 3 --phases 2
 optional ours_gc0_compile 240 python3 bench/train_step.py --gc 0 --steps "$STEPS" --warmup 3 --compile
 optional ours_gc1_compile 240 python3 bench/train_step.py --gc 1 --steps "$STEPS" --warmup 3 --compile
 
@@ -60,7 +61,7 @@ for gc in (1, 0):
     a_s, u_s, a_m, u_m = an["train_s_per_step"], us["train_s_per_step"], an["peak_train_gib"], us["peak_train_gib"]
     print(f"| {'on' if gc else 'off'} | {a_s:.4f} | {u_s:.4f} | {u_s / a_s:.3f} | {a_m:.2f} | {u_m:.2f} | {u_m / a_m:.3f} |")
 print("\nvariants of ours (ratio against the anchor with the same gc):")
-for name in ("ours_gc1_fused", "ours_gc0_compile", "ours_gc1_compile"):
+for name in ("ours_gc0_p2", "ours_gc0_compile", "ours_gc1_compile"):
     v = res(name)
     if not v:
         print(f"  {name}: no result")
@@ -69,7 +70,7 @@ for name in ("ours_gc1_fused", "ours_gc0_compile", "ours_gc1_compile"):
     r = f"{v['train_s_per_step'] / an['train_s_per_step']:.3f}" if an else "n/a"
     print(f"  {name}: {v['train_s_per_step']:.4f} s/step (median {v['median_s_per_step']:.4f}), peak "
           f"{v['peak_train_gib']:.2f} GiB, ratio s {r}, run {v['run_s']} s")
-summary = {n: res(n) for n in ("anchor_gc1", "ours_gc1", "anchor_gc0", "ours_gc0", "ours_gc1_fused", "ours_gc0_compile", "ours_gc1_compile")}
+summary = {n: res(n) for n in ("anchor_gc1", "ours_gc1", "anchor_gc0", "ours_gc0", "ours_gc0_p2", "ours_gc0_compile", "ours_gc1_compile")}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 EOF
 echo "total elapsed ${SECONDS}s"

@@ -12,8 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # tiny models: one thread is as fast on a quiet machine and does not collapse when the cores are shared
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# MKL otherwise picks gemm kernels by memory alignment: bit-for-bit comparisons across processes need this
-os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+# MKL otherwise picks gemm kernels by memory alignment, so two processes can differ in the last bits: the
+# comparisons across processes (resume, parallel phases) need its alignment-independent mode (no slower)
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
 
 from PIL import Image  # noqa: E402

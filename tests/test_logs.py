@@ -287,7 +287,7 @@ def glancetune_logger():
     logger.setLevel(level)
 
 
-def test_setup_logging_renders_notices_on_stderr(capsys, glancetune_logger):
+def test_setup_logging_renders_notices_on_stdout_and_warnings_on_stderr(capsys, glancetune_logger):
     from glancetune.cli import setup_logging
 
     setup_logging()
@@ -297,7 +297,7 @@ def test_setup_logging_renders_notices_on_stderr(capsys, glancetune_logger):
     child.warning("disk almost full")
     child.debug("hidden")
     out, err = capsys.readouterr()
-    assert out == "" and err == "notice: a.png: alpha channel flattened onto white\nwarning: disk almost full\n"
+    assert out == "notice: a.png: alpha channel flattened onto white\n" and err == "warning: disk almost full\n"
     setup_logging(verbose=True)
     child.debug("shown")
-    assert capsys.readouterr().err == "shown\n"
+    assert capsys.readouterr().out == "shown\n"

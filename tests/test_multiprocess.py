@@ -17,7 +17,7 @@ from glancetune.export import WEIGHT_NAME
 
 
 def launch(*args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MKL_CBWR": "COMPATIBLE"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MKL_CBWR": "AUTO,STRICT"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "glancetune", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -126,6 +126,14 @@ class Trainer:
         self.slices = runtime.world if runtime.layout == "ddp" else 1
         self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if runtime.layout == "ddp" else 0)
         self.stop_signal: int | None = None
+        self.active: str | None = None
+
+    def activate(self, name: str) -> None:
+        """Make `name` the only active adapter. peft's set_adapter walks every LoRA layer (~27 ms per call on
+        FLUX.1, 4% of a step), so it runs only when the adapter changes."""
+        if self.active != name:
+            self.transformer.set_adapter(name)
+            self.active = name
 
     # --- state ------------------------------------------------------------------------------------------------
     def new_phase(self, name: str, sigmas, params, num_steps: int) -> PhaseState:
@@ -202,7 +210,7 @@ class Trainer:
 
     def phase_step(self, ph: PhaseState, job_step: int) -> StepRecord:
         c, t0 = self.cfg, time.perf_counter()
-        self.transformer.set_adapter(ph.name)
+        self.activate(ph.name)
         lr = float(ph.lr_schedule.get_last_lr()[0])
         total, sigmas, grad_norm = 0.0, [], None
         with self.phase_rng(ph):
@@ -228,7 +236,7 @@ class Trainer:
         """Loss of sample 0 at every sigma of the phase, with fixed noise: comparable before and after."""
         was_training = self.transformer.training
         self.transformer.eval()
-        self.transformer.set_adapter(name)
+        self.activate(name)
         gen = torch.Generator("cpu").manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
         sig = torch.tensor(list(sigmas), dtype=torch.float32)
         x0, text, image = self._batch([0] * len(sig))

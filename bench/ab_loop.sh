@@ -1,0 +1,6 @@
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+for v in none norng noadapter noacc all; do
+  echo "== $v"; AB=$v python3 bench/ab_loop.py --gc 0 --steps 8 --warmup 3 2>&1 | grep '^{' | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(d['train_s_per_step'], d['median_s_per_step'])"
+done
+python3 bench/anchor_loop.py --model flux1 --gc 0 --steps 8 2>&1 | grep '^{'
