@@ -22,7 +22,7 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
-    for name in ("diffusers", "transformers", "peft"):
+    for name in ("diffusers", "transformers", "peft", "bitsandbytes"):  # bnb warns about an optional CPU kernel
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as tlog

@@ -1,8 +1,8 @@
 """Checkpoints: `<output_dir>/checkpoint-<step>/`, written atomically, pruned safely, resumed bit for bit.
 
 A checkpoint holds the LoRA of each phase in the normal loadable layout (`slow/`, `fast/` or the LoRA file
-itself for `train`, with the run record in the header) and `training_state.pt`: per process and phase the LoRA
-parameters (fp32), optimizer, LR schedule, the phase's generator and global-RNG stream, sigma sampler, batch
+itself for `train`, with the run record in the header; fp32, so resuming reads the weights back from it exactly)
+and `training_state.pt`: per process and phase the optimizer, LR schedule, the phase's generator and global-RNG stream, sigma sampler, batch
 sampler cursor/epoch, step and losses. `checkpoint.json` (written last) holds the step, the run identity (the
 resolved config and a digest of every data file) and the process layout that resuming checks.
 
@@ -146,7 +146,9 @@ class Checkpoints(Hook):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         self.job.write_loras(tmp, states)
-        torch.save({"step": step, "ranks": states}, tmp / STATE_NAME)
+        # the LoRA weights are kept once, in the LoRA files; the state holds everything else
+        lean = [{name: {k: v for k, v in st.items() if k != "params"} for name, st in r.items()} for r in states]
+        torch.save({"step": step, "ranks": lean}, tmp / STATE_NAME)
         manifest = {"step": step, **self.job.manifest()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _fsync_tree(tmp)

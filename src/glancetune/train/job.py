@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import GlanceError
 from ..export import OutputDir, save_lora, write_json
 from . import checkpoint
 from .encode import encode
@@ -53,6 +54,7 @@ class Job(Plan):
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples)
         if resume is not None:
+            self.load_loras(resume)
             saved = checkpoint.load_states(resume, rt.rank)
             for ph in self.trainer_states:
                 ph.load_state_dict(saved[ph.name])
@@ -153,6 +155,21 @@ class Job(Plan):
             target = folder / ph.subdir if ph.subdir else folder
             target.mkdir(parents=True, exist_ok=True)
             save_lora(self.family.pipeline_class(), target, self.transformer, ph.name, record.header(ph.name))
+
+    def load_loras(self, folder: Path) -> None:
+        """Put the weights of every phase's LoRA file under `folder` into its adapter (peft's own loader)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from ..export import WEIGHT_NAME
+
+        for ph in self.phases:
+            sd = load_file(str((folder / ph.subdir if ph.subdir else folder) / WEIGHT_NAME))
+            sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+            result = set_peft_model_state_dict(self.transformer, sd, adapter_name=ph.name)
+            if getattr(result, "unexpected_keys", None):
+                raise GlanceError(f"resume_from_checkpoint: {folder}: LoRA keys that match no module "
+                                  f"({', '.join(result.unexpected_keys[:3])})")
 
     def write_outputs(self, states) -> None:
         """The finished LoRAs and their logs, each folder/file replaced atomically."""

@@ -94,8 +94,9 @@ class PhaseState:
                 "eval_before": self.eval_before}
 
     def load_state_dict(self, d: dict) -> None:
+        """`params` may be absent: a checkpoint keeps them once, in its LoRA files (job.load_loras)."""
         with torch.no_grad():
-            for p, saved in zip(self.params, d["params"], strict=True):
+            for p, saved in zip(self.params, d.get("params", self.params), strict=True):
                 p.copy_(saved)
         self.step, self.losses, self.eval_before = int(d["step"]), list(d["losses"]), float(d["eval_before"])
         self.optimizer.load_state_dict(d["optimizer"])
