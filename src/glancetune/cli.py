@@ -85,7 +85,6 @@ def load_train_config(args):
 
 
 def cmd_train(args, command: str) -> int:
-    from .config import load_config
     from .train.job import Job
     from .train.loop import Interrupted
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 
-from ..errors import GlanceError
-from ..export import OutputDir, save_lora, write_json
+from ..export import OutputDir
 from . import checkpoint
 from .encode import encode
 from .hooks import Hooks, RunInfo
 from .lora import add_lora
 from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
+from .files import PhaseFiles
 from .plan import Plan
 from .runtime import make_runtime
 
@@ -32,7 +32,7 @@ def _to(d: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
 
 
-class Job(Plan):
+class Job(Plan, PhaseFiles):
     """A planned job that can run. `components`: pipeline components handed to the family's `load_pipeline`."""
 
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
@@ -132,67 +132,3 @@ class Job(Plan):
                            getattr(cfg, "tracker_run_name", None), cfg.model_dump(mode="json"),
                            self.rt.is_main and not quiet)
         return hooks + [checkpoint.Checkpoints(self, cfg.checkpointing_steps, cfg.checkpoints_total_limit)]
-
-    # --- states and files (also used by checkpoints) ----------------------------------------------------------
-    def gather_states(self) -> list[dict[str, dict]]:
-        """Every process's phase states (CPU), on the main process; [] elsewhere. All processes must call it."""
-        mine = {ph.name: ph.state_dict() for ph in self.trainer_states}
-        if self.rt.world == 1:
-            return [mine]
-        from accelerate.utils import gather_object, send_to_device
-
-        return gather_object([send_to_device(mine, "cpu")])
-
-    def write_loras(self, folder: Path, states: list[dict[str, dict]]) -> None:
-        """Each phase's LoRA file (stock layout + run record) under `folder`, from the gathered states."""
-        record = self.record()
-        for ph in self.phases:
-            saved = next(r[ph.name] for r in states if ph.name in r)
-            params = [p for n, p in self.transformer.named_parameters() if "lora_" in n and f".{ph.name}." in n]
-            with torch.no_grad():  # the main process may not train this phase (parallel phases)
-                for p, v in zip(params, saved["params"], strict=True):
-                    p.copy_(v)
-            target = folder / ph.subdir if ph.subdir else folder
-            target.mkdir(parents=True, exist_ok=True)
-            save_lora(self.family.pipeline_class(), target, self.transformer, ph.name, record.header(ph.name))
-
-    def load_loras(self, folder: Path) -> None:
-        """Put the weights of every phase's LoRA file under `folder` into its adapter (peft's own loader)."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        from ..export import WEIGHT_NAME
-
-        for ph in self.phases:
-            sd = load_file(str((folder / ph.subdir if ph.subdir else folder) / WEIGHT_NAME))
-            sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-            result = set_peft_model_state_dict(self.transformer, sd, adapter_name=ph.name)
-            if getattr(result, "unexpected_keys", None):
-                raise GlanceError(f"resume_from_checkpoint: {folder}: LoRA keys that match no module "
-                                  f"({', '.join(result.unexpected_keys[:3])})")
-
-    def write_outputs(self, states) -> None:
-        """The finished LoRAs and their logs, each folder/file replaced atomically."""
-        staging = self.out.staging()
-        try:
-            self.write_loras(staging, states)  # also puts every phase's weights into this process's adapters
-            for ph in self.phases:
-                saved = next(r[ph.name] for r in states if ph.name in r)
-                target = staging / ph.subdir if ph.subdir else staging
-                after = self.trainer.eval_loss(ph.name, ph.sigmas)
-                write_json(target / "train_log.json", {
-                    "losses": saved["losses"], "steps": saved["step"], "eval_loss_before": saved["eval_before"],
-                    "eval_loss_after": after, "trainable_params": sum(p.numel() for p in saved["params"])})
-                log.info("%s: %s trainable params, %d steps, eval loss %.4f -> %.4f", ph.name,
-                         f"{sum(p.numel() for p in saved['params']):,}", saved["step"], saved["eval_before"], after)
-            for ph in self.phases:
-                if ph.subdir:
-                    self.out.replace_dir(staging / ph.subdir, ph.subdir)
-                else:
-                    for f in ("pytorch_lora_weights.safetensors", "train_log.json"):
-                        (staging / f).replace(self.out.final / f)
-        finally:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
-        self.pipe = None
