@@ -32,12 +32,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def save_lora(pipeline_class, directory: Path, transformer, adapter_name: str, metadata: dict[str, str]) -> Path:
-    """Save one adapter of `transformer` in diffusers format, then add `metadata` to the file header."""
+def save_lora(pipeline_class, directory: Path, transformer, adapter_name: str, metadata: dict[str, str],
+              state_dict: dict | None = None) -> Path:
+    """Save one adapter of `transformer` in diffusers format, then add `metadata` to the file header.
+    `state_dict`: the adapter's weights by parameter name (gathered from other processes or shards); default:
+    the transformer's own."""
     from peft.utils import get_peft_model_state_dict
 
-    state = {k: v.detach().to("cpu").contiguous()
-             for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter_name).items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(
+        transformer, state_dict=state_dict, adapter_name=adapter_name).items()}
     adapter_meta = _jsonable(transformer.peft_config[adapter_name].to_dict())
     pipeline_class.save_lora_weights(directory, transformer_lora_layers=state,
                                      transformer_lora_adapter_metadata=adapter_meta)

@@ -9,8 +9,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-
 from ..errors import GlanceError
 from ..export import WEIGHT_NAME, save_lora, write_json
 
@@ -32,14 +30,11 @@ class PhaseFiles:
         """Each phase's LoRA file (stock layout + run record) under `folder`, from the gathered states."""
         record = self.record()
         for ph in self.phases:
-            saved = next(r[ph.name] for r in states if ph.name in r)
-            params = [p for n, p in self.transformer.named_parameters() if "lora_" in n and f".{ph.name}." in n]
-            with torch.no_grad():  # the main process may not train this phase (parallel phases)
-                for p, v in zip(params, saved["params"], strict=True):
-                    p.copy_(v)
+            saved = next(r[ph.name] for r in states if ph.name in r)  # the process that trained it
             target = folder / ph.subdir if ph.subdir else folder
             target.mkdir(parents=True, exist_ok=True)
-            save_lora(self.family.pipeline_class(), target, self.transformer, ph.name, record.header(ph.name))
+            save_lora(self.family.pipeline_class(), target, self.transformer, ph.name, record.header(ph.name),
+                      state_dict=dict(zip(saved["names"], saved["params"], strict=True)))
 
     def load_loras(self, folder: Path) -> None:
         """Put the weights of every phase's LoRA file under `folder` into its adapter (peft's own loader)."""
@@ -58,11 +53,11 @@ class PhaseFiles:
         """The finished LoRAs and their logs, each folder/file replaced atomically."""
         staging = self.out.staging()
         try:
-            self.write_loras(staging, states)  # also puts every phase's weights into this process's adapters
+            self.write_loras(staging, states)
             for ph in self.phases:
                 saved = next(r[ph.name] for r in states if ph.name in r)
                 target = staging / ph.subdir if ph.subdir else staging
-                after = self.trainer.eval_loss(ph.name, ph.sigmas)
+                after = saved["eval_after"]
                 write_json(target / "train_log.json", {
                     "losses": saved["losses"], "steps": saved["step"], "eval_loss_before": saved["eval_before"],
                     "eval_loss_after": after, "trainable_params": sum(p.numel() for p in saved["params"])})

@@ -38,7 +38,7 @@ class Job(Plan, PhaseFiles):
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
         cfg, t_start = self.cfg, time.perf_counter()
         self.rt = rt = make_runtime(cfg, self.command)
-        if rt.layout == "ddp":  # epochs count global batches (train_batch_size x processes)
+        if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
         self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
                                    tuple(cfg.resume_allow_changes))
@@ -52,9 +52,8 @@ class Job(Plan, PhaseFiles):
             encoded, _ = encode(self, rt.device, rt.dtype)
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
-        self.trainer = self.build_trainer(samples)
+        self.trainer = self.build_trainer(samples, resume)
         if resume is not None:
-            self.load_loras(resume)
             saved = checkpoint.load_states(resume, rt.rank)
             for ph in self.trainer_states:
                 ph.load_state_dict(saved[ph.name])
@@ -72,6 +71,8 @@ class Job(Plan, PhaseFiles):
             hooks.on_train_end(run, summary)
         finally:
             hooks.close()
+        for ph in self.trainer_states:  # every process its own phases (FSDP: all take part in the forward)
+            ph.eval_after = self.trainer.eval_loss(ph.name, ph.sampler.sigmas.tolist())
         states = self.gather_states()
         if rt.is_main:
             self.write_outputs(states)
@@ -106,23 +107,38 @@ class Job(Plan, PhaseFiles):
         gc.collect()
         return pipe, transformer
 
-    def build_trainer(self, samples) -> Trainer:
-        """Both adapters on the one transformer (seeded alike: each equals its `train` twin), compiled after
-        they exist, the model prepared for the process layout, and one PhaseState per phase of this process."""
+    def build_trainer(self, samples, resume) -> Trainer:
+        """Both adapters on the one transformer (seeded alike: each equals its `train` twin; a resumed run's
+        weights loaded before any sharding), compiled after they exist, one PhaseState per phase of this process,
+        and the model prepared for the process layout (DDP wrapper, or FSDP2 sharding with the optimizers)."""
         cfg, rt = self.cfg, self.rt
-        params = {ph.name: add_lora(self.transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha,
-                                    dropout=cfg.lora_dropout, init=cfg.lora_init, targets=self.targets,
-                                    seed=cfg.seed) for ph in self.phases}
+        for ph in self.phases:
+            add_lora(self.transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
+                     init=cfg.lora_init, targets=self.targets, seed=cfg.seed)
+        if resume is not None:
+            self.load_loras(resume)
         if cfg.compile_transformer:
             self.transformer.compile_repeated_blocks(fullgraph=True)
         mine = [ph for ph in self.phases if rt.layout != "parallel-phases" or ph.name == self.phases[rt.rank].name]
         for ph in self.phases:  # DDP registers the parameters that require grad now
-            for p in params[ph.name]:
+            for _, p in self.adapter_params(ph.name):
                 p.requires_grad_(ph in mine)
-        model = rt.accelerator.prepare(self.transformer) if rt.layout == "ddp" else self.transformer
-        trainer = Trainer(cfg, self.family, self.transformer, model, samples, rt, self.guidance, self.data)
-        self.trainer_states = [trainer.new_phase(ph.name, ph.sigmas, params[ph.name], self.steps) for ph in mine]
+        trainer = Trainer(cfg, self.family, self.transformer, self.transformer, samples, rt, self.guidance,
+                          self.data)
+        self.trainer_states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in self.adapter_params(ph.name)],
+                                                 self.steps, [n for n, _ in self.adapter_params(ph.name)])
+                               for ph in mine]
+        if rt.layout == "ddp":
+            trainer.model = rt.accelerator.prepare(self.transformer)
+        elif rt.layout == "fsdp":  # shards in place; accelerate points the optimizers at the sharded parameters
+            trainer.model = rt.accelerator.prepare(self.transformer, *[s.optimizer for s in self.trainer_states])[0]
+            for s in self.trainer_states:
+                s.params = [p for _, p in self.adapter_params(s.name)]
         return trainer
+
+    def adapter_params(self, name: str) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of one adapter's LoRA weights, in the transformer's order."""
+        return [(n, p) for n, p in self.transformer.named_parameters() if "lora_" in n and f".{name}." in n]
 
     def hooks(self, quiet: bool) -> list:
         from .logs import make_hooks

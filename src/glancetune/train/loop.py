@@ -77,6 +77,8 @@ class PhaseState:
     step: int = 0
     losses: list = field(default_factory=list)  # per step; device tensors until read
     eval_before: float = math.nan
+    eval_after: float = math.nan
+    names: list[str] = field(default_factory=list)  # the parameters' names in the transformer (for saving)
 
     def loss_values(self) -> list[float]:
         pending = [i for i, x in enumerate(self.losses) if isinstance(x, torch.Tensor)]
@@ -87,11 +89,14 @@ class PhaseState:
         return list(self.losses)
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "step": self.step, "params": [p.detach().cpu().clone() for p in self.params],
-                "optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+        """Plain CPU tensors: LoRA weights whole (under FSDP every process must call this: it gathers them),
+        optimizer state as this process holds it (its shard under FSDP)."""
+        return {"name": self.name, "step": self.step, "names": list(self.names),
+                "params": [whole(p).detach().cpu().clone() for p in self.params],
+                "optimizer": local(self.optimizer.state_dict()), "lr_schedule": self.lr_schedule.state_dict(),
                 "generator": self.generator.get_state(), "sampler": self.sampler.state_dict(),
                 "batches": self.batches.state_dict(), "rng": self.rng, "losses": self.loss_values(),
-                "eval_before": self.eval_before}
+                "eval_before": self.eval_before, "eval_after": self.eval_after}
 
     def load_state_dict(self, d: dict) -> None:
         """`params` may be absent: a checkpoint keeps them once, in its LoRA files (job.load_loras)."""
@@ -100,11 +105,42 @@ class PhaseState:
                 p.copy_(saved)
         self.step, self.losses, self.eval_before = int(d["step"]), list(d["losses"]), float(d["eval_before"])
         self.optimizer.load_state_dict(d["optimizer"])
+        reshard_optimizer_state(self.optimizer)
         self.lr_schedule.load_state_dict(d["lr_schedule"])
         self.generator.set_state(d["generator"])
         self.sampler.load_state_dict(d["sampler"])
         self.batches.load_state_dict(d["batches"])
         self.rng = d["rng"]
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter gathered whole; a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def local(obj):
+    """An optimizer state dict with every sharded tensor replaced by this process's shard, on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return (obj.to_local() if hasattr(obj, "to_local") else obj).detach().cpu()
+    if isinstance(obj, dict):
+        return {k: local(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(local(v) for v in obj)
+    return obj
+
+
+def reshard_optimizer_state(optimizer) -> None:
+    """After load_state_dict: states of sharded parameters become shards again (saved as local tensors)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not hasattr(p, "device_mesh"):
+                continue
+            from torch.distributed.tensor import DTensor
+
+            st = optimizer.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.shape == p.to_local().shape:
+                    st[k] = DTensor.from_local(v.to(p.device), p.device_mesh, p.placements)
 
 
 class Interrupted(Exception):
@@ -124,8 +160,9 @@ class Trainer:
         self.samples, self.rt, self.guidance, self.plan = samples, runtime, guidance, plan
         self.acc, self.device, self.dtype = runtime.accelerator, runtime.device, runtime.dtype
         # ddp: each process takes its slice of a batch of train_batch_size x processes
-        self.slices = runtime.world if runtime.layout == "ddp" else 1
-        self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if runtime.layout == "ddp" else 0)
+        data_parallel = runtime.layout in ("ddp", "fsdp")
+        self.slices = runtime.world if data_parallel else 1
+        self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if data_parallel else 0)
         self.stop_signal: int | None = None
         self.active: str | None = None
 
@@ -137,7 +174,7 @@ class Trainer:
             self.active = name
 
     # --- state ------------------------------------------------------------------------------------------------
-    def new_phase(self, name: str, sigmas, params, num_steps: int) -> PhaseState:
+    def new_phase(self, name: str, sigmas, params, num_steps: int, names: list[str] | None = None) -> PhaseState:
         from .optim import build_lr_scheduler, build_optimizer
 
         c = self.cfg
@@ -150,7 +187,8 @@ class Trainer:
         with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(self.seed)
             rng = self._get_rng()
-        return PhaseState(name, params, opt, sched, gen, SigmaSampler(sigmas, c.timestep_sampling), batches, rng)
+        return PhaseState(name, params, opt, sched, gen, SigmaSampler(sigmas, c.timestep_sampling), batches, rng,
+                          names=list(names or []))
 
     def _cuda_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []

@@ -9,6 +9,9 @@ Process layouts (`accelerate launch --num_processes N -m glancetune ...`):
                    by accelerate's DistributedDataParallel wrapper
   parallel-phases  `glance` with `parallel_phases: true` on 2 processes: rank 0 trains slow, rank 1 fast, no
                    gradient sync; rank 1 hands its LoRA and state to rank 0, which writes everything
+  fsdp             `accelerate launch --use_fsdp --fsdp_version 2 ...`: the transformer (base and LoRA weights)
+                   sharded over the processes by accelerate's FSDP2 plugin; the LoRA weights are gathered whole
+                   for saving, optimizer states are saved per process
 """
 from __future__ import annotations
 
@@ -60,7 +63,7 @@ class Runtime:
     accelerator: object  # accelerate.Accelerator
     device: torch.device
     dtype: torch.dtype
-    layout: str  # single | ddp | parallel-phases
+    layout: str  # single | ddp | parallel-phases | fsdp
 
     @property
     def is_main(self) -> bool:
@@ -78,6 +81,7 @@ class Runtime:
 def make_runtime(cfg, command: str) -> Runtime:
     """The Accelerator for a train/glance job, and the process layout it implies."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import DistributedType
 
     want, mp = select(cfg.device, cfg.mixed_precision)
     if want.type == "cuda" and want.index is not None and process_state(cfg).num_processes == 1:
@@ -87,7 +91,13 @@ def make_runtime(cfg, command: str) -> Runtime:
     acc = Accelerator(cpu=want.type == "cpu", mixed_precision=mp,
                       gradient_accumulation_steps=cfg.gradient_accumulation_steps, kwargs_handlers=[ddp])
     layout = "single"
-    if acc.num_processes > 1:
+    if acc.distributed_type == DistributedType.FSDP:
+        if not acc.is_fsdp2:
+            raise GlanceError("accelerate FSDP: glancetune supports FSDP2 only (launch with --fsdp_version 2)")
+        if cfg.parallel_phases:
+            raise GlanceError("parallel_phases: not with FSDP (the phases share the sharded transformer)")
+        layout = "fsdp"
+    elif acc.num_processes > 1:
         layout = "ddp"
         if cfg.parallel_phases:
             if command != "glance" or acc.num_processes != 2:
