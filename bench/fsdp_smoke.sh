@@ -42,6 +42,8 @@ try:
     out["stock_load_ok"] = "slow" in pipe.transformer.peft_config
     st = torch.load(f"{W}/fsdp/checkpoint-6/training_state.pt", weights_only=False)
     out["checkpoint_phases"] = sorted(st["ranks"][0])
+    out["layout"] = json.load(open(f"{W}/fsdp/checkpoint-6/checkpoint.json"))["layout"]
+    out["sharded_optimizer_state"] = type(st["ranks"][0]["slow"]["optimizer"]["state"][0]["exp_avg"]).__name__
     log = [json.loads(l) for l in open(f"{W}/fsdp/train_log.jsonl")]
     out["fsdp_last_losses"] = [round(x["loss"], 4) for x in log[-2:]]
 except Exception as e:  # noqa: BLE001
