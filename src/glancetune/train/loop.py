@@ -119,9 +119,10 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 
 
 def local(obj):
-    """An optimizer state dict with every sharded tensor replaced by this process's shard, on the CPU."""
+    """An optimizer state dict with every sharded tensor replaced by this process's shard: CPU copies, never the
+    live state (a state dict shares its tensors with the optimizer)."""
     if isinstance(obj, torch.Tensor):
-        return (obj.to_local() if hasattr(obj, "to_local") else obj).detach().cpu()
+        return (obj.to_local() if hasattr(obj, "to_local") else obj).detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: local(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
