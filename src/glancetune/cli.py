@@ -224,10 +224,14 @@ def cmd_tiny(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """Copy the bundled sample, write the configs, train Glance on tiny:flux, generate an image."""
+    import torch
+
     from .config import build_config
     from .sample import GlanceSampler, resolve_spec, save_images
     from .train.job import Job
 
+    if args.model.startswith("tiny:"):
+        torch.set_num_threads(1)  # tiny models gain nothing from threads and collapse when the cores are shared
     root = Path(args.dir)
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "config").mkdir(exist_ok=True)
