@@ -350,9 +350,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _quiet_libraries()
-    setup_logging()
     try:
+        _quiet_libraries()
+        setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
         return {"generate": cmd_generate, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
@@ -360,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (the loop itself stops after a step, see cmd_train)
+        print("interrupted: files already written are complete (every write is atomic); a train/glance run "
+              "continues from its last checkpoint when run again", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
