@@ -123,3 +123,19 @@ def test_resume_refuses_changed_config_and_data(reference, tiny_flux, tmp_path, 
     capsys.readouterr()
     err = run_err(capsys, ["glance", "--config", str(cfg2)])
     assert "data files differ: simple-0/img0.png" in err
+
+
+def test_ctrl_c_outside_the_loop_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while loading (before the loop installs its handler): exit 130, one line, nothing written."""
+    from glancetune.train import job
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(job.Job, "load_transformer", interrupted)
+    cfg = write_configs(tmp_path, tiny_flux, steps=4)
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: ") and "\n" not in err
+    assert not (tmp_path / "output").exists()
