@@ -56,7 +56,11 @@ def write_configs(root: Path, model: str, resolution=128, steps=6, **extra) -> P
                                     "image_dir": str(data), "caption_extension": ".txt"}]))
     cfg = {"--model_type": "lora", "--model_family": "flux", "--pretrained_model_name_or_path": model,
            "--data_backend_config": str(backend), "--train_batch_size": 1, "--max_train_steps": steps,
-           "--lora_rank": 4, "--output_dir": str(root / "output"), **extra}
+           "--lora_rank": 4, "--output_dir": str(root / "output")}
+    for key, value in extra.items():  # `output_dir=` replaces `--output_dir` (a key given twice is an error)
+        cfg.pop("--" + key.lstrip("-"), None)
+        cfg.pop(key.lstrip("-"), None)
+        cfg[key] = value
     path = root / "config" / "glance.json"
     path.write_text(json.dumps(cfg))
     return path

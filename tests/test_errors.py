@@ -125,7 +125,7 @@ def test_output_dir_with_foreign_files(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux)
     (tmp_path / "output").mkdir()
     (tmp_path / "output" / "notes.txt").write_text("mine")
-    assert "not a glancetune run" in run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "holds files glancetune did not write (notes.txt)" in run_err(capsys, ["glance", "--config", str(cfg)])
     assert (tmp_path / "output" / "notes.txt").read_text() == "mine"
 
 

@@ -74,13 +74,16 @@ def setup_logging(verbose: bool = False) -> None:
 def load_train_config(args):
     """The config of train / glance / cache: --config PATH, else SimpleTuner's places (config/config.json,
     .toml, .yaml; --env NAME: config/NAME/...), then --set items, then the positional key=value items."""
-    from .config import build_config, find_config, parse_overrides, read_config_file
+    from .config import build_config, find_config, normalise_key, parse_overrides, read_config_file
 
     if args.config and args.env:
         raise GlanceError(f"--config {args.config} and --env {args.env}: give one of them")
     path = args.config or find_config(args.env)
-    overrides = parse_overrides(args.set)
-    overrides.update(parse_overrides(args.overrides, what="override"))
+    overrides = {}
+    for items in (parse_overrides(args.set), parse_overrides(args.overrides, what="override")):
+        for key, value in items.items():  # a positional item replaces a --set of the same key (any spelling)
+            overrides = {k: v for k, v in overrides.items() if normalise_key(k) != normalise_key(key)}
+            overrides[key] = value
     return build_config(read_config_file(path), str(path), overrides)
 
 

@@ -216,6 +216,16 @@ def normalise_key(key: str) -> str:
     return key.lstrip("-").replace("-", "_")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key written twice in one object is an error (json keeps the last one silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} given twice")
+        out[k] = v
+    return out
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Parse JSON / YAML / TOML by extension; syntax errors name the file, line and column."""
     path = Path(path)
@@ -232,9 +242,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         elif suffix == ".toml":
             data = tomllib.loads(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise GlanceError(f"{path}: JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except ValueError as e:  # a duplicate key (_no_duplicates)
+        raise GlanceError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -292,7 +304,7 @@ def _key_problem(key: str, value: Any, origin: str) -> str | None:
     return None
 
 
-def _validation_problems(e: ValidationError) -> list[str]:
+def _validation_problems(e: ValidationError, origins: dict[str, str]) -> list[str]:
     out = []
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"])
@@ -301,7 +313,7 @@ def _validation_problems(e: ValidationError) -> list[str]:
             out.append(msg)
             continue
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        out.append(f"key {key!r}: {msg}{got}")
+        out.append(f"key {key!r}{origins.get(str(err['loc'][0]), '')}: {msg}{got}")
     return out
 
 
@@ -309,11 +321,16 @@ def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | N
     """Normalise keys, refuse unknown / unimplemented ones, validate types. Every problem is collected and raised
     as one single-line GlanceError naming `source` and each key."""
     merged: dict[str, tuple[str, Any, str]] = {}  # normalised key -> (key as written, value, origin)
-    for items, origin in ((raw, ""), (overrides or {}, " (override)")):
-        for key, value in items.items():
-            merged[normalise_key(str(key))] = (str(key), value, origin)
-    data: dict[str, Any] = {}
     problems: list[str] = []
+    for items, origin in ((raw, ""), (overrides or {}, " (given on the command line)")):
+        seen: dict[str, str] = {}
+        for key, value in items.items():
+            k = normalise_key(str(key))
+            if k in seen:  # `--lora_rank` and `lora_rank` in one file: which one wins would be a guess
+                problems.append(f"key {k!r}{origin} given twice (as {seen[k]!r} and {str(key)!r})")
+            seen[k] = str(key)
+            merged[k] = (str(key), value, origin)
+    data: dict[str, Any] = {}
     for k, (key, value, origin) in merged.items():
         problem = _key_problem(key, value, origin)
         if problem:
@@ -323,7 +340,7 @@ def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | N
     try:
         cfg = TrainConfig(**data)
     except ValidationError as e:
-        problems += _validation_problems(e)
+        problems += _validation_problems(e, {k: origin for k, (_, _, origin) in merged.items()})
     if problems:
         head = f"{len(problems)} problems: " if len(problems) > 1 else ""
         raise GlanceError(f"{source}: {head}" + "; ".join(problems).replace("\n", " "))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -92,22 +93,36 @@ def write_json(path: Path, data: dict) -> None:
 
 OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", "train_log.jsonl")
 OWN_DIRS = ("slow", "fast")
+# folders only glancetune names so: checkpoints, their temp/retired forms, staging of the final files, retired
+# LoRA folders, and (versions before the trainer core) the temp/retired siblings of a whole output folder
+OWN_PATTERN = re.compile(r"^(checkpoint-\d+|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|\.(slow|fast)\.old-\d+)$")
+
+
+def nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
 
 
 class OutputDir:
-    """A run's output folder. Finished LoRAs and logs are written into it atomically (temp name, rename);
-    checkpoints live beside them (train/checkpoint.py).
+    """A run's output folder. Finished LoRAs and logs are written into it atomically (temp name in the folder,
+    rename), checkpoints beside them (train/checkpoint.py): the folder itself is never renamed, so a mount point
+    or `.` works.
 
     A folder that holds a different run (its `glancetune_config.json` names another identity) is refused unless
-    `overwrite`; then only what glancetune writes is removed (LoRA folders/files, logs, checkpoints, our config),
-    never other files. A non-empty folder without our config is refused without `overwrite`.
+    `overwrite`; then only what glancetune wrote is removed (LoRA folders/files, logs, checkpoints, our config). A
+    folder with files glancetune did not write is refused, naming them, also with `overwrite`: they are never
+    deleted.
     """
 
-    def __init__(self, final: str | Path, identity: dict, overwrite: bool, allow: tuple[str, ...] = ()):
+    def __init__(self, final: str | Path, identity: dict, overwrite: bool, allow: tuple[str, ...] = (),
+                 logging_dir: str | None = None):
         self.final = Path(final)
         self.identity = identity
         self.overwrite = overwrite
         self.allow = set(allow)
+        self.logging_dir = logging_dir if logging_dir and not Path(logging_dir).is_absolute() else None
 
     def differences(self) -> list[str] | None:
         """None when the folder is empty/new or holds this run; else the differing keys ([] = not ours)."""
@@ -125,39 +140,51 @@ class OutputDir:
                       if k not in self.allow and old.get(k) != self.identity.get(k))
         return keys or None
 
+    def ours(self, p: Path) -> bool:
+        if p.name in OWN_FILES:
+            return p.is_file()
+        if p.name in OWN_DIRS:
+            return p.is_dir() and {c.name for c in p.iterdir()} <= {WEIGHT_NAME, "train_log.json", CONFIG_NAME}
+        return bool(OWN_PATTERN.match(p.name)) or (p.name == self.logging_dir and p.is_dir())
+
+    def foreign(self) -> list[str]:
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in self.final.iterdir() if not self.ours(p))
+
     def check(self) -> None:
+        """Before any weights load: the folder can be written, and holds this run, nothing, or (with overwrite)
+        only what glancetune wrote."""
         f = self.final
         if f.exists() and not f.is_dir():
             raise GlanceError(f"output_dir {f}: exists and is not a folder")
+        base = nearest_existing(f)
+        if not base.is_dir():
+            raise GlanceError(f"output_dir {f}: {base} is a file, not a folder")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise GlanceError(f"output_dir {f}: {base} is not writable")
         keys = self.differences()
-        if keys is None or self.overwrite:
+        if keys is None:
             return
-        if not keys:
-            raise GlanceError(f"output_dir {f}: holds files that are not a glancetune run; choose another "
-                              "output_dir or set overwrite_output_dir (--overwrite: writes beside them)")
-        raise GlanceError(f"output_dir {f}: already holds a different run (differs in: {', '.join(keys)}); "
-                          "choose another output_dir or set overwrite_output_dir (--overwrite)")
+        foreign = self.foreign()
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        if foreign and (self.overwrite or not keys):
+            raise GlanceError(f"output_dir {f}: holds files glancetune did not write ({shown}); they are never "
+                              "deleted, not even with --overwrite: choose another output_dir or move them")
+        if not self.overwrite:
+            raise GlanceError(f"output_dir {f}: already holds a different run (differs in: {', '.join(keys)}); "
+                              "choose another output_dir or set overwrite_output_dir (--overwrite: replaces only "
+                              "what glancetune wrote)")
 
-    def prepare(self, record: dict, logging_dir: str | None = None) -> None:
+    def prepare(self, record: dict) -> None:
         """Create the folder (removing our own files of a different run when overwriting) and write our config."""
         self.check()
-        if self.overwrite and self.differences():  # our own earlier run of another config (never foreign files)
-            self.remove_own(logging_dir)
+        if self.overwrite and self.differences():  # our own earlier run of another config (check: nothing foreign)
+            for p in list(self.final.iterdir()):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.final.mkdir(parents=True, exist_ok=True)
         write_json(self.final / CONFIG_NAME, {"run": self.identity, **record})
 
-    def remove_own(self, logging_dir: str | None) -> None:
-        import re
-
-        for p in list(self.final.iterdir()):
-            ours = (p.name in OWN_FILES and p.is_file()) or (p.name in OWN_DIRS and (p / WEIGHT_NAME).is_file()) \
-                or (p.is_dir() and re.match(r"^\.?checkpoint-\d+", p.name)) \
-                or (logging_dir is not None and p.name == logging_dir and p.is_dir())
-            if ours:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-
     def replace_dir(self, built: Path, name: str) -> Path:
-        """Move a folder built elsewhere on this filesystem to `<output_dir>/<name>` atomically."""
+        """Move a folder built inside the output folder to `<output_dir>/<name>` atomically."""
         target = self.final / name
         old = None
         if target.exists():
@@ -170,3 +197,13 @@ class OutputDir:
 
     def staging(self) -> Path:
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.final))
+
+    def clean_stale(self) -> None:
+        """Remove temp folders a killed run of ours left here (recognised by their names only)."""
+        for p in self.final.iterdir():
+            if p.is_dir() and p.name.startswith(".") and OWN_PATTERN.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
+        parent = self.final.absolute().parent  # versions before the trainer core built the run beside the folder
+        for p in parent.glob(f".{self.final.name}.tmp-*"):
+            if p.is_dir() and (p / CONFIG_NAME).is_file():
+                shutil.rmtree(p, ignore_errors=True)

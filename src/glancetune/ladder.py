@@ -4,11 +4,14 @@ train the same numbers. The sigma math itself lives in schedule.py.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .errors import GlanceError
 from .schedule import (FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list,
                        parse_sigma_list)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,13 @@ def glance_ladder(cfg, info, width: int, height: int) -> Ladder:
         missing = "glance_fast_timesteps" if fast is None else "glance_slow_timesteps"
         raise GlanceError(f"{missing}: give both explicit lists or neither")
     if slow is not None:
-        return Ladder(tuple(sorted(parse_sigma_list(slow, "glance_slow_timesteps"), reverse=True)),
-                      tuple(sorted(parse_sigma_list(fast, "glance_fast_timesteps"), reverse=True)))
+        lists = {}
+        for key, value in (("glance_slow_timesteps", slow), ("glance_fast_timesteps", fast)):
+            given = parse_sigma_list(value, key)
+            lists[key] = tuple(sorted(given, reverse=True))
+            if lists[key] != given:
+                log.info("notice: %s: sorted from high to low noise (the order sampling runs in)", key)
+        return Ladder(lists["glance_slow_timesteps"], lists["glance_fast_timesteps"])
     si, fi = cfg.glance_slow_indices, cfg.glance_fast_indices
     if (si is None) != (fi is None):
         raise GlanceError("glance_slow_indices / glance_fast_indices: give both or neither")

@@ -57,6 +57,17 @@ class Family:
     default_guidance: float | None = None
     #: text tokens when the config gives no tokenizer_max_length (the pipeline's default)
     default_max_sequence_length: int = 512
+    #: the most text tokens the family's pipeline accepts (its check_inputs); None: no limit known
+    max_sequence_length_limit: int | None = None
+    #: the pipeline component whose tokenizer cuts a caption at max_sequence_length (None: not reported)
+    truncating_tokenizer: str | None = None
+
+    def dropped_tokens(self, pipe, caption: str, max_sequence_length: int) -> int:
+        """Tokens of `caption` beyond what the truncating tokenizer keeps (0 when all fit or unknown)."""
+        tok = getattr(pipe, self.truncating_tokenizer, None) if self.truncating_tokenizer else None
+        if tok is None:
+            return 0
+        return max(0, len(tok(caption).input_ids) - max_sequence_length)
 
     #: model_flavour -> hub id (None: the family's default flavour)
     flavours: dict[str | None, str] = {}

@@ -5,6 +5,8 @@ from .base import Family
 
 
 class Flux1(Family):
+    max_sequence_length_limit = 512  # FluxPipeline.check_inputs
+    truncating_tokenizer = "tokenizer_2"  # T5 (CLIP's 77 tokens only feed the pooled vector)
     name = "flux"
     flavours = {"dev": "black-forest-labs/FLUX.1-dev", "schnell": "black-forest-labs/FLUX.1-schnell"}
     pipeline_class_names = ("FluxPipeline",)

@@ -8,6 +8,7 @@ from .base import Family, PublishedLoras
 
 
 class QwenImage(Family):
+    max_sequence_length_limit = 1024  # QwenImage(Edit)(Plus)Pipeline.check_inputs
     name = "qwen_image"
     flavours = {None: "Qwen/Qwen-Image", "v1.0": "Qwen/Qwen-Image"}
     # Edit models have their own pipelines (families in qwen_image_edit.py); SimpleTuner's names are aliases

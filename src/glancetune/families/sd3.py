@@ -5,6 +5,8 @@ from .base import Family
 
 
 class SD3(Family):
+    max_sequence_length_limit = 512  # StableDiffusion3Pipeline.check_inputs
+    truncating_tokenizer = "tokenizer_3"  # T5
     name = "sd3"
     flavours = {"medium": "stabilityai/stable-diffusion-3-medium-diffusers",
                 "3.5-medium": "stabilityai/stable-diffusion-3.5-medium",

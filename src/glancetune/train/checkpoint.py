@@ -45,14 +45,6 @@ def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def clean_partial(output_dir: Path) -> None:
-    """Remove checkpoint folders a killed run left half-written or half-deleted (names only we use)."""
-    if Path(output_dir).is_dir():
-        for p in Path(output_dir).iterdir():
-            if p.is_dir() and re.match(r"^\.checkpoint-\d+\.(tmp|old)-\d+$", p.name):
-                shutil.rmtree(p, ignore_errors=True)
-
-
 def resume_path(setting: str | None, output_dir: Path) -> Path | None:
     """The checkpoint to resume from: "latest" (newest complete one, or none), "none", or a folder."""
     if setting in (None, "", "none", "None", "false"):

@@ -97,6 +97,10 @@ def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
                 tk, tdesc = keys[n][0], keys[n][1]
                 found[n][0] = fam.encode_prompts(pipe, [s.caption], device, job.max_sequence_length,
                                                  **_control(s))
+                dropped = fam.dropped_tokens(pipe, s.caption, job.max_sequence_length)
+                if dropped:
+                    log.info("notice: %s: the caption is %d tokens longer than tokenizer_max_length %d; they are "
+                             "dropped", s.image_path.name, dropped, job.max_sequence_length)
                 caches[n][0].put(tk, found[n][0], tdesc)
         todo = [n for n in range(len(samples)) if found[n][1] is None]
         for batch in _latent_batches(samples, todo, job.cfg.vae_batch_size):

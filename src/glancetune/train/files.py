@@ -49,6 +49,27 @@ class PhaseFiles:
                 raise GlanceError(f"resume_from_checkpoint: {folder}: LoRA keys that match no module "
                                   f"({', '.join(result.unexpected_keys[:3])})")
 
+    def finish(self, states) -> None:
+        """write_outputs; when that fails (disk full, folder made read-only, ...), the finished LoRAs go to
+        $GLANCETUNE_HOME/rescued/ and the one-line error says where: finished work is never lost."""
+        try:
+            self.write_outputs(states)
+        except OSError as e:
+            import time
+
+            from ..tiny import cache_root
+
+            rescue = cache_root() / "rescued" / f"{self.out.final.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            try:
+                rescue.mkdir(parents=True, exist_ok=True)
+                self.write_loras(rescue, states)
+            except OSError as e2:
+                raise GlanceError(f"output_dir {self.out.final}: the finished LoRAs could not be written ({e}) nor "
+                                  f"rescued to {rescue} ({e2}); the last checkpoint in {self.out.final} resumes "
+                                  "the run") from None
+            raise GlanceError(f"output_dir {self.out.final}: the finished LoRAs could not be written there ({e}); "
+                              f"they are in {rescue}") from None
+
     def write_outputs(self, states) -> None:
         """The finished LoRAs and their logs, each folder/file replaced atomically."""
         staging = self.out.staging()

@@ -41,7 +41,7 @@ class Job(Plan, PhaseFiles):
         if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
         self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
-                                   tuple(cfg.resume_allow_changes))
+                                   tuple(cfg.resume_allow_changes), cfg.logging_dir)
         resume = None if out.overwrite else checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
         if resume is not None:  # names the keys and files that differ, before the folder check does less well
             checkpoint.check_compatible(resume, checkpoint.read_manifest(resume), self.identity, self.files,
@@ -61,8 +61,8 @@ class Job(Plan, PhaseFiles):
         run = RunInfo(str(out.final), [p.name for p in self.phases], self.steps, start, rt.is_main,
                       rt.rank, rt.world, cfg.logging_steps, cfg.model_dump(mode="json"), self, self.trainer)
         if rt.is_main:  # the output folder appears only once everything before the loop worked
-            out.prepare(self.run_config(), cfg.logging_dir)
-            checkpoint.clean_partial(out.final)
+            out.prepare(self.run_config())
+            out.clean_stale()
         rt.accelerator.wait_for_everyone()
         try:
             if resume is not None and rt.is_main:
@@ -75,7 +75,7 @@ class Job(Plan, PhaseFiles):
             ph.eval_after = self.trainer.eval_loss(ph.name, ph.sampler.sigmas.tolist())
         states = self.gather_states()
         if rt.is_main:
-            self.write_outputs(states)
+            self.finish(states)
         rt.accelerator.wait_for_everyone()
         return out.final
 

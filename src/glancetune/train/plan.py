@@ -56,6 +56,9 @@ class Plan:
 
     def __init__(self, cfg, command: str, components: dict | None = None):
         self.cfg, self.command, self.components = cfg, command, components or {}
+        from .runtime import select
+
+        select(cfg.device, cfg.mixed_precision)  # an unknown or absent device fails before anything loads
         family, flavour = resolve_family(cfg.model_family, cfg.model_flavour)
         self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
@@ -71,6 +74,13 @@ class Plan:
         self.width, self.height = self.data.primary_size
         self.targets_source, self.targets = lora_targets(self.family, cfg)
         self.max_sequence_length = cfg.tokenizer_max_length or self.family.default_max_sequence_length
+        limit = self.family.max_sequence_length_limit
+        if limit is not None and self.max_sequence_length > limit:
+            raise GlanceError(f"tokenizer_max_length: {self.max_sequence_length} is above the {limit} text tokens "
+                              f"that {self.family.name}'s pipeline accepts")
+        if any(s.conditioning for s in self.samples) and not self.family.needs_control_image:
+            raise GlanceError(f"conditioning_data: {self.family.name} does not train on conditioning images (only "
+                              "the edit families do); remove conditioning_data from the dataloader JSON")
         self.guidance = self.family.training_guidance(self.info.transformer_config, cfg)
         self.ladder, self.phases = job_phases(cfg, self.info, self.width, self.height, command)
         self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch())
