@@ -163,13 +163,15 @@ def listing(root: Path, recursive: bool, problems: Problems, wanted: tuple[str, 
 
 
 def discover(root: Path, problems: Problems, *, captions: str | None = "textfile", caption_ext: str = ".txt",
-             instance_prompt: str | None = None, recursive: bool = False, what: str = "image_dir") -> list[Found]:
+             instance_prompt: str | None = None, recursive: bool = False, what: str = "image_dir",
+             allow_empty: bool = False) -> list[Found]:
     """Images in `root` with their captions and sizes.
 
     captions: "textfile" (same-basename caption file next to each image), "filename", "instanceprompt", or None
     (images only: conditioning / control folders; caption files are then not looked at).
     Problems: missing folder, duplicate basenames, lone images or captions, empty / non-UTF-8 captions,
-    unreadable images, no images at all. Each is reported once, in that order, through `problems`.
+    unreadable images, no images at all (unless `allow_empty`: a control folder, whose targets then each report
+    their missing partner). Each is reported once, in that order, through `problems`.
     """
     root = Path(root)
     if not root.is_dir():
@@ -204,6 +206,8 @@ def discover(root: Path, problems: Problems, *, captions: str | None = "textfile
                 problems.add(img, "missing_caption", f"caption {cap.name} is a folder, not a text file" if cap.is_dir()
                              else f"no caption file {cap.name}")
     if not images:
+        if allow_empty:
+            return []
         if captions == "textfile":
             problems.add(root, "no_images", f"no image/caption pairs ({', '.join(IMAGE_EXTENSIONS)} + {caption_ext})")
         else:
@@ -316,7 +320,8 @@ def discover_edit(root: Path, problems: Problems, *, captions: str | None = "tex
         return EditFound()
     targets = discover(found[0], problems, captions=captions, caption_ext=caption_ext, instance_prompt=instance_prompt,
                        recursive=recursive, what=f"{found[0].name}/ folder")
-    controls = discover(control, problems, captions=None, recursive=recursive, what=f"{CONTROL_SUBDIR}/ folder")
+    controls = discover(control, problems, captions=None, recursive=recursive, what=f"{CONTROL_SUBDIR}/ folder",
+                        allow_empty=True)
     messages = (f"no control image {CONTROL_SUBDIR}/{{key}}.* ({supported_list()})",
                 f"control image without a target image in {found[0]}")
     pairs = pair_by_key(targets, controls, problems, partner_dir=control, partner_name="control", messages=messages)

@@ -73,8 +73,11 @@ def _open(path: Path):
             if fmt not in SUPPORTED_FORMATS:
                 raise UnsupportedImage(f"{path}: image format {fmt} is not supported (the file is {fmt} whatever "
                                        f"its name says; supported: PNG, JPEG, WEBP as {supported_list()})")
+            low = LOW_BYTES.get(im.tile[0].args) if fmt == "PNG" and len(im.tile) == 1 else None
             im.load()
             check_mode(im, path)
+            if low is not None:
+                im = _flatten_sixteen(path, im, low)
             return ImageOps.exif_transpose(im)
     except GlanceError:
         raise
@@ -96,6 +99,32 @@ def check_mode(im, path: Path) -> None:
     name = MODE_NAMES.get(im.mode, "no 8-bit RGB equivalent")
     raise UnsupportedImage(f"{path}: image mode {im.mode} ({name}) cannot be converted to 8-bit RGB faithfully; "
                            "save it as an 8- or 16-bit PNG, or a JPEG/WEBP")
+
+
+# 16-bit PNGs with alpha: Pillow keeps only the high byte of each sample (off by up to 2 levels once flattened);
+# decoding the file again with these raw modes (Pillow's own decoder) yields the low bytes / all bytes
+LOW_BYTES = {"RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+FLATTENED = "glancetune.flattened"
+
+
+def _flatten_sixteen(path: Path, im, low_mode: str):
+    """A 16-bit PNG with alpha, flattened onto white from its full 16-bit samples: an RGB image."""
+    from PIL import Image
+
+    with Image.open(path) as low:
+        low.tile = [t._replace(args=low_mode) for t in low.tile]
+        low.load()
+        lo = np.asarray(low, dtype=np.float64)
+    if low_mode == "RGBA":  # LA;16B read as RGBA: the bytes L-high, L-low, A-high, A-low
+        grey = lo[..., 0] * 256 + lo[..., 1]
+        colour, alpha = np.repeat(grey[..., None], 3, axis=-1), lo[..., 2] * 256 + lo[..., 3]
+    else:
+        v = np.asarray(im, dtype=np.float64) * 256 + lo
+        colour, alpha = v[..., :3], v[..., 3]
+    a = alpha[..., None] / 65535.0
+    out = Image.fromarray(np.rint((colour / 65535.0 * a + 1.0 - a) * 255.0).astype(np.uint8), "RGB")
+    out.info.update({k: v for k, v in im.info.items() if k != "transparency"}, **{FLATTENED: True})
+    return out
 
 
 def has_alpha(im) -> bool:
@@ -123,16 +152,22 @@ def probe_image(path: Path) -> tuple[int, int]:
 
 
 def to_rgb(im, path: Path):
-    """Alpha flattened onto white (with a notice), then RGB; 16-bit greyscale scaled to 8 bits first."""
+    """Alpha flattened onto white (with a notice), then RGB; 16-bit greyscale scaled to 8 bits first.
+
+    The flattening is c * a + 255 * (1 - a) in float, rounded once (Pillow's alpha_composite rounds twice: off by
+    up to 2 levels for 16-bit sources, which Pillow already reduces to 8 bits)."""
     from PIL import Image
 
     check_mode(im, path)
     if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
         im = _sixteen_to_eight(im)
+    if im.info.get(FLATTENED):
+        log.info("notice: %s: alpha channel flattened onto white", path.name)
     if has_alpha(im):
         log.info("notice: %s: alpha channel flattened onto white", path.name)
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        a = rgba[..., 3:] / 255.0
+        return Image.fromarray(np.rint(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8), "RGB")
     return im.convert("RGB")
 
 
