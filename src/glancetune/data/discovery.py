@@ -162,21 +162,9 @@ def listing(root: Path, recursive: bool, problems: Problems, wanted: tuple[str, 
     return sorted(out)
 
 
-def discover(root: Path, problems: Problems, *, captions: str | None = "textfile", caption_ext: str = ".txt",
-             instance_prompt: str | None = None, recursive: bool = False, what: str = "image_dir",
-             allow_empty: bool = False) -> list[Found]:
-    """Images in `root` with their captions and sizes.
-
-    captions: "textfile" (same-basename caption file next to each image), "filename", "instanceprompt", or None
-    (images only: conditioning / control folders; caption files are then not looked at).
-    Problems: missing folder, duplicate basenames, lone images or captions, empty / non-UTF-8 captions,
-    unreadable images, no images at all (unless `allow_empty`: a control folder, whose targets then each report
-    their missing partner). Each is reported once, in that order, through `problems`.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        problems.add(root, "missing_dir", f"{what} does not exist" if not root.exists() else f"{what} is not a folder")
-        return []
+def _files(root: Path, problems: Problems, captions: str | None, caption_ext: str,
+           recursive: bool) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Images and caption files by key; unsupported formats, duplicates and lone files or captions reported."""
     images: dict[str, Path] = {}
     texts: dict[str, Path] = {}
     unsupported: set[str] = set()
@@ -205,6 +193,25 @@ def discover(root: Path, problems: Problems, *, captions: str | None = "textfile
                 cap = root / (key + caption_ext)
                 problems.add(img, "missing_caption", f"caption {cap.name} is a folder, not a text file" if cap.is_dir()
                              else f"no caption file {cap.name}")
+    return images, texts
+
+
+def discover(root: Path, problems: Problems, *, captions: str | None = "textfile", caption_ext: str = ".txt",
+             instance_prompt: str | None = None, recursive: bool = False, what: str = "image_dir",
+             allow_empty: bool = False) -> list[Found]:
+    """Images in `root` with their captions and sizes.
+
+    captions: "textfile" (same-basename caption file next to each image), "filename", "instanceprompt", or None
+    (images only: conditioning / control folders; caption files are then not looked at).
+    Problems: missing folder, duplicate basenames, lone images or captions, empty / non-UTF-8 captions,
+    unreadable images, no images at all (unless `allow_empty`: a control folder, whose targets then each report
+    their missing partner). Each is reported once, in that order, through `problems`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        problems.add(root, "missing_dir", f"{what} does not exist" if not root.exists() else f"{what} is not a folder")
+        return []
+    images, texts = _files(root, problems, captions, caption_ext, recursive)
     if not images:
         if allow_empty:
             return []
