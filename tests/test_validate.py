@@ -63,7 +63,7 @@ def test_edit_layout(tmp_path, capsys):
     make_image(control / "extra.png", (128, 128))
     rc, out = validate(capsys, "--path", tmp_path / "e")
     assert rc == 1 and "layout: edit (image/ + control/)" in out
-    assert "image/img2.png: no matching control image img2.* in" in out
+    assert "image/img2.png: no control image control/img2.* (.png/.jpg/.jpeg/.webp)" in out  # the loader's text
     assert "control/extra.png: control image without a target" in out
     rows = table(out)
     assert rows["target images (image/)"] == 3 and rows["control images (control/)"] == 3

@@ -7,10 +7,11 @@ A `simple` backend whose `image_dir` holds the two subfolders `image/` and `cont
 
 (`images/` is accepted for `image/`: the official Glance / flymyai README spells it so.)
 
-Discovery is one function (`discover_edit_pairs`) on top of the plain loader's `discover_pairs`. Targets are sized
-for training like any sample (`load_image`); control images are kept as opened (`open_image`: EXIF orientation,
-alpha flattened, RGB) because the edit pipeline resizes them itself, and training hands them to the same pipeline
-code that `generate --image` uses.
+Discovery is ONE function, `discovery.discover_edit`, used here and by `glancetune validate-dataset`, so the two
+agree on every layout (image/, images/, both, a missing or extra control image). Targets are sized for training like
+any sample (`load_image`); control images are kept as opened (`open_image`: EXIF orientation, alpha flattened,
+RGB) because the edit pipeline resizes them itself, and training hands them to the same pipeline code that
+`generate --image` uses.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import GlanceError
-from .dataset import IMAGE_EXTENSIONS, discover_pairs, open_image
+from .dataset import open_image
+from .discovery import CONTROL_SUBDIR, IMAGE_SUBDIRS, Problems, discover_edit, target_dirs  # noqa: F401
 from .samples import DataPlan, Sample, load_plan
-
-IMAGE_SUBDIRS, CONTROL_SUBDIR = ("image", "images"), "control"
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class EditSample(Sample):
 
 def target_dir(root: Path) -> Path | None:
     """root/image (or root/images); both at once is ambiguous."""
-    found = [root / d for d in IMAGE_SUBDIRS if (root / d).is_dir()]
+    found = target_dirs(root)
     if len(found) > 1:
         raise GlanceError(f"{root}: holds both image/ and images/; keep the targets in one of them")
     return found[0] if found else None
@@ -48,32 +48,8 @@ def is_edit_layout(root: Path) -> bool:
 
 def discover_edit_pairs(root: Path, caption_ext: str = ".txt") -> list[tuple[Path, Path, Path]]:
     """(target image, caption, control image) triples of an edit dataset; anything unpaired is an error naming it."""
-    if not root.is_dir():
-        raise GlanceError(f"{root}: image_dir does not exist")
-    targets_dir = target_dir(root)
-    for sub, ok in (("image", targets_dir is not None), (CONTROL_SUBDIR, (root / CONTROL_SUBDIR).is_dir())):
-        if not ok:
-            raise GlanceError(f"{root}: an edit dataset needs the subfolders image/ (targets + captions) and "
-                              f"{CONTROL_SUBDIR}/ (control images); {sub}/ is missing")
-    pairs = discover_pairs(targets_dir, caption_ext)
-    controls: dict[str, Path] = {}
-    for f in sorted((root / CONTROL_SUBDIR).iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-            if f.stem in controls:
-                raise GlanceError(f"{f}: duplicate basename (also {controls[f.stem].name}); keep one control image "
-                                  "per target")
-            controls[f.stem] = f
-    targets = {img.stem for img, _ in pairs}
-    for stem, f in controls.items():
-        if stem not in targets:
-            raise GlanceError(f"{f}: control image without a target image in {targets_dir}")
-    out = []
-    for img, cap in pairs:
-        if img.stem not in controls:
-            raise GlanceError(f"{img}: no control image {CONTROL_SUBDIR}/{img.stem}.* "
-                              f"({'/'.join(IMAGE_EXTENSIONS)})")
-        out.append((img, cap, controls[img.stem]))
-    return out
+    ed = discover_edit(Path(root), Problems(), caption_ext=caption_ext)
+    return [(t.image, t.image.with_name(t.caption_source), ed.pairs[t.key].image) for t in ed.targets]
 
 
 def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
@@ -96,10 +72,14 @@ def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
         plan = load_plan(specs, align, seed)
         controls = {s.image_path: s.conditioning[0].image_path for s in plan.samples}
     else:
-        controls = {}
+        controls, roots = {}, {}
         for spec in images:
-            controls.update({img: ctl for img, _, ctl in discover_edit_pairs(spec.root, spec.caption_extension)})
-        plan = load_plan([replace(s, root=target_dir(s.root)) if s in images else s for s in specs], align, seed)
+            ed = discover_edit(spec.root, Problems(), captions=spec.caption_strategy,
+                               caption_ext=spec.caption_extension, instance_prompt=spec.instance_prompt,
+                               recursive=spec.recursive, what=spec.root_key)
+            controls.update({t.image: ed.pairs[t.key].image for t in ed.targets})
+            roots[spec.id] = ed.targets_dir
+        plan = load_plan([replace(s, root=roots[s.id]) if s.id in roots else s for s in specs], align, seed)
     samples = [EditSample(**{f.name: getattr(s, f.name) for f in fields(s)}, control_path=controls[s.image_path])
                for s in plan.samples]
     return replace(plan, samples=samples)

@@ -7,6 +7,7 @@ dataset of hundreds of 1024^2 images costs no memory until it is encoded (or rea
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,16 @@ import torch
 
 from ..errors import GlanceError
 from .backends import DatasetSpec
-from .buckets import file_rng, measure, plan_crop, plan_target, strict_crop
+from .buckets import file_rng, measure, plan_crop, plan_target, snap, strict_crop, target_area
 from .discovery import Found, Problems, discover, pair_by_key
 from .images import Crop, load_pixels
 
 log = logging.getLogger(__name__)
+
+MAX_UPSCALE = 2.0  # above this an image is upscaled enough to look soft: a notice
+MAX_ASPECT = 4.0  # training sizes more elongated than 4:1: a notice, or an error when a side is below MIN_SIDE
+MIN_SIDE = 64
+SHOWN = 5  # per-file notices of one kind per dataset; the rest are counted in one line
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,42 @@ def _filters(spec: DatasetSpec, size: tuple[int, int]) -> str | None:
     return None
 
 
+def resolution_notice(spec: DatasetSpec, align: int) -> str | None:
+    """The dataset's resolution as a square side, when it is not a multiple of the model's alignment."""
+    if spec.dataset_type == "text_embeds":
+        return None
+    side = math.sqrt(target_area(spec.resolution, "area")) if spec.resolution_type == "area" else spec.resolution
+    if abs(side - round(side)) < 1e-6 and round(side) % align == 0:
+        return None
+    return (f"{spec.where}: resolution {spec.resolution:g} ({spec.resolution_type}) is not a multiple of {align}, "
+            f"the model's alignment: training sides are snapped to multiples of {align} ({side:g} -> "
+            f"{snap(side, align)} for a square image)")
+
+
+def _sizing(f: Found, crop: Crop, problems: Problems, notes: dict[str, list[str]]) -> bool:
+    """Upscaled more than 2x, or more elongated than 4:1: a notice; 4:1 with a side below 64 px: a problem."""
+    (sw, sh), (rw, rh), (w, h) = crop.source, crop.resize, crop.size
+    scale = max(rw / sw, rh / sh)
+    if scale > MAX_UPSCALE:
+        notes["upscaled"].append(f"{f.image}: upscaled {scale:.2f}x ({sw}x{sh} -> {rw}x{rh}) to reach its training "
+                                 f"size {w}x{h}")
+    aspect = max(w, h) / min(w, h)
+    if aspect > MAX_ASPECT:
+        if min(w, h) < MIN_SIDE:
+            problems.add(f.image, "extreme_aspect", f"training size {w}x{h} (aspect {aspect:.3g}:1) has a side below "
+                         f"{MIN_SIDE} px; crop the image, raise resolution, or set crop with crop_aspect")
+            return False
+        notes["extreme aspect"].append(f"{f.image}: extreme aspect ratio {aspect:.3g}:1 (training size {w}x{h})")
+    return True
+
+
+def _flush(spec: DatasetSpec, notes: dict[str, list[str]], notices: list[str]) -> None:
+    for kind, lines in notes.items():
+        notices.extend(lines[:SHOWN])
+        if len(lines) > SHOWN:
+            notices.append(f"{spec.where}: ... and {len(lines) - SHOWN} more image(s) {kind} (see above)")
+
+
 def discover_dataset(spec: DatasetSpec, problems: Problems, notices: list[str]) -> list[Found]:
     captions = spec.caption_strategy if spec.dataset_type == "image" else None
     if spec.dataset_type == "image" and captions == "filename" and not spec.caption_strategy_given:
@@ -184,6 +226,7 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
     problems = Problems() if problems is None else problems
     by_id = {s.id: s for s in specs}
     notices = [n for s in specs for n in s.notices]
+    notices += [n for n in (resolution_notice(s, align) for s in specs) if n]
     found = {s.id: discover_dataset(s, problems, notices) for s in specs
              if s.dataset_type in ("image", "conditioning")}
     samples: list[Sample] = []
@@ -193,6 +236,7 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
         partners = {cid: pair_by_key(targets, found[cid], problems, partner_dir=by_id[cid].root,
                                      partner_name=f"conditioning ({cid})") for cid in spec.conditioning_data}
         kept, first_excluded = 0, len(excluded)
+        notes: dict[str, list[str]] = {"upscaled": [], "extreme aspect": []}
         for f in targets:
             if not f.ok:
                 continue
@@ -202,6 +246,8 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
                 continue
             rng = file_rng(seed, spec.id, f.key)
             crop = plan_crop(spec, f.size, plan_target(spec, f.size, align, rng), rng)
+            if not _sizing(f, crop, problems, notes):
+                continue
             conds = []
             for cid in spec.conditioning_data:
                 if f.key in partners[cid]:
@@ -219,6 +265,7 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
             samples.append(Sample(f.image, f.key, spec.id, crop, spec.cache_dir_vae, caption, source, bucket,
                                   spec.repeats, tuple(conds), spec.text_embeds, text_dir))
             kept += 1
+        _flush(spec, notes, notices)
         if kept == 0 and len(excluded) > first_excluded:
             problems.add(spec.root, "no_images", f"every image of dataset {spec.id!r} was excluded by the size / "
                          f"aspect filters (e.g. {excluded[-1][0].name}: {excluded[-1][1]})")

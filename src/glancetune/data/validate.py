@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ..errors import GlanceError
-from .discovery import KINDS, Found, Problems, discover, pair_by_key
+from .discovery import KINDS, Found, Problems, discover, discover_edit, looks_like_edit
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,14 @@ def _too_small(found: list[Found], resolution: int, problems: Problems) -> None:
 
 def validate_folder(path: Path, problems: Problems, resolution: int | None = None,
                     caption_ext: str = ".txt") -> dict[str, int]:
-    """A folder of image + caption pairs, or the edit layout (image/ with captions + control/ with the sources)."""
+    """A folder of image + caption pairs, or the edit layout (image/ or images/ with captions + control/ with the
+    sources): the loader's own discovery (`discover_edit` is what an edit model's loader calls)."""
     path = Path(path)
-    image_dir, control_dir = path / "image", path / "control"
-    if image_dir.is_dir() and control_dir.is_dir():
-        targets = discover(image_dir, problems, captions="textfile", caption_ext=caption_ext, what="image/ folder")
-        controls = discover(control_dir, problems, captions=None, what="control/ folder")
-        pair_by_key(targets, controls, problems, partner_dir=control_dir, partner_name="control")
-        found = targets + controls
-        counts = {"target images (image/)": len(targets), "control images (control/)": len(controls)}
+    if looks_like_edit(path):
+        ed = discover_edit(path, problems, captions="textfile", caption_ext=caption_ext, what="dataset folder")
+        found = ed.targets + ed.controls
+        name = ed.targets_dir.name if ed.targets_dir is not None else "image"
+        counts = {f"target images ({name}/)": len(ed.targets), "control images (control/)": len(ed.controls)}
     else:
         found = discover(path, problems, captions="textfile", caption_ext=caption_ext, what="dataset folder")
         counts = {"images": len(found)}
@@ -66,10 +65,13 @@ def report(problems: Problems, counts: dict[str, int], resolution: int | None, m
     if mode == "edit":
         labels.update(no_partner="target without control image", unmatched_partner="control image without target")
     if mode != "config":
-        del labels["aspect_mismatch"]
+        del labels["aspect_mismatch"], labels["extreme_aspect"]
+    if mode != "edit":
+        del labels["edit_layout"]
     if mode == "folder":
         del labels["no_partner"], labels["unmatched_partner"]
-    lines = [f"layout: {'edit (image/ + control/)' if mode == 'edit' else mode}"]
+    targets = next((k[len("target images ("):-1] for k in counts if k.startswith("target images (")), "image/")
+    lines = [f"layout: {f'edit ({targets} + control/)' if mode == 'edit' else mode}"]
     if problems.items:
         lines.append(f"problems ({len(problems.items)}):")
         lines += [f"  {p}" for p in problems.items]
