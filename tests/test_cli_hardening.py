@@ -426,3 +426,12 @@ def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeyp
     assert theirs.shape[1::-1] == tuple(read_record(glance_run / "slow")[0].resolution)
     assert np.array_equal(theirs, stock)  # exactly what `generate --lora-load stock` writes
     assert np.abs(theirs - ours).max() <= 1  # our loader: float reordering only (as test_glance)
+
+
+def test_quickstart_png_carries_every_parameter(tmp_path):
+    assert main(["quickstart", "--dir", str(tmp_path / "qs"), "--steps", "2", "--resolution", "64"]) == 0
+    info = read_parameters(tmp_path / "qs" / "glance.png")
+    rec = read_record(tmp_path / "qs" / "output" / "glance" / "slow")[0]
+    assert info["ladder"] == rec.ladder.to_dict() and info["base_model"] == rec.base_model
+    assert info["size"] == list(rec.resolution) and info["guidance"] == rec.guidance
+    assert info["sampler"] == "exact" and info["seed"] == 0 and info["prompt"]

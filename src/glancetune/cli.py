@@ -304,9 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="glance.png", help="image file: .png (parameters in a text chunk), .jpg/.jpeg "
                    "or .webp (parameters in the EXIF UserComment); a batch writes NAME-k.EXT; missing folders are "
                    "created")
-    g.add_argument("--width", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--guidance", type=float, help="override the guidance stored at training time")
+    g.add_argument("--width", type=int, help="default: the size the LoRAs were trained at")
+    g.add_argument("--height", type=int, help="default: the size the LoRAs were trained at")
+    g.add_argument("--guidance", type=float, help="override the guidance stored at training time (>= 0)")
     g.add_argument("--model", help="override the base model stored in the LoRA metadata")
     g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
