@@ -149,8 +149,17 @@ def cmd_generate(args) -> int:
 
     from .data.dataset import open_image
     from .families import model_info
-    from .sample import GlanceSampler, check_image_arg, resolve_spec, save_images
+    from .sample import (GlanceSampler, check_image_arg, check_request, check_size, image_info, output_paths,
+                         resolve_spec, save_images)
+    from .train.runtime import select
 
+    # every argument is checked before any weights load
+    check_request(args.prompt, args.seed, args.width, args.height, args.guidance)
+    try:
+        select(args.device)  # the device rule of training; from_spec applies it again
+    except GlanceError as e:
+        raise GlanceError(f"--{e}") from None  # its message names the config key `device`
+    output_paths(args.output, len(args.prompt))
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
                         height=args.height, guidance=args.guidance, preset=args.preset)
@@ -159,21 +168,19 @@ def cmd_generate(args) -> int:
         if not Path(args.image).is_file():
             raise GlanceError(f"--image: {args.image}: file not found")
         control = open_image(Path(args.image))
-    check_image_arg(model_info(spec.base_model).family, control)  # before any weights load
+    info = model_info(spec.base_model)
+    check_image_arg(info.family, control)
+    check_size(info, spec.width, spec.height)
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
     sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load)
     t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, width=spec.width, height=spec.height, cfg_phases=args.cfg_phases,
-                     image=control, sampler=args.sampler)
+    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler)
     t2 = time.perf_counter()
-    info = {"prompt": args.prompt if len(args.prompt) > 1 else args.prompt[0], "seed": args.seed,
-            "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": spec.guidance,
-            "size": [spec.width, spec.height], "sampler": args.sampler,
-            **({"preset": spec.published.name} if spec.published else {})}
+    params = image_info(spec, args.prompt, args.seed, sampler.guidance, args.sampler)
     if args.image is not None:
-        info["image"] = str(args.image)
-    for p in save_images(images, args.output, info):
+        params["image"] = str(args.image)
+    for p in save_images(images, args.output, params):
         print(f"wrote {p}")
     print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
           f"{len(spec.ladder.fast)} fast), "
@@ -230,7 +237,7 @@ def cmd_quickstart(args) -> int:
     import torch
 
     from .config import build_config
-    from .sample import GlanceSampler, resolve_spec, save_images
+    from .sample import GlanceSampler, image_info, resolve_spec, save_images
     from .train.job import Job
 
     if args.model.startswith("tiny:"):
@@ -256,8 +263,8 @@ def cmd_quickstart(args) -> int:
     spec = resolve_spec(run=out)
     sampler = GlanceSampler.from_spec(spec)
     caption = (ASSETS / "glance.txt").read_text().strip()
-    images = sampler([caption], seed=0, width=spec.width, height=spec.height)
-    paths = save_images(images, root / "glance.png", {"prompt": caption, "seed": 0})
+    images = sampler([caption], seed=0)
+    paths = save_images(images, root / "glance.png", image_info(spec, [caption], 0, sampler.guidance, "exact"))
     print(f"trained slow+fast in {t1 - t0:.1f}s, sampled 10 steps in {time.perf_counter() - t1:.1f}s: {paths[0]}")
     return 0
 
@@ -296,11 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", action="append", required=True, help="prompt (repeat for a batch)")
     g.add_argument("--image", metavar="PATH", help="control image to edit (required for edit models, refused "
                    "for the others)")
-    g.add_argument("--seed", type=int, default=0, help="image k of a batch uses seed+k")
-    g.add_argument("--output", default="glance.png", help="PNG path (a batch writes NAME-k.png)")
-    g.add_argument("--width", type=int)
-    g.add_argument("--height", type=int)
-    g.add_argument("--guidance", type=float, help="override the guidance stored at training time")
+    g.add_argument("--seed", type=int, default=0, help="0 to 2^64-1; image k of a batch uses seed+k")
+    g.add_argument("--output", default="glance.png", help="image file: .png (parameters in a text chunk), .jpg/.jpeg "
+                   "or .webp (parameters in the EXIF UserComment); a batch writes NAME-k.EXT; missing folders are "
+                   "created")
+    g.add_argument("--width", type=int, help="default: the size the LoRAs were trained at")
+    g.add_argument("--height", type=int, help="default: the size the LoRAs were trained at")
+    g.add_argument("--guidance", type=float, help="override the guidance stored at training time (>= 0)")
     g.add_argument("--model", help="override the base model stored in the LoRA metadata")
     g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
@@ -315,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora-load", choices=["as-trained", "stock"], default="as-trained",
                    help="as-trained: all LoRA keys, the training alpha (default); stock: exactly what "
                    "pipe.load_lora_weights does")
-    g.add_argument("--device", help="cuda | cpu (default: cuda if available)")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     s = sub.add_parser("schedule", help="print the model's Glance ladder at a resolution")
     s.add_argument("--model", required=True, help="hub id, diffusers folder or tiny:<family>")

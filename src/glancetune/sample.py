@@ -123,12 +123,45 @@ def check_image_arg(family, image) -> None:
                           "(Qwen-Image-Edit / Edit-Plus)")
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed's unsigned 64-bit range (negative seeds are refused)
+
+
+def check_request(prompts: list[str], seed: int, width: int | None, height: int | None,
+                  guidance: float | None) -> None:
+    """The values of one generate request, checked before any weights load (the sampler checks them again)."""
+    import math
+
+    for k, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            where = f" {k + 1} of {len(prompts)}" if len(prompts) > 1 else ""
+            raise GlanceError(f"--prompt: prompt{where} is empty")
+    last = seed + len(prompts) - 1
+    if seed < 0 or last > SEED_MAX:
+        extra = f" (image k of a batch of {len(prompts)} uses seed+k)" if len(prompts) > 1 else ""
+        raise GlanceError(f"--seed: {seed} is outside 0..{SEED_MAX}{extra}")
+    for name, v in (("--width", width), ("--height", height)):
+        if v is not None and v <= 0:
+            raise GlanceError(f"{name}: {v} is not a positive number of pixels")
+    if guidance is not None and (not math.isfinite(guidance) or guidance < 0):
+        raise GlanceError(f"--guidance: {guidance} must be a finite number >= 0")
+
+
+def check_size(info: ModelInfo, width: int, height: int) -> None:
+    """Image sides must be positive multiples of the family's alignment."""
+    check_request([], 0, width, height, None)
+    align = info.family.alignment(info)
+    if width % align or height % align:
+        raise GlanceError(f"--width/--height: {width}x{height} must be multiples of {align}")
+
+
 class GlanceSampler:
     """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
 
     def __init__(self, pipe, info: ModelInfo, ladder: Ladder, guidance: float | None,
-                 max_sequence_length: int | None = None):
+                 max_sequence_length: int | None = None, size: tuple[int, int] | None = None):
+        """`size`: (width, height) used when a call gives none: the trained size (`from_spec` passes the spec's)."""
         self.pipe, self.info, self.family, self.ladder = pipe, info, info.family, ladder
+        self.size = size
         self.guidance = guidance
         self.max_sequence_length = max_sequence_length or info.family.default_max_sequence_length
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
@@ -159,7 +192,7 @@ class GlanceSampler:
             if note:
                 log.info("%s", note)
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
-        return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length)
+        return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
 
     CFG_PHASES = ("both", "slow", "fast", "none")
     SAMPLERS = ("exact", "official-compat")
@@ -182,7 +215,7 @@ class GlanceSampler:
             raise GlanceError(f"--cfg-phases: {cfg_phases!r} is not one of {', '.join(self.CFG_PHASES)}")
         return cfg_phases
 
-    def __call__(self, prompts: list[str] | str, seed: int = 0, width: int = 1024, height: int = 1024,
+    def __call__(self, prompts: list[str] | str, seed: int = 0, width: int | None = None, height: int | None = None,
                  guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None,
                  cfg_phases: str | None = None, image=None, sampler: str = "exact"):
         """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in.
@@ -194,19 +227,24 @@ class GlanceSampler:
         `image` (edit models only, required there): the control image (PIL), passed to the pipeline as `image=`;
         each prompt then runs as its own call (the edit pipelines condition one prompt on one image).
         `sampler`: "exact" (the above) or "official-compat" (the official Qwen pipelines' trajectory, official.py).
+        `width`/`height` default to the sampler's `size` (from_spec: the size the LoRAs were trained at).
         """
         if sampler not in self.SAMPLERS:
             raise GlanceError(f"--sampler: {sampler!r} is not one of {', '.join(self.SAMPLERS)}")
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if width is None or height is None:
+            if self.size is None:
+                raise GlanceError("--width/--height: give both (this sampler was built without a trained size)")
+            width = self.size[0] if width is None else width
+            height = self.size[1] if height is None else height
+        check_request(prompts, seed, width, height, guidance)
         check_image_arg(self.family, image)
         if image is not None and len(prompts) > 1:
             return [im for k, p in enumerate(prompts)
                     for im in self(p, seed + k, width, height, guidance, output_type, ladder, cfg_phases, image,
                                    sampler)]
         ladder = ladder or self.ladder
-        align = self.family.alignment(self.info)
-        if width % align or height % align:
-            raise GlanceError(f"--width/--height: {width}x{height} must be multiples of {align}")
+        check_size(self.info, width, height)
         g = self.guidance if guidance is None else guidance
         phases = self._cfg_phases(cfg_phases, g)
         boundary = ladder.boundary
@@ -249,23 +287,93 @@ class GlanceSampler:
         return out.images
 
 
-def save_images(images, output: str | Path, info: dict) -> list[Path]:
-    """Write PNGs atomically; several images become NAME-0.png, NAME-1.png, ... Parameters go in a text chunk."""
-    import os
+#: --output extension -> PIL format; the parameters go into a PNG text chunk or the EXIF UserComment
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
-    from PIL.PngImagePlugin import PngInfo
+
+def output_paths(output: str | Path, n: int) -> list[Path]:
+    """The files `save_images` writes for `n` images (NAME-k.EXT for a batch), checked before any weights load:
+    a known image extension, no folder in the way, and a writable folder (missing parents are created when the
+    images are saved)."""
+    import tempfile
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    paths = [output] if len(images) == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix or '.png'}")
-                                              for k in range(len(images))]
-    for k, (im, p) in enumerate(zip(images, paths)):
-        png = PngInfo()
-        png.add_text("glancetune", json.dumps({**info, "seed": info.get("seed", 0) + k}))
-        tmp = p.with_name(f".{p.name}.tmp")
-        im.save(tmp, format="PNG", pnginfo=png)
-        os.replace(tmp, p)
+    if output.is_dir():
+        raise GlanceError(f"--output: {output} is a folder; give a file name such as {output / 'glance.png'}")
+    if output.suffix.lower() not in FORMATS:
+        what = f"extension {output.suffix!r}" if output.suffix else "no extension"
+        raise GlanceError(f"--output: {output} has {what}; use .png, .jpg, .jpeg or .webp")
+    paths = [output] if n == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(n)]
+    for p in paths:
+        if p.is_dir():
+            raise GlanceError(f"--output: {p} (image {paths.index(p)} of the batch) is a folder")
+    parent = output.parent.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GlanceError(f"--output: {parent} is a file, so {output.parent} cannot be a folder")
+    try:
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as e:
+        raise GlanceError(f"--output: cannot write in {parent} ({e.strerror or type(e).__name__})") from None
     return paths
 
 
-__all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "resolve_spec", "save_images", "WEIGHT_NAME"]
+def image_info(spec: GlanceSpec, prompts: list[str], seed: int, guidance: float | None, sampler: str,
+               width: int | None = None, height: int | None = None) -> dict:
+    """The parameters stored in each image (generate and quickstart): enough to sample it again."""
+    return {"prompt": prompts if len(prompts) > 1 else prompts[0], "seed": seed, "base_model": spec.base_model,
+            "ladder": spec.ladder.to_dict(), "guidance": guidance, "size": [width or spec.width, height or spec.height],
+            "sampler": sampler, **({"preset": spec.published.name} if spec.published else {})}
+
+
+def save_images(images, output: str | Path, info: dict) -> list[Path]:
+    """Write the images atomically in the format the extension names (PNG, JPEG, WEBP); several images become
+    NAME-0.EXT, NAME-1.EXT, ... Image k's parameters (`info` with seed+k) go into a `glancetune` PNG text chunk, or
+    the EXIF UserComment of JPEG/WEBP, as JSON (`read_parameters` reads either). Missing parent folders are created."""
+    import os
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    paths = output_paths(output, len(images))
+    fmt = FORMATS[paths[0].suffix.lower()]
+    if not paths[0].parent.is_dir():
+        paths[0].parent.mkdir(parents=True)
+        log.info("notice: created the folder %s", paths[0].parent)
+    for k, (im, p) in enumerate(zip(images, paths)):
+        text = json.dumps({**info, "seed": info.get("seed", 0) + k})
+        if fmt == "PNG":
+            png = PngInfo()
+            png.add_text("glancetune", text)
+            extra = {"pnginfo": png}
+        else:
+            exif = Image.Exif()
+            exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\0\0\0" + text.encode("ascii")  # json.dumps: ASCII
+            extra = {"exif": exif, "quality": 95}
+        tmp = p.with_name(f".{p.name}.tmp")
+        try:
+            im.save(tmp, format=fmt, **extra)
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return paths
+
+
+def read_parameters(path: str | Path) -> dict | None:
+    """The parameters `save_images` stored in an image (None when it holds none)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "PNG":
+            text = im.text.get("glancetune")
+            return json.loads(text) if text else None
+        raw = im.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
+    if not isinstance(raw, bytes) or not raw.startswith(b"ASCII\0\0\0"):
+        return None
+    return json.loads(raw[8:].decode("ascii"))
+
+
+__all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "check_request", "check_size", "image_info",
+           "output_paths", "read_parameters", "resolve_spec", "save_images", "WEIGHT_NAME"]

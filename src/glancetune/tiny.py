@@ -313,20 +313,58 @@ BUILDERS = {"flux2-klein": build_flux2_klein, "flux2-dev": build_flux2_dev, "qwe
             "qwen_image_edit_plus": lambda: build_qwen_image_edit(plus=True)}
 
 
+TMP_MARK = ".tmp-"  # temp folders: .<name>.tmp-<pid>-<random>, beside the target
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temp folders that earlier `write_tiny`s of `directory` left when killed: only ours (named
+    `.<name>.tmp-<pid>-...`), and only those whose writing process is gone (a concurrent writer's stays)."""
+    removed = []
+    if not directory.parent.is_dir():
+        return removed
+    for tmp in directory.parent.glob(f".{directory.name}{TMP_MARK}*"):
+        pid = tmp.name[len(f".{directory.name}{TMP_MARK}"):].split("-", 1)[0]
+        if tmp.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_tiny(family: str, directory: str | os.PathLike) -> Path:
-    """Build the tiny pipeline for `family` and save it to `directory` atomically (temp folder, then rename)."""
+    """Build the tiny pipeline for `family` and save it to `directory` atomically: into a temp folder beside it,
+    renamed when complete, so a kill at any point leaves no folder that loads as an incomplete model (the next
+    write removes the temp folders of killed writers)."""
     if family not in BUILDERS:
         raise GlanceError(f"tiny: unknown family {family!r}; available: {', '.join(sorted(BUILDERS))}")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise GlanceError(f"tiny: {directory} is a file; give a new or empty folder")
     if directory.exists() and any(directory.iterdir()):
         raise GlanceError(f"tiny: {directory} already exists and is not empty")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(directory)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}{TMP_MARK}{os.getpid()}-", dir=directory.parent))
+    except OSError as e:
+        raise GlanceError(f"tiny: cannot write {directory} ({e.strerror or type(e).__name__}: "
+                          f"{e.filename or directory.parent})") from None
     try:
         BUILDERS[family]().save_pretrained(tmp)
         if directory.exists():
-            directory.rmdir()
+            directory.rmdir()  # empty (checked above); fails if a concurrent writer filled it meanwhile
         os.replace(tmp, directory)
+    except OSError as e:  # disk full, or another process wrote `directory` meanwhile
+        raise GlanceError(f"tiny: could not write {directory} ({e.strerror or type(e).__name__})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory

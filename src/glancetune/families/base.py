@@ -108,8 +108,32 @@ class Family:
 
     def load_pipeline(self, path: str, dtype: torch.dtype, **components):
         """The stock `from_pretrained`; `components` are handed to it and replace what the folder holds
-        (`transformer=None` skips loading it; `processor=` for a tiny Edit folder saved without one)."""
-        return self.pipeline_class().from_pretrained(path, dtype=dtype, **components)
+        (`transformer=None` skips loading it; `processor=` for a tiny Edit folder saved without one).
+
+        A local folder's weight files are checked first (missing or truncated: one line naming the file); a hub
+        id loads from the local cache only when the hub cannot be asked. The stock errors of a folder without its
+        weight files become one line too; other errors pass unchanged."""
+        from pathlib import Path
+
+        from . import check_weights, hub_offline_reason
+
+        local = Path(path).is_dir()
+        offline_hub = not local and hub_offline_reason() is not None
+        if local:
+            check_weights(path, skip=set(components))
+        elif offline_hub:
+            components.setdefault("local_files_only", True)  # the cache only: no minutes of retries
+        try:
+            return self.pipeline_class().from_pretrained(path, dtype=dtype, **components)
+        except OSError as e:  # diffusers/transformers: "Error no file named ...", "Unable to load weights from ..."
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if not (offline_hub or msg.startswith(("Error no file named", "Unable to load weights"))):
+                raise
+            if offline_hub:
+                raise GlanceError(f"{path}: not downloaded, or incomplete in the hub cache ({hub_offline_reason()}; "
+                                  f"{msg})") from None
+            raise GlanceError(f"{path}: the model's weights cannot be loaded ({msg}); the download looks "
+                              "incomplete: download it again") from None
 
     def text_components(self) -> list[str]:
         """Pipeline folders that determine the text embedding: the text encoders, their tokenizers, and the

@@ -30,13 +30,27 @@ def select(device: str | None, mixed_precision: str | None = "auto") -> tuple[to
     if device in (None, "auto"):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise GlanceError(f"device: {device!r} requested but no CUDA device is available")
+        dev = _device(device)
     mp = mixed_precision or "auto"
     if mp == "auto":
         mp = "bf16" if dev.type == "cuda" else "no"
     return dev, ("bf16" if mp == "bf16" else "no")
+
+
+def _device(device: str) -> torch.device:
+    """A device string checked against this machine: auto, cpu, cuda or cuda:N (an available GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise GlanceError(f"device: {device!r} is not a device glancetune runs on; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GlanceError(f"device: {device!r} requested but no CUDA device is available (use cpu or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise GlanceError(f"device: {device!r} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
 
 
 def compute_dtype(mixed_precision: str) -> torch.dtype:
