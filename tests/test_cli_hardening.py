@@ -378,36 +378,15 @@ def test_sampler_defaults_to_the_trained_size(glance_run):
 
 
 # --- 8. the README snippet ---------------------------------------------------------------------------------------
-README_SNIPPET = '''\
-import json
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-from safetensors import safe_open
+def readme_snippet() -> str:
+    """The README's "Reproducing our images with stock diffusers" code block, as written there."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Reproducing our images with stock diffusers", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
-base, run = "black-forest-labs/FLUX.1-dev", "output/glance"
-prompt = "a fox in the snow"
-seed = 0
-with safe_open(f"{run}/slow/pytorch_lora_weights.safetensors", "pt") as f:
-    record = json.loads(f.metadata()["glancetune.run"])   # what glancetune wrote: sigmas, size, guidance
-slow, fast = record["phases"]["slow"], record["phases"]["fast"]
-width, height = record["resolution"]
-device = "cuda" if torch.cuda.is_available() else "cpu"
-dtype = torch.bfloat16 if device == "cuda" else torch.float32    # glancetune's rule
-pipe = FluxPipeline.from_pretrained(base, torch_dtype=dtype).to(device)
-pipe.load_lora_weights(f"{run}/slow", adapter_name="slow")
-pipe.load_lora_weights(f"{run}/fast", adapter_name="fast")
-pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-    pipe.scheduler.config, use_dynamic_shifting=False, shift=1.0, shift_terminal=None)   # identity: no re-shift
-pipe.set_adapters("slow")
-def switch(p, i, t, kw):
-    if i == len(slow) - 1: p.set_adapters("fast")          # after the last slow step
-    return {}
-image = pipe(prompt, sigmas=slow + fast, num_inference_steps=len(slow) + len(fast),
-             guidance_scale=record["guidance"], max_sequence_length=record["max_sequence_length"],
-             width=width, height=height, generator=torch.Generator().manual_seed(seed),
-             callback_on_step_end=switch).images[0]
-image.save("fox.png")
-'''
+
+README_SNIPPET = readme_snippet()
+
 
 
 def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeypatch):
