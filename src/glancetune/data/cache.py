@@ -115,6 +115,24 @@ class TensorCache:
         self.hits += 1
         return {**json.loads(meta.get(_JSON, "{}")), **tensors}
 
+    def clean_stale(self) -> None:
+        """Remove temp files of writers that died (a kill between write and rename): `.<key>.<pid>.<rand>.tmp`
+        whose process is gone. Once per cache object."""
+        if getattr(self, "_cleaned", False) or not self.dir.is_dir():
+            return
+        self._cleaned = True
+        for f in self.dir.glob(".*.tmp"):
+            parts = f.name.split(".")
+            pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                f.unlink(missing_ok=True)
+            except PermissionError:
+                pass
+
     def put(self, key: str, value: dict[str, Any], description: Any) -> Path:
         from safetensors.torch import save_file
 
@@ -124,7 +142,8 @@ class TensorCache:
         meta = {"format": FORMAT, _KEY: key, _JSON: json.dumps(other),
                 "glancetune.inputs": json.dumps(description, sort_keys=True, default=str)}
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=self.dir)
+        self.clean_stale()
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.{os.getpid()}.", suffix=".tmp", dir=self.dir)
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
