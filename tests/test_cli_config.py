@@ -74,7 +74,7 @@ def test_override_errors_name_the_item(tmp_path, monkeypatch, capsys):
     write(tmp_path / "config" / "config.json", {"data_backend_config": "d"})
     assert "override '--dryrun': expected key=value" in run_err(capsys, ["train", "--dryrun"])
     err = run_err(capsys, ["train", "lora_rnak=4"])
-    assert "config/config.json: unknown key 'lora_rnak' (given on the command line) (did you mean 'lora_rank'?)" in err
+    assert "config/config.json: unknown key 'lora_rnak' (given with --set or as key=value) (did you mean 'lora_rank'?)" in err
     with pytest.raises(SystemExit):  # other commands keep argparse's strictness
         parse_args(["schedule", "--model", "m", "seed=1"])
 

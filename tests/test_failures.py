@@ -32,9 +32,9 @@ def test_key_given_twice_in_one_file(tiny_flux, tmp_path, capsys):
 def test_command_line_values_are_named_as_such(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux)
     err = run_err(capsys, glance(cfg, "--set", "lora_rank=0"))
-    assert "key 'lora_rank' (given on the command line)" in err
+    assert "key 'lora_rank' (given with --set or as key=value)" in err
     err = run_err(capsys, glance(cfg, "lerning_rate=1"))
-    assert "unknown key 'lerning_rate' (given on the command line)" in err
+    assert "unknown key 'lerning_rate' (given with --set or as key=value)" in err
 
 
 @pytest.mark.parametrize("key,value,named", [

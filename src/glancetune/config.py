@@ -322,7 +322,7 @@ def build_config(raw: dict[str, Any], source: str, overrides: dict[str, Any] | N
     as one single-line GlanceError naming `source` and each key."""
     merged: dict[str, tuple[str, Any, str]] = {}  # normalised key -> (key as written, value, origin)
     problems: list[str] = []
-    for items, origin in ((raw, ""), (overrides or {}, " (given on the command line)")):
+    for items, origin in ((raw, ""), (overrides or {}, " (given with --set or as key=value)")):
         seen: dict[str, str] = {}
         for key, value in items.items():
             k = normalise_key(str(key))
