@@ -160,3 +160,9 @@ def test_caption_longer_than_the_tokenizer_keeps(tiny_flux, tmp_path, caplog):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_flux, subfolder="tokenizer_2")
     assert n == len(tok(" ".join(["gradient"] * 40)).input_ids) - 16 > 0
+
+
+def test_output_dir_on_a_read_only_filesystem(tiny_flux, tmp_path, capsys):
+    """/sys is mounted read-only (root included): the folder is refused before anything loads."""
+    cfg = write_configs(tmp_path, tiny_flux, output_dir="/sys/glancetune-out")
+    assert "output_dir /sys/glancetune-out: /sys is not writable" in run_err(capsys, glance(cfg))

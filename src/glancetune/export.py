@@ -159,8 +159,12 @@ class OutputDir:
         base = nearest_existing(f)
         if not base.is_dir():
             raise GlanceError(f"output_dir {f}: {base} is a file, not a folder")
-        if not os.access(base, os.W_OK | os.X_OK):
-            raise GlanceError(f"output_dir {f}: {base} is not writable")
+        try:  # a real write, not os.access: root passes permission bits but not a read-only filesystem
+            fd, probe = tempfile.mkstemp(prefix=".glancetune-probe-", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise GlanceError(f"output_dir {f}: {base} is not writable ({e.strerror or e})") from None
         keys = self.differences()
         if keys is None:
             return
