@@ -22,8 +22,8 @@ from .schedule import LADDER_STEPS
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
     "validation_prompt", "validation_steps", "validation_resolution", "validation_num_inference_steps",
-    "validation_guidance", "caption_dropout_probability", "base_model_precision", "text_encoder_1_precision",
-    "text_encoder_2_precision", "base_model_default_dtype", "quantize_via", "tread_config", "enable_group_offload",
+    "validation_guidance", "caption_dropout_probability", "text_encoder_1_precision",
+    "text_encoder_2_precision", "base_model_default_dtype", "tread_config", "enable_group_offload",
     "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
     "group_offload_text_encoder", "group_offload_vae", "offload_during_startup", "use_ema", "lora_type",
     "push_to_hub", "hub_model_id", "aspect_bucket_rounding", "train_text_encoder", "noise_offset", "snr_gamma",
@@ -37,10 +37,8 @@ NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
 # lora_init_type "default", validation_* settings).
 ACCEPTED_DEFAULTS: dict[str, tuple] = {
     "lora_type": ("standard",),
-    "base_model_precision": ("no_change",),
     "text_encoder_1_precision": ("no_change",),
     "text_encoder_2_precision": ("no_change",),
-    "quantize_via": ("accelerator",),  # only used when a precision other than no_change is set
     "group_offload_type": ("block_level",),  # only used with enable_group_offload (refused unless false)
     "group_offload_blocks_per_group": (1, "1"),
 }
@@ -149,6 +147,11 @@ class TrainConfig(BaseModel):
     tracker_project_name: str | None = Field(None, description="wandb project")
     tracker_run_name: str | None = Field(None, description="wandb run name")
     logging_steps: int = Field(10, ge=1, description="steps between progress log lines (and loss reads)")
+    base_model_precision: Literal["no_change", "int8-quanto", "int4-quanto", "int2-quanto", "fp8-quanto"] = Field(
+        "no_change", description="quantize the frozen transformer's weights (optimum-quanto); LoRA stays fp32")
+    quantize_via: Literal["accelerator", "cpu"] = Field(
+        "accelerator", description="where base_model_precision quantizes: on the training device, or on the CPU "
+        "before moving there")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
     @field_validator("optimizer", mode="before")

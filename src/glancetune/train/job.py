@@ -23,6 +23,7 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
+from .quantize import place_and_quantize
 from .runtime import make_runtime
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ class Job(Plan, PhaseFiles):
     def load_transformer(self):
         pipe = self.family.load_pipeline(self.info.path, self.rt.dtype, **{
             **self.components, **{c: None for c in self.family.encoder_components}})
-        transformer = pipe.transformer.to(self.rt.device)
+        transformer = place_and_quantize(pipe.transformer, self.cfg.base_model_precision, self.cfg.quantize_via,
+                                         self.rt.device)
         transformer.requires_grad_(False)
         if self.cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()

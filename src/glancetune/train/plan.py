@@ -142,6 +142,7 @@ class Plan:
                  f"{self.width}x{self.height}" + (f" (the largest of {buckets} buckets: the ladder's size)"
                                                   if buckets > 1 else "") + f", guidance {self.guidance}",
                  *self.data.describe(self.cfg.train_batch_size),
+                 f"base weights: {self.cfg.base_model_precision} (mixed precision {self.cfg.mixed_precision})",
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
         for ph in self.phases:
