@@ -29,6 +29,7 @@ p.add_argument("--res", type=int, default=1024)
 p.add_argument("--rank", type=int, default=32)
 p.add_argument("--device", default="cuda")
 p.add_argument("--tiny", action="store_true", help="tiny transformer config (logic check on CPU)")
+p.add_argument("--precision", default="no_change", help="base_model_precision (e.g. int8-quanto)")
 p.add_argument("--phases", type=int, choices=(1, 2), default=1, help="2: slow and fast interleaved (glance); "
                "times are per phase step")
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
@@ -82,7 +83,13 @@ nparam = sum(q.numel() for q in transformer.parameters())
 print(f"built FLUX.1-dev arch {'(tiny) ' if a.tiny else ''}{nparam / 1e9:.3f}B params in {time.time() - t0:.1f}s, "
       f"{tokens} image + {txt} text tokens", flush=True)
 
-# as Job.prepare: frozen base, then gradient checkpointing, then the phase's adapter
+# as Job.load_transformer: quantized base (base_model_precision), frozen, then gradient checkpointing, then adapters
+from glancetune.train.quantize import quantize_model  # noqa: E402
+
+quantize_model(transformer, a.precision)
+if cuda:
+    torch.cuda.empty_cache()
+    print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
     transformer.enable_gradient_checkpointing()
@@ -158,7 +165,7 @@ s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model="flux1" + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           phases=a.phases, compile=a.compile, sync=a.sync, warmup=a.warmup, steps=a.steps,
+           phases=a.phases, precision=a.precision, compile=a.compile, sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,
