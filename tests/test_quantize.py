@@ -68,3 +68,17 @@ def test_missing_quanto_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert "base_model_precision: int4-quanto needs optimum-quanto" in err
     assert not (tmp_path / "output").exists()
+
+
+def test_generate_on_a_quantized_base(glance_run, tmp_path):
+    from glancetune.sample import GlanceSampler, resolve_spec
+
+    spec = resolve_spec(run=glance_run)
+    plain = GlanceSampler.from_spec(spec, device="cpu")([PROMPT], seed=1, output_type="np")[0]
+    q = GlanceSampler.from_spec(spec, device="cpu", base_model_precision="int8-quanto")
+    from optimum.quanto import QLinear
+    assert isinstance(q.pipe.transformer.transformer_blocks[0].attn.to_q.base_layer, QLinear)
+    quant = q([PROMPT], seed=1, output_type="np")[0]
+    assert 0 < np.abs(quant - plain).max() < 0.25  # the same picture, int8 weights
+    assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision", "int4-quanto",
+                 "--output", str(tmp_path / "q.png")]) == 0

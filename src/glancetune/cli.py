@@ -173,7 +173,8 @@ def cmd_generate(args) -> int:
     check_size(info, spec.width, spec.height)
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
-    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load)
+    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load,
+                                      base_model_precision=args.base_model_precision)
     t1 = time.perf_counter()
     images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler)
     t2 = time.perf_counter()
@@ -325,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as-trained: all LoRA keys, the training alpha (default); stock: exactly what "
                    "pipe.load_lora_weights does")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
+    from .train.quantize import PRECISIONS
+
+    g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",
+                   help="sample on a quantized transformer (as the config key of train/glance)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     s = sub.add_parser("schedule", help="print the model's Glance ladder at a resolution")
     s.add_argument("--model", required=True, help="hub id, diffusers folder or tiny:<family>")

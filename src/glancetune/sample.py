@@ -169,9 +169,11 @@ class GlanceSampler:
 
     @classmethod
     def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None,
-                  components: dict | None = None, lora_load: str = "as-trained"):
+                  components: dict | None = None, lora_load: str = "as-trained",
+                  base_model_precision: str = "no_change"):
         """`components`: pipeline components handed to the family's `load_pipeline` (e.g. `processor=`).
-        `lora_load`: "as-trained" (our loader, lora_files.py) or "stock" (exactly `pipe.load_lora_weights`)."""
+        `lora_load`: "as-trained" (our loader, lora_files.py) or "stock" (exactly `pipe.load_lora_weights`).
+        `base_model_precision`: quantize the transformer before the LoRAs are loaded (train/quantize.py)."""
         if lora_load not in ("as-trained", "stock"):
             raise GlanceError(f"--lora-load: {lora_load!r} is not one of as-trained, stock")
         info = model_info(spec.base_model)
@@ -191,6 +193,10 @@ class GlanceSampler:
                                 stock=lora_load == "stock")
             if note:
                 log.info("%s", note)
+        if base_model_precision != "no_change":  # after the LoRAs: diffusers' FLUX loader reads plain weights
+            from .train.quantize import quantize_model
+
+            quantize_model(pipe.transformer, base_model_precision)
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
 

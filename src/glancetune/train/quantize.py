@@ -28,7 +28,8 @@ def quantize_model(model, precision: str) -> None:
     except ImportError:
         raise GlanceError(f"base_model_precision: {precision} needs optimum-quanto, which is not installed; pip "
                           "install optimum-quanto (or pip install 'glancetune[quant]')") from None
-    quanto.quantize(model, weights=getattr(quanto, QUANTO[precision]))
+    # LoRA layers (present when generate quantizes after loading the adapters) keep their own weights
+    quanto.quantize(model, weights=getattr(quanto, QUANTO[precision]), exclude=["*lora_A*", "*lora_B*"])
     quanto.freeze(model)
     log.debug("quantized %s to %s", type(model).__name__, precision)
 
