@@ -1,4 +1,4 @@
-"""Quantized base weights (optimum-quanto) on the tiny model: both phases train with the loss going down, and the
+"""Quantized base weights (optimum-quanto, torchao) on the tiny model: both phases train with the loss going down, and the
 LoRA is an ordinary one: stock `load_lora_weights` puts it into the unquantized base and changes the output."""
 import json
 
@@ -10,10 +10,16 @@ from conftest import PROMPT, run_err, write_configs
 from glancetune.cli import main
 
 
-@pytest.mark.parametrize("precision", ["int8-quanto", "int4-quanto", "fp8-quanto"])
+def quantized(module) -> bool:
+    """A linear layer whose weights quanto or torchao replaced."""
+    from optimum.quanto import QLinear
+
+    return isinstance(module, QLinear) or type(module.weight).__module__.startswith("torchao")
+
+
+@pytest.mark.parametrize("precision", ["int8-quanto", "int4-quanto", "fp8-quanto", "int8-torchao", "fp8-torchao"])
 def test_quantized_base_trains_and_loads_into_the_plain_base(tiny_flux, tmp_path, precision):
     from diffusers import FluxPipeline
-    from optimum.quanto import QLinear
 
     from glancetune.train import job
 
@@ -21,7 +27,7 @@ def test_quantized_base_trains_and_loads_into_the_plain_base(tiny_flux, tmp_path
     orig = job.Job.build_trainer
 
     def spy(self, *a, **k):
-        seen.append(isinstance(self.transformer.transformer_blocks[0].attn.to_q, QLinear))
+        seen.append(quantized(self.transformer.transformer_blocks[0].attn.to_q))
         return orig(self, *a, **k)
 
     mp = pytest.MonkeyPatch()
@@ -49,8 +55,16 @@ def test_quantization_is_part_of_the_run(tiny_flux, tmp_path, capsys):
     assert main(["glance", "--config", str(cfg)]) == 0
     err = run_err(capsys, ["glance", "--config", str(cfg), "--set", "base_model_precision=int8-quanto"])
     assert "base_model_precision" in err  # another run: the output folder / checkpoint check names the key
-    err = run_err(capsys, ["glance", "--config", str(cfg), "--set", "base_model_precision=nf4-bnb"])
-    assert "base_model_precision" in err and "int8-quanto" in err
+    err = run_err(capsys, ["glance", "--config", str(cfg), "--set", "base_model_precision=int3-quanto"])
+    assert "base_model_precision" in err and "int8-quanto" in err and "nf4-bnb" in err
+
+
+def test_a_precision_that_needs_cuda_says_so(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_precision="nf4-bnb")
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err.strip() == ("error: base_model_precision: nf4-bnb needs a CUDA GPU (bitsandbytes 4-bit loading "
+                           "through diffusers); on cpu use int4-quanto or int8-torchao")
+    assert not (tmp_path / "output").exists()
 
 
 def test_missing_quanto_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
@@ -82,3 +96,12 @@ def test_generate_on_a_quantized_base(glance_run, tmp_path):
     assert 0 < np.abs(quant - plain).max() < 0.25  # the same picture, int8 weights
     assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision", "int4-quanto",
                  "--output", str(tmp_path / "q.png")]) == 0
+
+
+def test_generate_on_torchao_and_refusals(glance_run, tmp_path, capsys):
+    assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision", "int8-torchao",
+                 "--output", str(tmp_path / "t.png")]) == 0
+    err = run_err(capsys, ["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision",
+                           "nf4-bnb", "--output", str(tmp_path / "b.png")])
+    assert err.startswith("error: --base-model-precision: nf4-bnb needs a CUDA GPU")
+    assert not (tmp_path / "b.png").exists()

@@ -61,6 +61,8 @@ def setup_logging(verbose: bool = False) -> None:
             except Exception:
                 self.handleError(record)
 
+    # torchao announces at import that its C++ kernels do not match this torch; glancetune uses none of them
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     logger = logging.getLogger("glancetune")
     for h in [h for h in logger.handlers if getattr(h, "_glancetune", False)]:
         logger.removeHandler(h)
@@ -107,6 +109,7 @@ def cmd_train(args, command: str) -> int:
         print(f"steps: {job.steps_note}")
         print(optim.describe(cfg, job.steps))
         print(job.checkpoint_plan())
+        print(job.memory_plan())
         print("resolved config: " + json.dumps(cfg.model_dump(), default=str))
         return 0
     try:

@@ -18,14 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import GlanceError
 from .schedule import LADDER_STEPS
+from .train.quantize import PRECISIONS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
     "validation_prompt", "validation_steps", "validation_resolution", "validation_num_inference_steps",
-    "validation_guidance", "caption_dropout_probability", "text_encoder_1_precision",
-    "text_encoder_2_precision", "base_model_default_dtype", "tread_config", "enable_group_offload",
-    "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
-    "group_offload_text_encoder", "group_offload_vae", "offload_during_startup", "use_ema", "lora_type",
+    "validation_guidance", "caption_dropout_probability", "tread_config", "use_ema", "lora_type",
     "push_to_hub", "hub_model_id", "aspect_bucket_rounding", "train_text_encoder", "noise_offset", "snr_gamma",
     "lora_init_type",
 }
@@ -37,10 +35,6 @@ NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
 # lora_init_type "default", validation_* settings).
 ACCEPTED_DEFAULTS: dict[str, tuple] = {
     "lora_type": ("standard",),
-    "text_encoder_1_precision": ("no_change",),
-    "text_encoder_2_precision": ("no_change",),
-    "group_offload_type": ("block_level",),  # only used with enable_group_offload (refused unless false)
-    "group_offload_blocks_per_group": (1, "1"),
 }
 # SimpleTuner optimizer names that are the same class as ours.
 OPTIMIZER_ALIASES = {"torch-adamw": "adamw", "optimi-adamw": "adamw_bf16", "bnb-adamw8bit": "adamw8bit"}
@@ -147,11 +141,34 @@ class TrainConfig(BaseModel):
     tracker_project_name: str | None = Field(None, description="wandb project")
     tracker_run_name: str | None = Field(None, description="wandb run name")
     logging_steps: int = Field(10, ge=1, description="steps between progress log lines (and loss reads)")
-    base_model_precision: Literal["no_change", "int8-quanto", "int4-quanto", "int2-quanto", "fp8-quanto"] = Field(
-        "no_change", description="quantize the frozen transformer's weights (optimum-quanto); LoRA stays fp32")
+    base_model_precision: Literal[PRECISIONS] = Field(
+        "no_change", description="quantize the frozen transformer's weights (optimum-quanto, torchao, bitsandbytes: "
+        "train/quantize.py); LoRA stays fp32")
+    base_model_default_dtype: Literal["bf16", "fp32"] | None = Field(
+        None, description="dtype of the unquantized transformer weights (default: the mixed-precision dtype, bf16 "
+        "on CUDA; fp32 keeps them in fp32 and computes under bf16 autocast)")
+    text_encoder_1_precision: Literal[PRECISIONS] = Field("no_change", description="quantize the first text "
+                                                          "encoder while caching (same choices)")
+    text_encoder_2_precision: Literal[PRECISIONS] = Field("no_change", description="the second text encoder")
+    text_encoder_3_precision: Literal[PRECISIONS] = Field("no_change", description="the third text encoder")
+    text_encoder_4_precision: Literal[PRECISIONS] = Field("no_change", description="the fourth text encoder")
     quantize_via: Literal["accelerator", "cpu"] = Field(
-        "accelerator", description="where base_model_precision quantizes: on the training device, or on the CPU "
-        "before moving there")
+        "accelerator", description="where quantization happens: on the training device, or on the CPU before "
+        "moving there")
+    enable_group_offload: bool = Field(False, description="diffusers group offloading of the transformer (see "
+                                       "the README's memory section for where it acts)")
+    group_offload_type: Literal["block_level", "leaf_level"] = Field("block_level", description="offload whole "
+                                                                    "blocks or every leaf module")
+    group_offload_blocks_per_group: int = Field(1, ge=1, description="blocks moved together (block_level)")
+    group_offload_use_stream: bool = Field(False, description="prefetch the next group on a CUDA stream")
+    group_offload_to_disk_path: str | None = Field(None, description="offload to files in this folder instead "
+                                                   "of CPU memory")
+    group_offload_text_encoder: bool = Field(False, description="group-offload the text encoders while caching")
+    group_offload_vae: bool = Field(False, description="group-offload the VAE while caching")
+    offload_during_startup: bool = Field(False, description="while caching, each encoder is on the device only "
+                                         "while it encodes (the text encoders leave before the VAE arrives)")
+    vae_enable_tiling: bool = Field(False, description="VAE encode/decode in tiles (large images in less memory)")
+    vae_enable_slicing: bool = Field(False, description="VAE batch one image at a time")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
     @field_validator("optimizer", mode="before")

@@ -182,6 +182,13 @@ class GlanceSampler:
             raise GlanceError(f"--preset {pub.name}: the published LoRAs are for {pub.base_model}, but "
                               f"{spec.base_model} is a {info.family.name} model (--preset none loads them as is)")
         device, precision = select(device)
+        if base_model_precision != "no_change":
+            from .train.quantize import at_load, check_precision
+
+            check_precision("--base-model-precision", base_model_precision, device)
+            if at_load(base_model_precision):
+                raise GlanceError(f"--base-model-precision: {base_model_precision} is for training only so far; "
+                                  "generate runs on int8-quanto, int4-quanto, fp8-quanto, int8-torchao, fp8-torchao")
         configure_backends(device)
         dtype = dtype or compute_dtype(precision)
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
@@ -196,7 +203,7 @@ class GlanceSampler:
         if base_model_precision != "no_change":  # after the LoRAs: diffusers' FLUX loader reads plain weights
             from .train.quantize import quantize_model
 
-            quantize_model(pipe.transformer, base_model_precision)
+            quantize_model(pipe.transformer, base_model_precision, "--base-model-precision")
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 from pathlib import Path
 
 import torch
+
+from .memory import TEXT_ENCODER_KEYS, check_disk_offload, encoder_precisions, group_offload, offload_dir, text_encoders, vae_options
+from .quantize import load_config, place_and_quantize
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +46,27 @@ def sample_caches(cfg, samples):
              get(getattr(s, "cache_dir_vae", None), "VAE latent", vae_default)) for s in samples]
 
 
-def cache_keys(info, samples, dtype, max_sequence_length: int):
+def cache_keys(info, samples, dtype, max_sequence_length: int, cfg=None):
     """(text key, text description, image key, image description) per sample. The image side is keyed by the
-    file's content and the exact crop (so a hit decodes nothing); edit models add the control file's content."""
+    file's content and the exact crop (so a hit decodes nothing); edit models add the control file's content.
+    A quantized text encoder and VAE tiling enter the keys (an int4 embedding is not the bf16 one); the default
+    settings leave the keys as they were before those options existed."""
     from ..data.cache import component_identity, digest, file_digest
 
     fam = info.family
     vae_id = component_identity(info.path, "vae")
     text_ids = {c: component_identity(info.path, c) for c in fam.text_components()}
+    precisions = {c: p for c, p in encoder_precisions(cfg, fam).items() if p != "no_change"} if cfg else {}
+    quant = {"precision": precisions} if precisions else {}
+    tiling = {"vae_tiling": True} if cfg is not None and cfg.vae_enable_tiling else {}
     out = []
     for s in samples:
         control = getattr(s, "control_path", None)  # edit models: conditions both text and latents
         control = None if control is None else file_digest(control)
         tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
-                 "max_sequence_length": max_sequence_length, "caption": s.caption, "control": control}
+                 "max_sequence_length": max_sequence_length, "caption": s.caption, "control": control, **quant}
         idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
-                 "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control}
+                 "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control, **tiling}
         out.append((digest(tdesc), tdesc, digest(idesc), idesc))
     return out
 
@@ -81,16 +90,31 @@ def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
     of entries computed. `job`: family, info, samples, cfg, components, max_sequence_length."""
     samples, fam = job.samples, job.family
     caches = sample_caches(job.cfg, samples)
-    keys = cache_keys(job.info, samples, dtype, job.max_sequence_length)
+    keys = cache_keys(job.info, samples, dtype, job.max_sequence_length, job.cfg)
     found = [[tc.get(tk), vc.get(ik)] for (tk, _, ik, _), (tc, vc) in zip(keys, caches)]
     missing = sum((t is None) + (i is None) for t, i in found)
     if not missing:
         return [tuple(f) for f in found], 0
     for cache in {id(c): c for pair in caches for c in pair}.values():
         cache.check_writable()
-    pipe = fam.load_pipeline(job.info.path, dtype, **{**job.components, "transformer": None})
-    for name in fam.encoder_components:
-        getattr(pipe, name).to(device)
+    dirs: list = []  # our temporary group-offload folders
+    pipe = None
+    try:
+        pipe = load_encoders(job, device, dtype, any(t is None for t, _ in found), dirs)
+        _fill(job, pipe, device, samples, caches, keys, found, dirs)
+    finally:
+        del pipe
+        for d in dirs:
+            shutil.rmtree(d, ignore_errors=True)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return [tuple(f) for f in found], missing
+
+
+def _fill(job, pipe, device, samples, caches, keys, found, dirs) -> None:
+    """Compute and cache the missing entries of `found` (text first, then latents in batches)."""
+    fam = job.family
     with torch.no_grad():
         for n, s in enumerate(samples):
             if found[n][0] is None:
@@ -103,6 +127,8 @@ def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
                              "dropped", s.image_path.name, dropped, job.max_sequence_length)
                 caches[n][0].put(tk, found[n][0], tdesc)
         todo = [n for n in range(len(samples)) if found[n][1] is None]
+        if todo:
+            place_vae(job, pipe, device, dirs)
         for batch in _latent_batches(samples, todo, job.cfg.vae_batch_size):
             first = samples[batch[0]]
             pixels = torch.cat([samples[n].load_pixels() for n in batch])
@@ -110,8 +136,58 @@ def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
             for n, x, kw in zip(batch, x0.float().split(1), fam.uncollate(image, len(batch))):
                 found[n][1] = {"x0": x.clone(), **kw}
                 caches[n][1].put(keys[n][2], found[n][1], keys[n][3])
-    del pipe
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return [tuple(f) for f in found], missing
+
+
+def _place(job, module, name: str, precision: str, key: str, device, offload: bool, dirs: list):
+    """One encoder component quantized (`quantize_via`) and on the device, or group-offloaded onto it."""
+    via = job.cfg.quantize_via
+    if not offload:
+        return place_and_quantize(module, precision, via, device, key)
+    cpu = torch.device("cpu")
+    module = place_and_quantize(module, precision, via, device if via == "accelerator" else cpu, key)
+    check_disk_offload(module, job.cfg)
+    d = offload_dir(job.cfg, name)
+    if d:
+        dirs.append(d)
+    group_offload(module, job.cfg, device, d)
+    return module
+
+
+def load_encoders(job, device, dtype, text: bool, dirs: list):
+    """The pipeline without its transformer; the text encoders placed (when `text`) at their precisions, and,
+    unless `offload_during_startup`, the VAE too (else `place_vae` places it after the text is encoded).
+    Temporary offload folders are appended to `dirs` (the caller removes them)."""
+    cfg, fam = job.cfg, job.family
+    precisions = encoder_precisions(cfg, fam)
+    extra = {}
+    qc = load_config(precisions, dtype)
+    if qc is not None:
+        extra["quantization_config"] = qc
+    pipe = fam.load_pipeline(job.info.path, dtype, **{**job.components, "transformer": None, **extra})
+    keys = dict(zip(precisions, TEXT_ENCODER_KEYS))
+    for name in text_encoders(fam):
+        if getattr(pipe, name, None) is not None and text:
+            setattr(pipe, name, _place(job, getattr(pipe, name), name, precisions[name], keys[name], device,
+                                       cfg.group_offload_text_encoder, dirs))
+    for name in fam.encoder_components:  # other encoders (none today besides the VAE)
+        if not name.startswith("text_encoder") and name != "vae":
+            getattr(pipe, name).to(device)
+    vae_options(pipe.vae, cfg)
+    if not cfg.offload_during_startup:
+        place_vae(job, pipe, device, dirs)
+    return pipe
+
+
+def place_vae(job, pipe, device, dirs: list) -> None:
+    """The VAE on the device (or group-offloaded) for the latents; with `offload_during_startup` the text
+    encoders are released first. Idempotent."""
+    if getattr(pipe, "_glancetune_vae_placed", False):
+        return
+    if job.cfg.offload_during_startup:
+        for name in text_encoders(job.family):
+            setattr(pipe, name, None)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    pipe.vae = _place(job, pipe.vae, "vae", "no_change", "vae", device, job.cfg.group_offload_vae, dirs)
+    pipe._glancetune_vae_placed = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import GlanceError
 from ..export import OutputDir
 from . import checkpoint
 from .encode import encode
@@ -23,10 +24,20 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
-from .quantize import place_and_quantize
+from .memory import group_offload
+from .quantize import load_config, place_and_quantize
 from .runtime import make_runtime
 
 log = logging.getLogger(__name__)
+
+
+def peak_memory(device) -> tuple[float, float] | None:
+    """(max allocated, max reserved) GiB on a CUDA device since the last call; the counters restart."""
+    if device.type != "cuda":
+        return None
+    out = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def _to(d: dict, device) -> dict:
@@ -39,6 +50,8 @@ class Job(Plan, PhaseFiles):
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
         cfg, t_start = self.cfg, time.perf_counter()
         self.rt = rt = make_runtime(cfg, self.command)
+        if cfg.enable_group_offload and rt.layout != "single":
+            raise GlanceError(f"enable_group_offload: one process only (this run is {rt.layout} on {rt.world})")
         if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
         self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
@@ -51,9 +64,11 @@ class Job(Plan, PhaseFiles):
         hooks = Hooks(self.hooks(quiet))  # a tracker that is not installed fails here
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(self, rt.device, rt.dtype)
+        peaks = {"encode": peak_memory(rt.device)}
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples, resume)
+        peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: the unquantized weights were here
         if resume is not None:
             saved = checkpoint.load_states(resume, rt.rank)
             for ph in self.trainer_states:
@@ -69,6 +84,10 @@ class Job(Plan, PhaseFiles):
             if resume is not None and rt.is_main:
                 log.info("resuming from %s (step %d of %d)", resume, start, self.steps)
             summary = self.trainer.run(self.trainer_states, hooks, run, time.perf_counter() - t_start)
+            peaks["train"] = peak_memory(rt.device)
+            if rt.is_main and rt.device.type == "cuda" and not quiet:
+                log.info("peak GPU memory (allocated / reserved): " + "; ".join(
+                    f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
             hooks.on_train_end(run, summary)
         finally:
             hooks.close()
@@ -99,12 +118,25 @@ class Job(Plan, PhaseFiles):
         return out
 
     def load_transformer(self):
-        pipe = self.family.load_pipeline(self.info.path, self.rt.dtype, **{
-            **self.components, **{c: None for c in self.family.encoder_components}})
-        transformer = place_and_quantize(pipe.transformer, self.cfg.base_model_precision, self.cfg.quantize_via,
-                                         self.rt.device)
+        """The pipeline without encoders; its transformer in `base_model_default_dtype`, quantized, and on the
+        device or group-offloaded (memory.py), before any adapter exists."""
+        cfg = self.cfg
+        dtype = torch.float32 if cfg.base_model_default_dtype == "fp32" else self.rt.dtype
+        extra = {}
+        qc = load_config({"transformer": cfg.base_model_precision}, self.rt.dtype)
+        if qc is not None and "transformer" not in self.components:
+            extra = {"quantization_config": qc}
+        pipe = self.family.load_pipeline(self.info.path, dtype, **{
+            **self.components, **{c: None for c in self.family.encoder_components}, **extra})
+        via = cfg.quantize_via
+        if cfg.enable_group_offload:  # quantized where asked, then diffusers' hooks keep it on the CPU
+            transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via,
+                                             self.rt.device if via == "accelerator" else torch.device("cpu"))
+            group_offload(transformer, cfg, self.rt.device)
+        else:
+            transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via, self.rt.device)
         transformer.requires_grad_(False)
-        if self.cfg.gradient_checkpointing:
+        if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         gc.collect()
         return pipe, transformer
@@ -117,6 +149,9 @@ class Job(Plan, PhaseFiles):
         for ph in self.phases:
             add_lora(self.transformer, ph.name, rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                      init=cfg.lora_init, targets=self.targets, seed=cfg.seed)
+        if cfg.enable_group_offload:  # adapters of offloaded blocks are made on the CPU; they live on the device
+            for _, p in self.adapter_params(None):
+                p.data = p.data.to(rt.device)
         if resume is not None:
             self.load_loras(resume)
         if cfg.compile_transformer:
@@ -138,9 +173,10 @@ class Job(Plan, PhaseFiles):
                 s.params = [p for _, p in self.adapter_params(s.name)]
         return trainer
 
-    def adapter_params(self, name: str) -> list[tuple[str, torch.nn.Parameter]]:
-        """(name, parameter) of one adapter's LoRA weights, in the transformer's order."""
-        return [(n, p) for n, p in self.transformer.named_parameters() if "lora_" in n and f".{name}." in n]
+    def adapter_params(self, name: str | None) -> list[tuple[str, torch.nn.Parameter]]:
+        """(name, parameter) of one adapter's LoRA weights (every adapter's for None), in the transformer's order."""
+        return [(n, p) for n, p in self.transformer.named_parameters()
+                if "lora_" in n and (name is None or f".{name}." in n)]
 
     def hooks(self, quiet: bool) -> list:
         from .logs import make_hooks

@@ -1,6 +1,8 @@
 """LoRA adapters on the transformer via peft (through diffusers' `add_adapter`), one named adapter per phase."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ..errors import GlanceError
@@ -38,7 +40,9 @@ def add_lora(transformer, name: str, *, rank: int, alpha: float, dropout: float,
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         try:
-            transformer.add_adapter(cfg, adapter_name=name)
+            with warnings.catch_warnings():  # peft on a torchao base: "merge() will raise"; we never merge
+                warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated")
+                transformer.add_adapter(cfg, adapter_name=name)
         except ValueError as e:
             if "not found" in str(e) or "Target modules" in str(e):
                 raise GlanceError(f"lora_targets: none of {targets} matches a module of the "
@@ -60,14 +64,19 @@ def count_params(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def count_trainable(transformer_config: dict, cfg, targets: list[str]) -> int:
-    """Trainable LoRA parameters for this config, counted on a weightless (meta-device) copy of the transformer
-    built from its config alone: `--dry-run` reports it without loading any weights."""
+def meta_transformer(transformer_config: dict):
+    """A weightless (meta-device) transformer built from its config alone (nothing loaded)."""
     import diffusers
     from accelerate import init_empty_weights
 
     cls = getattr(diffusers, transformer_config["_class_name"])
     with init_empty_weights():
-        transformer = cls.from_config(transformer_config)
+        return cls.from_config(transformer_config)
+
+
+def count_trainable(transformer_config: dict, cfg, targets: list[str]) -> int:
+    """Trainable LoRA parameters for this config, counted on a meta-device transformer: `--dry-run` reports it
+    without loading any weights."""
+    transformer = meta_transformer(transformer_config)
     return count_params(add_lora(transformer, "count", rank=cfg.lora_rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                                  init=cfg.lora_init, targets=targets, seed=cfg.seed))

@@ -56,12 +56,14 @@ class Plan:
 
     def __init__(self, cfg, command: str, components: dict | None = None):
         self.cfg, self.command, self.components = cfg, command, components or {}
-        from .runtime import select
+        from . import memory
+        from .runtime import compute_dtype, select
 
-        select(cfg.device, cfg.mixed_precision)  # an unknown or absent device fails before anything loads
+        device, mp = select(cfg.device, cfg.mixed_precision)  # an unknown or absent device fails here
         family, flavour = resolve_family(cfg.model_family, cfg.model_flavour)
         self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
+        memory.check(cfg, self.family, device, compute_dtype(mp))  # precisions and offload, before any weights
         self.data = load_job_plan(load_backends(cfg.data_backend_config), self.family.alignment(self.info),
                                   cfg.seed, edit=self.family.needs_control_image)
         self.samples = self.data.samples
@@ -118,6 +120,16 @@ class Plan:
         if any(getattr(s, "control_path", None) is not None for s in self.samples):
             d["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         return d
+
+    def memory_plan(self) -> str:
+        """--dry-run: what is quantized and offloaded, and where each component is in each phase."""
+        from .lora import count_params, meta_transformer
+        from .memory import memory_plan
+        from .runtime import select
+
+        device, mp = select(self.cfg.device, self.cfg.mixed_precision)
+        n = count_params(meta_transformer(self.info.transformer_config).parameters())
+        return "\n".join(memory_plan(self, device, 16 if mp == "bf16" else 32, n))
 
     def checkpoint_plan(self) -> str:
         """--dry-run: when checkpoints are written, what a rerun resumes from, and the process layout."""

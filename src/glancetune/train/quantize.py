@@ -1,10 +1,15 @@
-"""Quantized base weights (`base_model_precision`, SimpleTuner's names): the frozen transformer's linear layers
-are quantized by optimum-quanto before the LoRA adapters are added; LoRA weights stay fp32. A LoRA trained on a
-quantized base is an ordinary LoRA (stock `load_lora_weights` into the bf16 base).
+"""Quantized frozen weights (`base_model_precision`, `text_encoder_N_precision`, SimpleTuner's names).
 
-Implemented: `int8-quanto`, `int4-quanto`, `int2-quanto`, `fp8-quanto` (optimum-quanto; CPU and CUDA).
+One table says which library does each precision and how:
+  *-quanto   optimum-quanto `quantize` + `freeze` on the loaded model (CPU and CUDA)
+  *-torchao  torchao `quantize_` with a weight-only config on the loaded model (CPU and CUDA)
+  nf4-bnb    bitsandbytes 4-bit NF4, applied while loading through diffusers' `PipelineQuantizationConfig`
+             (diffusers and transformers need a CUDA GPU for it)
+The transformer is quantized before the LoRA adapters are added; LoRA weights stay fp32 (layers named
+`lora_A`/`lora_B` are never quantized, so `generate` can quantize after loading the adapters). A LoRA trained on a
+quantized base is an ordinary LoRA (stock `load_lora_weights` into the bf16 base).
 `quantize_via`: `accelerator` quantizes on the training device (fast), `cpu` before moving there (the device never
-holds the unquantized weights).
+holds the unquantized weights). nf4-bnb quantizes while loading, onto the GPU, whatever `quantize_via` says.
 """
 from __future__ import annotations
 
@@ -13,32 +18,118 @@ import logging
 from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
-QUANTO = {"int8-quanto": "qint8", "int4-quanto": "qint4", "int2-quanto": "qint2", "fp8-quanto": "qfloat8"}
-PRECISIONS = ("no_change", *QUANTO)
+# precision -> (library, what that library calls it)
+TABLE = {
+    "int8-quanto": ("quanto", "qint8"), "int4-quanto": ("quanto", "qint4"), "int2-quanto": ("quanto", "qint2"),
+    "fp8-quanto": ("quanto", "qfloat8"),
+    "int8-torchao": ("torchao", "Int8WeightOnlyConfig"), "fp8-torchao": ("torchao", "Float8WeightOnlyConfig"),
+    "nf4-bnb": ("bitsandbytes", "nf4"),
+}
+PRECISIONS = ("no_change", *TABLE)
+PACKAGE = {"quanto": "optimum-quanto", "torchao": "torchao", "bitsandbytes": "bitsandbytes"}
+# bits per weight of the stored form (scales and zero points not counted): the --dry-run memory plan
+BITS = {"no_change": None, "int8-quanto": 8, "int4-quanto": 4, "int2-quanto": 2, "fp8-quanto": 8,
+        "int8-torchao": 8, "fp8-torchao": 8, "nf4-bnb": 4}
+LORA_LAYERS = ["*lora_A*", "*lora_B*"]
 
 
-def quantize_model(model, precision: str) -> None:
-    """Quantize `model`'s weights in place and freeze them (no-op for `no_change`)."""
+def library(precision: str) -> str | None:
+    return TABLE[precision][0] if precision in TABLE else None
+
+
+def at_load(precision: str) -> bool:
+    """Applied while loading (a `quantization_config` for from_pretrained), not to a loaded model."""
+    return library(precision) == "bitsandbytes"
+
+
+def check_precision(key: str, precision: str, device: torch.device) -> None:
+    """Before any weights load: the library is installed and the device can run the precision."""
     if precision == "no_change":
         return
-    if precision not in QUANTO:
-        raise GlanceError(f"base_model_precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in TABLE:
+        raise GlanceError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    lib = library(precision)
+    _import(key, precision, lib)
+    if lib == "bitsandbytes" and device.type != "cuda":
+        raise GlanceError(f"{key}: {precision} needs a CUDA GPU (bitsandbytes 4-bit loading through diffusers); "
+                          f"on {device.type} use int4-quanto or int8-torchao")
+
+
+def _import(key: str, precision: str, lib: str):
     try:
-        import optimum.quanto as quanto
+        return __import__({"quanto": "optimum.quanto", "torchao": "torchao.quantization",
+                                        "bitsandbytes": "bitsandbytes"}[lib], fromlist=["_"])
     except ImportError:
-        raise GlanceError(f"base_model_precision: {precision} needs optimum-quanto, which is not installed; pip "
-                          "install optimum-quanto (or pip install 'glancetune[quant]')") from None
-    # LoRA layers (present when generate quantizes after loading the adapters) keep their own weights
-    quanto.quantize(model, weights=getattr(quanto, QUANTO[precision]), exclude=["*lora_A*", "*lora_B*"])
-    quanto.freeze(model)
+        raise GlanceError(f"{key}: {precision} needs {PACKAGE[lib]}, which is not installed; pip install "
+                          f"'glancetune[quant]'") from None
+
+
+def quantize_model(model, precision: str, key: str = "base_model_precision") -> None:
+    """Quantize `model`'s linear weights in place and freeze them (no-op for `no_change` and for load-time
+    precisions, which `load_config` handles)."""
+    if precision == "no_change" or at_load(precision):
+        return
+    if precision not in TABLE:
+        raise GlanceError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    lib, name = TABLE[precision]
+    mod = _import(key, precision, lib)
+    if lib == "quanto":
+        mod.quantize(model, weights=getattr(mod, name), exclude=LORA_LAYERS)
+        mod.freeze(model)
+        _autocast_inputs(model, mod)
+    else:  # torchao: every nn.Linear except LoRA's own
+        import torch
+
+        config = getattr(mod, name)(**({"version": 2} if name == "Int8WeightOnlyConfig" else {}))
+        mod.quantize_(model, config,
+                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "lora_" not in fqn)
+    model.requires_grad_(False)
     log.debug("quantized %s to %s", type(model).__name__, precision)
 
 
-def place_and_quantize(model, precision: str, via: str, device):
-    """Move to `device` and quantize, in the order `quantize_via` asks for."""
+def _autocast_inputs(model, quanto) -> None:
+    """quanto's CUDA kernels (int4 tinygemm, fp8 marlin) take only bf16/fp16 activations, and autocast does not
+    cast inputs for quanto's linear as it does for nn.Linear (a LayerNorm under autocast hands it fp32): each
+    quantized module casts its input to the autocast dtype when autocast is on, as autocast would."""
+    from optimum.quanto.nn import QModuleMixin
+
+    def cast(module, args):
+        x = args[0] if args else None
+        if x is None or not x.is_floating_point():
+            return None
+        import torch
+
+        kind = x.device.type
+        if torch.is_autocast_enabled(kind) and x.dtype != torch.get_autocast_dtype(kind):
+            return (x.to(torch.get_autocast_dtype(kind)), *args[1:])
+        return None
+
+    for m in model.modules():
+        if isinstance(m, QModuleMixin):
+            m.register_forward_pre_hook(cast)
+
+
+def load_config(precisions: dict[str, str], dtype):
+    """diffusers' PipelineQuantizationConfig for the components whose precision is applied while loading
+    ({component: precision}), or None when there are none."""
+    chosen = [c for c, p in precisions.items() if at_load(p)]
+    if not chosen:
+        return None
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    return PipelineQuantizationConfig(quant_backend="bitsandbytes_4bit", components_to_quantize=chosen,
+                                      quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                    "bnb_4bit_compute_dtype": dtype})
+
+
+def place_and_quantize(model, precision: str, via: str, device, key: str = "base_model_precision"):
+    """Move to `device` and quantize, in the order `quantize_via` asks for (a model loaded with a bitsandbytes
+    config quantizes as it moves to the GPU)."""
+    if at_load(precision):
+        return model.to(device)
     if via == "cpu":
-        quantize_model(model, precision)
+        quantize_model(model, precision, key)
         return model.to(device)
     model = model.to(device)
-    quantize_model(model, precision)
+    quantize_model(model, precision, key)
     return model

@@ -1,0 +1,196 @@
+"""Where the weights live: per-component precision, diffusers' group offloading, VAE tiling/slicing, and the
+memory plan `--dry-run` prints.
+
+Phases and components:
+  encode  (only on a cache miss) the text encoders, each at its `text_encoder_N_precision`, on the device or
+          group-offloaded (`group_offload_text_encoder`); then the VAE, on the device or group-offloaded
+          (`group_offload_vae`), with tiling/slicing if asked. `offload_during_startup`: the text encoders leave
+          the device before the VAE arrives (else all encoders are placed at once). Everything is released
+          before the transformer loads.
+  train   the transformer at `base_model_precision` (unquantized weights in `base_model_default_dtype`), on the
+          device, or group-offloaded (`enable_group_offload`) in the one form measured to train a LoRA correctly
+          (bench/offload_probe.py on the H200): block_level, no stream, not to disk, gradient checkpointing on,
+          applied before the adapters. The other forms move the LoRA weights with their blocks (the optimizer
+          then finds them on the CPU), keep stale CPU copies of them (streams, disk), or break checkpoint
+          recomputation (leaf_level): they are refused for training with one line saying why.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import GlanceError
+from .quantize import BITS, check_precision
+
+log = logging.getLogger(__name__)
+TEXT_ENCODER_KEYS = ("text_encoder_1_precision", "text_encoder_2_precision", "text_encoder_3_precision",
+                     "text_encoder_4_precision")
+
+
+def text_encoders(family) -> list[str]:
+    return [c for c in family.encoder_components if c.startswith("text_encoder")]
+
+
+def encoder_precisions(cfg, family) -> dict[str, str]:
+    """{text encoder component: precision}, from text_encoder_1_precision ... in the family's encoder order."""
+    names, out = text_encoders(family), {}
+    for i, key in enumerate(TEXT_ENCODER_KEYS):
+        p = getattr(cfg, key)
+        if i < len(names):
+            out[names[i]] = p
+        elif p != "no_change":
+            raise GlanceError(f"{key}: {family.name} has {len(names)} text encoder(s) ({', '.join(names)}); "
+                              f"remove the key or set it to no_change")
+    return out
+
+
+def check(cfg, family, device, compute_dtype) -> None:
+    """Everything about placement that can fail, before any weights load."""
+    check_precision("base_model_precision", cfg.base_model_precision, device)
+    for key, p in zip(TEXT_ENCODER_KEYS, encoder_precisions(cfg, family).values()):
+        check_precision(key, p, device)
+    import torch
+
+    if cfg.base_model_default_dtype == "bf16" and compute_dtype != torch.bfloat16:
+        raise GlanceError("base_model_default_dtype: bf16 weights need mixed_precision bf16 (this run computes in "
+                          f"{str(compute_dtype).removeprefix('torch.')} on {device.type}); use fp32 or leave it unset")
+    offloading = cfg.enable_group_offload or cfg.group_offload_text_encoder or cfg.group_offload_vae
+    if offloading and cfg.group_offload_use_stream and device.type != "cuda":
+        raise GlanceError(f"group_offload_use_stream: needs a CUDA device (this run is on {device.type})")
+    if not cfg.enable_group_offload:
+        return
+    why = None
+    if cfg.group_offload_type != "block_level":
+        why = "group_offload_type leaf_level breaks gradient-checkpoint recomputation (weights recomputed on the CPU)"
+    elif cfg.group_offload_use_stream:
+        why = "group_offload_use_stream keeps CPU copies made before training, so LoRA updates would be lost"
+    elif cfg.group_offload_to_disk_path:
+        why = "group_offload_to_disk_path writes the blocks once, so LoRA updates would be lost"
+    elif not cfg.gradient_checkpointing:
+        why = "without gradient_checkpointing backward needs the offloaded weights on the device"
+    if why:
+        raise GlanceError(f"enable_group_offload: {why}; for training use group_offload_type block_level, no "
+                          "stream, no disk path, gradient_checkpointing true (the encoders may use any form)")
+
+
+def block_parents(module) -> list[str]:
+    """Names of the submodules that lead to `module`'s outermost block lists (T5: `encoder` for encoder.block;
+    Mistral/Qwen: `model`, `language_model` for model.language_model.layers): diffusers' block-level offloading
+    groups only the lists among a module's direct children and descends into `block_modules` by name. diffusers
+    models that need it say so themselves (`_group_offload_block_modules`)."""
+    import torch
+
+    lists = [n for n, m in module.named_modules() if n and isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential))
+             and len(m) > 1]
+    outer = [n for n in lists if not any(n.startswith(o + ".") for o in lists)]
+    return sorted({part for n in outer for part in n.split(".")[:-1]})
+
+
+def group_offload(module, cfg, device, disk_dir: str | None = None) -> None:
+    """diffusers' group offloading of `module` onto `device` with the config's group_offload_* settings;
+    `disk_dir`: a fresh folder of ours for `group_offload_to_disk_path` (diffusers reuses files it finds there)."""
+    from diffusers.hooks import apply_group_offloading
+
+    check_disk_offload(module, cfg)
+    kind = cfg.group_offload_type
+    blocks = getattr(module, "_group_offload_block_modules", None) or block_parents(module) or None
+    apply_group_offloading(module, onload_device=device, offload_type=kind,
+                           num_blocks_per_group=cfg.group_offload_blocks_per_group if kind == "block_level" else None,
+                           use_stream=cfg.group_offload_use_stream, offload_to_disk_path=disk_dir,
+                           block_modules=blocks if kind == "block_level" else None)
+
+
+def check_disk_offload(module, cfg) -> None:
+    """diffusers' leaf_level disk offload restores a weight used under two names (T5's tied embedding) wrongly."""
+    if cfg.group_offload_to_disk_path and cfg.group_offload_type == "leaf_level":
+        names: dict[int, list[str]] = {}
+        for n, p in module.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(n)
+        tied = next((n for n in names.values() if len(n) > 1), None)
+        if tied:  # each leaf becomes a group of its own and the second one reloads the wrong data from disk
+            raise GlanceError(f"group_offload_to_disk_path: {type(module).__name__} uses one weight under two names "
+                              f"({tied[0]}, {tied[1]}), which diffusers' leaf_level disk offload restores wrongly; "
+                              "use group_offload_type block_level, or offload to memory")
+
+
+def offload_dir(cfg, name: str) -> str | None:
+    """A new folder under `group_offload_to_disk_path` for one component's offloaded groups (None: in memory)."""
+    if not cfg.group_offload_to_disk_path:
+        return None
+    import os
+    import tempfile
+
+    try:
+        os.makedirs(cfg.group_offload_to_disk_path, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".glancetune-offload-{name}-", dir=cfg.group_offload_to_disk_path)
+    except OSError as e:
+        raise GlanceError(f"group_offload_to_disk_path: cannot write {cfg.group_offload_to_disk_path} "
+                          f"({e.strerror or type(e).__name__})") from None
+
+
+def vae_options(vae, cfg) -> None:
+    """VAE tiling / slicing (diffusers' own switches) when the config asks."""
+    for key, method in (("vae_enable_tiling", "enable_tiling"), ("vae_enable_slicing", "enable_slicing")):
+        if getattr(cfg, key):
+            if not callable(getattr(vae, method, None)):
+                raise GlanceError(f"{key}: {type(vae).__name__} has no {method}()")
+            getattr(vae, method)()
+
+
+# --- the memory plan (--dry-run) ---------------------------------------------------------------------------
+def _gib(params: int | None, bits: int) -> str:
+    return "size unknown" if params is None else f"{params / 1e9:.2f}B params, ~{params * bits / 8 / 2**30:.2f} GiB"
+
+
+def component_params(path, component: str) -> int | None:
+    """Parameter count of a local component folder, from its safetensors headers (nothing loaded)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    folder = Path(path) / component
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+        for k, v in header.items():
+            if k != "__metadata__":
+                n = 1
+                for d in v["shape"]:
+                    n *= d
+                total += n
+    return total
+
+
+def memory_plan(plan, device, compute_bits: int, transformer_params: int | None) -> list[str]:
+    """Lines of `--dry-run`: per phase, each component's precision, estimated weight size and placement."""
+    cfg, fam, path = plan.cfg, plan.family, plan.info.path
+    dev = device.type
+
+    def where(offloaded: bool) -> str:
+        if not offloaded:
+            return f"on {dev}"
+        stream = ", stream" if cfg.group_offload_use_stream else ""
+        disk = f", to disk {cfg.group_offload_to_disk_path}" if cfg.group_offload_to_disk_path else ""
+        return f"group-offloaded ({cfg.group_offload_type}{stream}{disk}; CPU -> {dev} as it runs)"
+
+    enc = []
+    for comp, p in encoder_precisions(cfg, fam).items():
+        bits = BITS[p] or compute_bits
+        enc.append(f"{comp} {p} ({_gib(component_params(path, comp), bits)}) "
+                   f"{where(cfg.group_offload_text_encoder)}")
+    vae_extra = ", ".join(k.removeprefix("vae_enable_") for k in ("vae_enable_tiling", "vae_enable_slicing")
+                          if getattr(cfg, k))
+    enc.append(f"vae ({_gib(component_params(path, 'vae'), compute_bits)}) {where(cfg.group_offload_vae)}"
+               + (f", {vae_extra}" if vae_extra else ""))
+    order = ("text encoders released before the VAE is placed (offload_during_startup)"
+             if cfg.offload_during_startup else "all placed at once")
+    tp = cfg.base_model_precision
+    tbits = BITS[tp] or (32 if cfg.base_model_default_dtype == "fp32" else compute_bits)
+    return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
+            f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
+            f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
+            "no text encoder or VAE loaded",
+            f"  save: LoRA weights only (fp32)"]

@@ -1,0 +1,252 @@
+"""Where weights live (train/memory.py) on the tiny model, CPU: text-encoder precision enters the cache key and
+quantizes the encoder; diffusers' group offloading of the transformer and of the encoders gives the same LoRA and
+the same cache entries as a run without it (on the CPU the onload device is the CPU: the hooks run, the numbers
+cannot change); offload_during_startup releases the text encoders before the VAE; VAE tiling enters the latent
+key; the forms that cannot train are one line; --dry-run prints the memory plan."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_err, write_configs
+from glancetune.cli import main
+
+
+def lora_bytes(out: Path) -> dict:
+    return {role: (out / role / "pytorch_lora_weights.safetensors").read_bytes() for role in ("slow", "fast")}
+
+
+def cache_files(root: Path, kind: str) -> set[Path]:
+    return set((root / kind).rglob("*.safetensors"))
+
+
+def descriptions(root: Path, kind: str) -> list[dict]:
+    """What each cache entry was computed from (its safetensors header)."""
+    from safetensors import safe_open
+
+    out = []
+    for f in sorted(cache_files(root, kind)):
+        with safe_open(str(f), "pt") as fh:
+            out.append(json.loads(fh.metadata()["glancetune.inputs"]))
+    return out
+
+
+def run(tmp_path, tiny_flux, name, **keys) -> Path:
+    cfg = write_configs(tmp_path / name, tiny_flux, steps=3, cache_dir=str(tmp_path / name / "cache"),
+                        gradient_checkpointing=True, **keys)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_flux, tmp_path_factory):
+    return run(tmp_path_factory.mktemp("plain"), tiny_flux, "plain")
+
+
+def entries(root: Path, kind: str) -> list[dict]:
+    return [load_file(f) for f in sorted(cache_files(root / "cache", kind))]
+
+
+def same_entries(a: Path, b: Path, kind: str):
+    ea, eb = entries(a, kind), entries(b, kind)
+    assert len(ea) == len(eb) == 1
+    assert ea[0].keys() == eb[0].keys() and all(torch.equal(ea[0][k], eb[0][k]) for k in ea[0])
+
+
+def test_group_offload_everywhere_gives_the_same_run(plain, tiny_flux, tmp_path, monkeypatch):
+    from diffusers.hooks.group_offloading import _is_group_offload_enabled
+
+    from glancetune.train import encode, job
+
+    hooked = []
+    orig_build, orig_fill = job.Job.build_trainer, encode._fill
+
+    def build(self, *a, **k):
+        hooked.append(("transformer", _is_group_offload_enabled(self.transformer)))
+        return orig_build(self, *a, **k)
+
+    def fill(j, pipe, *a, **k):
+        orig_fill(j, pipe, *a, **k)
+        hooked.extend((n, _is_group_offload_enabled(getattr(pipe, n))) for n in ("text_encoder", "text_encoder_2",
+                                                                                  "vae"))
+
+    monkeypatch.setattr(job.Job, "build_trainer", build)
+    monkeypatch.setattr(encode, "_fill", fill)
+    disk = tmp_path / "offload"
+    disk.mkdir()
+    (disk / "theirs.txt").write_text("not ours")
+    root = run(tmp_path, tiny_flux, "offloaded", enable_group_offload=True, group_offload_text_encoder=True,
+               group_offload_vae=True, group_offload_blocks_per_group=1)
+    assert sorted(hooked) == [("text_encoder", True), ("text_encoder_2", True), ("transformer", True), ("vae", True)]
+    assert lora_bytes(root / "output") == lora_bytes(plain / "output")
+    same_entries(root, plain, "text")
+    same_entries(root, plain, "vae")
+    # encoders offloaded to disk: our temporary folders are gone, a file we did not write stays
+    root2 = run(tmp_path, tiny_flux, "disk", group_offload_text_encoder=True, group_offload_vae=True,
+                group_offload_to_disk_path=str(disk))
+    assert sorted(p.name for p in disk.iterdir()) == ["theirs.txt"]
+    same_entries(root2, plain, "text")
+    same_entries(root2, plain, "vae")
+
+
+def test_leaf_level_disk_offload_of_tied_modules_is_refused(tiny_flux, tmp_path, capsys):
+    """diffusers' leaf_level disk offload gives T5 (its embedding is `shared` and `encoder.embed_tokens`) wrong
+    outputs; glancetune refuses it in one line and leaves nothing behind."""
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, cache_dir=str(tmp_path / "cache"),
+                        group_offload_text_encoder=True, group_offload_type="leaf_level",
+                        group_offload_to_disk_path=str(tmp_path / "offload"))
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err == ("error: group_offload_to_disk_path: T5EncoderModel uses one weight under two names (shared.weight, "
+                   "encoder.embed_tokens.weight), which diffusers' leaf_level disk offload restores wrongly; use "
+                   "group_offload_type block_level, or offload to memory")
+    assert not any((tmp_path / "offload").iterdir()) and not (tmp_path / "output").exists()
+
+
+@pytest.mark.parametrize("keys,why", [
+    (dict(group_offload_type="leaf_level"), "leaf_level breaks gradient-checkpoint recomputation"),
+    (dict(group_offload_to_disk_path="x"), "writes the blocks once, so LoRA updates would be lost"),
+    (dict(gradient_checkpointing=False), "without gradient_checkpointing backward needs"),
+])
+def test_offload_forms_that_cannot_train_are_one_line(tiny_flux, tmp_path, capsys, keys, why):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, enable_group_offload=True,
+                        **{"gradient_checkpointing": True, **keys})
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err.startswith("error: enable_group_offload: ") and why in err
+    assert not (tmp_path / "output").exists()
+
+
+def test_stream_needs_cuda(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, group_offload_vae=True, group_offload_use_stream=True)
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err == "error: group_offload_use_stream: needs a CUDA device (this run is on cpu)"
+
+
+def test_text_encoder_precision_quantizes_and_keys_the_cache(plain, tiny_flux, tmp_path, monkeypatch):
+    from optimum.quanto import QLinear
+
+    from glancetune.train import encode
+
+    seen = {}
+    orig = encode._fill
+
+    def fill(j, pipe, *a, **k):
+        seen["t5"] = any(isinstance(m, QLinear) for m in pipe.text_encoder_2.modules())
+        seen["clip"] = any(isinstance(m, QLinear) for m in pipe.text_encoder.modules())
+        orig(j, pipe, *a, **k)
+
+    monkeypatch.setattr(encode, "_fill", fill)
+    root = run(tmp_path, tiny_flux, "te", text_encoder_2_precision="int8-quanto")
+    assert seen == {"t5": True, "clip": False}
+    (q,), (p,) = entries(root, "text"), entries(plain, "text")
+    assert q.keys() == p.keys()
+    assert any(not torch.equal(q[k], p[k]) for k in q)  # an int8 T5 embedding is not the plain one
+    same_entries(root, plain, "vae")
+    # the keys differ, so one cache holds both: run it again into a copy of the plain run's cache
+    shutil.copytree(plain / "cache", tmp_path / "shared")
+    cfg = write_configs(tmp_path / "te2", tiny_flux, steps=1, cache_dir=str(tmp_path / "shared"),
+                        text_encoder_2_precision="int8-quanto")
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert sorted(str(d.get("precision")) for d in descriptions(tmp_path / "shared", "text")) == [
+        "None", "{'text_encoder_2': 'int8-quanto'}"]
+
+
+def test_text_encoder_key_the_family_lacks_is_one_line(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, text_encoder_3_precision="int8-quanto")
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err == ("error: text_encoder_3_precision: flux has 2 text encoder(s) (text_encoder, text_encoder_2); "
+                   "remove the key or set it to no_change")
+
+
+def test_offload_during_startup_releases_text_encoders_before_the_vae(plain, tiny_flux, tmp_path, monkeypatch):
+    from glancetune.train import encode
+
+    states = []
+    orig = encode._place
+
+    def place(job, module, name, *a, **k):
+        if name == "vae":
+            states.append(job.cfg.offload_during_startup)
+        return orig(job, module, name, *a, **k)
+
+    real_fill = encode._fill
+
+    def fill(j, pipe, *a, **k):
+        states.append(("text encoders at start", pipe.text_encoder is not None))
+        real_fill(j, pipe, *a, **k)
+        states.append(("text encoders at end", pipe.text_encoder is not None))
+
+    monkeypatch.setattr(encode, "_place", place)
+    monkeypatch.setattr(encode, "_fill", fill)
+    root = run(tmp_path, tiny_flux, "startup", offload_during_startup=True)
+    assert states == [("text encoders at start", True), True, ("text encoders at end", False)]
+    same_entries(root, plain, "text")
+    same_entries(root, plain, "vae")
+    assert lora_bytes(root / "output") == lora_bytes(plain / "output")
+
+
+def test_vae_tiling_keys_the_latents(plain, tiny_flux, tmp_path, monkeypatch):
+    from glancetune.train import encode
+
+    seen = []
+    orig = encode._fill
+
+    def fill(j, pipe, *a, **k):
+        seen.append((pipe.vae.use_tiling, pipe.vae.use_slicing))
+        orig(j, pipe, *a, **k)
+
+    monkeypatch.setattr(encode, "_fill", fill)
+    root = run(tmp_path, tiny_flux, "tiles", vae_enable_tiling=True, vae_enable_slicing=True)
+    assert seen == [(True, True)]
+    assert [d.get("vae_tiling") for d in descriptions(root / "cache", "vae")] == [True]
+    assert [d.get("vae_tiling") for d in descriptions(plain / "cache", "vae")] == [None]
+
+
+def test_base_model_default_dtype(tiny_flux, tmp_path, capsys, monkeypatch):
+    from glancetune.train import job
+
+    dtypes = []
+    orig = job.Job.build_trainer
+
+    def build(self, *a, **k):
+        dtypes.append(self.transformer.transformer_blocks[0].attn.to_q.weight.dtype)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(job.Job, "build_trainer", build)
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_default_dtype="fp32")
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert dtypes == [torch.float32]
+    cfg = write_configs(tmp_path / "b", tiny_flux, steps=1, base_model_default_dtype="bf16")
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err == ("error: base_model_default_dtype: bf16 weights need mixed_precision bf16 (this run computes in "
+                   "float32 on cpu); use fp32 or leave it unset")
+
+
+def test_dry_run_prints_the_memory_plan(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_precision="int4-quanto",
+                        text_encoder_2_precision="int8-quanto", group_offload_text_encoder=True,
+                        offload_during_startup=True, vae_enable_tiling=True)
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = out[out.index("memory plan"):].splitlines()[:4]
+    assert plan[1].startswith("  encode (only on a cache miss; text encoders released before the VAE is placed")
+    assert "text_encoder no_change" in plan[1] and "text_encoder_2 int8-quanto" in plan[1]
+    assert "group-offloaded (block_level; CPU -> cpu as it runs)" in plan[1] and "tiling" in plan[1]
+    assert plan[2].startswith("  train: transformer int4-quanto (") and "on cpu" in plan[2]
+    assert not (tmp_path / "output").exists()
+
+
+def test_block_parents():
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from glancetune.train.memory import block_parents
+
+    t5 = T5EncoderModel(T5Config(vocab_size=10, d_model=8, d_kv=4, d_ff=8, num_layers=2, num_heads=2))
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_attention_heads=2,
+                                        num_hidden_layers=2))
+    assert block_parents(t5) == ["encoder"]
+    lists = [n for n, _ in clip.named_modules() if n.endswith("layers")]  # transformers 5: encoder.layers
+    assert block_parents(clip) == lists[0].split(".")[:-1]
