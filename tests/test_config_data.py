@@ -33,8 +33,8 @@ def test_yaml_toml_and_set_overrides(tmp_path):
 
 def test_neutral_simpletuner_values_pass_and_real_ones_fail():
     build_config({"data_backend_config": "d", "enable_group_offload": False, "tread_config": None}, "c")
-    with pytest.raises(GlanceError, match="'--text_encoder_1_precision' is a SimpleTuner option"):
-        build_config({"data_backend_config": "d", "--text_encoder_1_precision": "int8-quanto"}, "c")
+    with pytest.raises(GlanceError, match="'--use_ema' is a SimpleTuner option"):
+        build_config({"data_backend_config": "d", "--use_ema": True}, "c")
     with pytest.raises(GlanceError, match="'learning_rate'.*greater than 0"):
         build_config({"data_backend_config": "d", "learning_rate": 0}, "c")
 

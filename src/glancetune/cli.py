@@ -1,4 +1,5 @@
-"""The `glancetune` command line: train, glance, generate, schedule, tiny, quickstart, validate-dataset."""
+"""The `glancetune` command line: train, glance, generate, eval (evaluate.py), export (comfyui.py), schedule, tiny,
+quickstart, validate-dataset."""
 from __future__ import annotations
 
 import argparse
@@ -174,16 +175,21 @@ def cmd_generate(args) -> int:
     info = model_info(spec.base_model)
     check_image_arg(info.family, control)
     check_size(info, spec.width, spec.height)
+    if args.negative_prompt is not None and not info.family.true_cfg:
+        raise GlanceError(f"--negative-prompt: {info.family.name} has no true CFG, so no negative prompt")
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
     sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load,
                                       base_model_precision=args.base_model_precision)
     t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler)
+    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler,
+                     negative_prompt=args.negative_prompt)
     t2 = time.perf_counter()
     params = image_info(spec, args.prompt, args.seed, sampler.guidance, args.sampler)
     if args.image is not None:
         params["image"] = str(args.image)
+    if args.negative_prompt is not None:
+        params["negative_prompt"] = args.negative_prompt
     for p in save_images(images, args.output, params):
         print(f"wrote {p}")
     print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
@@ -315,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, help="default: the size the LoRAs were trained at")
     g.add_argument("--guidance", type=float, help="override the guidance stored at training time (>= 0)")
     g.add_argument("--model", help="override the base model stored in the LoRA metadata")
+    g.add_argument("--negative-prompt", help="true-CFG families: replaces the pipeline's negative prompt")
     g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
     g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")
@@ -349,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
     t.add_argument("family")
     t.add_argument("dir")
+    from .evaluate import add_parser as add_eval
+
+    add_eval(sub)
+    from .comfyui import add_parser as add_export
+
+    add_export(sub)
     q = sub.add_parser("quickstart", help="train + sample Glance on the built-in tiny model and sample image")
     q.add_argument("--dir", default="glancetune-quickstart")
     q.add_argument("--model", default="tiny:flux")
@@ -375,8 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
-        return {"generate": cmd_generate, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
-                "quickstart": cmd_quickstart, "validate-dataset": cmd_validate}[args.command](args)
+        from .comfyui import cmd_export
+        from .evaluate import cmd_eval
+
+        return {"generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "cache": cmd_cache,
+                "schedule": cmd_schedule, "tiny": cmd_tiny, "quickstart": cmd_quickstart,
+                "validate-dataset": cmd_validate}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,7 +42,9 @@ def save_lora(pipeline_class, directory: Path, transformer, adapter_name: str, m
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(
         transformer, state_dict=state_dict, adapter_name=adapter_name).items()}
-    adapter_meta = _jsonable(transformer.peft_config[adapter_name].to_dict())
+    # dropout is a training choice: a reload (stock load_lora_weights builds its layers from this config, in
+    # training mode) must not apply it while sampling
+    adapter_meta = {**_jsonable(transformer.peft_config[adapter_name].to_dict()), "lora_dropout": 0.0}
     pipeline_class.save_lora_weights(directory, transformer_lora_layers=state,
                                      transformer_lora_adapter_metadata=adapter_meta)
     path = directory / WEIGHT_NAME
@@ -94,8 +96,10 @@ def write_json(path: Path, data: dict) -> None:
 OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", "train_log.jsonl")
 OWN_DIRS = ("slow", "fast")
 # folders only glancetune names so: checkpoints, their temp/retired forms, staging of the final files, retired
-# LoRA folders, and (versions before the trainer core) the temp/retired siblings of a whole output folder
-OWN_PATTERN = re.compile(r"^(checkpoint-\d+|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|\.(slow|fast)\.old-\d+)$")
+# LoRA folders, validation images (train/validate.py), ComfyUI copies (comfyui.py), and (versions before the trainer core) the temp/retired
+# siblings of a whole output folder
+OWN_PATTERN = re.compile(r"^(checkpoint-\d+|validation|comfyui|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|"
+                         r"\.(slow|fast)\.old-\d+)$")
 
 
 def nearest_existing(path: Path) -> Path:

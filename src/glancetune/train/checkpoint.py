@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..config_validation import VALIDATION_KEYS
 from ..errors import GlanceError
 from .hooks import Hook
 
@@ -35,7 +36,8 @@ NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "res
                           # where weights live, not what they are
                           "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group",
                           "group_offload_use_stream", "group_offload_to_disk_path", "group_offload_text_encoder",
-                          "group_offload_vae", "offload_during_startup", "vae_enable_slicing"})
+                          "group_offload_vae", "offload_during_startup", "vae_enable_slicing"}
+                         ) | VALIDATION_KEYS  # validation images never change the trained LoRAs
 
 
 def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
@@ -141,7 +143,7 @@ class Checkpoints(Hook):
         tmp = out / f".checkpoint-{step}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.job.write_loras(tmp, states)
+        self.job.write_loras(tmp, states, step)
         # the LoRA weights are kept once, in the LoRA files; the state holds everything else
         lean = [{name: {k: v for k, v in st.items() if k != "params"} for name, st in r.items()} for r in states]
         torch.save({"step": step, "ranks": lean}, tmp / STATE_NAME)

@@ -46,6 +46,22 @@ def sample_caches(cfg, samples):
              get(getattr(s, "cache_dir_vae", None), "VAE latent", vae_default)) for s in samples]
 
 
+def text_description(info, caption: str, dtype, max_sequence_length: int, control: str | None = None,
+                     text_ids: dict | None = None, cfg=None) -> dict:
+    """What a text embedding depends on (its cache key's description); validation prompts use it too, so a prompt
+    equal to a caption shares its entry. `text_ids`: the encoders' identities when already computed. A quantized
+    text encoder enters it (an int4 embedding is not the bf16 one); at the defaults it is as before that option."""
+    from ..data.cache import component_identity
+
+    fam = info.family
+    if text_ids is None:
+        text_ids = {c: component_identity(info.path, c) for c in fam.text_components()}
+    precisions = {c: p for c, p in encoder_precisions(cfg, fam).items() if p != "no_change"} if cfg else {}
+    return {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
+            "max_sequence_length": max_sequence_length, "caption": caption, "control": control,
+            **({"precision": precisions} if precisions else {})}
+
+
 def cache_keys(info, samples, dtype, max_sequence_length: int, cfg=None):
     """(text key, text description, image key, image description) per sample. The image side is keyed by the
     file's content and the exact crop (so a hit decodes nothing); edit models add the control file's content.
@@ -56,15 +72,12 @@ def cache_keys(info, samples, dtype, max_sequence_length: int, cfg=None):
     fam = info.family
     vae_id = component_identity(info.path, "vae")
     text_ids = {c: component_identity(info.path, c) for c in fam.text_components()}
-    precisions = {c: p for c, p in encoder_precisions(cfg, fam).items() if p != "no_change"} if cfg else {}
-    quant = {"precision": precisions} if precisions else {}
     tiling = {"vae_tiling": True} if cfg is not None and cfg.vae_enable_tiling else {}
     out = []
     for s in samples:
         control = getattr(s, "control_path", None)  # edit models: conditions both text and latents
         control = None if control is None else file_digest(control)
-        tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
-                 "max_sequence_length": max_sequence_length, "caption": s.caption, "control": control, **quant}
+        tdesc = text_description(info, s.caption, dtype, max_sequence_length, control, text_ids, cfg)
         idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
                  "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control, **tiling}
         out.append((digest(tdesc), tdesc, digest(idesc), idesc))
@@ -153,17 +166,19 @@ def _place(job, module, name: str, precision: str, key: str, device, offload: bo
     return module
 
 
-def load_encoders(job, device, dtype, text: bool, dirs: list):
+def load_encoders(job, device, dtype, text: bool, dirs: list, vae: bool = True):
     """The pipeline without its transformer; the text encoders placed (when `text`) at their precisions, and,
     unless `offload_during_startup`, the VAE too (else `place_vae` places it after the text is encoded).
-    Temporary offload folders are appended to `dirs` (the caller removes them)."""
+    Temporary offload folders are appended to `dirs` (the caller removes them). `vae=False`: text only (the
+    validation prompts)."""
     cfg, fam = job.cfg, job.family
     precisions = encoder_precisions(cfg, fam)
     extra = {}
     qc = load_config(precisions, dtype)
     if qc is not None:
         extra["quantization_config"] = qc
-    pipe = fam.load_pipeline(job.info.path, dtype, **{**job.components, "transformer": None, **extra})
+    pipe = fam.load_pipeline(job.info.path, dtype, **{**job.components, "transformer": None, **extra,
+                                                      **({} if vae else {"vae": None})})
     keys = dict(zip(precisions, TEXT_ENCODER_KEYS))
     for name in text_encoders(fam):
         if getattr(pipe, name, None) is not None and text:
@@ -172,9 +187,10 @@ def load_encoders(job, device, dtype, text: bool, dirs: list):
     for name in fam.encoder_components:  # other encoders (none today besides the VAE)
         if not name.startswith("text_encoder") and name != "vae":
             getattr(pipe, name).to(device)
-    vae_options(pipe.vae, cfg)
-    if not cfg.offload_during_startup:
-        place_vae(job, pipe, device, dirs)
+    if vae:
+        vae_options(pipe.vae, cfg)
+        if not cfg.offload_during_startup:
+            place_vae(job, pipe, device, dirs)
     return pipe
 
 

@@ -138,7 +138,11 @@ def vae_options(vae, cfg) -> None:
 
 # --- the memory plan (--dry-run) ---------------------------------------------------------------------------
 def _gib(params: int | None, bits: int) -> str:
-    return "size unknown" if params is None else f"{params / 1e9:.2f}B params, ~{params * bits / 8 / 2**30:.2f} GiB"
+    if params is None:
+        return "size unknown"
+    count = f"{params / 1e9:.2f}B" if params >= 1e9 else f"{params / 1e6:.1f}M" if params >= 1e6 else f"{params:,}"
+    size = params * bits / 8
+    return f"{count} params, ~" + (f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB")
 
 
 def component_params(path, component: str) -> int | None:

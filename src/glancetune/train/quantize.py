@@ -55,6 +55,14 @@ def check_precision(key: str, precision: str, device: torch.device) -> None:
                           f"on {device.type} use int4-quanto or int8-torchao")
 
 
+def check_sampling_precision(precision: str, device) -> None:
+    """`generate --base-model-precision`: quantizes after the LoRAs are loaded, so not the load-time ones."""
+    check_precision("--base-model-precision", precision, device)
+    if at_load(precision):
+        raise GlanceError(f"--base-model-precision: {precision} is for training only so far; generate runs on "
+                          + ", ".join(p for p in TABLE if not at_load(p)))
+
+
 def _import(key: str, precision: str, lib: str):
     try:
         return __import__({"quanto": "optimum.quanto", "torchao": "torchao.quantization",
