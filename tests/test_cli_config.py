@@ -81,7 +81,7 @@ def test_override_errors_name_the_item(tmp_path, monkeypatch, capsys):
 
 BAD = {"use_ema": True, "lerning_rate": 1e-4, "lora_rank": 0, "--noise_offset": 0.1, "tread_config": {"a": 1},
        "optimizer": "lion", "lr_scheduler": "sine", "max_train_steps": "many", "report_to": "comet",
-       "vae_batch_size": 0, "lora_type": "lycoris", "checkpoints_total_limit": 0, "validation_prompt": "a fox",
+       "vae_batch_size": 0, "lora_type": "lycoris", "checkpoints_total_limit": 0, "validation_resolution": "big",
        "trian_batch_size": 2}
 
 

@@ -171,16 +171,21 @@ def cmd_generate(args) -> int:
     info = model_info(spec.base_model)
     check_image_arg(info.family, control)
     check_size(info, spec.width, spec.height)
+    if args.negative_prompt is not None and not info.family.true_cfg:
+        raise GlanceError(f"--negative-prompt: {info.family.name} has no true CFG, so no negative prompt")
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
     sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load,
                                       base_model_precision=args.base_model_precision)
     t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler)
+    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler,
+                     negative_prompt=args.negative_prompt)
     t2 = time.perf_counter()
     params = image_info(spec, args.prompt, args.seed, sampler.guidance, args.sampler)
     if args.image is not None:
         params["image"] = str(args.image)
+    if args.negative_prompt is not None:
+        params["negative_prompt"] = args.negative_prompt
     for p in save_images(images, args.output, params):
         print(f"wrote {p}")
     print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
@@ -312,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, help="default: the size the LoRAs were trained at")
     g.add_argument("--guidance", type=float, help="override the guidance stored at training time (>= 0)")
     g.add_argument("--model", help="override the base model stored in the LoRA metadata")
+    g.add_argument("--negative-prompt", help="true-CFG families: replaces the pipeline's negative prompt")
     g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
     g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")

@@ -16,13 +16,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_validation import ValidationKeys
 from .errors import GlanceError
 from .schedule import LADDER_STEPS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
-    "validation_prompt", "validation_steps", "validation_resolution", "validation_num_inference_steps",
-    "validation_guidance", "caption_dropout_probability", "text_encoder_1_precision",
+    "caption_dropout_probability", "text_encoder_1_precision",
     "text_encoder_2_precision", "base_model_default_dtype", "tread_config", "enable_group_offload",
     "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream", "group_offload_to_disk_path",
     "group_offload_text_encoder", "group_offload_vae", "offload_during_startup", "use_ema", "lora_type",
@@ -34,7 +34,7 @@ NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
 # SimpleTuner's own defaults (simpletuner_sdk/server/services/field_registry/sections/*.py) that leave the
 # feature off, so a config copied from SimpleTuner may keep them. Defaults that change training are not here
 # (caption_dropout_probability 0.1, noise_offset 0.1, base_model_default_dtype bf16, aspect_bucket_rounding 2,
-# lora_init_type "default", validation_* settings).
+# lora_init_type "default").
 ACCEPTED_DEFAULTS: dict[str, tuple] = {
     "lora_type": ("standard",),
     "text_encoder_1_precision": ("no_change",),
@@ -51,8 +51,9 @@ RESUME_NEVER = ("none", "None", "", "null", "false")
 CONFIG_NAMES = ("config.json", "config.toml", "config.yaml")  # searched in this order
 
 
-class TrainConfig(BaseModel):
-    """Everything `glancetune train` and `glancetune glance` accept. Field descriptions are the CLI help."""
+class TrainConfig(ValidationKeys):
+    """Everything `glancetune train` and `glancetune glance` accept (validation keys: config_validation.py).
+    Field descriptions are the CLI help."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -42,6 +42,7 @@ class GlanceSpec:
     max_sequence_length: int | None = None
     guidance_explicit: bool = False
     published: PublishedLoras | None = None  # a recognised published pair (its alpha is applied when loading)
+    train_steps: int | None = None  # the training step the LoRAs are of (image metadata)
 
 
 def _record(path: Path) -> RunRecord | None:
@@ -110,7 +111,8 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
     if not explicit and pub is not None:
         guidance, explicit = pub.guidance, True  # the published recipe's value, as if given
     msl = known[0].max_sequence_length if known else None
-    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub)
+    steps = known[0].train_steps if known else None
+    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps)
 
 
 def check_image_arg(family, image) -> None:
@@ -164,6 +166,7 @@ class GlanceSampler:
         self.size = size
         self.guidance = guidance
         self.max_sequence_length = max_sequence_length or info.family.default_max_sequence_length
+        self.own_scheduler = pipe.scheduler  # the model's own (base reference images: compare.py)
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
 
@@ -221,9 +224,28 @@ class GlanceSampler:
             raise GlanceError(f"--cfg-phases: {cfg_phases!r} is not one of {', '.join(self.CFG_PHASES)}")
         return cfg_phases
 
+    def guidance_kwargs(self, guidance, negative_prompt: str | None = None, negative_embeds: dict | None = None):
+        """(kwargs with CFG on, kwargs with CFG off) for the pipeline call. A guidance embedding (FLUX.1) is not
+        CFG: it is passed whatever the phase policy. `negative_prompt` replaces the family's (true-CFG families
+        whose pipeline takes one); `negative_embeds` (`negative_prompt_embeds`-style) replaces its text."""
+        cfg_on = self.family.pipeline_kwargs(guidance, self.max_sequence_length)
+        cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
+        if negative_prompt is not None:
+            import inspect
+
+            if not self.family.true_cfg or "negative_prompt" not in inspect.signature(self.pipe.__call__).parameters:
+                raise GlanceError(f"negative prompt: {self.family.name}'s pipeline takes none (it has no true CFG "
+                                  "with a negative prompt)")
+            if negative_embeds is None:
+                cfg_on = {**cfg_on, "negative_prompt": negative_prompt}
+        if negative_embeds is not None and self.family.true_cfg:
+            cfg_on = {**{k: v for k, v in cfg_on.items() if k != "negative_prompt"}, **negative_embeds}
+        return cfg_on, cfg_off
+
     def __call__(self, prompts: list[str] | str, seed: int = 0, width: int | None = None, height: int | None = None,
                  guidance: float | None = None, output_type: str = "pil", ladder: Ladder | None = None,
-                 cfg_phases: str | None = None, image=None, sampler: str = "exact"):
+                 cfg_phases: str | None = None, image=None, sampler: str = "exact", negative_prompt: str | None = None,
+                 prompt_embeds: dict | None = None, negative_embeds: dict | None = None):
         """Image k uses a CPU generator seeded `seed + k`, so it does not depend on the batch it is in.
 
         `cfg_phases` (true-CFG families): both (default when guidance > 1), slow, fast or none. "both"/"none"
@@ -234,6 +256,8 @@ class GlanceSampler:
         each prompt then runs as its own call (the edit pipelines condition one prompt on one image).
         `sampler`: "exact" (the above) or "official-compat" (the official Qwen pipelines' trajectory, official.py).
         `width`/`height` default to the sampler's `size` (from_spec: the size the LoRAs were trained at).
+        `prompt_embeds` / `negative_embeds`: the prompts already encoded (`prompt_embeds=`-style pipeline kwargs,
+        Family.prompt_call_kwargs), for a pipeline without text encoders (validation); `prompts` then only name them.
         """
         if sampler not in self.SAMPLERS:
             raise GlanceError(f"--sampler: {sampler!r} is not one of {', '.join(self.SAMPLERS)}")
@@ -248,19 +272,17 @@ class GlanceSampler:
         if image is not None and len(prompts) > 1:
             return [im for k, p in enumerate(prompts)
                     for im in self(p, seed + k, width, height, guidance, output_type, ladder, cfg_phases, image,
-                                   sampler)]
+                                   sampler, negative_prompt)]
         ladder = ladder or self.ladder
         check_size(self.info, width, height)
         g = self.guidance if guidance is None else guidance
         phases = self._cfg_phases(cfg_phases, g)
         boundary = ladder.boundary
         gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
-        common = dict(prompt=prompts, width=width, height=height, generator=gens)
+        common = dict(width=width, height=height, generator=gens, **(prompt_embeds or {"prompt": prompts}))
         if image is not None:
             common["image"] = image
-        cfg_on = self.family.pipeline_kwargs(g, self.max_sequence_length)
-        # a guidance embedding (FLUX.1) is not CFG: it is passed whatever the phase policy
-        cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
+        cfg_on, cfg_off = self.guidance_kwargs(g, negative_prompt, negative_embeds)
         if sampler == "official-compat":
             from . import official
 
@@ -329,9 +351,10 @@ def output_paths(output: str | Path, n: int) -> list[Path]:
 def image_info(spec: GlanceSpec, prompts: list[str], seed: int, guidance: float | None, sampler: str,
                width: int | None = None, height: int | None = None) -> dict:
     """The parameters stored in each image (generate and quickstart): enough to sample it again."""
-    return {"prompt": prompts if len(prompts) > 1 else prompts[0], "seed": seed, "base_model": spec.base_model,
-            "ladder": spec.ladder.to_dict(), "guidance": guidance, "size": [width or spec.width, height or spec.height],
-            "sampler": sampler, **({"preset": spec.published.name} if spec.published else {})}
+    return {"prompt": prompts if len(prompts) > 1 else prompts[0], "seed": seed, "step": spec.train_steps,
+            "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": guidance,
+            "size": [width or spec.width, height or spec.height], "sampler": sampler,
+            **({"preset": spec.published.name} if spec.published else {})}
 
 
 def save_images(images, output: str | Path, info: dict) -> list[Path]:

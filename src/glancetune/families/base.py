@@ -241,6 +241,21 @@ class Family:
     #: True when inference guidance is true CFG (two passes per step); False for a guidance embedding
     true_cfg: bool = False
 
+    #: true-CFG families: the negative prompt the pipeline uses when none is given
+    negative_prompt: str = ""
+    #: text kwargs of `encode_prompts` -> the stock pipeline call's argument that takes the same tensor
+    prompt_call_names = {"encoder_hidden_states": "prompt_embeds", "pooled_projections": "pooled_prompt_embeds",
+                         "encoder_hidden_states_mask": "prompt_embeds_mask"}
+
+    def prompt_call_kwargs(self, text: dict[str, Any], negative: bool = False) -> dict[str, Any]:
+        """`prompt_embeds=`-style pipeline kwargs from `encode_prompts` output (validation encodes its prompts
+        before training, then samples without text encoders); `negative`: the `negative_...` names."""
+        if self.needs_control_image:
+            raise GlanceError(f"{self.name}: an edit model encodes its prompt with the control image; precomputed "
+                              "prompts are not supported")
+        pre = "negative_" if negative else ""
+        return {pre + self.prompt_call_names[k]: v for k, v in text.items() if k in self.prompt_call_names}
+
     def resume_latents(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Turn `output_type="latent"` output of a `height` x `width` call into the `latents=` input of the same
         pipeline (to continue where the first call stopped)."""

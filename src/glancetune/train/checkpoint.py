@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..config_validation import VALIDATION_KEYS
 from ..errors import GlanceError
 from .hooks import Hook
 
@@ -31,7 +32,8 @@ NAME = re.compile(r"^checkpoint-(\d+)$")
 # keys that never change the trajectory: they may differ between a checkpoint and the resuming run
 NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
                           "resume_allow_changes", "report_to", "logging_dir", "logging_steps",
-                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device"})
+                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device"}
+                         ) | VALIDATION_KEYS  # validation images never change the trained LoRAs
 
 
 def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

@@ -42,6 +42,19 @@ def sample_caches(cfg, samples):
              get(getattr(s, "cache_dir_vae", None), "VAE latent", vae_default)) for s in samples]
 
 
+def text_description(info, caption: str, dtype, max_sequence_length: int, control: str | None = None,
+                     text_ids: dict | None = None) -> dict:
+    """What a text embedding depends on (its cache key's description); validation prompts use it too, so a prompt
+    equal to a caption shares its entry. `text_ids`: the encoders' identities when already computed."""
+    from ..data.cache import component_identity
+
+    fam = info.family
+    if text_ids is None:
+        text_ids = {c: component_identity(info.path, c) for c in fam.text_components()}
+    return {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
+            "max_sequence_length": max_sequence_length, "caption": caption, "control": control}
+
+
 def cache_keys(info, samples, dtype, max_sequence_length: int):
     """(text key, text description, image key, image description) per sample. The image side is keyed by the
     file's content and the exact crop (so a hit decodes nothing); edit models add the control file's content."""
@@ -54,8 +67,7 @@ def cache_keys(info, samples, dtype, max_sequence_length: int):
     for s in samples:
         control = getattr(s, "control_path", None)  # edit models: conditions both text and latents
         control = None if control is None else file_digest(control)
-        tdesc = {"kind": "text", "family": fam.name, "encoders": text_ids, "dtype": str(dtype),
-                 "max_sequence_length": max_sequence_length, "caption": s.caption, "control": control}
+        tdesc = text_description(info, s.caption, dtype, max_sequence_length, control, text_ids)
         idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
                  "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control}
         out.append((digest(tdesc), tdesc, digest(idesc), idesc))

@@ -1,6 +1,8 @@
 """The training loop's extension points: a capability (logs, progress, checkpoints, validation) is a `Hook`.
 
-The loop calls, in order:
+The job and the loop call, in order:
+  before_load(job)               once, before the transformer loads (main process first): encoders may be loaded
+                                 and released here (validation prompts); job: the Job (plan, runtime)
   on_train_start(run)            once, after the model is loaded and both adapters exist (run: RunInfo)
   on_step_end(run, step)         after job step `step` (1-based) advanced every phase of this process
   on_log(run, records)           every `logging_steps` job steps, at the end, and at any step where a hook's
@@ -64,6 +66,9 @@ class TrainSummary:
 class Hook:
     """Base class: every method is a no-op, so a hook overrides only what it needs."""
 
+    def before_load(self, job) -> None:
+        pass
+
     def on_train_start(self, run: RunInfo) -> None:
         pass
 
@@ -95,6 +100,10 @@ class Hooks(Hook):
 
     def add(self, hook: Hook) -> None:
         self.hooks.append(hook)
+
+    def before_load(self, job):
+        for h in self.hooks:
+            h.before_load(job)
 
     def on_train_start(self, run):
         for h in self.hooks:

@@ -51,6 +51,7 @@ class Job(Plan, PhaseFiles):
         hooks = Hooks(self.hooks(quiet))  # a tracker that is not installed fails here
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(self, rt.device, rt.dtype)
+            hooks.before_load(self)  # validation prompts are encoded here, before the transformer loads
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples, resume)
@@ -149,4 +150,9 @@ class Job(Plan, PhaseFiles):
         hooks = make_hooks(cfg.report_to, cfg.output_dir, cfg.logging_dir, getattr(cfg, "tracker_project_name", None),
                            getattr(cfg, "tracker_run_name", None), cfg.model_dump(mode="json"),
                            self.rt.is_main and not quiet)
-        return hooks + [checkpoint.Checkpoints(self, cfg.checkpointing_steps, cfg.checkpoints_total_limit)]
+        hooks.append(checkpoint.Checkpoints(self, cfg.checkpointing_steps, cfg.checkpoints_total_limit))
+        if cfg.validation_enabled:
+            from .validate import Validation
+
+            hooks.append(Validation(self, hooks))
+        return hooks

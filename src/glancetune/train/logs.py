@@ -108,6 +108,13 @@ class JsonlLog(Hook):
             self._f.write(json.dumps(record_json(r)) + "\n")
         self._f.flush()
 
+    def write_event(self, event: dict[str, Any]) -> None:
+        """One more line (e.g. validation: `{"step", "event", ...}`); it has a step, so resuming truncates it alike."""
+        if self._f is None:
+            return
+        self._f.write(json.dumps(event) + "\n")
+        self._f.flush()
+
     def close(self) -> None:
         if self._f is not None:
             self._f.close()

@@ -1,0 +1,295 @@
+"""Validation images during `glance` training, made by the sampler `glancetune generate` uses (sample.py).
+
+At step 0 (a fresh run), every `validation_steps` job steps and after the last step, for every validation prompt
+and seed: the Glance image of both adapters as they are at that step, on the run's exact ladder, with the family's
+inference guidance and CFG policy (`GlanceSampler` on the training transformer). At step 0 also the base model's
+own N-step image (`validation_num_inference_steps`) and its image on the ladder (compare.py).
+
+Files: `<output_dir>/validation/step-<k>/<prompt>-<seed>.png` (step 0 adds `-base-<N>` and `-base-ladder-<L>`)
+and `grid.png` (rows: prompt x seed; columns: base-N | base-ladder | Glance@k, the base images read back from
+step-0). Each step folder is built under a temporary name and renamed into place. PNGs carry their parameters
+(`glancetune` text chunk: prompt, seed, step, ladder, base model, guidance, size). TensorBoard gets the images
+when `report_to` has it; train_log.jsonl a line `{"step", "event": "validation", "images", "grid"}`.
+
+Memory: prompts (and the negative prompt of true-CFG families) are encoded in `before_load`, through the text
+cache, before the transformer loads; no text encoder is loaded while training. The VAE is loaded for each
+validation and released after it. Nothing the training reads changes: the transformer runs in eval mode under
+`torch.no_grad`, the global RNG is forked, every parameter's `requires_grad` and the active adapter are restored
+(the LoRAs equal those of a run without validation; tested). A resumed run does no step-0 work again and drops
+step folders after the step it resumes from (a killed run may have written them).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import GlanceError
+from .hooks import Hook
+
+log = logging.getLogger(__name__)
+FOLDER = "validation"
+STEP = re.compile(r"^step-(\d+)$")
+
+
+class Validation(Hook):
+    def __init__(self, job, hooks: list):
+        from ..prompts import validation_prompts
+        from .logs import JsonlLog, TensorBoardLog
+
+        cfg, fam = job.cfg, job.family
+        self.job, self.cfg, self.family = job, cfg, fam
+        self.prompts = validation_prompts(cfg)  # a bad prompt file fails before any weights load
+        self.jsonl = next((h for h in hooks if isinstance(h, JsonlLog)), None)
+        self.tb = next((h for h in hooks if isinstance(h, TensorBoardLog)), None)
+        self.size = cfg.validation_size or (job.width, job.height)
+        align = fam.alignment(job.info)
+        if self.size[0] % align or self.size[1] % align:
+            raise GlanceError(f"validation_resolution: {self.size[0]}x{self.size[1]} must be multiples of {align} "
+                              f"for {fam.name}")
+        self.seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
+        self.seeds = [self.seed + j for j in range(cfg.num_validation_images)]
+        self.negative = cfg.validation_negative_prompt
+        self.off = self._why_off(job)
+        if self.off:
+            log.info("notice: no validation images: %s", self.off)
+        if self.negative is not None and not fam.true_cfg:
+            log.info("notice: validation_negative_prompt ignored: %s has no true CFG", fam.name)
+            self.negative = None
+        self.embeds: dict[str, dict] = {}
+        self.done_step = -1
+
+    def _why_off(self, job) -> str | None:
+        if job.family.needs_control_image:
+            return f"{job.family.name} is an edit model (validation of edit models is not built yet)"
+        if job.ladder is None or {p.name for p in job.phases} != {"slow", "fast"}:
+            return "`train` trains one LoRA; validation images need the slow and fast adapters of `glance`"
+        if job.rt.layout in ("fsdp", "parallel-phases"):
+            return f"not built for the {job.rt.layout} layout yet"
+        return None
+
+    # --- before the transformer loads: the prompts, encoded once (text cache) -----------------------------------
+    def texts(self) -> list[str]:
+        out = [p.text for p in self.prompts]
+        if self.family.true_cfg:
+            out.append(self.negative if self.negative is not None else self.family.negative_prompt)
+        return list(dict.fromkeys(out))
+
+    def before_load(self, job) -> None:
+        if self.off or not job.rt.is_main:
+            return
+        from ..data.cache import digest
+        from .encode import default_caches, text_description
+
+        cache, dev, dtype = default_caches(job.cfg)[0], job.rt.device, job.rt.dtype
+        keys = {t: text_description(job.info, t, dtype, job.max_sequence_length) for t in self.texts()}
+        self.embeds = {t: cache.get(digest(d)) for t, d in keys.items()}
+        missing = [t for t, v in self.embeds.items() if v is None]
+        if not missing:
+            return
+        cache.check_writable()
+        fam = self.family
+        pipe = fam.load_pipeline(job.info.path, dtype, **{**job.components, "transformer": None, "vae": None})
+        for name in fam.encoder_components:
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(dev)
+        with torch.no_grad():
+            for t in missing:
+                self.embeds[t] = fam.encode_prompts(pipe, [t], dev, job.max_sequence_length)
+                cache.put(digest(keys[t]), self.embeds[t], keys[t])
+        del pipe
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- when -------------------------------------------------------------------------------------------------
+    def on_train_start(self, run):
+        if self.off or not run.is_main:
+            return
+        self.root = Path(run.output_dir) / FOLDER
+        self._drop_after(run.start_step)
+        if run.start_step == 0:
+            self.validate(run, 0)
+
+    def on_step_end(self, run, step):
+        if step % self.cfg.validation_steps == 0 and step < run.total_steps:
+            self.validate(run, step)
+
+    def on_train_end(self, run, summary):
+        if self.done_step != run.total_steps:
+            self.validate(run, run.total_steps)
+
+    def _drop_after(self, start: int) -> None:
+        """A fresh run starts with no validation folder; a resumed one drops step folders after `start` and
+        temporary folders of a killed run."""
+        if not self.root.is_dir():
+            return
+        if start == 0:
+            _remove(self.root)
+            return
+        for p in self.root.iterdir():
+            m = STEP.match(p.name)
+            if (m and int(m.group(1)) > start) or p.name.startswith(".step-"):
+                _remove(p)
+
+    # --- what ---------------------------------------------------------------------------------------------------
+    def validate(self, run, step: int) -> None:
+        if self.off or not run.is_main:
+            return
+        t0 = time.perf_counter()
+        job = self.job
+        sampler = self._sampler()
+        tmp = self.root / f".step-{step}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            with untouched(job.transformer, job.trainer, job.rt.device):
+                rows = self._images(sampler, step, tmp)
+            self._grid(rows, step, tmp)
+            final = self.root / f"step-{step}"
+            if final.exists():
+                _remove(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            sampler.pipe = None
+            del sampler
+            gc.collect()
+            if job.rt.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.done_step = step
+        self._report(run, step, rows, final, time.perf_counter() - t0)
+
+    def _sampler(self):
+        """A stock pipeline around the training transformer (both adapters), its VAE loaded now, no text
+        encoders; the GlanceSampler of `generate` on it, with the run record's ladder, guidance and length."""
+        from ..sample import GlanceSampler
+
+        job, fam = self.job, self.family
+        none = {c: None for c in fam.encoder_components if c != "vae"}
+        pipe = fam.load_pipeline(job.info.path, job.rt.dtype, **{**job.components, **none,
+                                                                  "transformer": job.transformer})
+        pipe.vae.to(job.rt.device)
+        rec = job.record()
+        g = self.cfg.validation_guidance
+        guidance = g if g is not None else fam.inference_guidance(rec.guidance)
+        return GlanceSampler(pipe, job.info, rec.ladder, guidance, rec.max_sequence_length, self.size)
+
+    def _kwargs(self, text: str) -> dict:
+        dev, fam = self.job.rt.device, self.family
+        pos = fam.prompt_call_kwargs({k: v.to(dev) for k, v in self.embeds[text].items()
+                                      if isinstance(v, torch.Tensor)})
+        kw = {"prompt_embeds": pos, "negative_prompt": self.negative}
+        if fam.true_cfg:
+            neg = self.embeds[self.negative if self.negative is not None else fam.negative_prompt]
+            kw["negative_embeds"] = fam.prompt_call_kwargs({k: v.to(dev) for k, v in neg.items()
+                                                            if isinstance(v, torch.Tensor)}, negative=True)
+        return kw
+
+    def _images(self, sampler, step: int, folder: Path) -> list[tuple[str, list, Path]]:
+        """Every prompt x seed: (label, [base-N, base-ladder, Glance@step], Glance file) with the base images made
+        now at step 0, else read back from step-0 (None when absent)."""
+        from ..compare import base_on_ladder, base_own_schedule
+
+        w, h = self.size
+        n_base, n_lad = self.cfg.validation_num_inference_steps, len(sampler.ladder.sigmas)
+        rows = []
+        for p in self.prompts:
+            kw = self._kwargs(p.text)
+            for seed in self.seeds:
+                stem = f"{p.name}-{seed}"
+                glance = sampler([p.text], seed, w, h, **kw)[0]
+                self._save(glance, folder / f"{stem}.png", p.text, seed, step, sampler, "glance")
+                if step == 0:
+                    base = base_own_schedule(sampler, n_base, [p.text], seed, w, h, **kw)[0]
+                    lad = base_on_ladder(sampler, [p.text], seed, w, h, **kw)[0]
+                    self._save(base, folder / f"{stem}-base-{n_base}.png", p.text, seed, 0, sampler,
+                               f"base-{n_base}")
+                    self._save(lad, folder / f"{stem}-base-ladder-{n_lad}.png", p.text, seed, 0, sampler,
+                               "base-ladder")
+                else:
+                    zero = self.root / "step-0"
+                    base, lad = (_open(zero / f"{stem}-base-{n_base}.png"),
+                                 _open(zero / f"{stem}-base-ladder-{n_lad}.png"))
+                rows.append((stem, [base, lad, glance], folder / f"{stem}.png"))
+        return rows
+
+    def _save(self, image, path: Path, prompt: str, seed: int, step: int, sampler, kind: str) -> None:
+        from ..sample import save_images
+
+        rec = self.job.record()
+        info = {"prompt": prompt, "seed": seed, "step": step, "image": kind, "base_model": rec.base_model,
+                "ladder": rec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(self.size),
+                "sampler": "exact" if kind != f"base-{self.cfg.validation_num_inference_steps}" else "base",
+                **({"negative_prompt": self.negative} if self.negative is not None else {})}
+        save_images([image], path, info)
+
+    def _grid(self, rows, step: int, folder: Path) -> None:
+        from ..compare import grid
+        from ..sample import save_images
+
+        n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.job.record().ladder.sigmas)
+        im = grid([r[1] for r in rows], [f"base-{n_base}", f"base-ladder-{n_lad}", f"Glance@{step}"],
+                  [r[0] for r in rows])
+        save_images([im], folder / "grid.png", {"step": step, "grid": [r[0] for r in rows]})
+
+    def _report(self, run, step: int, rows, final: Path, seconds: float) -> None:
+        out = Path(run.output_dir)
+        images = [str((final / r[2].name).relative_to(out)) for r in rows]
+        grid_path = final / "grid.png"
+        if self.jsonl is not None:
+            self.jsonl.write_event({"step": step, "event": "validation", "images": images,
+                                    "grid": str(grid_path.relative_to(out)), "seconds": round(seconds, 3)})
+        writer = getattr(self.tb, "writer", None)
+        if writer is not None:
+            import numpy as np
+            from PIL import Image
+
+            for r in rows:
+                writer.add_image(f"validation/{r[0]}", np.asarray(r[1][2].convert("RGB")), step, dataformats="HWC")
+            with Image.open(grid_path) as g:
+                writer.add_image("validation/grid", np.asarray(g.convert("RGB")), step, dataformats="HWC")
+            writer.flush()
+        log.info("validation step %d: %d image(s) in %s (%.1fs)", step, len(rows), final, seconds)
+
+
+@contextmanager
+def untouched(transformer, trainer, device):
+    """Run validation without changing what training reads next: eval mode, the global RNG forked, and on exit
+    the train/eval mode, every parameter's requires_grad and the trainer's active adapter as they were."""
+    flags = [(p, p.requires_grad) for p in transformer.parameters()]
+    was_training = transformer.training
+    transformer.eval()
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            yield
+    finally:
+        active = getattr(trainer, "active", None)
+        if active is not None:
+            transformer.set_adapter(active)
+        for p, f in flags:
+            p.requires_grad_(f)
+        transformer.train(was_training)
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _remove(p: Path) -> None:
+    away = p.with_name(f".{p.name}.old-{os.getpid()}")
+    os.replace(p, away)
+    shutil.rmtree(away, ignore_errors=True)
