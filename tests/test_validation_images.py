@@ -1,5 +1,5 @@
 """Validation images during `glance` training (train/validate.py): the final validation image equals `glancetune
-generate` run afterwards on the saved LoRAs (FLUX.1 and true-CFG SD3, within 1/255), validation leaves the LoRA
+generate` run afterwards on the saved LoRAs (FLUX.1; true-CFG SD3 and Qwen-Image; within 1/255), validation leaves the LoRA
 files byte-identical, files / PNG metadata / JSONL / TensorBoard, resume without repeating step 0, bad keys."""
 import json
 from pathlib import Path
@@ -42,6 +42,7 @@ def flux_run(tmp_path_factory):
     ("sd3", {"validation_negative_prompt": "blurry"}, ["--negative-prompt", "blurry"]),
     ("sd3", {"validation_guidance": 3.5, "validation_resolution": "48x32"},
      ["--guidance", "3.5", "--width", "48", "--height", "32"]),
+    ("qwen_image", {}, []),  # true CFG with the family's negative prompt " " and its embedding mask
 ])
 def test_final_validation_image_equals_generate(flux_run, tmp_path, family, extra, gen):
     out = flux_run if family == "flux" and not extra else train(

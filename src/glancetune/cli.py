@@ -1,4 +1,5 @@
-"""The `glancetune` command line: train, glance, generate, schedule, tiny, quickstart, validate-dataset."""
+"""The `glancetune` command line: train, glance, generate, eval (evaluate.py), schedule, tiny, quickstart,
+validate-dataset."""
 from __future__ import annotations
 
 import argparse
@@ -352,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
     t.add_argument("family")
     t.add_argument("dir")
+    from .evaluate import add_parser as add_eval
+
+    add_eval(sub)
     q = sub.add_parser("quickstart", help="train + sample Glance on the built-in tiny model and sample image")
     q.add_argument("--dir", default="glancetune-quickstart")
     q.add_argument("--model", default="tiny:flux")
@@ -378,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
-        return {"generate": cmd_generate, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
+        from .evaluate import cmd_eval
+
+        return {"generate": cmd_generate, "eval": cmd_eval, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
                 "quickstart": cmd_quickstart, "validate-dataset": cmd_validate}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -31,8 +31,10 @@ def adapters_off(transformer):
 
 
 def base_own_schedule(sampler, steps: int, prompts, seed: int, width: int, height: int, guidance=None,
-                      output_type: str = "pil", negative_prompt=None, prompt_embeds=None, negative_embeds=None):
-    """The base model's own `steps`-step images (its stock scheduler, adapters off); image k: seed + k."""
+                      output_type: str = "pil", negative_prompt=None, prompt_embeds=None, negative_embeds=None,
+                      image=None):
+    """The base model's own `steps`-step images (its stock scheduler, adapters off); image k: seed + k.
+    `image`: the control image of edit models (one prompt per call, as the sampler does)."""
     pipe = sampler.pipe
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     g = sampler.guidance if guidance is None else guidance
@@ -43,7 +45,8 @@ def base_own_schedule(sampler, steps: int, prompts, seed: int, width: int, heigh
     try:
         with adapters_off(pipe.transformer):
             return pipe(num_inference_steps=steps, width=width, height=height, generator=gens,
-                        output_type=output_type, **(prompt_embeds or {"prompt": prompts}), **kwargs).images
+                        output_type=output_type, **(prompt_embeds or {"prompt": prompts}), **kwargs,
+                        **({"image": image} if image is not None else {})).images
     finally:
         pipe.scheduler = identity
 
@@ -60,7 +63,7 @@ def grid(rows: list[list], columns: list[str], row_labels: list[str] | None = No
     from PIL import Image, ImageDraw
 
     cells = [im for r in rows for im in r if im is not None]
-    w = max((im.width for im in cells), default=64)
+    w = max([im.width for im in cells] + [6 * max(map(len, columns), default=0) + 4])  # room for the names
     h = max((im.height for im in cells), default=64)
     head = 14
     left = 0 if not row_labels else min(160, 7 * max(len(s) for s in row_labels) + 2 * pad)

@@ -1,0 +1,105 @@
+"""`glancetune eval` (evaluate.py): the metrics and the bootstrap on known inputs, and end to end on tiny FLUX.1
+and SD3 (true CFG): the report's files, counted transformer passes, its Glance image equal to `generate`'s, and
+one-line errors before any weights load."""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_err, write_configs
+from glancetune.cli import main
+from glancetune.evaluate import scores, win_rate
+from glancetune.prompts import eval_prompts
+from glancetune.sample import read_parameters
+
+PROMPTS = {"fox": "a red fox in the snow", "city": "a city street at night"}
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for fam in ("flux", "sd3"):
+        root = tmp_path_factory.mktemp(f"eval-{fam}")
+        cfg = write_configs(root, f"tiny:{fam}", resolution=32, steps=3, model_family=fam)
+        assert main(["glance", "--config", str(cfg)]) == 0
+        (root / "prompts.json").write_text(json.dumps(PROMPTS))
+        out[fam] = root
+    return out
+
+
+def test_scores_on_known_images():
+    a = Image.new("RGB", (32, 32), (100, 100, 100))
+    b = Image.new("RGB", (32, 32), (110, 100, 100))
+    s = scores(b, a)
+    assert math.isclose(s["psnr"], 10 * math.log10(255 ** 2 / (100 / 3)), rel_tol=1e-9)  # MSE = 10² / 3 channels
+    same = scores(a, a)
+    assert same["psnr"] == math.inf and same["ssim"] == 1.0
+
+
+def test_win_rate_and_bootstrap_interval():
+    r = win_rate([1, 2, 3, 5], [0, 2, 4, 1])  # win, tie, loss, win
+    assert r["rate"] == 0.625 and r["pairs"] == 4
+    lo, hi = r["ci95"]
+    assert 0 <= lo < 0.625 < hi <= 1
+    assert win_rate([1, 2, 3, 5], [0, 2, 4, 1]) == r  # seeded: the same interval every time
+    assert win_rate([2, 2], [1, 1]) == {"rate": 1.0, "ci95": [1.0, 1.0], "pairs": 2}
+
+
+def test_default_prompt_set_is_shipped():
+    prompts = eval_prompts(None)
+    assert len(prompts) >= 24 and len({p.name for p in prompts}) == len(prompts)
+
+
+@pytest.mark.parametrize("fam,passes", [("flux", [6, 10, 10, 10]), ("sd3", [12, 20, 20, 20])])
+def test_eval_report_end_to_end(runs, tmp_path, fam, passes):
+    root = runs[fam]
+    report = tmp_path / "report"
+    argv = ["eval", "--run", str(root / "output"), "--prompts", str(root / "prompts.json"), "--seeds", "2",
+            "--seed", "3", "--steps-base", "6", "--output", str(report)]
+    assert main(argv) == 0
+    data = json.loads((report / "eval.json").read_text())
+    names = ["base-6", "base-10", "base-10-ladder", "glance"]
+    assert list(data["samplers"]) == names and data["reference"] == "base-6"
+    assert [data["samplers"][n]["passes_per_image"] for n in names] == passes  # counted, not computed
+    assert data["pairs"] == 4 and data["seeds"] == [3, 4] and len(data["per_pair"]) == 4
+    for key in ("glance_vs_base-10", "glance_vs_base-10-ladder"):
+        r = data["win_rate"][key]["psnr"]
+        assert 0 <= r["ci95"][0] <= r["rate"] <= r["ci95"][1] <= 1
+    assert all(0 < p["scores"]["glance"]["ssim"] <= 1 for p in data["per_pair"])
+    assert "| glance | " in (report / "eval.md").read_text()
+    assert len(list((report / "images").iterdir())) == 16 and (report / "grid.png").is_file()
+    # the report's Glance image is generate's image; the base on the same ladder is another one
+    gen = tmp_path / "gen.png"
+    assert main(["generate", "--run", str(root / "output"), "--prompt", PROMPTS["city"], "--seed", "4",
+                 "--output", str(gen)]) == 0
+    glance = pixels(report / "images" / "city-4-glance.png")
+    assert np.abs(glance - pixels(gen)).max() <= 1
+    assert np.abs(glance - pixels(report / "images" / "city-4-base-10-ladder.png")).max() > 0
+    assert read_parameters(report / "images" / "city-4-base-6.png")["image"] == "base-6"
+    assert main(argv) == 0  # an earlier report is replaced
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_eval_bad_input_is_one_line(runs, tmp_path, capsys):
+    run = str(runs["flux"] / "output")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    err = run_err(capsys, ["eval", "--run", run, "--output", str(tmp_path / "mine")])
+    assert "--output" in err and "not an earlier eval report" in err
+    assert "--prompts" in run_err(capsys, ["eval", "--run", run, "--prompts", str(tmp_path / "none.json"),
+                                           "--output", str(tmp_path / "r")])
+    (tmp_path / "bad.json").write_text('{"a": ""}')
+    assert "prompt 'a' is empty" in run_err(capsys, ["eval", "--run", run, "--prompts", str(tmp_path / "bad.json"),
+                                                     "--output", str(tmp_path / "r")])
+    assert "--seeds" in run_err(capsys, ["eval", "--run", run, "--seeds", "0", "--output", str(tmp_path / "r")])
+    err = run_err(capsys, ["eval", "--run", str(tmp_path / "nothing"), "--output", str(tmp_path / "r")])
+    assert "nothing/slow: no LoRA file" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and not (tmp_path / "r").exists()
