@@ -32,8 +32,10 @@ def pixels(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def flux_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("val-flux")
+    # LoRA dropout on: validation must sample in eval mode (as generate) and leave the dropout RNG streams alone
     return train(root, "flux", validation_prompt=PROMPT, validation_steps=2, validation_seed=7,
-                 num_validation_images=2, validation_num_inference_steps=6, report_to="tensorboard")
+                 num_validation_images=2, validation_num_inference_steps=6, report_to="tensorboard",
+                 lora_dropout=0.1, checkpointing_steps=2, learning_rate=0.05)  # a LoRA big enough to see
 
 
 @pytest.mark.parametrize("family,extra,gen", [
@@ -68,8 +70,18 @@ def test_final_validation_image_equals_generate(flux_run, tmp_path, family, extr
     assert read_parameters(target)["step"] == 4  # generate's PNGs carry the LoRAs' training step too
 
 
+def test_step_image_equals_generate_on_that_checkpoint(flux_run, tmp_path):
+    """Mid-run (transformer in training mode, LoRA dropout on): the step-2 image is generate's on checkpoint-2."""
+    ck = flux_run / "checkpoint-2"
+    target = tmp_path / "gen.png"
+    assert main(["generate", "--slow", str(ck / "slow"), "--fast", str(ck / "fast"), "--prompt", PROMPT, "--seed", "8",
+                 "--output", str(target)]) == 0
+    assert np.abs(pixels(flux_run / "validation" / "step-2" / "validation-8.png") - pixels(target)).max() <= 1
+    assert read_parameters(target)["step"] == 4  # a checkpoint's header holds the run record (its planned steps)
+
+
 def test_validation_leaves_loras_byte_identical(flux_run, tmp_path):
-    plain = train(tmp_path, "flux")
+    plain = train(tmp_path, "flux", lora_dropout=0.1, learning_rate=0.05)
     for role in ("slow", "fast"):
         assert (plain / role / WEIGHT_NAME).read_bytes() == (flux_run / role / WEIGHT_NAME).read_bytes()
     assert not (plain / "validation").exists()
@@ -123,6 +135,14 @@ def test_prompt_library_and_names(tmp_path):
     names = sorted(p.name for p in (out / "validation" / "step-2").iterdir())
     assert names == ["cat_photo-0.png", "dog-0.png", "grid.png", "prompt-0-0.png"]
     assert read_parameters(out / "validation" / "step-2" / "cat_photo-0.png")["prompt"] == "a <subject> on a sofa"
+
+
+def test_dry_run_describes_validation(tmp_path, capsys):
+    cfg = write_configs(tmp_path, "tiny:flux", resolution=RES, steps=2, validation_prompt=PROMPT,
+                        validation_resolution=64, num_validation_images=3)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "validation: 1 prompt(s) (validation) x 3 seed(s) from 0 at 64x64, at step 0, every 100 steps" \
+        in capsys.readouterr().out
 
 
 def test_disabled_and_train_command(tmp_path):

@@ -196,6 +196,7 @@ class GlanceSampler:
                                 stock=lora_load == "stock")
             if note:
                 log.info("%s", note)
+        pipe.transformer.eval()  # the LoRA layers peft adds are in training mode: LoRA dropout would sample noise
         if base_model_precision != "no_change":  # after the LoRAs: diffusers' FLUX loader reads plain weights
             from .train.quantize import quantize_model
 

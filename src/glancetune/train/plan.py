@@ -152,4 +152,8 @@ class Plan:
         caches = sample_caches(self.cfg, self.samples)
         lines.append("caches: text embeddings " + ", ".join(sorted({str(t.dir) for t, _ in caches}))
                      + "; VAE latents " + ", ".join(sorted({str(v.dir) for _, v in caches})))
+        if self.cfg.validation_enabled:
+            from .validate import describe
+
+            lines.append(describe(self))
         return "\n".join(lines)

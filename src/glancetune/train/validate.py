@@ -260,6 +260,20 @@ class Validation(Hook):
         log.info("validation step %d: %d image(s) in %s (%.1fs)", step, len(rows), final, seconds)
 
 
+def describe(plan) -> str:
+    """--dry-run: what validation will write (the prompt files are read, so a bad one fails here too)."""
+    from ..prompts import validation_prompts
+
+    cfg = plan.cfg
+    prompts = validation_prompts(cfg)
+    w, h = cfg.validation_size or (plan.width, plan.height)
+    seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
+    return (f"validation: {len(prompts)} prompt(s) ({', '.join(p.name for p in prompts[:4])}"
+            f"{', ...' if len(prompts) > 4 else ''}) x {cfg.num_validation_images} seed(s) from {seed} at {w}x{h}, "
+            f"at step 0, every {cfg.validation_steps} steps and the end, into {cfg.output_dir}/{FOLDER}/; base "
+            f"reference {cfg.validation_num_inference_steps} steps")
+
+
 @contextmanager
 def untouched(transformer, trainer, device):
     """Run validation without changing what training reads next: eval mode, the global RNG forked, and on exit
