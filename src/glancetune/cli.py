@@ -1,5 +1,5 @@
-"""The `glancetune` command line: train, glance, generate, eval (evaluate.py), schedule, tiny, quickstart,
-validate-dataset."""
+"""The `glancetune` command line: train, glance, generate, eval (evaluate.py), export (comfyui.py), schedule, tiny,
+quickstart, validate-dataset."""
 from __future__ import annotations
 
 import argparse
@@ -356,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_parser as add_eval
 
     add_eval(sub)
+    from .comfyui import add_parser as add_export
+
+    add_export(sub)
     q = sub.add_parser("quickstart", help="train + sample Glance on the built-in tiny model and sample image")
     q.add_argument("--dir", default="glancetune-quickstart")
     q.add_argument("--model", default="tiny:flux")
@@ -382,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
+        from .comfyui import cmd_export
         from .evaluate import cmd_eval
 
-        return {"generate": cmd_generate, "eval": cmd_eval, "cache": cmd_cache, "schedule": cmd_schedule, "tiny": cmd_tiny,
-                "quickstart": cmd_quickstart, "validate-dataset": cmd_validate}[args.command](args)
+        return {"generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "cache": cmd_cache,
+                "schedule": cmd_schedule, "tiny": cmd_tiny, "quickstart": cmd_quickstart,
+                "validate-dataset": cmd_validate}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,9 +94,9 @@ def write_json(path: Path, data: dict) -> None:
 OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", "train_log.jsonl")
 OWN_DIRS = ("slow", "fast")
 # folders only glancetune names so: checkpoints, their temp/retired forms, staging of the final files, retired
-# LoRA folders, validation images (train/validate.py), and (versions before the trainer core) the temp/retired
+# LoRA folders, validation images (train/validate.py), ComfyUI copies (comfyui.py), and (versions before the trainer core) the temp/retired
 # siblings of a whole output folder
-OWN_PATTERN = re.compile(r"^(checkpoint-\d+|validation|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|"
+OWN_PATTERN = re.compile(r"^(checkpoint-\d+|validation|comfyui|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|"
                          r"\.(slow|fast)\.old-\d+)$")
 
 

@@ -49,6 +49,14 @@ class RunRecord:
         d["phases"] = {k: [f32(x) for x in v] for k, v in d["phases"].items()}
         return cls(**d)
 
+    def usage_hint(self) -> str:
+        if self.ladder is None:
+            return "glancetune generate (the sigmas in glancetune.run)"
+        lad = self.ladder
+        return (f"use with its partner (glancetune.partner): the slow LoRA first, switch after step {lad.boundary} of "
+                f"{len(lad.sigmas)} to the fast one, Euler on the exact sigmas in glancetune.run (glancetune generate "
+                "--run <dir> does this)")
+
     def header(self, role: str) -> dict[str, str]:
         """safetensors metadata for the LoRA file of phase `role`."""
         w, h = self.resolution
@@ -58,8 +66,7 @@ class RunRecord:
                 "modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": f"{self.model_family}/lora",
                 "modelspec.implementation": "diffusers", "modelspec.title": f"glance-{role}",
                 "modelspec.resolution": f"{w}x{h}", "modelspec.timestep_range": f"{min(ts):.4f},{max(ts):.4f}",
-                "modelspec.usage_hint": "glancetune generate --run <dir> (slow then fast adapter on the exact "
-                                        "sigmas in glancetune.run)"}
+                "modelspec.usage_hint": self.usage_hint()}
         if self.ladder is not None:
             other = "fast" if role == "slow" else "slow"
             meta[META_PREFIX + "partner"] = f"../{other}/pytorch_lora_weights.safetensors"
