@@ -1,5 +1,6 @@
 """Validation images during `glance` training (train/validate.py): the final validation image equals `glancetune
-generate` run afterwards on the saved LoRAs (FLUX.1; true-CFG SD3 and Qwen-Image; within 1/255), validation leaves the LoRA
+generate` run afterwards on the saved LoRAs (FLUX.1, FLUX.2 dev; true-CFG SD3, Qwen-Image, FLUX.2 klein;
+within 1/255), validation leaves the LoRA
 files byte-identical, files / PNG metadata / JSONL / TensorBoard, resume without repeating step 0, bad keys."""
 import json
 from pathlib import Path
@@ -19,7 +20,9 @@ RES = 32
 
 
 def train(root: Path, family: str, steps=4, **extra) -> Path:
-    cfg = write_configs(root, f"tiny:{family}", resolution=RES, steps=steps, model_family=family, **extra)
+    """`family`: a tiny model name (flux, sd3, qwen_image, flux2-klein, ...)."""
+    cfg = write_configs(root, f"tiny:{family}", resolution=RES, steps=steps, model_family=family.split("-")[0],
+                        **extra)
     assert main(["glance", "--config", str(cfg)]) == 0
     return root / "output"
 
@@ -45,6 +48,8 @@ def flux_run(tmp_path_factory):
     ("sd3", {"validation_guidance": 3.5, "validation_resolution": "48x32"},
      ["--guidance", "3.5", "--width", "48", "--height", "32"]),
     ("qwen_image", {}, []),  # true CFG with the family's negative prompt " " and its embedding mask
+    ("flux2-klein", {}, []),  # true CFG, the pipeline's fixed "" negative prompt
+    ("flux2-dev", {}, []),  # guidance embedding, Mistral prompt embeddings
 ])
 def test_final_validation_image_equals_generate(flux_run, tmp_path, family, extra, gen):
     out = flux_run if family == "flux" and not extra else train(

@@ -226,9 +226,8 @@ class GlanceSampler:
         return cfg_phases
 
     def guidance_kwargs(self, guidance, negative_prompt: str | None = None, negative_embeds: dict | None = None):
-        """(kwargs with CFG on, kwargs with CFG off) for the pipeline call. A guidance embedding (FLUX.1) is not
-        CFG: it is passed whatever the phase policy. `negative_prompt` replaces the family's (true-CFG families
-        whose pipeline takes one); `negative_embeds` (`negative_prompt_embeds`-style) replaces its text."""
+        """(kwargs with CFG on, with CFG off) for the pipeline call; a guidance embedding (FLUX.1) is passed either
+        way. `negative_prompt` / `negative_embeds` (`negative_prompt_embeds=`-style) replace the family's."""
         cfg_on = self.family.pipeline_kwargs(guidance, self.max_sequence_length)
         cfg_off = self.family.pipeline_kwargs(None, self.max_sequence_length) if self.family.true_cfg else cfg_on
         if negative_prompt is not None:
