@@ -139,7 +139,7 @@ class Checkpoints(Hook):
         tmp = out / f".checkpoint-{step}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.job.write_loras(tmp, states)
+        self.job.write_loras(tmp, states, step)
         # the LoRA weights are kept once, in the LoRA files; the state holds everything else
         lean = [{name: {k: v for k, v in st.items() if k != "params"} for name, st in r.items()} for r in states]
         torch.save({"step": step, "ranks": lean}, tmp / STATE_NAME)

@@ -26,9 +26,12 @@ class PhaseFiles:
 
         return gather_object([send_to_device(mine, "cpu")])
 
-    def write_loras(self, folder: Path, states: list[dict[str, dict]]) -> None:
-        """Each phase's LoRA file (stock layout + run record) under `folder`, from the gathered states."""
+    def write_loras(self, folder: Path, states: list[dict[str, dict]], step: int | None = None) -> None:
+        """Each phase's LoRA file (stock layout + run record) under `folder`, from the gathered states; `step`: a
+        checkpoint's, recorded as the LoRAs' train_steps (what generate stores in its images)."""
         record = self.record()
+        if step is not None:
+            record.train_steps = step
         for ph in self.phases:
             saved = next(r[ph.name] for r in states if ph.name in r)  # the process that trained it
             target = folder / ph.subdir if ph.subdir else folder
