@@ -1,7 +1,8 @@
 """`glancetune export` (comfyui.py): ComfyUI copies of a pair. Converting back gives the same tensors; the module
-names are ComfyUI's (FLUX.1: the table of comfy.utils.flux_to_diffusers; Qwen-Image: the diffusers names); every
-part's delta is unchanged; diffusers' own readers of these layouts give the original LoRA back (FLUX.1 double
-blocks: `_convert_kohya_flux_lora_to_diffusers`; Qwen-Image: `load_lora_weights` samples the same image)."""
+names are ComfyUI's (FLUX.1/FLUX.2: the table of comfy.utils.flux_to_diffusers; SD3: comfy.utils.mmdit_to_diffusers;
+Qwen-Image: the diffusers names); every part's delta is unchanged; diffusers' own readers of these layouts give the
+original LoRA back (FLUX.1 double blocks: `_convert_kohya_flux_lora_to_diffusers`; Qwen-Image and FLUX.2 klein:
+stock `load_lora_weights` on the copies samples generate's image)."""
 import json
 
 import numpy as np
@@ -20,18 +21,27 @@ from glancetune.families import model_info
 PROMPT = "a red gradient with speckles"
 # comfy.utils.flux_to_diffusers, ComfyUI's own names for the tiny FLUX.1 (1 double, 1 single block) modules that
 # the default FLUX.1 targets touch
-FLUX_NAMES = {"double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_attn.proj",
-              "double_blocks.0.txt_attn.proj", "double_blocks.0.img_mlp.0", "double_blocks.0.img_mlp.2",
-              "double_blocks.0.txt_mlp.0", "double_blocks.0.txt_mlp.2", "single_blocks.0.linear1"}
+NAMES = {"flux": {"double_blocks.0.img_attn.qkv", "double_blocks.0.txt_attn.qkv", "double_blocks.0.img_attn.proj",
+                  "double_blocks.0.txt_attn.proj", "double_blocks.0.img_mlp.0", "double_blocks.0.img_mlp.2",
+                  "double_blocks.0.txt_mlp.0", "double_blocks.0.txt_mlp.2", "single_blocks.0.linear1"},
+         # tiny FLUX.2 klein: 1 double, 2 single blocks; default targets to_q/k/v, to_out.0, to_qkv_mlp_proj
+         "flux2-klein": {"double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj", "single_blocks.0.linear1",
+                         "single_blocks.1.linear1"},
+         # tiny SD3: 2 joint blocks, the last one context_pre_only (no to_add_out); attention targets
+         "sd3": {"joint_blocks.0.x_block.attn.qkv", "joint_blocks.0.x_block.attn.proj",
+                 "joint_blocks.0.context_block.attn.qkv", "joint_blocks.0.context_block.attn.proj",
+                 "joint_blocks.1.x_block.attn.qkv", "joint_blocks.1.x_block.attn.proj",
+                 "joint_blocks.1.context_block.attn.qkv"}}
+ALPHA = {"flux": 4, "qwen_image": 8, "flux2-klein": 8, "sd3": 12}  # rank 4: alpha = rank, 2 x rank, 3 x rank
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = {}
-    for fam, alpha in (("flux", 4), ("qwen_image", 8)):  # rank 4: alpha = rank, and alpha = 2 x rank
+    for fam, alpha in ALPHA.items():
         root = tmp_path_factory.mktemp(f"cx-{fam}")
-        cfg = write_configs(root, f"tiny:{fam}", resolution=32, steps=3, model_family=fam, lora_alpha=alpha,
-                            learning_rate=0.05)
+        cfg = write_configs(root, f"tiny:{fam}", resolution=32, steps=3, model_family=fam.split("-")[0],
+                            lora_alpha=alpha, learning_rate=0.05)
         assert main(["glance", "--config", str(cfg)]) == 0
         assert main(["export", "--run", str(root / "output")]) == 0
         out[fam] = root / "output"
@@ -48,16 +58,17 @@ def modules(sd):
             k.removeprefix("diffusion_model.").removesuffix(".alpha") for k in sd}
 
 
-@pytest.mark.parametrize("fam", ["flux", "qwen_image"])
+@pytest.mark.parametrize("fam", list(ALPHA))
 def test_back_conversion_gives_the_same_tensors(runs, fam):
     run = runs[fam]
     config = model_info(f"tiny:{fam}").transformer_config
+    family = fam.split("-")[0]
     for role in ("slow", "fast"):
         original = load_file(str(run / role / WEIGHT_NAME))
         path = run / "comfyui" / f"glance-{role}.safetensors"
         comfy = load_file(str(path))
         meta = header(path)
-        back = from_comfyui(comfy, fam, config, json.loads(meta["glancetune.comfyui.parts"]))
+        back = from_comfyui(comfy, family, config, json.loads(meta["glancetune.comfyui.parts"]), ALPHA[fam])
         assert back.keys() == original.keys()
         assert all(torch.equal(back[k], original[k]) for k in original)
         assert all(k.startswith("diffusion_model.") for k in comfy)
@@ -66,8 +77,8 @@ def test_back_conversion_gives_the_same_tensors(runs, fam):
         assert meta["glancetune.run"] == header(run / role / WEIGHT_NAME)["glancetune.run"]
         assert "switch after step 5 of 10" in meta["modelspec.usage_hint"]
         assert meta["modelspec.timestep_range"] and "lora_adapter_metadata" not in meta
-    if fam == "flux":
-        assert modules(comfy) == FLUX_NAMES
+    if fam in NAMES:
+        assert modules(comfy) == NAMES[fam]
     else:
         assert modules(comfy) == {k.removeprefix("transformer.").rsplit(".", 2)[0] for k in original}
 
@@ -103,15 +114,16 @@ def test_diffusers_reads_the_flux_double_blocks_back(runs):
     assert all(torch.equal(back[k], want[k]) for k in want)
 
 
-def test_stock_diffusers_loads_the_qwen_copies_and_samples_the_same_image(runs, tmp_path):
+@pytest.mark.parametrize("fam", ["qwen_image", "flux2-klein"])
+def test_stock_diffusers_loads_the_copies_and_samples_the_same_image(runs, tmp_path, fam):
     from glancetune.record import read_record
     from glancetune.sample import GlanceSampler
 
-    run = runs["qwen_image"]
-    info = model_info("tiny:qwen_image")
+    run = runs[fam]
+    info = model_info(f"tiny:{fam}")
     rec = read_record(run / "slow")[0]
     pipe = info.family.pipeline_class().from_pretrained(info.path)
-    for role in ("slow", "fast"):  # alpha 2 x rank: diffusers folds the .alpha scale into the weights
+    for role in ("slow", "fast"):  # alpha 2 x rank: diffusers folds the .alpha scale into the weights (Qwen)
         pipe.load_lora_weights(str(run / "comfyui"), weight_name=f"glance-{role}.safetensors", adapter_name=role)
     sampler = GlanceSampler(pipe, info, rec.ladder, info.family.inference_guidance(rec.guidance),
                             rec.max_sequence_length, rec.resolution)
@@ -122,11 +134,25 @@ def test_stock_diffusers_loads_the_qwen_copies_and_samples_the_same_image(runs, 
     assert np.abs(mine - ref).max() <= 1
 
 
+def test_sd3_last_block_modulation_is_swapped():
+    from glancetune.comfyui import to_comfyui
+
+    config = model_info("tiny:sd3").transformer_config
+    a, b = torch.randn(4, 8), torch.randn(2 * 32, 4)
+    sd = {"transformer.transformer_blocks.1.norm1_context.linear.lora_A.weight": a,
+          "transformer.transformer_blocks.1.norm1_context.linear.lora_B.weight": b}
+    out, _ = to_comfyui(sd, "sd3", config, 4)
+    up = out["diffusion_model.joint_blocks.1.context_block.adaLN_modulation.1.lora_up.weight"]
+    assert torch.equal(up[:32], b[32:]) and torch.equal(up[32:], b[:32])  # comfy.utils.swap_scale_shift
+    assert torch.equal(from_comfyui(out, "sd3", config, {})[
+        "transformer.transformer_blocks.1.norm1_context.linear.lora_B.weight"], b)
+
+
 def test_export_errors_are_one_line(tmp_path, capsys):
     err = run_err(capsys, ["export", "--run", str(tmp_path)])
     assert "slow: no LoRA file" in err
-    cfg = write_configs(tmp_path / "sd3", "tiny:sd3", resolution=32, steps=1, model_family="sd3")
+    cfg = write_configs(tmp_path / "f", "tiny:flux", resolution=32, steps=1, lora_targets=["attn.to_q", "proj_out"])
     assert main(["glance", "--config", str(cfg)]) == 0
-    err = run_err(capsys, ["export", "--run", str(tmp_path / "sd3" / "output")])
-    assert "built for FLUX.1 and Qwen-Image, not sd3" in err
-    assert not (tmp_path / "sd3" / "output" / "comfyui").exists()
+    err = run_err(capsys, ["export", "--run", str(tmp_path / "f" / "output")])
+    assert "LoRA module proj_out has no ComfyUI name" in err
+    assert not (tmp_path / "f" / "output" / "comfyui").exists()
