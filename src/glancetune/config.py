@@ -23,7 +23,7 @@ from .train.quantize import PRECISIONS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
-    "caption_dropout_probability", "tread_config", "use_ema", "lora_type",
+    "caption_dropout_probability", "use_ema", "lora_type",
     "push_to_hub", "hub_model_id", "aspect_bucket_rounding", "train_text_encoder", "noise_offset", "snr_gamma",
     "lora_init_type",
 }
@@ -170,6 +170,10 @@ class TrainConfig(ValidationKeys):
                                          "while it encodes (the text encoders leave before the VAE arrives)")
     vae_enable_tiling: bool = Field(False, description="VAE encode/decode in tiles (large images in less memory)")
     vae_enable_slicing: bool = Field(False, description="VAE batch one image at a time")
+    tread_config: dict | None = Field(None, description="TREAD token routing while training: {\"routes\": "
+                                      "[{\"selection_ratio\", \"start_layer_idx\", \"end_layer_idx\"}]}; "
+                                      "selection_ratio is the fraction of image tokens routed around (SimpleTuner's "
+                                      "meaning); FLUX.1 only so far (train/tread.py)")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
     @field_validator("optimizer", mode="before")

@@ -239,6 +239,20 @@ class Family:
 
     # --- inference ---------------------------------------------------------------------------------------------
     #: True when inference guidance is true CFG (two passes per step); False for a guidance embedding
+    # --- TREAD (train/tread.py) ------------------------------------------------------------------------------
+    def tread_blocks_count(self, transformer_config: dict) -> int | None:
+        """Blocks that TREAD routes index, or None where routing is not built for the family."""
+        return None
+
+    def tread_blocks(self, transformer) -> list:
+        """The transformer's blocks in execution order (each takes hidden_states, encoder_hidden_states, ...,
+        image_rotary_emb and returns (encoder_hidden_states, hidden_states))."""
+        raise NotImplementedError
+
+    def tread_rope_rows(self, rope, text_tokens: int, keep: torch.Tensor):
+        """The rotary embedding of the text tokens and of the kept image tokens `keep`."""
+        raise NotImplementedError
+
     true_cfg: bool = False
 
     #: true-CFG families: the negative prompt the pipeline uses when none is given

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import GlanceError
 from ..export import OutputDir
-from . import checkpoint
+from . import checkpoint, tread
 from .encode import encode
 from .hooks import Hooks, RunInfo
 from .lora import add_lora
@@ -155,6 +155,7 @@ class Job(Plan, PhaseFiles):
                 p.data = p.data.to(rt.device)
         if resume is not None:
             self.load_loras(resume)
+        tread.install(self.transformer, self.family, cfg.tread_config)  # training-only token routing
         if cfg.compile_transformer:
             self.transformer.compile_repeated_blocks(fullgraph=True)
         mine = [ph for ph in self.phases if rt.layout != "parallel-phases" or ph.name == self.phases[rt.rank].name]

@@ -64,6 +64,13 @@ class Plan:
         self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
         memory.check(cfg, self.family, device, compute_dtype(mp))  # precisions and offload, before any weights
+        from .tread import parse_routes
+
+        self.tread_routes = parse_routes(cfg.tread_config, self.family.tread_blocks_count(
+            self.info.transformer_config), self.family.name)
+        if self.tread_routes and cfg.compile_transformer:
+            raise GlanceError("tread_config: not with compile_transformer yet (the routing hooks are untested under "
+                              "torch.compile); remove one of them")
         self.data = load_job_plan(load_backends(cfg.data_backend_config), self.family.alignment(self.info),
                                   cfg.seed, edit=self.family.needs_control_image)
         self.samples = self.data.samples

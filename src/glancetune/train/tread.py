@@ -1,0 +1,140 @@
+"""TREAD token routing (arXiv 2501.04765), training only: in each route's window of transformer blocks only a
+random subset of the image tokens is processed; the others skip the window unchanged (an identity path, so their
+gradients still flow to the blocks before it) and re-enter after its last block.
+
+`tread_config: {"routes": [{"selection_ratio": r, "start_layer_idx": a, "end_layer_idx": b}, ...]}`, SimpleTuner's
+keys with **SimpleTuner's meaning**: `selection_ratio` is the fraction of image tokens *routed around* the window
+(0.5 drops half; its code computes the kept count as tokens minus floor(tokens x ratio)). The FLUX.2 guide among
+the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md and its router, so a config copied
+from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
+the 19 double blocks, then the 38 single blocks), both ends inclusive, negative from the end.
+
+How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
+draws each route's kept image tokens (sorted, the same for every sample of the batch) from the global torch RNG —
+the phase's forked stream, so a resumed run draws the same — only while gradients are enabled (eval losses,
+validation and sampling are unrouted). A pre-hook on the window's first block keeps the full sequence aside and
+passes the kept tokens on; every block of the window gets the rotary embedding rows of the text tokens and of the
+kept image tokens (positions follow the tokens); a hook after the last block scatters the processed tokens back
+into the full sequence. Gradient-checkpoint recomputation repeats the same gathers. A route that would keep every
+token routes nothing (no draw).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GlanceError
+
+KEY = "tread_config"
+
+
+@dataclass(frozen=True)
+class Route:
+    ratio: float  # fraction of image tokens routed around the window
+    start: int  # first block (inclusive, resolved)
+    end: int  # last block (inclusive, resolved)
+
+
+def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
+    """Routes from the config value (None: no TREAD); one-line errors naming the key."""
+    if not value:
+        return []
+    if n_blocks is None:
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1 so far, not for {family}; remove {KEY}")
+    routes = value.get("routes") if isinstance(value, dict) else None
+    extra = sorted(set(value) - {"routes"}) if isinstance(value, dict) else []
+    if not isinstance(routes, list) or not routes or extra:
+        raise GlanceError(f"{KEY}: expected {{\"routes\": [{{\"selection_ratio\", \"start_layer_idx\", "
+                          f"\"end_layer_idx\"}}, ...]}} (got {value!r})")
+    out: list[Route] = []
+    for i, r in enumerate(routes):
+        where = f"{KEY}.routes[{i}]"
+        if not isinstance(r, dict) or set(r) != {"selection_ratio", "start_layer_idx", "end_layer_idx"}:
+            raise GlanceError(f"{where}: needs exactly selection_ratio, start_layer_idx, end_layer_idx (got {r!r})")
+        ratio, a, b = r["selection_ratio"], r["start_layer_idx"], r["end_layer_idx"]
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise GlanceError(f"{where}.selection_ratio: the fraction of tokens routed around, in [0, 1) "
+                              f"(got {ratio!r})")
+        ends = []
+        for name, idx in (("start_layer_idx", a), ("end_layer_idx", b)):
+            if isinstance(idx, bool) or not isinstance(idx, int) or not -n_blocks <= idx < n_blocks:
+                raise GlanceError(f"{where}.{name}: a block index in [{-n_blocks}, {n_blocks - 1}] for this "
+                                  f"{family} transformer's {n_blocks} blocks (got {idx!r})")
+            ends.append(idx % n_blocks)
+        if ends[0] > ends[1]:
+            raise GlanceError(f"{where}: start_layer_idx {a} comes after end_layer_idx {b} (blocks {ends[0]} > "
+                              f"{ends[1]})")
+        out.append(Route(float(ratio), ends[0], ends[1]))
+    ordered = sorted(out, key=lambda r: r.start)
+    for x, y in zip(ordered, ordered[1:]):
+        if y.start <= x.end:
+            raise GlanceError(f"{KEY}: routes overlap (blocks {x.start}-{x.end} and {y.start}-{y.end})")
+    return ordered
+
+
+def _bound(module, args, kwargs) -> inspect.BoundArguments:
+    b = inspect.signature(module.forward).bind(*args, **kwargs)
+    return b
+
+
+class Tread:
+    """The hooks of one transformer's routes (`install` once, after the adapters exist)."""
+
+    def __init__(self, routes: list[Route], blocks: list, rope_rows):
+        self.routes, self.blocks, self.rope_rows = routes, blocks, rope_rows
+        self.keep: dict[Route, torch.Tensor | None] = {}
+        self.full: dict[Route, torch.Tensor] = {}
+
+    def install(self, transformer) -> None:
+        transformer.register_forward_pre_hook(self._draw, with_kwargs=True)
+        for r in self.routes:
+            for i in range(r.start, r.end + 1):
+                self.blocks[i].register_forward_pre_hook(self._enter(r, first=i == r.start), with_kwargs=True)
+            self.blocks[r.end].register_forward_hook(self._leave(r), with_kwargs=True)
+
+    def _draw(self, module, args, kwargs):
+        self.keep = {}
+        if not torch.is_grad_enabled():
+            return None
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        n = hidden.shape[1]
+        for r in self.routes:
+            keep = max(1, n - int(n * r.ratio))
+            self.keep[r] = None if keep == n else torch.randperm(n)[:keep].sort().values.to(hidden.device)
+        return None
+
+    def _enter(self, r: Route, first: bool):
+        def hook(block, args, kwargs):
+            ids = self.keep.get(r)
+            if ids is None:
+                return None
+            b = _bound(block, args, kwargs)
+            if first:
+                full = b.arguments["hidden_states"]
+                self.full[r] = full
+                b.arguments["hidden_states"] = full.index_select(1, ids)
+            txt = b.arguments["encoder_hidden_states"].shape[1]
+            b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], txt, ids)
+            return b.args, b.kwargs
+        return hook
+
+    def _leave(self, r: Route):
+        def hook(block, args, kwargs, output):
+            ids = self.keep.get(r)
+            if ids is None:
+                return None
+            encoder_hidden_states, hidden_states = output
+            return encoder_hidden_states, self.full[r].index_copy(1, ids, hidden_states)
+        return hook
+
+
+def install(transformer, family, value) -> Tread | None:
+    """Route `transformer` per the config value (None: nothing installed)."""
+    routes = parse_routes(value, family.tread_blocks_count(transformer.config), family.name)
+    if not routes:
+        return None
+    tread = Tread(routes, family.tread_blocks(transformer), family.tread_rope_rows)
+    tread.install(transformer)
+    return tread

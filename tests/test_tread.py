@@ -1,0 +1,136 @@
+"""TREAD token routing (train/tread.py) on the tiny FLUX.1 model (1 double + 1 single block), CPU: a route that
+routes nothing gives the plain run's LoRA bytes; the hooks are exact (a route forced to keep every token through
+the gather/scatter path gives the plain bytes too); a real route processes fewer tokens in its window during
+training steps only, still trains, is the same with and without gradient checkpointing and resumes exactly; the
+rotary rows follow the kept tokens; bad routes are one line."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_err, write_configs
+from glancetune.cli import main
+from glancetune.export import WEIGHT_NAME
+
+ROUTE = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
+
+
+def lora_bytes(out: Path) -> dict:
+    return {role: (out / role / WEIGHT_NAME).read_bytes() for role in ("slow", "fast")}
+
+
+def run(root: Path, tiny_flux, steps=3, **keys) -> Path:
+    cfg = write_configs(root, tiny_flux, steps=steps, checkpointing_steps=0, learning_rate=5e-3, **keys)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    return root / "output"
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_flux, tmp_path_factory):
+    return run(tmp_path_factory.mktemp("plain"), tiny_flux)
+
+
+def test_a_route_that_routes_nothing_is_no_route(plain, tiny_flux, tmp_path):
+    none = {"routes": [{"selection_ratio": 0.0, "start_layer_idx": 0, "end_layer_idx": 1}]}
+    assert lora_bytes(run(tmp_path, tiny_flux, tread_config=none)) == lora_bytes(plain)
+
+
+def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
+    """Every token kept, but through the whole gather / rotary rows / scatter path: the same bytes."""
+    from glancetune.train import tread
+
+    def keep_all(self, module, args, kwargs):
+        self.keep = {}
+        if torch.is_grad_enabled():
+            n = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[1]
+            self.keep = {r: torch.arange(n) for r in self.routes}
+
+    monkeypatch.setattr(tread.Tread, "_draw", keep_all)
+    assert lora_bytes(run(tmp_path, tiny_flux, tread_config=ROUTE)) == lora_bytes(plain)
+
+
+def test_a_route_processes_fewer_tokens_while_training(plain, tiny_flux, tmp_path, monkeypatch):
+    from glancetune.train import job
+
+    seen = []
+    orig = job.Job.build_trainer
+
+    def build(self, *a, **k):
+        trainer = orig(self, *a, **k)
+        for name, blocks in (("double", self.transformer.transformer_blocks),
+                             ("single", self.transformer.single_transformer_blocks)):
+            blocks[0].register_forward_pre_hook(
+                lambda m, args, kw, name=name: seen.append((name, torch.is_grad_enabled(), (
+                    kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])), with_kwargs=True)
+        return trainer
+
+    monkeypatch.setattr(job.Job, "build_trainer", build)
+    out = run(tmp_path, tiny_flux, steps=6, tread_config=ROUTE)
+    tokens = (128 // 16) ** 2  # 128x128 image, VAE /8, 2x2 packing: 64 image tokens
+    assert {(g, n) for _, g, n in seen} == {(True, tokens // 2), (False, tokens)}  # eval losses are unrouted
+    assert lora_bytes(out) != lora_bytes(plain)
+    for role in ("slow", "fast"):
+        log = json.loads((out / role / "train_log.json").read_text())
+        assert log["eval_loss_after"] < log["eval_loss_before"], (role, log)
+
+
+def test_gradient_checkpointing_and_resume_are_exact(tiny_flux, tmp_path):
+    whole = run(tmp_path / "whole", tiny_flux, steps=4, tread_config=ROUTE)
+    gc = run(tmp_path / "gc", tiny_flux, steps=4, tread_config=ROUTE, gradient_checkpointing=True)
+    a, b = lora_bytes(whole), lora_bytes(gc)
+    from safetensors.torch import load
+
+    for role in a:
+        ta, tb = load(a[role]), load(b[role])
+        assert all(torch.allclose(ta[k], tb[k], rtol=0, atol=1e-6) for k in ta)
+    # 2 steps with a checkpoint, then the same run extended to 4: resumed, equal to the 4-step run
+    cfg = write_configs(tmp_path / "resumed", tiny_flux, steps=2, checkpointing_steps=2, learning_rate=5e-3,
+                        tread_config=ROUTE)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    assert main(["glance", "--config", str(cfg), "max_train_steps=4", "resume_allow_changes=[\"max_train_steps\"]"]) == 0
+    assert lora_bytes(tmp_path / "resumed" / "output") == a
+
+
+def test_rotary_rows_follow_the_kept_tokens(tiny_flux):
+    from diffusers import FluxTransformer2DModel
+
+    from glancetune.families import resolve_family
+
+    family = resolve_family("flux", None)[0]
+    t = FluxTransformer2DModel.from_pretrained(tiny_flux, subfolder="transformer")
+    txt = torch.zeros(5, 3)
+    img = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"),
+                      -1).reshape(-1, 3)
+    keep = torch.tensor([1, 4, 6, 15])
+    rows = family.tread_rope_rows(t.pos_embed(torch.cat([txt, img])), 5, keep)
+    direct = t.pos_embed(torch.cat([txt, img[keep]]))
+    assert all(torch.equal(a, b) for a, b in zip(rows, direct))
+
+
+@pytest.mark.parametrize("value,expected", [
+    ({"routes": [{"selection_ratio": 1.0, "start_layer_idx": 0, "end_layer_idx": 1}]},
+     "tread_config.routes[0].selection_ratio: the fraction of tokens routed around, in [0, 1) (got 1.0)"),
+    ({"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 2}]},
+     "tread_config.routes[0].end_layer_idx: a block index in [-2, 1] for this flux transformer's 2 blocks (got 2)"),
+    ({"routes": [{"selection_ratio": 0.5, "start_layer_idx": -1, "end_layer_idx": 0}]},
+     "tread_config.routes[0]: start_layer_idx -1 comes after end_layer_idx 0 (blocks 1 > 0)"),
+    ({"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 0},
+                 {"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 1}]},
+     "tread_config: routes overlap (blocks 0-0 and 0-1)"),
+    ({"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0}]},
+     "tread_config.routes[0]: needs exactly selection_ratio, start_layer_idx, end_layer_idx"),
+])
+def test_bad_routes_are_one_line(tiny_flux, tmp_path, capsys, value, expected):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, tread_config=value)
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err.startswith("error: " + expected), err
+    assert not (tmp_path / "output").exists()
+
+
+def test_tread_elsewhere_is_one_line(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, tread_config=ROUTE, compile_transformer=True)
+    assert "tread_config: not with compile_transformer yet" in run_err(capsys, ["glance", "--config", str(cfg)])
+    cfg = write_configs(tmp_path / "sd3", "tiny:sd3", steps=1, model_family="sd3", tread_config=ROUTE)
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err == "error: tread_config: TREAD is built for FLUX.1 so far, not for sd3; remove tread_config"
