@@ -153,8 +153,8 @@ def cmd_generate(args) -> int:
 
     from .data.dataset import open_image
     from .families import model_info
-    from .sample import (GlanceSampler, check_image_arg, check_request, check_size, image_info, output_paths,
-                         resolve_spec, save_images)
+    from .prompt_cache import sample_with_cache
+    from .sample import check_image_arg, check_request, check_size, image_info, output_paths, resolve_spec, save_images
     from .train.runtime import select
 
     # every argument is checked before any weights load
@@ -179,12 +179,9 @@ def cmd_generate(args) -> int:
         raise GlanceError(f"--negative-prompt: {info.family.name} has no true CFG, so no negative prompt")
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
-    sampler = GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load,
-                                      base_model_precision=args.base_model_precision)
-    t1 = time.perf_counter()
-    images = sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control, sampler=args.sampler,
-                     negative_prompt=args.negative_prompt)
+    sampler, images, load_s = sample_with_cache(args, spec, info, dtype, control)
     t2 = time.perf_counter()
+    t1 = t0 + load_s
     params = image_info(spec, args.prompt, args.seed, sampler.guidance, args.sampler)
     if args.image is not None:
         params["image"] = str(args.image)
