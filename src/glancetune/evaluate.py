@@ -5,7 +5,9 @@ For every prompt x seed, with the same initial noise (a CPU generator seeded ali
   base-L           the base model's own L-step schedule, L = the ladder's length (10): the cheap baseline;
   base-L-ladder    the base model on the Glance ladder (the Glance sampler with the adapters off);
   glance           the Glance image (the sampler of `glancetune generate`).
-All at the pair's size, guidance and CFG policy (compare.py). Against base-N: PSNR and SSIM in pixel space
+All at the pair's size, guidance and CFG policy (compare.py). Edit models: every sampler edits the control image
+`--image` (as `generate --image`); the report and each PNG record its path as `control_image` (`image` names the
+sampler). Against base-N: PSNR and SSIM in pixel space
 (scikit-image's `peak_signal_noise_ratio` / `structural_similarity`, data range 255, SSIM over the RGB channels).
 Per sampler: wall time per image and transformer passes per image (counted: the samples the transformer saw,
 so batched CFG counts 2). Win-rate of Glance over each base-L sampler (per pair: the higher score wins, a tie is
@@ -190,7 +192,8 @@ def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) 
             for n, im in pr["images"].items():
                 info = {"prompt": pr["text"], "seed": pr["seed"], "image": n, "base_model": report["base_model"],
                         "ladder": report["ladder"], "guidance": report["guidance"], "size": report["size"],
-                        "step": report["step"]}
+                        "step": report["step"],
+                        **({"control_image": report["control_image"]} if report["control_image"] else {})}
                 save_images([im], tmp / "images" / f"{pr['prompt']}-{pr['seed']}-{n}.png", info)
         shown = pairs[:grid_rows]
         save_images([grid([[pr["images"][n] for n in names] for pr in shown], names,
@@ -244,7 +247,8 @@ def cmd_eval(args) -> int:
     pairs, cost = sample_all(sampler, prompts, seeds, args.steps_base, control)
     report = {"run": str(args.run), "base_model": spec.base_model, "family": sampler.family.name,
               "ladder": spec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(sampler.size),
-              "step": spec.train_steps, "steps_base": args.steps_base, "prompts": len(prompts), "seeds": seeds,
+              "step": spec.train_steps, "steps_base": args.steps_base,
+              "control_image": args.image, "prompts": len(prompts), "seeds": seeds,
               "pairs": len(pairs), **summarise(pairs, cost, f"base-{args.steps_base}"),
               "per_pair": [{"prompt": p["prompt"], "seed": p["seed"], "scores": p["scores"]} for p in pairs]}
     write_report(report, pairs, output, args.grid_rows)
