@@ -103,3 +103,75 @@ def test_eval_bad_input_is_one_line(runs, tmp_path, capsys):
     err = run_err(capsys, ["eval", "--run", str(tmp_path / "nothing"), "--output", str(tmp_path / "r")])
     assert "nothing/slow: no LoRA file" in err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIPModel + CLIPProcessor saved as a local folder (test-only; no download)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    from glancetune.tiny import clip_tokenizer
+
+    tok = clip_tokenizer()
+    torch.manual_seed(1)  # a draw whose image and prompt embeddings have positive cosines (the score clamps at 0)
+    config = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0,
+                                         eos_token_id=1, pad_token_id=1),
+                        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=32, patch_size=8), projection_dim=16)
+    d = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    CLIPModel(config).save_pretrained(d)
+    CLIPProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                                        crop_size={"height": 32, "width": 32}),
+                  tokenizer=tok).save_pretrained(d)
+    return d
+
+
+def test_eval_clip_score_with_a_local_model(runs, tiny_clip, tmp_path):
+    """--clip-model: every image's score equals stock transformers' CLIPModel forward on the saved PNG (100 x cosine
+    of its normalised image and text embeddings, clamped at 0); means and the win-rate follow from them."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    root = runs["flux"]
+    report = tmp_path / "report"
+    assert main(["eval", "--run", str(root / "output"), "--prompts", str(root / "prompts.json"), "--seeds", "2",
+                 "--steps-base", "4", "--clip-model", str(tiny_clip), "--output", str(report)]) == 0
+    data = json.loads((report / "eval.json").read_text())
+    assert data["clip_model"] == str(tiny_clip)
+    model, proc = CLIPModel.from_pretrained(tiny_clip).eval(), CLIPProcessor.from_pretrained(tiny_clip)
+    names = ["base-4", "base-10", "base-10-ladder", "glance"]
+    seen = []
+    for pair in data["per_pair"]:
+        assert list(pair["clip"]) == names
+        for n, score in pair["clip"].items():
+            with Image.open(report / "images" / f"{pair['prompt']}-{pair['seed']}-{n}.png") as im:
+                inputs = proc(text=[PROMPTS[pair["prompt"]]], images=[im.convert("RGB")], return_tensors="pt",
+                              padding=True)
+            with torch.no_grad():
+                out = model(**inputs)
+            ref = 100 * max(float(torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds)[0]), 0)
+            assert math.isclose(score, ref, rel_tol=1e-4, abs_tol=1e-4), (pair, n, score, ref)
+            seen.append(score)
+    assert len(set(seen)) > 1 and max(seen) > 0  # the score depends on the image (and is not clamped away)
+    for n in names:
+        assert math.isclose(data["samplers"][n]["clip_score_mean"],
+                            float(np.mean([p["clip"][n] for p in data["per_pair"]])), rel_tol=1e-9)
+    wins = [1.0 if p["clip"]["glance"] > p["clip"]["base-10"] else 0.5 if p["clip"]["glance"] == p["clip"]["base-10"]
+            else 0.0 for p in data["per_pair"]]
+    assert data["win_rate"]["glance_vs_base-10"]["clip"]["rate"] == np.mean(wins)
+    assert "CLIP score" in (report / "eval.md").read_text()
+
+
+def test_eval_clip_model_errors_before_sampling(runs, tiny_clip, tmp_path, capsys):
+    run = str(runs["flux"] / "output")
+    argv = ["eval", "--run", run, "--output", str(tmp_path / "r"), "--clip-model"]
+    err = run_err(capsys, argv + [str(tmp_path / "none")])
+    assert err == f"error: --clip-model: {tmp_path / 'none'}: folder not found"
+    other = tmp_path / "t5"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "t5"}')
+    assert "model_type is 't5', not 'clip'" in run_err(capsys, argv + [str(other)])
+    assert "is a file" in run_err(capsys, argv + [str(tiny_clip / "config.json")])
+    assert not (tmp_path / "r").exists()

@@ -18,7 +18,7 @@ BASE_REFERENCE_STEPS = LADDER_STEPS
 VALIDATION_KEYS = frozenset({
     "validation_prompt", "validation_prompts", "user_prompt_library", "validation_steps", "validation_seed",
     "validation_resolution", "validation_guidance", "validation_negative_prompt", "num_validation_images",
-    "validation_num_inference_steps", "disable_validation", "validation_disable"})
+    "validation_num_inference_steps", "disable_validation", "validation_disable", "validation_image"})
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*$")
 
 
@@ -64,6 +64,8 @@ class ValidationKeys(BaseModel):
     num_validation_images: int = Field(1, ge=1, description="images per prompt (seeds validation_seed + j)")
     validation_num_inference_steps: int = Field(BASE_REFERENCE_STEPS, ge=1, description="steps of the base "
                                                 "model's own reference image at step 0")
+    validation_image: str | None = Field(None, description="edit models: the control image every validation prompt "
+                                         "edits (default: the control image of the first training pair)")
     disable_validation: bool = Field(False, description="no validation images even when prompts are given")
     validation_disable: bool = Field(False, description="SimpleTuner's other name for disable_validation")
 
@@ -73,7 +75,7 @@ class ValidationKeys(BaseModel):
         parse_resolution(v)
         return v
 
-    @field_validator("validation_prompt", "validation_negative_prompt")
+    @field_validator("validation_prompt", "validation_negative_prompt", "validation_image")
     @classmethod
     def _text(cls, v):
         if v is not None and not isinstance(v, str):

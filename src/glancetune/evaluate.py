@@ -5,13 +5,17 @@ For every prompt x seed, with the same initial noise (a CPU generator seeded ali
   base-L           the base model's own L-step schedule, L = the ladder's length (10): the cheap baseline;
   base-L-ladder    the base model on the Glance ladder (the Glance sampler with the adapters off);
   glance           the Glance image (the sampler of `glancetune generate`).
-All at the pair's size, guidance and CFG policy (compare.py). Against base-N: PSNR and SSIM in pixel space
+All at the pair's size, guidance and CFG policy (compare.py). Edit models: every sampler edits the control image
+`--image` (as `generate --image`); the report and each PNG record its path as `control_image` (`image` names the
+sampler). Against base-N: PSNR and SSIM in pixel space
 (scikit-image's `peak_signal_noise_ratio` / `structural_similarity`, data range 255, SSIM over the RGB channels).
 Per sampler: wall time per image and transformer passes per image (counted: the samples the transformer saw,
 so batched CFG counts 2). Win-rate of Glance over each base-L sampler (per pair: the higher score wins, a tie is
-half) with a 95% bootstrap interval over the pairs. Output: `eval.json`, `eval.md`, `grid.png` and every image
-under `images/`, written into a temporary folder and renamed into `--output` (an earlier report there is
-replaced; a folder holding anything else is refused).
+half) with a 95% bootstrap interval over the pairs. With `--clip-model` (a CLIP model available locally; nothing is
+downloaded): every image's CLIP score for its prompt (clipscore.py), its mean per sampler and Glance's win-rate on it
+(the higher score wins). LPIPS is not computed (its weights would have to be downloaded). Output: `eval.json`,
+`eval.md`, `grid.png` and every image under `images/`, written into a temporary folder and renamed into `--output`
+(an earlier report there is replaced; a folder holding anything else is refused).
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def add_parser(sub) -> None:
     e.add_argument("--guidance", type=float, help="override the stored guidance (>= 0)")
     e.add_argument("--grid-rows", type=int, default=8, help="prompt x seed rows shown in grid.png")
     e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--clip-model", metavar="PATH", help="CLIP score with this local CLIP model folder (or a hub id "
+                   "already in the local cache); nothing is downloaded")
 
 
 def _metric_functions():
@@ -121,9 +127,17 @@ def sample_all(sampler, prompts, seeds, steps_base: int, image=None) -> tuple[li
     return pairs, cost
 
 
+def clip_scores(pairs: list[dict], scorer) -> None:
+    """Every image's CLIP score for its prompt, into pair["clip"] (sampler -> score)."""
+    for pr in pairs:
+        pr["clip"] = {n: scorer(im, pr["text"]) for n, im in pr["images"].items()}
+
+
 def summarise(pairs: list[dict], cost: dict, reference: str) -> dict:
-    """Scores against `reference`, per-sampler means, costs and Glance's win-rates (JSON-able)."""
+    """Scores against `reference` (and CLIP scores, where computed), per-sampler means, costs and Glance's
+    win-rates (JSON-able)."""
     others = [n for n in cost if n != reference]
+    clip = bool(pairs) and "clip" in pairs[0]
     for pr in pairs:
         pr["scores"] = {n: scores(pr["images"][n], pr["images"][reference]) for n in others}
     samplers = {}
@@ -135,6 +149,8 @@ def summarise(pairs: list[dict], cost: dict, reference: str) -> dict:
             finite = [x for x in psnr if np.isfinite(x)]
             s.update(psnr_mean=float(np.mean(finite)) if finite else None, identical=len(psnr) - len(finite),
                      ssim_mean=float(np.mean([pr["scores"][n]["ssim"] for pr in pairs])))
+        if clip:
+            s["clip_score_mean"] = float(np.mean([pr["clip"][n] for pr in pairs]))
         samplers[n] = s
     wins = {}
     for n in others:
@@ -142,6 +158,9 @@ def summarise(pairs: list[dict], cost: dict, reference: str) -> dict:
             continue
         wins[f"glance_vs_{n}"] = {m: win_rate([pr["scores"]["glance"][m] for pr in pairs],
                                               [pr["scores"][n][m] for pr in pairs]) for m in ("psnr", "ssim")}
+        if clip:
+            wins[f"glance_vs_{n}"]["clip"] = win_rate([pr["clip"]["glance"] for pr in pairs],
+                                                      [pr["clip"][n] for pr in pairs])
     return {"reference": reference, "samplers": samplers, "win_rate": wins}
 
 
@@ -172,7 +191,13 @@ def markdown(report: dict) -> str:
         for m, r in v.items():
             lines.append(f"- {k.replace('_', ' ')}, {m.upper()}: {r['rate']:.3f} [{r['ci95'][0]:.3f}, "
                          f"{r['ci95'][1]:.3f}]")
-    lines += ["", "LPIPS / CLIP score: not computed (no model is downloaded by glancetune eval)."]
+    if report.get("clip_model"):
+        lines += ["", f"CLIP score (`{report['clip_model']}`, 100 x cosine of image and prompt embeddings, mean):", ""]
+        lines += [f"- {n}: {s['clip_score_mean']:.3f}" for n, s in report["samplers"].items()]
+        lines += ["", "LPIPS: not computed (no model is downloaded by glancetune eval)."]
+    else:
+        lines += ["", "LPIPS / CLIP score: not computed (no model is downloaded by glancetune eval; "
+                  "--clip-model names a local CLIP model)."]
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +215,8 @@ def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) 
             for n, im in pr["images"].items():
                 info = {"prompt": pr["text"], "seed": pr["seed"], "image": n, "base_model": report["base_model"],
                         "ladder": report["ladder"], "guidance": report["guidance"], "size": report["size"],
-                        "step": report["step"]}
+                        "step": report["step"],
+                        **({"control_image": report["control_image"]} if report["control_image"] else {})}
                 save_images([im], tmp / "images" / f"{pr['prompt']}-{pr['seed']}-{n}.png", info)
         shown = pairs[:grid_rows]
         save_images([grid([[pr["images"][n] for n in names] for pr in shown], names,
@@ -233,6 +259,10 @@ def cmd_eval(args) -> int:
     output = Path(args.output)
     check_output(output)
     _metric_functions()  # a missing scikit-image fails before any weights load
+    if args.clip_model is not None:
+        from .clipscore import check_clip_model
+
+        check_clip_model(args.clip_model)
     spec = resolve_spec(run=args.run, guidance=args.guidance)
     control = None
     if args.image is not None:
@@ -242,11 +272,17 @@ def cmd_eval(args) -> int:
     check_image_arg(model_info(spec.base_model).family, control)
     sampler = GlanceSampler.from_spec(spec, device=args.device)
     pairs, cost = sample_all(sampler, prompts, seeds, args.steps_base, control)
+    if args.clip_model is not None:
+        from .clipscore import ClipScorer
+
+        clip_scores(pairs, ClipScorer(args.clip_model, sampler.pipe.device))
     report = {"run": str(args.run), "base_model": spec.base_model, "family": sampler.family.name,
               "ladder": spec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(sampler.size),
-              "step": spec.train_steps, "steps_base": args.steps_base, "prompts": len(prompts), "seeds": seeds,
+              "step": spec.train_steps, "steps_base": args.steps_base,
+              "control_image": args.image, "clip_model": args.clip_model, "prompts": len(prompts), "seeds": seeds,
               "pairs": len(pairs), **summarise(pairs, cost, f"base-{args.steps_base}"),
-              "per_pair": [{"prompt": p["prompt"], "seed": p["seed"], "scores": p["scores"]} for p in pairs]}
+              "per_pair": [{"prompt": p["prompt"], "seed": p["seed"], "scores": p["scores"],
+                            **({"clip": p["clip"]} if "clip" in p else {})} for p in pairs]}
     write_report(report, pairs, output, args.grid_rows)
     print(markdown(report), end="")
     print(f"wrote {output / REPORT}, {output / 'eval.md'}, {output / 'grid.png'}, {output / 'images'}/")

@@ -263,10 +263,11 @@ class Family:
 
     def prompt_call_kwargs(self, text: dict[str, Any], negative: bool = False) -> dict[str, Any]:
         """`prompt_embeds=`-style pipeline kwargs from `encode_prompts` output (validation encodes its prompts
-        before training, then samples without text encoders); `negative`: the `negative_...` names."""
-        if self.needs_control_image:
-            raise GlanceError(f"{self.name}: an edit model encodes its prompt with the control image; precomputed "
-                              "prompts are not supported")
+        before training, then samples without text encoders); `negative`: the `negative_...` names.
+
+        Edit families encode the prompt together with the control image (`encode_prompts(..., control=)`): such
+        embeddings are valid only in a pipeline call given that same image as `image=` (the pipeline then skips
+        its own prompt encoding and still uses the image for the control latents)."""
         pre = "negative_" if negative else ""
         return {pre + self.prompt_call_names[k]: v for k, v in text.items() if k in self.prompt_call_names}
 

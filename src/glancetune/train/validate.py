@@ -11,6 +11,12 @@ step-0). Each step folder is built under a temporary name and renamed into place
 (`glancetune` text chunk: prompt, seed, step, ladder, base model, guidance, size). TensorBoard gets the images
 when `report_to` has it; train_log.jsonl a line `{"step", "event": "validation", "images", "grid"}`.
 
+Edit families (`needs_control_image`): every prompt edits one control image, `validation_image` or by default the
+control image of the first training pair (SimpleTuner's edit validation also takes its control images from the
+training pairs); it is passed as `image=` exactly as `generate --image` passes it, the prompts are encoded with it
+(text cache key: the control file's content, as the captions'), the PNGs record it as `control_image`, and the
+grid gets a `control` column first.
+
 Memory: prompts (and the negative prompt of true-CFG families) are encoded in `before_load`, through the text
 cache, before the transformer loads; no text encoder is loaded while training. The VAE is loaded for each
 validation and released after it. Nothing the training reads changes: the transformer runs in eval mode under
@@ -57,6 +63,8 @@ class Validation(Hook):
         self.seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
         self.seeds = [self.seed + j for j in range(cfg.num_validation_images)]
         self.negative = cfg.validation_negative_prompt
+        self.control_path = control_path(cfg, fam, job.samples)  # edit models; a bad path fails here
+        self.control = None
         self.off = self._why_off(job)
         if self.off:
             log.info("notice: no validation images: %s", self.off)
@@ -67,8 +75,6 @@ class Validation(Hook):
         self.done_step = -1
 
     def _why_off(self, job) -> str | None:
-        if job.family.needs_control_image:
-            return f"{job.family.name} is an edit model (validation of edit models is not built yet)"
         if job.ladder is None or {p.name for p in job.phases} != {"slow", "fast"}:
             return "`train` trains one LoRA; validation images need the slow and fast adapters of `glance`"
         if job.rt.layout in ("fsdp", "parallel-phases"):
@@ -89,7 +95,13 @@ class Validation(Hook):
         from .encode import default_caches, load_encoders, text_description
 
         cache, dev, dtype = default_caches(job.cfg)[0], job.rt.device, job.rt.dtype
-        keys = {t: text_description(job.info, t, dtype, job.max_sequence_length, cfg=job.cfg)
+        control = None
+        if self.control_path is not None:  # keyed by the file's content, as a training pair's caption
+            from ..data.cache import file_digest
+            from ..data.dataset import open_image
+
+            self.control, control = open_image(self.control_path), file_digest(self.control_path)
+        keys = {t: text_description(job.info, t, dtype, job.max_sequence_length, control, cfg=job.cfg)
                 for t in self.texts()}
         self.embeds = {t: cache.get(digest(d)) for t, d in keys.items()}
         missing = [t for t, v in self.embeds.items() if v is None]
@@ -101,7 +113,8 @@ class Validation(Hook):
             pipe = load_encoders(job, dev, dtype, True, dirs, vae=False)
             with torch.no_grad():
                 for t in missing:
-                    self.embeds[t] = fam.encode_prompts(pipe, [t], dev, job.max_sequence_length)
+                    self.embeds[t] = fam.encode_prompts(pipe, [t], dev, job.max_sequence_length,
+                                                        **self._control())
                     cache.put(digest(keys[t]), self.embeds[t], keys[t])
             del pipe
         finally:
@@ -184,11 +197,17 @@ class Validation(Hook):
         guidance = g if g is not None else fam.inference_guidance(rec.guidance)
         return GlanceSampler(pipe, job.info, rec.ladder, guidance, rec.max_sequence_length, self.size)
 
+    def _control(self) -> dict:
+        """`control=` for the family's encode_prompts (edit families only, as the trainer passes it)."""
+        return {"control": self.control} if self.control is not None else {}
+
     def _kwargs(self, text: str) -> dict:
         dev, fam = self.job.rt.device, self.family
         pos = fam.prompt_call_kwargs({k: v.to(dev) for k, v in self.embeds[text].items()
                                       if isinstance(v, torch.Tensor)})
         kw = {"prompt_embeds": pos, "negative_prompt": self.negative}
+        if self.control is not None:
+            kw["image"] = self.control
         if fam.true_cfg:
             neg = self.embeds[self.negative if self.negative is not None else fam.negative_prompt]
             kw["negative_embeds"] = fam.prompt_call_kwargs({k: v.to(dev) for k, v in neg.items()
@@ -220,7 +239,8 @@ class Validation(Hook):
                     zero = self.root / "step-0"
                     base, lad = (_open(zero / f"{stem}-base-{n_base}.png"),
                                  _open(zero / f"{stem}-base-ladder-{n_lad}.png"))
-                rows.append((stem, [base, lad, glance], folder / f"{stem}.png"))
+                first = [self.control] if self.control is not None else []
+                rows.append((stem, first + [base, lad, glance], folder / f"{stem}.png"))
         return rows
 
     def _save(self, image, path: Path, prompt: str, seed: int, step: int, sampler, kind: str) -> None:
@@ -230,7 +250,8 @@ class Validation(Hook):
         info = {"prompt": prompt, "seed": seed, "step": step, "image": kind, "base_model": rec.base_model,
                 "ladder": rec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(self.size),
                 "sampler": "exact" if kind != f"base-{self.cfg.validation_num_inference_steps}" else "base",
-                **({"negative_prompt": self.negative} if self.negative is not None else {})}
+                **({"negative_prompt": self.negative} if self.negative is not None else {}),
+                **({"control_image": str(self.control_path)} if self.control_path is not None else {})}
         save_images([image], path, info)
 
     def _grid(self, rows, step: int, folder: Path) -> None:
@@ -238,7 +259,8 @@ class Validation(Hook):
         from ..sample import save_images
 
         n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.job.record().ladder.sigmas)
-        im = grid([r[1] for r in rows], [f"base-{n_base}", f"base-ladder-{n_lad}", f"Glance@{step}"],
+        first = ["control"] if self.control is not None else []
+        im = grid([r[1] for r in rows], first + [f"base-{n_base}", f"base-ladder-{n_lad}", f"Glance@{step}"],
                   [r[0] for r in rows])
         save_images([im], folder / "grid.png", {"step": step, "grid": [r[0] for r in rows]})
 
@@ -255,11 +277,31 @@ class Validation(Hook):
             from PIL import Image
 
             for r in rows:
-                writer.add_image(f"validation/{r[0]}", np.asarray(r[1][2].convert("RGB")), step, dataformats="HWC")
+                writer.add_image(f"validation/{r[0]}", np.asarray(r[1][-1].convert("RGB")), step, dataformats="HWC")
             with Image.open(grid_path) as g:
                 writer.add_image("validation/grid", np.asarray(g.convert("RGB")), step, dataformats="HWC")
             writer.flush()
         log.info("validation step %d: %d image(s) in %s (%.1fs)", step, len(rows), final, seconds)
+
+
+def control_path(cfg, family, samples) -> Path | None:
+    """The control image validation edits (edit families): `validation_image`, else the control image of the first
+    training pair (data-plan order: datasets as configured, files as discovered). None for other families."""
+    given = cfg.validation_image
+    if not family.needs_control_image:
+        if given is not None and cfg.validation_enabled:
+            raise GlanceError(f"validation_image: {family.name} is not an edit model; the key is only for edit "
+                              "models (Qwen-Image-Edit / Edit-Plus)")
+        return None
+    if given is None:
+        return samples[0].control_path
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise GlanceError(f"validation_image: {given}: file not found")
+    from ..data.dataset import open_image
+
+    open_image(path)  # not an image: one line naming it, before any weights load
+    return path
 
 
 def describe(plan) -> str:
@@ -270,10 +312,12 @@ def describe(plan) -> str:
     prompts = validation_prompts(cfg)
     w, h = cfg.validation_size or (plan.width, plan.height)
     seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
+    control = control_path(cfg, plan.family, plan.samples)
     return (f"validation: {len(prompts)} prompt(s) ({', '.join(p.name for p in prompts[:4])}"
             f"{', ...' if len(prompts) > 4 else ''}) x {cfg.num_validation_images} seed(s) from {seed} at {w}x{h}, "
             f"at step 0, every {cfg.validation_steps} steps and the end, into {cfg.output_dir}/{FOLDER}/; base "
-            f"reference {cfg.validation_num_inference_steps} steps")
+            f"reference {cfg.validation_num_inference_steps} steps"
+            + (f"; control image {control}" if control is not None else ""))
 
 
 @contextmanager
