@@ -3,3 +3,7 @@
 __version__ = "0.1.0"
 
 from .errors import GlanceError  # noqa: E402,F401
+
+import time as _time
+
+IMPORTED_AT = _time.perf_counter()  # the job's time report counts start-up (imports, plan) from here

@@ -62,14 +62,19 @@ class Job(Plan, PhaseFiles):
                                         self.layout(), cfg.resume_allow_changes)
         out.check()  # fail before loading weights
         hooks = Hooks(self.hooks(quiet))  # a tracker that is not installed fails here
+        from .. import IMPORTED_AT
+
+        times = {"start-up": time.perf_counter() - IMPORTED_AT}  # imports, plan, checks
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(self, rt.device, rt.dtype)
             hooks.before_load(self)  # validation prompts are encoded here, before the transformer loads
         peaks = {"encode": peak_memory(rt.device)}
+        times["encode"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples, resume)
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: the unquantized weights were here
+        times["load"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
         if resume is not None:
             saved = checkpoint.load_states(resume, rt.rank)
             for ph in self.trainer_states:
@@ -94,10 +99,14 @@ class Job(Plan, PhaseFiles):
             hooks.close()
         for ph in self.trainer_states:  # every process its own phases (FSDP: all take part in the forward)
             ph.eval_after = self.trainer.eval_loss(ph.name, ph.sampler.sigmas.tolist())
+        times["train"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
         states = self.gather_states()
         if rt.is_main:
             self.finish(states)
         rt.accelerator.wait_for_everyone()
+        times["save"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
+        if rt.is_main and not quiet:
+            log.info("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
         return out.final
 
     # --- the steps ----------------------------------------------------------------------------------------
