@@ -21,7 +21,8 @@ from conftest import PROMPT, run_err
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.record import read_record
-from glancetune.sample import GlanceSampler, check_request, read_parameters, resolve_spec
+from glancetune.images import read_parameters
+from glancetune.sample import GlanceSampler, check_request, resolve_spec
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

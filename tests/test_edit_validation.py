@@ -18,7 +18,7 @@ from glancetune.cli import main
 from glancetune.config import load_config
 from glancetune.errors import GlanceError
 from glancetune.families import get_family
-from glancetune.sample import read_parameters
+from glancetune.images import read_parameters
 from glancetune.train.job import Job
 from test_edit import VARIANTS, edit_config, processor, small_control_sizes  # noqa: F401 (fixtures)
 

@@ -13,7 +13,7 @@ from conftest import run_err, write_configs
 from glancetune.cli import main
 from glancetune.config import build_config
 from glancetune.export import WEIGHT_NAME
-from glancetune.sample import read_parameters
+from glancetune.images import read_parameters
 
 PROMPT = "a blue square on grey"
 RES = 32

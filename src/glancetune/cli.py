@@ -154,7 +154,8 @@ def cmd_generate(args) -> int:
     from .data.dataset import open_image
     from .families import model_info
     from .prompt_cache import sample_with_cache
-    from .sample import check_image_arg, check_request, check_size, image_info, output_paths, resolve_spec, save_images
+    from .images import image_info, output_paths, save_images
+    from .sample import check_image_arg, check_request, check_size, resolve_spec
     from .train.runtime import select
 
     # every argument is checked before any weights load
@@ -244,7 +245,8 @@ def cmd_quickstart(args) -> int:
     import torch
 
     from .config import build_config
-    from .sample import GlanceSampler, image_info, resolve_spec, save_images
+    from .images import image_info, save_images
+    from .sample import GlanceSampler, resolve_spec
     from .train.job import Job
 
     if args.model.startswith("tiny:"):
@@ -329,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="auto", metavar="auto|none|glance-qwen",
                    help="published LoRA pair without glancetune metadata: auto-detected by key layout (default), "
                    "forced by name, or none")
+    g.add_argument("--lora-mode", choices=["unfused", "fused"], default="unfused",
+                   help="fused: each phase's adapter fused into the base weights for its steps (fused.py)")
     g.add_argument("--lora-load", choices=["as-trained", "stock"], default="as-trained",
                    help="as-trained: all LoRA keys, the training alpha (default); stock: exactly what "
                    "pipe.load_lora_weights does")

@@ -176,6 +176,15 @@ class TrainConfig(ValidationKeys):
                                       "meaning); FLUX.1 only so far (train/tread.py)")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
+    @field_validator("tread_config")
+    @classmethod
+    def _tread_structure(cls, v):
+        if v:
+            from .train.tread import check_structure
+
+            check_structure(v)
+        return v
+
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer_alias(cls, v):

@@ -204,7 +204,7 @@ def markdown(report: dict) -> str:
 def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) -> None:
     """All files into a temporary sibling folder, then renamed into `output` (an earlier report is replaced)."""
     from .compare import grid
-    from .sample import save_images
+    from .images import save_images
 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

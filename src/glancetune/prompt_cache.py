@@ -71,6 +71,7 @@ def sample_with_cache(args, spec, info, dtype, control):
     fam = info.family
     if not usable(info):
         sampler = GlanceSampler.from_spec(spec, **kw)
+        sampler.lora_mode = args.lora_mode
         load = time.perf_counter() - t0
         return sampler, sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt), load
@@ -80,6 +81,7 @@ def sample_with_cache(args, spec, info, dtype, control):
     cache = PromptCache(info, texts, dtype or compute_dtype(mp),
                         spec.max_sequence_length or fam.default_max_sequence_length)
     sampler = GlanceSampler.from_spec(spec, components=cache.without_encoders(), **kw)
+    sampler.lora_mode = args.lora_mode
     if not cache.complete:
         cache.fill(sampler.pipe, device)
     load = time.perf_counter() - t0

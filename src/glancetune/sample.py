@@ -20,6 +20,8 @@ from .errors import GlanceError
 from .export import WEIGHT_NAME, lora_file
 from .families import ModelInfo, model_info
 from .families.base import PublishedLoras
+from .fused import MODES, Fused, Unfused
+from .images import FORMATS, image_info, output_paths, read_parameters, save_images  # noqa: F401 (re-exported)
 from .train.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
 from .record import RunRecord, read_record
@@ -169,6 +171,19 @@ class GlanceSampler:
         self.own_scheduler = pipe.scheduler  # the model's own (base reference images: compare.py)
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
+        self.adapters = Unfused(pipe)  # fused.py: `lora_mode`
+
+    @property
+    def lora_mode(self) -> str:
+        return "fused" if isinstance(self.adapters, Fused) else "unfused"
+
+    @lora_mode.setter
+    def lora_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise GlanceError(f"--lora-mode: {mode!r} is not one of {', '.join(MODES)}")
+        if mode != self.lora_mode:
+            self.adapters.release()
+            self.adapters = MODES[mode](self.pipe)
 
     @classmethod
     def from_spec(cls, spec: GlanceSpec, device: str | None = None, dtype: torch.dtype | None = None,
@@ -281,7 +296,6 @@ class GlanceSampler:
         check_size(self.info, width, height)
         g = self.guidance if guidance is None else guidance
         phases = self._cfg_phases(cfg_phases, g)
-        boundary = ladder.boundary
         gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
         common = dict(width=width, height=height, generator=gens, **(prompt_embeds or {"prompt": prompts}))
         if image is not None:
@@ -290,12 +304,23 @@ class GlanceSampler:
         if sampler == "official-compat":
             from . import official
 
+            if self.lora_mode == "fused":
+                raise GlanceError("--lora-mode fused: not with --sampler official-compat")
             return official.sample(self, common, ladder, output_type, phases, cfg_on, cfg_off)
-        self.pipe.set_adapters("slow")
+        try:
+            return self._chain(common, ladder, output_type, phases, cfg_on, cfg_off, height, width)
+        finally:
+            self.adapters.release()  # fused: the exact base weights again
+
+    def _chain(self, common, ladder, output_type, phases, cfg_on, cfg_off, height, width):
+        """The exact chain: slow adapter for the slow steps, fast for the rest (one call, or two for a one-phase
+        CFG policy)."""
+        boundary = ladder.boundary
+        self.adapters.use("slow")
         if phases in ("both", "none"):
             def switch(pipe, i, t, kwargs):
                 if i == boundary - 1:
-                    pipe.set_adapters("fast")
+                    self.adapters.use("fast")
                 return {}
 
             out = self.pipe(sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas),
@@ -312,100 +337,11 @@ class GlanceSampler:
         first = self.pipe(sigmas=list(ladder.sigmas), num_inference_steps=len(ladder.sigmas), output_type="latent",
                           callback_on_step_end=stop, callback_on_step_end_tensor_inputs=[], **common,
                           **(cfg_on if phases == "slow" else cfg_off)).images
-        self.pipe.set_adapters("fast")
+        self.adapters.use("fast")
         out = self.pipe(sigmas=list(ladder.fast), num_inference_steps=len(ladder.fast), output_type=output_type,
                         latents=self.family.resume_latents(self.pipe, first, height, width), **common,
                         **(cfg_on if phases == "fast" else cfg_off))
         return out.images
-
-
-#: --output extension -> PIL format; the parameters go into a PNG text chunk or the EXIF UserComment
-FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
-
-
-def output_paths(output: str | Path, n: int) -> list[Path]:
-    """The files `save_images` writes for `n` images (NAME-k.EXT for a batch), checked before any weights load:
-    a known image extension, no folder in the way, and a writable folder (missing parents are created when the
-    images are saved)."""
-    import tempfile
-
-    output = Path(output)
-    if output.is_dir():
-        raise GlanceError(f"--output: {output} is a folder; give a file name such as {output / 'glance.png'}")
-    if output.suffix.lower() not in FORMATS:
-        what = f"extension {output.suffix!r}" if output.suffix else "no extension"
-        raise GlanceError(f"--output: {output} has {what}; use .png, .jpg, .jpeg or .webp")
-    paths = [output] if n == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(n)]
-    for p in paths:
-        if p.is_dir():
-            raise GlanceError(f"--output: {p} (image {paths.index(p)} of the batch) is a folder")
-    parent = output.parent.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise GlanceError(f"--output: {parent} is a file, so {output.parent} cannot be a folder")
-    try:
-        tempfile.TemporaryFile(dir=parent).close()
-    except OSError as e:
-        raise GlanceError(f"--output: cannot write in {parent} ({e.strerror or type(e).__name__})") from None
-    return paths
-
-
-def image_info(spec: GlanceSpec, prompts: list[str], seed: int, guidance: float | None, sampler: str,
-               width: int | None = None, height: int | None = None) -> dict:
-    """The parameters stored in each image (generate and quickstart): enough to sample it again."""
-    return {"prompt": prompts if len(prompts) > 1 else prompts[0], "seed": seed, "step": spec.train_steps,
-            "base_model": spec.base_model, "ladder": spec.ladder.to_dict(), "guidance": guidance,
-            "size": [width or spec.width, height or spec.height], "sampler": sampler,
-            **({"preset": spec.published.name} if spec.published else {})}
-
-
-def save_images(images, output: str | Path, info: dict) -> list[Path]:
-    """Write the images atomically in the format the extension names (PNG, JPEG, WEBP); several images become
-    NAME-0.EXT, NAME-1.EXT, ... Image k's parameters (`info` with seed+k) go into a `glancetune` PNG text chunk, or
-    the EXIF UserComment of JPEG/WEBP, as JSON (`read_parameters` reads either). Missing parent folders are created."""
-    import os
-
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    paths = output_paths(output, len(images))
-    fmt = FORMATS[paths[0].suffix.lower()]
-    if not paths[0].parent.is_dir():
-        paths[0].parent.mkdir(parents=True)
-        log.info("notice: created the folder %s", paths[0].parent)
-    for k, (im, p) in enumerate(zip(images, paths)):
-        text = json.dumps({**info, "seed": info.get("seed", 0) + k})
-        if fmt == "PNG":
-            png = PngInfo()
-            png.add_text("glancetune", text)
-            extra = {"pnginfo": png}
-        else:
-            exif = Image.Exif()
-            exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\0\0\0" + text.encode("ascii")  # json.dumps: ASCII
-            extra = {"exif": exif, "quality": 95}
-        tmp = p.with_name(f".{p.name}.tmp")
-        try:
-            im.save(tmp, format=fmt, **extra)
-            os.replace(tmp, p)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return paths
-
-
-def read_parameters(path: str | Path) -> dict | None:
-    """The parameters `save_images` stored in an image (None when it holds none)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.format == "PNG":
-            text = im.text.get("glancetune")
-            return json.loads(text) if text else None
-        raw = im.getexif().get_ifd(EXIF_IFD).get(USER_COMMENT)
-    if not isinstance(raw, bytes) or not raw.startswith(b"ASCII\0\0\0"):
-        return None
-    return json.loads(raw[8:].decode("ascii"))
 
 
 __all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "check_request", "check_size", "image_info",

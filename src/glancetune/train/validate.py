@@ -244,7 +244,7 @@ class Validation(Hook):
         return rows
 
     def _save(self, image, path: Path, prompt: str, seed: int, step: int, sampler, kind: str) -> None:
-        from ..sample import save_images
+        from ..images import save_images
 
         rec = self.job.record()
         info = {"prompt": prompt, "seed": seed, "step": step, "image": kind, "base_model": rec.base_model,
@@ -256,7 +256,7 @@ class Validation(Hook):
 
     def _grid(self, rows, step: int, folder: Path) -> None:
         from ..compare import grid
-        from ..sample import save_images
+        from ..images import save_images
 
         n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.job.record().ladder.sigmas)
         first = ["control"] if self.control is not None else []
