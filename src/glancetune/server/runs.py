@@ -173,11 +173,12 @@ class RunStore:
     def files(self, run_id: str) -> list[str]:
         """The names this run's files are served under (relative to its folder), sorted."""
         d = self.dir(run_id)
+        inside = d.resolve()
         out = set()
         for pattern in SERVED_GLOBS:
             for p in d.glob(pattern):
                 name = p.relative_to(d).as_posix()
-                if any(r.match(name) for r in SERVED):
+                if any(r.match(name) for r in SERVED) and p.resolve().is_relative_to(inside) and p.is_file():
                     out.add(name)
         return sorted(out)
 
