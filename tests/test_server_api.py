@@ -1,7 +1,7 @@
 """`glancetune server` through its HTTP API (FastAPI's TestClient on the real app; the runs are real `glancetune
 glance` processes on the tiny model): create + plan (equal to --dry-run), start, a server restart while the run
 trains (the new server finds it), stop (SIGINT: checkpoint, interrupted), resume (continues, no step twice),
-downloads equal to the run's files, generate equal to `glancetune generate`, delete."""
+downloads equal to the run's files, generate equal to `glancetune generate`, an eval job and its report, delete."""
 from __future__ import annotations
 
 import io
@@ -139,8 +139,15 @@ def test_restart_stop_resume_download_generate(tmp_path, capsys):
         from PIL import Image
 
         assert Image.open(io.BytesIO(got.content)).tobytes() == Image.open(ref).tobytes()
-        srv_b.warm.release()
-        assert srv_b.warm.sampler is None
+
+        assert_eval = b.post(f"/api/runs/{run_id}/eval", json={"prompts": "a dog\na cat", "seeds": 1})
+        assert assert_eval.json()["status"] in ("queued", "evaluating"), assert_eval.text
+        d = wait(b, run_id, lambda d: d["status"] == "done" and d["downloads"]["eval"])
+        assert srv_b.warm.sampler is None  # the device job took the device: the warm pipeline was released
+        z = zipfile.ZipFile(io.BytesIO(b.get(f"/api/runs/{run_id}/download/eval").content))
+        assert sorted(z.namelist()) == ["eval/eval.json", "eval/eval.md", "eval/grid.png"]
+        report = json.loads(z.read("eval/eval.json"))
+        assert report["prompts"] == 2 and report["seeds"] == [0] and report["run"] == str(out)
 
         assert b.delete(f"/api/runs/{run_id}").status_code == 400  # no confirmation
         assert b.delete(f"/api/runs/{run_id}?confirm={run_id}").json() == {"deleted": run_id}

@@ -91,6 +91,7 @@ def test_create_watch_generate_download(server, browser):
     for key, value in (("pretrained_model_name_or_path", "tiny:flux"), ("max_train_steps", "20"),
                        ("lora_rank", "4"), ("validation_prompt", "a red fox"), ("validation_steps", "10")):
         page.fill(f"#f-{key}", value)
+    shot(page, tmp_path, "new-form")
     page.click("#plan-btn")
     page.wait_for_selector("#plan:not([hidden])", timeout=120_000)
     assert "phase slow: 5 sigmas" in page.inner_text("#plan-text")

@@ -25,7 +25,7 @@ from .forms import form_keys, parse_settings
 from .generate import WarmSampler
 from .jobs import Manager
 from .plan import ladder_svg, make_plan
-from .runs import LOG, Conflict, NotFound, RunStore
+from .runs import LOG, Conflict, NotFound, RunStore, write_json
 from .security import BodyTooLarge, Guard
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,20 @@ def add_api(app: FastAPI, srv: Server) -> None:
     def start_run(run_id: str):
         return {"status": srv.jobs.enqueue(run_id)}
 
+    @app.post("/api/runs/{run_id}/eval")
+    async def eval_run(request: Request, run_id: str):
+        srv.store.dir(run_id)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise GlanceError("eval: the body must be JSON") from None
+        seeds, prompts = parse_eval(body)
+        path = None
+        if prompts:
+            path = srv.store.dir(run_id) / "config" / "eval_prompts.json"
+            write_json(path, {f"prompt-{k + 1}": p for k, p in enumerate(prompts)})
+        return {"status": srv.jobs.evaluate(run_id, seeds, path)}
+
     @app.post("/api/runs/{run_id}/stop")
     def stop_run(run_id: str):
         return {"status": srv.jobs.stop(run_id)}
@@ -172,7 +186,7 @@ def add_api(app: FastAPI, srv: Server) -> None:
         status = srv.jobs.status(srv.store.read(run_id))
         if confirm != run_id:
             raise GlanceError(f"delete: confirm by passing confirm={run_id}")
-        if status in ("queued", "running", "stopping"):
+        if status in ("queued", "running", "stopping", "evaluating"):
             raise Conflict(f"run {run_id} is {status}: stop it before deleting")
         srv.store.delete(run_id)
         return {"deleted": run_id}
@@ -262,6 +276,23 @@ def parse_generate(body) -> dict:
         except (TypeError, ValueError):
             raise GlanceError(f"{key}: {v!r} is not a{'n integer' if kind is int else ' number'}") from None
     return out
+
+
+def parse_eval(body) -> tuple[int, list[str]]:
+    """The eval request: {seeds: 1..16, prompts: [..] or lines (empty: glancetune's default eval set)}."""
+    if not isinstance(body, dict) or set(body) - {"seeds", "prompts"}:
+        raise GlanceError("eval: expected a JSON object with seeds and prompts")
+    seeds = body.get("seeds", 1)
+    if isinstance(seeds, str) and seeds.strip().isdigit():
+        seeds = int(seeds)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 16:
+        raise GlanceError(f"seeds: {seeds!r} is not a whole number from 1 to 16")
+    prompts = body.get("prompts") or []
+    if isinstance(prompts, str):
+        prompts = [p.strip() for p in prompts.splitlines() if p.strip()]
+    if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise GlanceError("prompts: expected a list of non-empty prompts (or lines of text)")
+    return seeds, prompts
 
 
 def add_pages(app: FastAPI, srv: Server) -> None:

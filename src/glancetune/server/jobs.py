@@ -23,6 +23,8 @@ from .runs import LOG, Conflict, RunStore
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
+ACTIVE = ("running", "stopping", "evaluating")
+EVAL_DIR = "eval"
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -88,7 +90,9 @@ class Manager:
             return state
         if state == "running":
             if rec["id"] in self.procs or alive(rec.get("pid"), rec.get("pid_start")):
-                return "stopping" if rec.get("stop_requested") else "running"
+                if rec.get("stop_requested"):
+                    return "stopping"
+                return "evaluating" if rec.get("job") == "eval" else "running"
             return progress.ended_status({**rec, "returncode": None}, self.store.output(rec["id"]))
         return progress.ended_status(rec, self.store.output(rec["id"]))
 
@@ -97,7 +101,7 @@ class Manager:
         out = []
         for run_id in self.store.ids():
             rec = self.store.read(run_id)
-            if rec.get("state") == "running" and self.status(rec) in ("running", "stopping"):
+            if rec.get("state") == "running" and self.status(rec) in ACTIVE:
                 out.append(run_id)
         return out
 
@@ -109,9 +113,28 @@ class Manager:
             now = self.status(rec)
             if now not in ("draft", "interrupted", "failed"):
                 raise Conflict(f"run {run_id} is {now}: only a draft, interrupted or failed run can be started")
-            self.store.update(run_id, state="queued", queued=time.time())
+            self.store.update(run_id, state="queued", queued=time.time(), job="train")
         self.tick()
         return self.status(self.store.read(run_id))
+
+    def evaluate(self, run_id: str, seeds: int, prompts_file: Path | None) -> str:
+        """Queue `glancetune eval` of a finished run into its eval/ folder (the report replaces an earlier one)."""
+        with self.lock:
+            now = self.status(self.store.read(run_id))
+            if now != "done":
+                raise Conflict(f"run {run_id} is {now}: only a finished run can be evaluated")
+            self.store.update(run_id, state="queued", queued=time.time(), job="eval", eval_seeds=seeds,
+                              eval_prompts=str(prompts_file) if prompts_file else None)
+        self.tick()
+        return self.status(self.store.read(run_id))
+
+    def argv(self, run_id: str, rec: dict) -> list[str]:
+        """The command of the run's job: the CLI's own train or eval command."""
+        if rec.get("job") == "eval":
+            argv = [sys.executable, "-m", "glancetune", "eval", "--run", str(self.store.output(run_id)), "--output",
+                    str(self.store.dir(run_id) / EVAL_DIR), "--seeds", str(rec.get("eval_seeds") or 1)]
+            return argv + (["--prompts", rec["eval_prompts"]] if rec.get("eval_prompts") else [])
+        return [sys.executable, "-m", "glancetune", "glance", "--config", str(self.store.config_path(run_id))]
 
     def stop(self, run_id: str) -> str:
         """A running run gets SIGINT (it checkpoints and exits); a queued one leaves the queue."""
@@ -119,8 +142,8 @@ class Manager:
             rec = self.store.read(run_id)
             now = self.status(rec)
             if now == "queued":
-                self.store.update(run_id, state="exited" if rec.get("started") else "draft")
-            elif now == "running":
+                self.store.update(run_id, state="exited" if rec.get("started") else "draft", job="train")
+            elif now in ("running", "evaluating"):
                 os.kill(rec["pid"], signal.SIGINT)
                 self.store.update(run_id, stop_requested=True)
             elif now != "stopping":
@@ -135,14 +158,14 @@ class Manager:
                 rc = proc.poll()
                 if rc is not None:
                     del self.procs[run_id]
-                    self.store.update(run_id, state="exited", returncode=rc, ended=time.time())
+                    self._ended(run_id, rc)
                     log.info("run %s ended with exit status %d", run_id, rc)
             queued = []
             for run_id in self.store.ids():
                 rec = self.store.read(run_id)
                 if rec.get("state") == "running" and run_id not in self.procs and \
                         not alive(rec.get("pid"), rec.get("pid_start")):
-                    self.store.update(run_id, state="exited", returncode=None, ended=time.time())
+                    self._ended(run_id, None)
                 elif rec.get("state") == "queued":
                     queued.append((rec.get("queued", 0), run_id))
             for _, run_id in sorted(queued):
@@ -150,11 +173,19 @@ class Manager:
                     break
                 self._start(run_id)
 
+    def _ended(self, run_id: str, rc: int | None) -> None:
+        """Record a job's end: a training job's exit status is the run's; an eval job's is kept apart (the run
+        stays done)."""
+        if self.store.read(run_id).get("job") == "eval":
+            self.store.update(run_id, state="exited", job="train", eval_returncode=rc, ended=time.time())
+        else:
+            self.store.update(run_id, state="exited", returncode=rc, ended=time.time())
+
     def _start(self, run_id: str) -> None:
         for callback in self.before_start:
             callback()
         d = self.store.dir(run_id)
-        argv = [sys.executable, "-m", "glancetune", "glance", "--config", str(self.store.config_path(run_id))]
+        argv = self.argv(run_id, self.store.read(run_id))
         with open(d / LOG, "ab") as out:
             out.write(f"\n$ {' '.join(argv)}\n".encode())
             out.flush()

@@ -70,6 +70,12 @@ def run_page(run_id: str, rec: dict) -> str:
 Download LoRA pair (diffusers)</a> <a id="dl-comfyui" href="/api/runs/{esc(run_id)}/download/comfyui">Download
 ComfyUI files</a> <a id="dl-eval" href="/api/runs/{esc(run_id)}/download/eval" hidden>Download eval report</a>
 <a href="/generate?run={esc(run_id)}">Generate with it</a></p>
+<form id="eval" hidden><h2>Evaluate</h2><p class="meta"><code>glancetune eval</code>: Glance against the base
+model's own 50-step image and its 10-step images (PSNR, SSIM, win-rate); a queued device job.</p>
+<div class="field"><label for="e-prompts">prompts</label><textarea id="e-prompts" name="prompts" rows="2"
+ placeholder="one per line (empty: glancetune's 32 eval prompts)"></textarea></div>
+<div class="field"><label for="e-seeds">seeds per prompt</label><input type="text" id="e-seeds" name="seeds"
+ value="1"></div><p><button type="submit" id="eval-btn">Evaluate</button></p></form>
 <p id="action-error" class="error" role="alert" hidden></p>
 <h2>Loss</h2><svg id="loss" class="loss" viewBox="0 0 520 200" width="520" height="200"></svg>
 <h2>Validation</h2><div id="validation" class="grids"><p class="meta">none yet (set validation_prompt)</p></div>

@@ -14,7 +14,7 @@ from ..train.logs import JSONL_NAME
 
 LOSS_POINTS = 300  # per phase, at most, sent to the page
 LOG_LINES = 80
-STATES = ("draft", "queued", "running", "stopping", "done", "failed", "interrupted")
+STATES = ("draft", "queued", "running", "stopping", "evaluating", "done", "failed", "interrupted")
 _cache: dict[Path, tuple[tuple[int, int], list[dict]]] = {}
 
 
@@ -48,7 +48,7 @@ def ended_status(rec: dict, output: Path) -> str:
     """The status of a run whose process has ended: its exit status, or (a process of an earlier server, whose
     status nobody collected) what its folder shows."""
     rc = rec.get("returncode")
-    if rc == 0 or (rc is None and finished(output)):
+    if finished(output):  # both LoRAs written last: the job got to its end
         return "done"
     if rc in (130, 143, -2, -15) or (rc is None and complete_checkpoints(output)):
         return "interrupted"

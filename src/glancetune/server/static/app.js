@@ -145,6 +145,13 @@ function runPage() {
     if (!confirm(`Delete run ${runId} and everything in its folder?`)) return;
     try { await api("DELETE", `/api/runs/${runId}?confirm=${runId}`); location.href = "/"; } catch (e) { showError(err, e); }
   };
+  $("#eval").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      showError(err, null);
+      await api("POST", `/api/runs/${runId}/eval`, { prompts: $("#e-prompts").value, seeds: $("#e-seeds").value });
+    } catch (e) { showError(err, e); }
+  });
   const shown = new Set();
   new EventSource(`/api/runs/${runId}/events`).onmessage = (ev) => {
     const r = JSON.parse(ev.data);
@@ -155,7 +162,8 @@ function runPage() {
     $("#eta").textContent = fmtEta(r.eta);
     $("#progress").max = r.total || 1;
     $("#progress").value = r.step || 0;
-    $("#stop-btn").hidden = !["running", "queued"].includes(r.status);
+    $("#stop-btn").hidden = !["running", "queued", "evaluating"].includes(r.status);
+    $("#eval").hidden = r.status !== "done";
     $("#start-btn").hidden = r.status !== "draft";
     $("#resume-btn").hidden = !["interrupted", "failed"].includes(r.status);
     $("#downloads").hidden = !r.downloads.diffusers;
