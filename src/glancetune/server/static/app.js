@@ -197,7 +197,7 @@ function generatePage() {
       for (const im of r.images.slice().reverse()) {
         const fig = el("figure", { class: "generated" });
         fig.append(el("img", { src: im.url, alt: im.parameters.prompt }),
-                   el("figcaption", {}, JSON.stringify(im.parameters, null, 1)));
+                   el("figcaption", {}, Object.entries(im.parameters).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n")));
         $("#images").prepend(fig);
       }
     } catch (e) { showError(err, e); } finally { $("#generate-btn").disabled = false; }
