@@ -75,7 +75,7 @@ class Server:
     def summary(self, run_id: str) -> dict:
         rec = self.store.read(run_id)
         status = self.jobs.status(rec)
-        lines = progress.read_jsonl(self.store.output(run_id) / progress.JSONL_NAME)
+        lines = progress.run_lines(self.store.output(run_id))
         total = (rec.get("plan") or {}).get("steps")
         step, eta = progress.step_and_eta(lines, total, status == "running")
         return {"id": run_id, "name": rec.get("name", run_id), "status": status, "step": step, "total": total,
@@ -84,7 +84,7 @@ class Server:
     def detail(self, run_id: str) -> dict:
         out = self.summary(run_id)
         d = self.store.dir(run_id)
-        lines = progress.read_jsonl(self.store.output(run_id) / progress.JSONL_NAME)
+        lines = progress.run_lines(self.store.output(run_id))
         files = self.store.files(run_id)
         out.update(losses=progress.losses(lines), validations=progress.validations(lines, files),
                    log=progress.log_tail(d / LOG), files=files,
@@ -123,7 +123,33 @@ def _one(fields: dict, key: str, default: str = "") -> str:
     return values[0]
 
 
+async def _create_run(srv: "Server", request: Request) -> dict:
+    """A new run from the form: a draft folder, its plan (deleted again if the plan fails), queued on `start`."""
+    fields, images = await _form_parts(request)
+    unknown = set(fields) - {"name", "captions", "folder", "resolution", "settings", "start"}
+    if unknown:
+        raise GlanceError(f"form: unknown field(s) {', '.join(sorted(unknown))}")
+    res = _one(fields, "resolution", "1024").strip()
+    if not res.isdigit() or not 64 <= int(res) <= 8192:
+        raise GlanceError(f"resolution: {res!r} is not a whole number of pixels from 64 to 8192")
+    settings = parse_settings(_one(fields, "settings", ""))
+    run_id = await asyncio.to_thread(
+        srv.store.create, _one(fields, "name"), settings, images, fields.get("captions", []),
+        _one(fields, "folder").strip() or None, int(res))
+    try:
+        plan = await asyncio.to_thread(make_plan, srv.store.config_path(run_id))
+    except Exception:  # the config passed the schema but the plan failed: nothing of the run is kept
+        srv.store.delete(run_id)
+        raise
+    srv.store.update(run_id, plan=plan)
+    if _one(fields, "start", "0") in ("1", "true"):
+        srv.jobs.enqueue(run_id)
+    return {**srv.summary(run_id), "plan": plan, "ladder_svg": ladder_svg(plan["ladder"])}
+
+
 def add_api(app: FastAPI, srv: Server) -> None:
+    """The runs: schema, list, create, detail, start/resume, eval, stop, delete."""
+
     @app.get("/api/schema")
     def schema_keys():
         return {"keys": form_keys()}
@@ -134,26 +160,7 @@ def add_api(app: FastAPI, srv: Server) -> None:
 
     @app.post("/api/runs")
     async def create_run(request: Request):
-        fields, images = await _form_parts(request)
-        unknown = set(fields) - {"name", "captions", "folder", "resolution", "settings", "start"}
-        if unknown:
-            raise GlanceError(f"form: unknown field(s) {', '.join(sorted(unknown))}")
-        res = _one(fields, "resolution", "1024").strip()
-        if not res.isdigit() or not 64 <= int(res) <= 8192:
-            raise GlanceError(f"resolution: {res!r} is not a whole number of pixels from 64 to 8192")
-        settings = parse_settings(_one(fields, "settings", ""))
-        run_id = await asyncio.to_thread(
-            srv.store.create, _one(fields, "name"), settings, images, fields.get("captions", []),
-            _one(fields, "folder").strip() or None, int(res))
-        try:
-            plan = await asyncio.to_thread(make_plan, srv.store.config_path(run_id))
-        except Exception:  # the config passed the schema but the plan failed: nothing of the run is kept
-            srv.store.delete(run_id)
-            raise
-        srv.store.update(run_id, plan=plan)
-        if _one(fields, "start", "0") in ("1", "true"):
-            srv.jobs.enqueue(run_id)
-        return {**srv.summary(run_id), "plan": plan, "ladder_svg": ladder_svg(plan["ladder"])}
+        return await _create_run(srv, request)
 
     @app.get("/api/runs/{run_id}")
     def run_detail(run_id: str):
@@ -191,6 +198,11 @@ def add_api(app: FastAPI, srv: Server) -> None:
         srv.store.delete(run_id)
         return {"deleted": run_id}
 
+
+
+def add_use_api(app: FastAPI, srv: Server) -> None:
+    """Downloads, run files, generation."""
+
     @app.get("/api/runs/{run_id}/download/{kind}")
     async def download_run(run_id: str, kind: str):
         return await download(srv.store, run_id, kind)
@@ -221,11 +233,20 @@ def add_api(app: FastAPI, srv: Server) -> None:
                             "parameters": {**info, "seed": req["seed"] + k}} for k, p in enumerate(paths)],
                 "seconds": round(seconds, 3)}
 
+
+
+def add_events(app: FastAPI, srv: Server) -> None:
+    """Server-sent events: the runs list and one run, sent when they change (a comment line keeps them open)."""
+
     async def events(request: Request, make, once: bool):
         async def stream():
             last, quiet = None, 0
             while not await request.is_disconnected():
-                text = json.dumps(await asyncio.to_thread(make))
+                try:
+                    text = json.dumps(await asyncio.to_thread(make))
+                except NotFound:  # the run was deleted
+                    yield "event: gone\ndata: {}\n\n"
+                    return
                 if text != last:
                     yield f"data: {text}\n\n"
                     last, quiet = text, 0
@@ -324,6 +345,8 @@ def create_app(runs_dir, token: str | None = None, hosts: set[str] | None = None
     add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_api(app, srv)
+    add_use_api(app, srv)
+    add_events(app, srv)
     add_pages(app, srv)
     if start_queue:
         srv.jobs.start()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import progress
-from .runs import LOG, Conflict, RunStore
+from .runs import LOG, Conflict, NotFound, RunStore
 
 log = logging.getLogger(__name__)
 TICK_S = 0.25
@@ -100,7 +100,10 @@ class Manager:
         """Runs whose process is alive (started by this server or an earlier one)."""
         out = []
         for run_id in self.store.ids():
-            rec = self.store.read(run_id)
+            try:
+                rec = self.store.read(run_id)
+            except NotFound:
+                continue
             if rec.get("state") == "running" and self.status(rec) in ACTIVE:
                 out.append(run_id)
         return out
@@ -162,7 +165,10 @@ class Manager:
                     log.info("run %s ended with exit status %d", run_id, rc)
             queued = []
             for run_id in self.store.ids():
-                rec = self.store.read(run_id)
+                try:
+                    rec = self.store.read(run_id)
+                except NotFound:  # deleted meanwhile
+                    continue
                 if rec.get("state") == "running" and run_id not in self.procs and \
                         not alive(rec.get("pid"), rec.get("pid_start")):
                     self._ended(run_id, None)

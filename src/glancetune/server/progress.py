@@ -40,6 +40,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+def run_lines(output: Path) -> list[dict]:
+    """The lines of a run's train_log.jsonl (in its output_dir)."""
+    return read_jsonl(output / JSONL_NAME)
+
+
 def finished(output: Path) -> bool:
     return all((output / role / WEIGHT_NAME).is_file() for role in ("slow", "fast"))
 

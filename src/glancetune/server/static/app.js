@@ -153,7 +153,9 @@ function runPage() {
     } catch (e) { showError(err, e); }
   });
   const shown = new Set();
-  new EventSource(`/api/runs/${runId}/events`).onmessage = (ev) => {
+  const source = new EventSource(`/api/runs/${runId}/events`);
+  source.addEventListener("gone", () => { source.close(); location.href = "/"; });
+  source.onmessage = (ev) => {
     const r = JSON.parse(ev.data);
     $("#status").textContent = r.status;
     $("#status").className = `status ${r.status}`;
