@@ -94,7 +94,7 @@ def test_plan_is_the_dry_run(server, capsys):
 def test_restart_stop_resume_download_generate(tmp_path, capsys):
     runs = tmp_path / "runs"
     a, srv_a = make_client(runs)
-    r = create(a, start=True, steps=150, checkpointing_steps="0")
+    r = create(a, start=True, steps=100, checkpointing_steps="0")
     assert r.status_code == 200, r.text
     run_id = r.json()["id"]
     out = srv_a.store.output(run_id)
@@ -105,19 +105,23 @@ def test_restart_stop_resume_download_generate(tmp_path, capsys):
     try:
         assert [x["id"] for x in b.get("/api/runs").json()] == [run_id]
         wait(b, run_id, lambda d: d["step"] >= 10 and d["status"] == "running")
+        second = create(b, start=True, steps=5).json()  # one device job at a time: this one waits
+        assert second["status"] == "queued" and b.get(f"/api/runs/{second['id']}").json()["status"] == "queued"
+        assert b.post(f"/api/runs/{second['id']}/stop").json()["status"] == "draft"  # leaves the queue
+        assert b.delete(f"/api/runs/{second['id']}?confirm={second['id']}").status_code == 200
         assert b.post(f"/api/runs/{run_id}/stop").json()["status"] in ("stopping", "interrupted")
         d = wait(b, run_id, lambda d: d["status"] not in ("running", "stopping"))
         assert d["status"] == "interrupted", d["log"]
         ckpt = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-        assert len(ckpt) == 1 and 10 <= ckpt[0] < 150 and not (out / "slow").exists()
+        assert len(ckpt) == 1 and 10 <= ckpt[0] < 100 and not (out / "slow").exists()
         assert f"interrupted at step {ckpt[0]}" in d["log"]
 
         assert b.post(f"/api/runs/{run_id}/start").json()["status"] in ("queued", "running")
         d = wait(b, run_id, lambda d: d["status"] in ("done", "failed", "interrupted"))
-        assert d["status"] == "done" and d["returncode"] == 0 and d["step"] == 150, d["log"]
+        assert d["status"] == "done" and d["returncode"] == 0 and d["step"] == 100, d["log"]
         assert f"resuming from {out / f'checkpoint-{ckpt[0]}'}" in d["log"]
         for phase in ("slow", "fast"):  # continued from the checkpoint: every step once
-            assert jsonl_steps(out, phase) == sorted(set(jsonl_steps(out, phase))) == list(range(1, 151))
+            assert jsonl_steps(out, phase) == sorted(set(jsonl_steps(out, phase))) == list(range(1, 101))
 
         z = zipfile.ZipFile(io.BytesIO(b.get(f"/api/runs/{run_id}/download/diffusers").content))
         assert sorted(z.namelist()) == ["fast/" + WEIGHT_NAME, "glancetune_config.json", "slow/" + WEIGHT_NAME]

@@ -137,6 +137,14 @@ def test_uploads_are_decoded(local):
     assert_error(post([("images", ("x.gif", png(fmt="GIF"), "image/gif"))]), 400, "GIF images are not accepted")
     assert_error(post([("images", ("x.png", b"", "image/png"))]), 400, "empty")
     assert_error(post([("images", ("big.png", b"\0" * (2**20 + 10), "image/png"))]), 413, "too large")
+
+    def chunks():  # no Content-Length: counted while it streams
+        yield b"--x\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 2**15
+    r = client.post("/api/runs", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert "content-length" not in {k.lower() for k in r.request.headers}
+    assert_error(r, 413, "too large")
     r = post([("images", ("photo.jpeg", png(fmt="JPEG"), "image/jpeg"))])
     assert r.status_code == 200, r.text
     assert [p.name for p in sorted((srv.store.dir(r.json()["id"]) / "data").iterdir())] == ["image-001.jpg",
