@@ -12,15 +12,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi")  # the [server] extra; the test extra installs it (CI)
+from fastapi.testclient import TestClient  # the [server] extra; the test extra installs it
 
-from fastapi.testclient import TestClient  # noqa: E402
-
-from glancetune.cli import main  # noqa: E402
-from glancetune.config import TrainConfig  # noqa: E402
-from glancetune.export import WEIGHT_NAME  # noqa: E402
-from glancetune.server.app import create_app  # noqa: E402
-from glancetune.server.forms import SERVER_KEYS  # noqa: E402
+from glancetune.cli import main
+from glancetune.config import TrainConfig
+from glancetune.export import WEIGHT_NAME
+from glancetune.server.app import create_app
+from glancetune.server.forms import SERVER_KEYS
 
 ASSET = Path(__file__).parents[1] / "src" / "glancetune" / "assets" / "glance.png"
 BASE = "http://127.0.0.1:8001"

@@ -10,15 +10,13 @@ import os
 
 import pytest
 
-pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # the [server] extra; the test extra installs it
+from PIL import Image
 
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from glancetune.cli import main  # noqa: E402
-from glancetune.errors import GlanceError  # noqa: E402
-from glancetune.server.app import create_app  # noqa: E402
-from glancetune.server.security import server_token  # noqa: E402
+from glancetune.cli import main
+from glancetune.errors import GlanceError
+from glancetune.server.app import create_app
+from glancetune.server.security import server_token
 
 BASE = "http://127.0.0.1:8001"
 TOKEN = "s3cret-token-of-the-test"
