@@ -1,5 +1,5 @@
 """The `glancetune` command line: train, glance, generate, eval (evaluate.py), export (comfyui.py), schedule, tiny,
-quickstart, validate-dataset."""
+quickstart, validate-dataset, server (server/)."""
 from __future__ import annotations
 
 import argparse
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .comfyui import add_parser as add_export
 
     add_export(sub)
+    from .server import add_parser as add_server
+
+    add_server(sub)
     q = sub.add_parser("quickstart", help="train + sample Glance on the built-in tiny model and sample image")
     q.add_argument("--dir", default="glancetune-quickstart")
     q.add_argument("--model", default="tiny:flux")
@@ -391,10 +394,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, args.command)
         from .comfyui import cmd_export
         from .evaluate import cmd_eval
+        from .server import cmd_server
 
         return {"generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "cache": cmd_cache,
                 "schedule": cmd_schedule, "tiny": cmd_tiny, "quickstart": cmd_quickstart,
-                "validate-dataset": cmd_validate}[args.command](args)
+                "validate-dataset": cmd_validate, "server": cmd_server}[args.command](args)
     except GlanceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

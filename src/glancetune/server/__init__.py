@@ -1,0 +1,65 @@
+"""`glancetune server`: a web UI to configure, run, watch and use Glance runs.
+
+Pages and a JSON API (FastAPI, served by uvicorn; `pip install 'glancetune[server]'`), live updates by
+server-sent events. Runs are separate `glancetune glance` processes, one device job at a time; the runs folder is
+the source of truth. Binds to 127.0.0.1; any other address needs a token (security.py). Nothing here imports
+FastAPI until the command runs, so the rest of glancetune works without the extra.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 8001
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("server", help="web UI: configure, run, watch and use Glance runs (pip install "
+                       "'glancetune[server]')")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "
+                   "requires a token)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s.add_argument("--runs-dir", default="glancetune-runs", help="folder of the runs (created; the source of truth)")
+    s.add_argument("--token", help="require this token on every request (default: none on 127.0.0.1, a generated "
+                   "one, printed at start, on any other address)")
+    s.add_argument("--max-upload-mb", type=int, default=64, help="largest request body (uploads), MiB")
+    s.add_argument("--jobs", type=int, default=1, help="device jobs at a time (the rest wait in the queue)")
+    s.add_argument("--idle-release", type=float, default=300, metavar="SECONDS",
+                   help="release the Generate page's pipeline after this long unused")
+    s.add_argument("--device", help="device of the Generate page: auto | cpu | cuda | cuda:N")
+
+
+def loopback_hosts(host: str, port: int) -> set[str]:
+    """The Host headers a loopback server answers to."""
+    return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]")}
+
+
+def cmd_server(args) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise GlanceError(f"server: {e.name} is not installed; pip install 'glancetune[server]'") from None
+    from .security import is_loopback, server_token
+
+    if not 1 <= args.port <= 65535:
+        raise GlanceError(f"--port: {args.port} is not a port number")
+    if args.jobs < 1 or args.max_upload_mb < 1:
+        raise GlanceError("--jobs and --max-upload-mb: must be at least 1")
+    token = server_token(args.host, args.token)
+    hosts = loopback_hosts(args.host, args.port) if is_loopback(args.host) else set()
+    app, srv = create_app(args.runs_dir, token, hosts, args.max_upload_mb * 2**20, args.jobs, args.idle_release,
+                          args.device)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{shown}:{args.port}/"
+    log.info("glancetune server: %s (runs in %s)", url + (f"?token={token}" if token else ""), srv.store.root)
+    if token and args.token is None:
+        log.info("token (generated; required on every request): %s", token)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        srv.jobs.close()
+    return 0

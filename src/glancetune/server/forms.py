@@ -1,0 +1,142 @@
+"""The new-run form, generated from `TrainConfig`'s JSON schema (types, allowed values, defaults, help), and the
+reading of a submitted form back into a config dict that `config.build_config` validates like a config file.
+
+No second list of keys: every field comes from the schema. The server itself sets the keys that tie a run to its
+folder (SERVER_KEYS); `PRIMARY` only orders a few keys first on the page.
+"""
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import yaml
+
+from ..config import TrainConfig
+from ..errors import GlanceError
+
+# set by the server for every run: where the data and the outputs live, and resuming by re-running
+SERVER_KEYS = {"data_backend_config": "the run's own dataloader JSON",
+               "output_dir": "the run's output folder",
+               "overwrite_output_dir": "never: a run folder holds one run",
+               "resume_from_checkpoint": "latest: resume re-runs the same config"}
+# shown first (model and the usual knobs); every other key follows under "All settings"
+PRIMARY = ("model_family", "model_flavour", "pretrained_model_name_or_path", "max_train_steps", "learning_rate",
+           "lora_rank", "seed", "validation_prompt", "validation_steps", "mixed_precision", "device")
+
+
+def schema() -> dict:
+    return TrainConfig.model_json_schema()
+
+
+def _variants(prop: dict) -> list[dict]:
+    return prop.get("anyOf", [prop])
+
+
+def field_kind(prop: dict) -> str:
+    """bool | choice | number | text (text only) | value (anything else: read as YAML, like --set)."""
+    types = {v.get("type") for v in _variants(prop) if "enum" not in v} - {"null"}
+    if any("enum" in v for v in _variants(prop)) and not types:
+        return "choice"
+    if types == {"boolean"}:
+        return "bool"
+    if types <= {"integer", "number"} and types:
+        return "number"
+    if types == {"string"}:
+        return "text"
+    return "value"
+
+
+def choices(prop: dict) -> list:
+    out = []
+    for v in _variants(prop):
+        out += v.get("enum", [])
+    return out
+
+
+def default_text(prop: dict) -> str:
+    """The default as the form shows it ("" for none)."""
+    d = prop.get("default")
+    if d is None:
+        return ""
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    return d if isinstance(d, str) else json.dumps(d)
+
+
+def form_keys() -> list[str]:
+    keys = [k for k in schema()["properties"] if k not in SERVER_KEYS]
+    return [k for k in PRIMARY if k in keys] + [k for k in keys if k not in PRIMARY]
+
+
+def _widget(key: str, prop: dict) -> str:
+    kind, default = field_kind(prop), default_text(prop)
+    attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"'
+    if kind == "bool":
+        return f'<input type="checkbox" {attrs}{" checked" if default == "true" else ""}>'
+    if kind == "choice":
+        opts = ([""] if {"type": "null"} in _variants(prop) else []) + [str(c) for c in choices(prop)]
+        return f"<select {attrs}>" + "".join(
+            f'<option value="{html.escape(o)}"{" selected" if o == default else ""}>{html.escape(o) or "(none)"}'
+            "</option>" for o in opts) + "</select>"
+    extra = ' list="models"' if key == "pretrained_model_name_or_path" else ""
+    return f'<input type="text" {attrs} value="{html.escape(default)}"{extra}>'
+
+
+def render_fields() -> str:
+    """The settings as labelled inputs: the primary keys, then every other key in a collapsed section."""
+    props = schema()["properties"]
+
+    def row(key: str) -> str:
+        prop = props[key]
+        kind = field_kind(prop)
+        typ = {"choice": "one of the listed values", "bool": "true / false", "number": "number",
+               "text": "text", "value": "YAML value (list, mapping, number or text), as --set"}[kind]
+        default = default_text(prop) or "none"
+        help_ = html.escape(prop.get("description", ""))
+        return (f'<div class="field"><label for="f-{key}"><code>{key}</code></label>{_widget(key, prop)}'
+                f'<div class="help">{help_} <span class="meta">({typ}; default {html.escape(default)})</span>'
+                "</div></div>")
+
+    keys = form_keys()
+    first = [k for k in keys if k in PRIMARY]
+    rest = [k for k in keys if k not in PRIMARY]
+    from ..tiny import BUILDERS
+
+    models = "".join(f'<option value="tiny:{m}">' for m in BUILDERS)  # or any hub id / local folder
+    return ("".join(row(k) for k in first) + f'<datalist id="models">{models}</datalist>'
+            + f'<details><summary>All settings ({len(rest)} more)</summary>{"".join(row(k) for k in rest)}'
+            "</details>")
+
+
+def parse_settings(text: str | None) -> dict[str, Any]:
+    """The form's `settings` field (a JSON object of key -> text as typed) -> raw config values. Text-only keys
+    stay text; the others are read as YAML scalars/lists, exactly as `--set key=value`. Empty means the default."""
+    if not text:
+        return {}
+    try:
+        given = json.loads(text)
+    except ValueError as e:
+        raise GlanceError(f"settings: not a JSON object ({e})") from None
+    if not isinstance(given, dict):
+        raise GlanceError("settings: expected a JSON object of key -> value")
+    props = schema()["properties"]
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key in SERVER_KEYS:
+            raise GlanceError(f"settings: {key} is set by the server ({SERVER_KEYS[key]})")
+        if key not in props:
+            raise GlanceError(f"settings: unknown key {key!r}")
+        if not isinstance(value, str):
+            out[key] = value  # an API client may send typed JSON values; pydantic checks them
+            continue
+        if value.strip() == "":
+            continue
+        if field_kind(props[key]) == "text":
+            out[key] = value
+        else:
+            try:
+                out[key] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                out[key] = value
+    return out

@@ -1,0 +1,88 @@
+"""The Generate page's sampler: one warm `GlanceSampler` (the pipeline `glancetune generate` builds, with the run's
+slow and fast adapters), kept between requests, released after `idle_s` without use or when a training job is
+about to take the device. One model is resident at a time; requests are served one after the other.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from pathlib import Path
+
+from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
+MAX_PROMPTS = 8
+
+
+class WarmSampler:
+    def __init__(self, idle_s: float = 300.0, device: str | None = None):
+        self.idle_s, self.device = idle_s, device
+        self.sampler = None
+        self.spec = None
+        self.key: str | None = None
+        self.last = 0.0
+        self.lock = threading.Lock()  # held while a generation runs
+        self.busy = False
+
+    def release(self) -> None:
+        """Drop the resident pipeline (waits for a generation in progress to end)."""
+        with self.lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self.sampler is None:
+            return
+        log.info("generate: released the pipeline of %s", self.key)
+        self.sampler = self.spec = self.key = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+    def release_if_idle(self) -> None:
+        if self.sampler is not None and not self.busy and time.monotonic() - self.last > self.idle_s:
+            if self.lock.acquire(blocking=False):
+                try:
+                    self._drop()
+                finally:
+                    self.lock.release()
+
+    def generate(self, key: str, run_output: Path, out_dir: Path, prompts: list[str], seed: int,
+                 width: int | None, height: int | None, guidance: float | None) -> tuple[list[Path], dict, float]:
+        """Sample `prompts` with the run's pair into `out_dir` (PNG with parameters); returns (paths, the
+        parameters, seconds). The pipeline is loaded on first use of a run and kept."""
+        from ..families import model_info
+        from ..sample import GlanceSampler, check_request, check_size, image_info, resolve_spec, save_images
+
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise GlanceError(f"prompts: give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
+        check_request(prompts, seed, width, height, guidance)
+        with self.lock:
+            self.busy = True
+            try:
+                t0 = time.perf_counter()
+                if self.key != key:
+                    self._drop()
+                    spec = resolve_spec(run=run_output)
+                    check_size(model_info(spec.base_model), width or spec.width, height or spec.height)
+                    self.sampler = GlanceSampler.from_spec(spec, device=self.device)
+                    self.spec, self.key = spec, key
+                    log.info("generate: loaded %s (%s)", key, spec.base_model)
+                else:
+                    check_size(self.sampler.info, width or self.spec.width, height or self.spec.height)
+                images = self.sampler(prompts, seed=seed, width=width, height=height, guidance=guidance)
+                g = self.sampler.guidance if guidance is None else guidance
+                info = image_info(self.spec, prompts, seed, g, "exact", width, height)
+                n = len(list(out_dir.glob("gen-*.png"))) if out_dir.is_dir() else 0
+                name = out_dir / f"gen-{time.strftime('%Y%m%d-%H%M%S')}-{n:04d}.png"
+                paths = save_images(images, name, info)
+                return paths, info, time.perf_counter() - t0
+            finally:
+                self.busy = False
+                self.last = time.monotonic()
