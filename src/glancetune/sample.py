@@ -21,7 +21,6 @@ from .export import WEIGHT_NAME, lora_file
 from .families import ModelInfo, model_info
 from .families.base import PublishedLoras
 from .fused import MODES, Fused, Unfused
-from .images import FORMATS, image_info, output_paths, read_parameters, save_images  # noqa: F401 (re-exported)
 from .train.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
 from .record import RunRecord, read_record
@@ -344,5 +343,5 @@ class GlanceSampler:
         return out.images
 
 
-__all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "check_request", "check_size", "image_info",
-           "output_paths", "read_parameters", "resolve_spec", "save_images", "WEIGHT_NAME"]
+__all__ = ["GlanceSampler", "GlanceSpec", "check_image_arg", "check_request", "check_size", "resolve_spec",
+           "WEIGHT_NAME"]
