@@ -20,6 +20,7 @@ from . import checkpoint, tread
 from .encode import encode
 from .hooks import Hooks, RunInfo
 from .lora import add_lora
+from .objectives import make_objective
 from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
@@ -164,6 +165,7 @@ class Job(Plan, PhaseFiles):
                 p.requires_grad_(ph in mine)
         trainer = Trainer(cfg, self.family, self.transformer, self.transformer, samples, rt, self.guidance,
                           self.data)
+        trainer.objective = make_objective(cfg, self.ladder, self.command, rt.layout)
         self.trainer_states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in self.adapter_params(ph.name)],
                                                  self.steps, [n for n, _ in self.adapter_params(ph.name)])
                                for ph in mine]

@@ -1,0 +1,128 @@
+"""Training objectives beyond the paper's flow-matching loss (issue 13), chosen with `glance_objective`.
+
+  flow (default)  the paper: x_s = (1 - s) x0 + s eps, target eps - x0. The Trainer's own `loss`; this module is
+                  not involved (no objective object is made), so the default run is unchanged bit for bit.
+  trajectory      trajectory distillation: the target is the step the ladder sampler must take. From x_s at a
+                  ladder sigma s to the next ladder sigma s' (0 after the last), the base model's own solution
+                  (adapters off) by Euler over `glance_trajectory_substeps` equal sub-steps gives x_fine(s'); the
+                  target velocity is (x_fine(s') - x_s) / (s' - s), so one Euler step with the prediction lands where
+                  the fine base ODE lands. x_s is built from the training sample as in `flow`; the target needs no
+                  image (it is the base model's own ODE).
+  rollout         scheduled sampling for the fast phase (the slow phase trains as `flow`): x_s is the chained
+                  sampler's actual state at s: x at the ladder's first sigma (pure noise when it is 1), Euler steps
+                  with the slow adapter over the slow sigmas, then the fast adapter (its current weights) over the
+                  fast sigmas above s; no gradient through the rollout. Target (x_s - x0) / s: the velocity whose
+                  one-step denoise x_s - s v is the training image (on the straight path it equals eps - x0).
+
+Both run the transformer without gradient on the unwrapped model and restore the stepping phase's adapter before
+the training forward. The fixed-noise eval loss stays the flow loss, so it is comparable across objectives.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import GlanceError
+
+OBJECTIVES = ("flow", "trajectory", "rollout")
+TOL = 1e-6  # ladder sigmas are compared as drawn from the same fp32 list
+
+
+def make_objective(cfg, ladder, command: str, layout: str):
+    """The objective of a job; None for the paper's flow loss (the Trainer's own)."""
+    kind = cfg.glance_objective
+    if kind == "flow":
+        return None
+    if command != "glance" or ladder is None:
+        raise GlanceError(f"glance_objective: {kind} needs the slow/fast ladder of `glancetune glance`")
+    if layout not in ("single", "ddp"):
+        raise GlanceError(f"glance_objective: {kind} is built for one process or DDP (this run is {layout})")
+    return Objective(kind, list(ladder.slow), list(ladder.fast), cfg.glance_trajectory_substeps)
+
+
+class Objective:
+    def __init__(self, kind: str, slow: list[float], fast: list[float], substeps: int = 4):
+        if kind not in OBJECTIVES[1:]:
+            raise GlanceError(f"glance_objective: {kind!r} is not one of {', '.join(OBJECTIVES)}")
+        self.kind, self.slow, self.fast, self.substeps = kind, list(slow), list(fast), int(substeps)
+        self.ladder = self.slow + self.fast
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def velocity(self, trainer, x: torch.Tensor, sigmas: torch.Tensor, text, image, guidance) -> torch.Tensor:
+        """The unwrapped transformer's prediction (whatever adapter state is set), fp32."""
+        t = trainer.family.transformer_timestep(sigmas, trainer.dtype)
+        with trainer.acc.autocast():
+            v = trainer.family.predict(trainer.transformer, x.to(trainer.dtype), t, text, image, guidance)
+        return v.float()
+
+    @contextmanager
+    def adapters_off(self, trainer):
+        tr = trainer.transformer
+        tr.disable_adapters()
+        try:
+            yield
+        finally:
+            tr.enable_adapters()
+            tr.set_adapter(trainer.active)
+
+    def next_sigma(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """Per sample: the ladder sigma after it (0 after the last)."""
+        lad = torch.tensor(self.ladder + [0.0], dtype=torch.float32)
+        idx = [int(torch.nonzero((lad[:-1] - float(s)).abs() < TOL)[0]) for s in sigmas.cpu()]
+        return lad[torch.tensor(idx) + 1].to(sigmas.device)
+
+    @staticmethod
+    def _view(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return s.view(-1, *([1] * (x.ndim - 1)))
+
+    # --- trajectory -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def trajectory_target(self, trainer, x_s, s, s_next, text, image, guidance) -> torch.Tensor:
+        """(x_fine(s') - x_s) / (s' - s): the base model's Euler solution over `substeps` equal sub-steps."""
+        x = x_s.float()
+        with self.adapters_off(trainer):
+            for k in range(self.substeps):
+                a = s + (s_next - s) * (k / self.substeps)
+                b = s + (s_next - s) * ((k + 1) / self.substeps)
+                x = x + self._view(b - a, x) * self.velocity(trainer, x, a, text, image, guidance)
+        return (x - x_s.float()) / self._view(s_next - s, x)
+
+    # --- rollout ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout_input(self, trainer, x0, noise, s, text, image, guidance) -> torch.Tensor:
+        """The chained sampler's state at each sample's sigma s: from the first ladder sigma, slow adapter over
+        the slow sigmas, then the fast adapter over the fast sigmas above s."""
+        first = self.ladder[0]
+        x = (1.0 - first) * x0.float() + first * noise.float()
+        back = trainer.active
+        try:
+            for i, (a, b) in enumerate(zip(self.ladder, self.ladder[1:])):
+                going = s < a - TOL  # samples that have not reached their sigma yet
+                if not bool(going.any()):
+                    break
+                trainer.activate("slow" if i < len(self.slow) else "fast")
+                sig = torch.full_like(s, a)
+                v = self.velocity(trainer, x, sig, text, image, guidance)
+                x = torch.where(self._view(going, x), x + (b - a) * v, x)
+        finally:
+            trainer.activate(back)
+        return x
+
+    # --- the loss ---------------------------------------------------------------------------------------------
+    def loss(self, trainer, ph, x0, text, image, sigmas, noise, guidance) -> torch.Tensor:
+        if self.kind == "rollout" and ph.name != "fast":
+            return trainer.loss(x0, text, image, sigmas, noise, guidance)
+        s = trainer.to_device(sigmas)
+        x0 = x0.float()
+        if self.kind == "trajectory":
+            x_s = (1.0 - self._view(s, x0)) * x0 + self._view(s, x0) * noise
+            target = self.trajectory_target(trainer, x_s, s, self.next_sigma(s), text, image, guidance)
+        else:
+            x_s = self.rollout_input(trainer, x0, noise, s, text, image, guidance)
+            target = (x_s - x0) / self._view(s, x0)
+        t = trainer.family.transformer_timestep(s, trainer.dtype)
+        with trainer.acc.autocast():
+            pred = trainer.family.predict(trainer.model, x_s.to(trainer.dtype), t, text, image, guidance)
+        return F.mse_loss(pred.float(), target.float())
