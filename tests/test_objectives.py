@@ -102,8 +102,10 @@ def test_trajectory_loss_is_mse_to_that_target(setup):
     st, trainer = setup, FakeTrainer(setup.tr)
     trainer.activate("slow")
     obj = Objective("trajectory", SLOW, FAST, substeps=2)
-    ph = SimpleNamespace(name="slow")
+    ph = SimpleNamespace(name="slow", generator=torch.Generator().manual_seed(0))
+    before = ph.generator.get_state()
     loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.9]), st.noise, 1.0)
+    assert torch.equal(ph.generator.get_state(), before)  # no glance_prompts: nothing drawn
     x_s = 0.1 * st.x0 + 0.9 * st.noise
     target = obj.trajectory_target(trainer, x_s, torch.tensor([0.9]), torch.tensor([0.8]), st.text, st.image, 1.0)
     want = torch.nn.functional.mse_loss(v(st.tr, x_s, 0.9, st), target)
@@ -193,3 +195,53 @@ def test_objective_needs_glance(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path / "b", tiny_flux, resolution=64, steps=1, glance_objective="bogus")
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert "glance_objective" in err
+
+
+def test_base_state_is_the_base_models_own_ode_from_noise(setup):
+    st, trainer = setup, FakeTrainer(setup.tr)
+    trainer.activate("slow")
+    obj = Objective("trajectory", [0.95, 0.8], FAST, substeps=2)  # first ladder sigma < 1: starts at 1 anyway
+    got = obj.base_state(trainer, st.noise, torch.tensor([0.8]), st.text, st.image, 1.0)
+    x = st.noise
+    for a in (1.0, 0.975, 0.95, 0.875):  # 1 -> 0.95 -> 0.8, two equal sub-steps each
+        b = a - (0.025 if a > 0.95 else 0.075)
+        x = x + (b - a) * v(st.base, x, a, st)
+    torch.testing.assert_close(got, x, atol=1e-5, rtol=1e-5)
+    assert st.tr.active_adapters() == ["slow"]
+
+
+def test_trajectory_with_an_extra_prompt_is_data_free(setup):
+    """A micro-batch that draws an extra prompt uses its text, the base state from noise and the base target;
+    the training image is not read (any x0 gives the same loss)."""
+    st, trainer = setup, FakeTrainer(setup.tr)
+    trainer.activate("fast")
+    gen = torch.Generator().manual_seed(0)
+    extra = {**st.text, "encoder_hidden_states": torch.randn(1, 8, 32, generator=gen),
+             "pooled_projections": torch.randn(1, 32, generator=gen)}
+    obj = Objective("trajectory", SLOW, FAST, substeps=1, extra=[extra])
+    seed = next(k for k in range(100) if int(torch.randint(2, (1,), generator=torch.Generator().manual_seed(k))))
+    ph = SimpleNamespace(name="fast", generator=torch.Generator().manual_seed(seed))
+    loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.6]), st.noise, 1.0)
+    ph.generator.manual_seed(seed)
+    other = obj.loss(trainer, ph, st.x0 * 0 + 5, st.text, st.image, torch.tensor([0.6]), st.noise, 1.0)
+    assert float(loss) == float(other)
+    xst = SimpleNamespace(text=extra, image=st.image)
+    x = st.noise
+    for a, b in ((1.0, 0.9), (0.9, 0.8), (0.8, 0.6)):
+        x = x + (b - a) * v(st.base, x, a, xst)
+    target = v(st.base, x, 0.6, xst)  # one sub-step: the base velocity
+    want = torch.nn.functional.mse_loss(v(st.tr, x, 0.6, xst), target)
+    assert float(loss) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_glance_prompts_train_and_need_trajectory(tiny_flux, tmp_path, capsys):
+    cfgs = {}
+    for name, extra in (("plain", {}), ("extra", {"glance_prompts": ["a blue square", "a green circle"]})):
+        cfgs[name] = write_configs(tmp_path / name, tiny_flux, resolution=64, steps=3,
+                                   glance_objective="trajectory", **extra)
+        assert main(["glance", "--config", str(cfgs[name])]) == 0
+    a, b = _lora_bytes(tmp_path / "plain" / "output"), _lora_bytes(tmp_path / "extra" / "output")
+    assert a["slow"] != b["slow"] or a["fast"] != b["fast"]
+    cfg = write_configs(tmp_path / "bad", tiny_flux, resolution=64, steps=1, glance_prompts=["a blue square"])
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert err.startswith("error: glance_prompts:") and "trajectory" in err

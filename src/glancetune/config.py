@@ -130,6 +130,8 @@ class TrainConfig(ValidationKeys):
         "actual states (train/objectives.py; experimental, not shown better yet)")
     glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: Euler sub-steps of the base "
                                             "model's solution between two ladder sigmas")
+    glance_prompts: list[str] | None = Field(None, description="trajectory: extra captions without images (each "
+                                             "micro-batch takes the training caption or one of these)")
     glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(

@@ -7,7 +7,11 @@
                   (adapters off) by Euler over `glance_trajectory_substeps` equal sub-steps gives x_fine(s'); the
                   target velocity is (x_fine(s') - x_s) / (s' - s), so one Euler step with the prediction lands where
                   the fine base ODE lands. x_s is built from the training sample as in `flow`; the target needs no
-                  image (it is the base model's own ODE).
+                  image (it is the base model's own ODE). `glance_prompts`: extra captions without images; each
+                  micro-batch then takes one of (training caption, extra prompts) uniformly (drawn from the phase's
+                  generator), and for an extra prompt x_s is data-free too: the base model's own state at s, by the
+                  same sub-stepped Euler from pure noise at sigma 1 along the ladder. The extra prompts are encoded
+                  before the transformer loads (`PromptHook.before_load`, through the text cache).
   rollout         scheduled sampling for the fast phase (the slow phase trains as `flow`): x_s is the chained
                   sampler's actual state at s: x at the ladder's first sigma (pure noise when it is 1), Euler steps
                   with the slow adapter over the slow sigmas, then the fast adapter (its current weights) over the
@@ -19,35 +23,78 @@ the training forward. The fixed-noise eval loss stays the flow loss, so it is co
 """
 from __future__ import annotations
 
+import gc
+import shutil
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import GlanceError
+from .hooks import Hook
 
 OBJECTIVES = ("flow", "trajectory", "rollout")
 TOL = 1e-6  # ladder sigmas are compared as drawn from the same fp32 list
 
 
-def make_objective(cfg, ladder, command: str, layout: str):
-    """The objective of a job; None for the paper's flow loss (the Trainer's own)."""
+def make_objective(cfg, ladder, command: str, layout: str, extra: list[dict] | None = None):
+    """The objective of a job; None for the paper's flow loss (the Trainer's own). `extra`: the encoded
+    glance_prompts (trajectory only)."""
     kind = cfg.glance_objective
+    check_prompts(cfg)
     if kind == "flow":
         return None
     if command != "glance" or ladder is None:
         raise GlanceError(f"glance_objective: {kind} needs the slow/fast ladder of `glancetune glance`")
     if layout not in ("single", "ddp"):
         raise GlanceError(f"glance_objective: {kind} is built for one process or DDP (this run is {layout})")
-    return Objective(kind, list(ladder.slow), list(ladder.fast), cfg.glance_trajectory_substeps)
+    return Objective(kind, list(ladder.slow), list(ladder.fast), cfg.glance_trajectory_substeps, extra)
+
+
+def check_prompts(cfg) -> None:
+    if cfg.glance_prompts and cfg.glance_objective != "trajectory":
+        raise GlanceError(f"glance_prompts: used by glance_objective trajectory only (it is {cfg.glance_objective})")
+
+
+class PromptHook(Hook):
+    """Encodes `glance_prompts` before the transformer loads (text cache first, the text encoders only for what is
+    missing, released after) into `job.glance_prompt_embeds` (device tensors, one dict per prompt)."""
+
+    def before_load(self, job) -> None:
+        from ..data.cache import digest
+        from .encode import default_caches, load_encoders, text_description
+
+        cache, dev, dtype, fam = default_caches(job.cfg)[0], job.rt.device, job.rt.dtype, job.family
+        texts = list(job.cfg.glance_prompts)
+        keys = {t: text_description(job.info, t, dtype, job.max_sequence_length, None, cfg=job.cfg) for t in texts}
+        embeds = {t: cache.get(digest(d)) for t, d in keys.items()}
+        missing = [t for t, e in embeds.items() if e is None]
+        if missing:
+            cache.check_writable()
+            dirs = []
+            try:
+                pipe = load_encoders(job, dev, dtype, True, dirs, vae=False)
+                with torch.no_grad():
+                    for t in missing:
+                        embeds[t] = fam.encode_prompts(pipe, [t], dev, job.max_sequence_length)
+                        cache.put(digest(keys[t]), embeds[t], keys[t])
+                del pipe
+            finally:
+                for d in dirs:
+                    shutil.rmtree(d, ignore_errors=True)
+            gc.collect()
+        job.glance_prompt_embeds = [{k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in embeds[t].items()}
+                                    for t in texts]
 
 
 class Objective:
-    def __init__(self, kind: str, slow: list[float], fast: list[float], substeps: int = 4):
+    def __init__(self, kind: str, slow: list[float], fast: list[float], substeps: int = 4,
+                 extra: list[dict] | None = None):
         if kind not in OBJECTIVES[1:]:
             raise GlanceError(f"glance_objective: {kind!r} is not one of {', '.join(OBJECTIVES)}")
         self.kind, self.slow, self.fast, self.substeps = kind, list(slow), list(fast), int(substeps)
         self.ladder = self.slow + self.fast
+        self.extra = list(extra or [])
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def velocity(self, trainer, x: torch.Tensor, sigmas: torch.Tensor, text, image, guidance) -> torch.Tensor:
@@ -89,6 +136,27 @@ class Objective:
                 x = x + self._view(b - a, x) * self.velocity(trainer, x, a, text, image, guidance)
         return (x - x_s.float()) / self._view(s_next - s, x)
 
+    @torch.no_grad()
+    def base_state(self, trainer, noise, s, text, image, guidance) -> torch.Tensor:
+        """Data-free x_s: the base model's sub-stepped Euler solution from pure noise at sigma 1 along the ladder
+        (the sub-steps of `trajectory_target`) down to each sample's sigma s."""
+        points = ([1.0] if self.ladder[0] < 1.0 - TOL else []) + self.ladder
+        x = noise.float()
+        with self.adapters_off(trainer):
+            for a, b in zip(points, points[1:]):
+                going = s < a - TOL
+                if not bool(going.any()):
+                    break
+                for k in range(self.substeps):
+                    lo, hi = a + (b - a) * k / self.substeps, a + (b - a) * (k + 1) / self.substeps
+                    v = self.velocity(trainer, x, torch.full_like(s, lo), text, image, guidance)
+                    x = torch.where(self._view(going, x), x + (hi - lo) * v, x)
+        return x
+
+    def pick_prompt(self, gen: torch.Generator) -> int:
+        """0: the training caption; j > 0: glance_prompts[j - 1]. No draw (RNG untouched) without extra prompts."""
+        return int(torch.randint(len(self.extra) + 1, (1,), generator=gen)) if self.extra else 0
+
     # --- rollout ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout_input(self, trainer, x0, noise, s, text, image, guidance) -> torch.Tensor:
@@ -117,7 +185,12 @@ class Objective:
         s = trainer.to_device(sigmas)
         x0 = x0.float()
         if self.kind == "trajectory":
-            x_s = (1.0 - self._view(s, x0)) * x0 + self._view(s, x0) * noise
+            j = self.pick_prompt(ph.generator)
+            if j:
+                text = trainer.family.collate([self.extra[j - 1]] * len(x0))
+                x_s = self.base_state(trainer, noise, s, text, image, guidance)
+            else:
+                x_s = (1.0 - self._view(s, x0)) * x0 + self._view(s, x0) * noise
             target = self.trajectory_target(trainer, x_s, s, self.next_sigma(s), text, image, guidance)
         else:
             x_s = self.rollout_input(trainer, x0, noise, s, text, image, guidance)
