@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # issue 13 on the GPU machine, one call (<= 8 min): train the toy FLUX.1-layout model (bench/toy_model.py), then the
 # paper's Glance recipe on ONE of its images with glancetune itself, `glancetune eval` against base-50 / base-10
-# on every colour x class caption x SEEDS seeds, and the judge's class / colour accuracy (bench/toy_score.py).
+# on every colour x class caption x SEEDS seeds, and the judge's class / colour accuracy (bench/toy_score.py); then,
+# while the call is under BUDGET seconds, the same for glance_objective trajectory and rollout (SEEDS_OBJ seeds).
 # Usage (carry .whl: diffusers + pydantic wheels, NOT bitsandbytes: carry is 64 MiB in all):
-#   OUT=... bash bench/toy_gpu.sh        env: BASE_SECONDS (200), SEEDS (2), GLANCE_STEPS (60)
+#   OUT=... bash bench/toy_gpu.sh   env: BASE_SECONDS (180), SEEDS (2), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (330)
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -12,21 +13,31 @@ OUTDIR=${OUT:-/tmp/toy_out}
 TOY=/tmp/toy
 mkdir -p "$OUTDIR"
 t=$SECONDS
-python3 bench/toy_model.py --out $TOY --device cuda --base-seconds "${BASE_SECONDS:-200}" \
+python3 bench/toy_model.py --out $TOY --device cuda --base-seconds "${BASE_SECONDS:-180}" \
   --glance-steps "${GLANCE_STEPS:-60}" 2>&1 | grep --line-buffered '^{' | tee "$OUTDIR/toy_model.jsonl"
 echo "{\"toy_model_s\": $((SECONDS-t))}"
 cp $TOY/toy_report.json $TOY/prompts.json $TOY/labels.json "$OUTDIR/" 2>/dev/null
-t=$SECONDS
-python3 -m glancetune glance --config $TOY/config/glance.json 2>&1 | tail -6
-echo "{\"glance_s\": $((SECONDS-t))}"
-t=$SECONDS
-python3 -m glancetune eval --run $TOY/glance --prompts $TOY/prompts.json --seeds "${SEEDS:-2}" --device cuda \
-  --output $TOY/report 2>&1 | grep -v '^eval: ' | tail -20
-echo "{\"eval_s\": $((SECONDS-t))}"
-python3 bench/toy_score.py --report $TOY/report --toy $TOY
-cp -r $TOY/report/eval.json $TOY/report/eval.md $TOY/report/grid.png $TOY/report/toy_score.json "$OUTDIR/" 2>/dev/null
-cp $TOY/glance/slow/train_log.json "$OUTDIR/slow_train_log.json" 2>/dev/null
-cp $TOY/glance/fast/train_log.json "$OUTDIR/fast_train_log.json" 2>/dev/null
-# the trained model itself (a few MB) comes back too, so the next session can ship or reuse it
+# the trained model itself comes back too (transformer ~95 MB fp32: may exceed what $OUT returns; then see the log)
 tar -czf "$OUTDIR/toy_model.tgz" -C $TOY model judge.pt data config prompts.json labels.json toy_report.json
+
+one() {  # $1: tag (paper | trajectory | rollout), $2: config file, $3: seeds
+  local run=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['output_dir'])" "$2") t=$SECONDS
+  python3 -m glancetune glance --config "$2" 2>&1 | tail -4
+  echo "{\"$1_glance_s\": $((SECONDS-t))}"
+  t=$SECONDS
+  python3 -m glancetune eval --run "$run" --prompts $TOY/prompts.json --seeds "$3" --device cuda \
+    --output $TOY/report-$1 2>&1 | grep -v '^eval: ' | tail -16
+  echo "{\"$1_eval_s\": $((SECONDS-t))}"
+  python3 bench/toy_score.py --report $TOY/report-$1 --toy $TOY --output "$OUTDIR/toy_score-$1.json"
+  mkdir -p "$OUTDIR/$1"
+  cp $TOY/report-$1/eval.json $TOY/report-$1/eval.md $TOY/report-$1/grid.png "$OUTDIR/$1/" 2>/dev/null
+  cp "$run/slow/train_log.json" "$OUTDIR/$1/slow_train_log.json" 2>/dev/null
+  cp "$run/fast/train_log.json" "$OUTDIR/$1/fast_train_log.json" 2>/dev/null
+}
+one paper $TOY/config/glance.json "${SEEDS:-2}"
+for obj in trajectory rollout; do
+  if [ $SECONDS -lt "${BUDGET:-330}" ]; then one $obj $TOY/config/glance-$obj.json "${SEEDS_OBJ:-1}";
+  else echo "{\"skipped\": \"$obj\", \"at_s\": $SECONDS}"; fi
+done
+echo "{\"total_s\": $SECONDS}"
 du -sh "$OUTDIR"/*

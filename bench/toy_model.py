@@ -209,7 +209,6 @@ def write_run_files(out: Path, images, labels, caps, steps: int) -> None:
     """One training image + caption, the glance config, prompts and labels for eval and scoring."""
     from PIL import Image
 
-    gen = torch.Generator().manual_seed(7)
     k = int(torch.nonzero(labels.cpu() == 0)[0])  # a t-shirt, red, on the dark background
     px = td.compose(images[k:k + 1].cpu(), torch.tensor([0]), torch.tensor([0]), torch.zeros(1, dtype=torch.long),
                     torch.zeros(1, dtype=torch.long))
@@ -217,7 +216,6 @@ def write_run_files(out: Path, images, labels, caps, steps: int) -> None:
     (out / "data").mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(out / "data" / "toy.png")
     (out / "data" / "toy.txt").write_text("a red t-shirt", encoding="utf-8")
-    del gen
     (out / "config").mkdir(exist_ok=True)
     backend = out / "config" / "multidatabackend.json"
     backend.write_text(json.dumps([{"backend": "simple", "resolution": td.SIZE, "shuffle": True,
@@ -226,6 +224,12 @@ def write_run_files(out: Path, images, labels, caps, steps: int) -> None:
            "data_backend_config": str(backend), "max_train_steps": steps, "lora_rank": 16,
            "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance")}
     (out / "config" / "glance.json").write_text(json.dumps(cfg, indent=1))
+    # the objectives beyond the paper (train/objectives.py), same run otherwise; trajectory also distils the base
+    # model on 16 other captions (2 per colour, all 10 classes), without their images
+    extra = [caps[c * 10 + (3 * c + o) % 10][1] for c in range(len(td.COLOURS)) for o in (1, 6)]
+    for kind, more in (("trajectory", {"glance_prompts": extra}), ("rollout", {})):
+        (out / "config" / f"glance-{kind}.json").write_text(json.dumps(
+            {**cfg, "glance_objective": kind, "output_dir": str(out / f"glance-{kind}"), **more}, indent=1))
     (out / "prompts.json").write_text(json.dumps({n: c for n, c, _, _ in caps}, indent=1))
     (out / "labels.json").write_text(json.dumps({n: [k, c] for n, _, k, c in caps}, indent=1))
 

@@ -120,3 +120,15 @@ def test_glancetune_trains_and_evaluates_on_the_toy(toy, tmp_path):
     assert first == ["red-t-shirt", "blue-bag"]
     acc = judge.accuracy(x, torch.tensor([8]), torch.tensor([2]))
     assert acc["class"] == [float(lk.argmax(1).item() == 8)] and acc["colour"] == [float(lc.argmax(1).item() == 2)]
+
+
+@pytest.mark.parametrize("kind", ["trajectory", "rollout"])
+def test_objective_configs_of_the_gpu_run_train(toy, kind):
+    path = toy / "config" / f"glance-{kind}.json"
+    cfg = json.loads(path.read_text())
+    assert cfg["glance_objective"] == kind and cfg["output_dir"] == str(toy / f"glance-{kind}")
+    if kind == "trajectory":  # extra captions without images, never the training caption
+        assert len(cfg["glance_prompts"]) == 16 and "a red t-shirt" not in cfg["glance_prompts"]
+        assert len({p.split(" ", 2)[2] for p in cfg["glance_prompts"]}) == 10  # every class
+    assert main(["glance", "--config", str(path), "--set", "max_train_steps=1"]) == 0
+    assert (toy / f"glance-{kind}" / "fast" / "pytorch_lora_weights.safetensors").is_file()
