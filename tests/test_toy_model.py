@@ -34,7 +34,7 @@ def test_compose_paints_the_captioned_colour_on_an_uncaptioned_background():
     zero = torch.zeros(n, dtype=torch.long)
     px = (td.compose(images, colour, bg, zero, zero) + 1) / 2  # [0, 1]
     assert px.shape == (n, 3, 32, 32)
-    full = F_pad(images) == 255
+    full = torch.nn.functional.pad(images, (2, 2, 2, 2)) == 255
     for i in range(n):
         want_fg = torch.tensor(list(td.COLOURS.values())[colour[i]])
         want_bg = torch.tensor(td.BACKGROUNDS[bg[i]])
@@ -44,10 +44,6 @@ def test_compose_paints_the_captioned_colour_on_an_uncaptioned_background():
             assert torch.allclose(px[i, :, y, x], want_fg, atol=1e-6)
     shifted = td.compose(images, colour, bg, torch.full((n,), 2), torch.full((n,), -1))
     assert torch.equal(shifted[:, :, 2:, :-1], td.compose(images, colour, bg, zero, zero)[:, :, :-2, 1:])
-
-
-def F_pad(images):
-    return torch.nn.functional.pad(images, (2, 2, 2, 2))
 
 
 def test_captions_are_every_colour_times_class():

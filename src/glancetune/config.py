@@ -124,14 +124,10 @@ class TrainConfig(ValidationKeys):
                                      "from")
     glance_slow_indices: str | list[int] | None = None
     glance_fast_indices: str | list[int] | None = None
-    glance_objective: Literal["flow", "trajectory", "rollout"] = Field(
-        "flow", description="flow: the paper's flow-matching loss; trajectory: distil the base model's own "
-        "fine-step ODE between consecutive ladder sigmas; rollout: the fast phase trains on the chained sampler's "
-        "actual states (train/objectives.py; experimental, not shown better yet)")
-    glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: Euler sub-steps of the base "
-                                            "model's solution between two ladder sigmas")
-    glance_prompts: list[str] | None = Field(None, description="trajectory: extra captions without images (each "
-                                             "micro-batch takes the training caption or one of these)")
+    glance_objective: Literal["flow", "trajectory", "rollout"] = Field("flow", description="flow: the paper's "
+                                                                       "loss; trajectory / rollout: experimental")
+    glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: base Euler sub-steps per ladder step")
+    glance_prompts: list[str] | None = Field(None, description="trajectory: extra captions without images")
     glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(
