@@ -18,8 +18,8 @@
                   fast sigmas above s; no gradient through the rollout. Target (x_s - x0) / s: the velocity whose
                   one-step denoise x_s - s v is the training image (on the straight path it equals eps - x0).
 
-Both run the transformer without gradient on the unwrapped model and restore the stepping phase's adapter before
-the training forward. The fixed-noise eval loss stays the flow loss, so it is comparable across objectives.
+Both run the transformer without gradient on the unwrapped model (TREAD routes only with gradients on, so these
+passes see every token) and restore the stepping phase's adapter before the training forward. The fixed-noise eval loss stays the flow loss, so it is comparable across objectives.
 """
 from __future__ import annotations
 
