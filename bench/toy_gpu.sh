@@ -14,7 +14,8 @@ TOY=/tmp/toy
 mkdir -p "$OUTDIR"
 t=$SECONDS
 python3 bench/toy_model.py --out $TOY --device cuda --base-seconds "${BASE_SECONDS:-180}" \
-  --glance-steps "${GLANCE_STEPS:-60}" 2>&1 | grep --line-buffered '^{' | tee "$OUTDIR/toy_model.jsonl"
+  --glance-steps "${GLANCE_STEPS:-60}" > "$OUTDIR/toy_model.log" 2>&1 || { tail -30 "$OUTDIR/toy_model.log"; exit 1; }
+grep '^{' "$OUTDIR/toy_model.log"
 echo "{\"toy_model_s\": $((SECONDS-t))}"
 cp $TOY/toy_report.json $TOY/prompts.json $TOY/labels.json "$OUTDIR/" 2>/dev/null
 # the trained model itself comes back too (transformer ~95 MB fp32: may exceed what $OUT returns; then see the log)
