@@ -7,13 +7,16 @@
 #   OUT=... bash bench/toy_gpu.sh   env: BASE_SECONDS (180), SEEDS (2), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (330)
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+[ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+# a CPU rehearsal of this script: SKIP_WHEELS=1 DEVICE=cpu TOY_ARGS=--smoke PROMPTS=<2-prompt file> EVAL_ARGS="--steps-base 4"
+DEVICE=${DEVICE:-cuda}
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GLANCETUNE_HOME=/tmp/gt_home
 OUTDIR=${OUT:-/tmp/toy_out}
-TOY=/tmp/toy
+TOY=${TOY:-/tmp/toy}
 mkdir -p "$OUTDIR"
 t=$SECONDS
-python3 bench/toy_model.py --out $TOY --device cuda --base-seconds "${BASE_SECONDS:-180}" \
+python3 bench/toy_model.py --out $TOY --device $DEVICE ${TOY_ARGS:-} --base-seconds "${BASE_SECONDS:-180}" \
   --glance-steps "${GLANCE_STEPS:-60}" > "$OUTDIR/toy_model.log" 2>&1 || { tail -30 "$OUTDIR/toy_model.log"; exit 1; }
 grep '^{' "$OUTDIR/toy_model.log"
 echo "{\"toy_model_s\": $((SECONDS-t))}"
@@ -26,7 +29,7 @@ one() {  # $1: tag (paper | trajectory | rollout), $2: config file, $3: seeds
   python3 -m glancetune glance --config "$2" 2>&1 | tail -4
   echo "{\"$1_glance_s\": $((SECONDS-t))}"
   t=$SECONDS
-  python3 -m glancetune eval --run "$run" --prompts $TOY/prompts.json --seeds "$3" --device cuda \
+  python3 -m glancetune eval --run "$run" --prompts "${PROMPTS:-$TOY/prompts.json}" --seeds "$3" --device $DEVICE ${EVAL_ARGS:-} \
     --output $TOY/report-$1 2>&1 | grep -v '^eval: ' | tail -16
   echo "{\"$1_eval_s\": $((SECONDS-t))}"
   python3 bench/toy_score.py --report $TOY/report-$1 --toy $TOY --output "$OUTDIR/toy_score-$1.json"
