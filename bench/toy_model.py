@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy_data as td  # noqa: E402
 
-FULL = dict(vae_channels=(64, 128), vae_steps=1500, judge_steps=800, layers=2, single_layers=6, head_dim=64,
+FULL = dict(vae_channels=(64, 128), vae_steps=2000, judge_steps=1500, layers=2, single_layers=6, head_dim=64,
             heads=6, text_dim=64, batch=256, base_seconds=200.0, base_steps=100_000, pairs_per_caption=4,
             lr=4e-4, data_limit=None, measure_captions=None)
 SMOKE = dict(vae_channels=(8, 8), vae_steps=3, judge_steps=3, layers=1, single_layers=1, head_dim=16, heads=2,
