@@ -65,6 +65,8 @@ class PromptHook(Hook):
         from .encode import default_caches, load_encoders, text_description
 
         cache, dev, dtype, fam = default_caches(job.cfg)[0], job.rt.device, job.rt.dtype, job.family
+        if fam.needs_control_image:  # their prompts are encoded with a control image; these have none
+            raise GlanceError(f"glance_prompts: not for edit models ({fam.name})")
         texts = list(job.cfg.glance_prompts)
         keys = {t: text_description(job.info, t, dtype, job.max_sequence_length, None, cfg=job.cfg) for t in texts}
         embeds = {t: cache.get(digest(d)) for t, d in keys.items()}
