@@ -5,7 +5,8 @@ Source: Debian's `dataset-fashion-mnist` (Zalando SE, MIT/Expat licence), `/usr/
 labels; 4.4 MB), made by `python bench/toy_data.py --make` on a machine with the package installed.
 
 An image is 32x32 RGB: the garment (its grey level as coverage) in the caption's colour over a background drawn
-from BACKGROUNDS, which the caption does NOT name, shifted by up to +-2 px. Caption: "a <colour> <class>".
+from BACKGROUNDS, which the caption does NOT name, shifted by up to +-2 px (layout `centre`), or at half size in a
+random one of the four 16x16 cells (layout `quadrant`: a harder, more multimodal set). Caption: "a <colour> <class>".
 The uncaptioned background makes every caption's distribution multimodal (dark vs light vs grey ground), which
 bends the flow: few-step Euler samplers average the modes (the effect a Glance pair is meant to fix).
 """
@@ -26,6 +27,7 @@ COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.8, 0.2), "blue": (0.15, 0.3,
            "purple": (0.5, 0.15, 0.7)}
 BACKGROUNDS = ((0.03, 0.03, 0.03), (0.97, 0.97, 0.95), (0.45, 0.45, 0.45))
 SIZE = 32
+LAYOUTS = ("centre", "quadrant")
 
 
 def make_npz(out: Path = DATA, per_class: int = 1000) -> None:
@@ -69,24 +71,35 @@ def _shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
 
 
 def compose(images: torch.Tensor, colour: torch.Tensor, background: torch.Tensor, dy: torch.Tensor,
-            dx: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 28, 28] garments -> RGB [B, 3, 32, 32] in [-1, 1]."""
-    alpha = F.pad(images.float()[:, None] / 255.0, (2, 2, 2, 2))
+            dx: torch.Tensor, layout: str = "centre") -> torch.Tensor:
+    """uint8 [B, 28, 28] garments -> RGB [B, 3, 32, 32] in [-1, 1]. centre: the garment at full size, shifted by
+    (dy, dx); quadrant: at half size (14x14) in the top-left 16x16 cell, then shifted by (dy, dx)."""
+    alpha = images.float()[:, None] / 255.0
+    if layout == "quadrant":
+        alpha = F.pad(F.avg_pool2d(alpha, 2), (1, 17, 1, 17))
+    elif layout == "centre":
+        alpha = F.pad(alpha, (2, 2, 2, 2))
+    else:
+        raise ValueError(f"layout: {layout!r} is not one of {LAYOUTS}")
     alpha = _shift(alpha, dy, dx)
     col = torch.tensor(list(COLOURS.values()), device=images.device)[colour][:, :, None, None]
     bg = torch.tensor(BACKGROUNDS, device=images.device)[background][:, :, None, None]
     return (bg * (1 - alpha) + col * alpha) * 2 - 1
 
 
-def random_batch(images: torch.Tensor, labels: torch.Tensor, n: int, gen: torch.Generator):
-    """n random composed images: (pixels [-1, 1], class, colour, caption index); draws on `gen` (CPU)."""
+def random_batch(images: torch.Tensor, labels: torch.Tensor, n: int, gen: torch.Generator, layout: str = "centre"):
+    """n random composed images: (pixels [-1, 1], class, colour, caption index); draws on `gen` (CPU). The
+    position is not captioned: centre: shifted by up to +-2 px; quadrant: one of the 4 cells, +-1 px."""
     idx = torch.randint(len(images), (n,), generator=gen)
     colour = torch.randint(len(COLOURS), (n,), generator=gen)
     background = torch.randint(len(BACKGROUNDS), (n,), generator=gen)
     dy, dx = torch.randint(-2, 3, (2, n), generator=gen)
+    if layout == "quadrant":
+        q = torch.randint(4, (n,), generator=gen)
+        dy, dx = dy.clamp(-1, 1) + 16 * (q // 2), dx.clamp(-1, 1) + 16 * (q % 2)
     dev = images.device
     klass = labels[idx.to(labels.device)]
-    px = compose(images[idx.to(dev)], colour.to(dev), background.to(dev), dy.to(dev), dx.to(dev))
+    px = compose(images[idx.to(dev)], colour.to(dev), background.to(dev), dy.to(dev), dx.to(dev), layout)
     return px, klass, colour.to(dev), caption_index(klass, colour.to(dev))
 
 
@@ -116,13 +129,14 @@ class Judge(torch.nn.Module):
         return {"class": (lk.argmax(1) == klass).float().tolist(), "colour": (lc.argmax(1) == colour).float().tolist()}
 
 
-def train_judge(images, labels, steps: int, batch: int, device, seed: int = 0, width: int = 32) -> Judge:
+def train_judge(images, labels, steps: int, batch: int, device, seed: int = 0, width: int = 32,
+                layout: str = "centre") -> Judge:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     judge = Judge(width).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=2e-3)
     for _ in range(steps):
-        px, klass, colour, _ = random_batch(images, labels, batch, gen)
+        px, klass, colour, _ = random_batch(images, labels, batch, gen, layout)
         lk, lc = judge(px)
         loss = F.cross_entropy(lk, klass) + F.cross_entropy(lc, colour)
         opt.zero_grad(set_to_none=True)

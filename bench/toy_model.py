@@ -81,7 +81,7 @@ def train_vae(vae, images, labels, p, device, gen) -> dict:
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     for _ in range(p["vae_steps"]):
-        px, *_ = td.random_batch(images, labels, p["batch"], gen)
+        px, *_ = td.random_batch(images, labels, p["batch"], gen, p["layout"])
         z = vae.encode(px).latent_dist.mode()
         loss = F.mse_loss(vae.decode(z).sample, px) + 1e-4 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
@@ -89,7 +89,7 @@ def train_vae(vae, images, labels, p, device, gen) -> dict:
         opt.step()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        px, *_ = td.random_batch(images, labels, 256, gen)
+        px, *_ = td.random_batch(images, labels, 256, gen, p["layout"])
         z = vae.encode(px).latent_dist.mode()
         vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
         rec = vae.decode(z).sample.clamp(-1, 1)
@@ -135,7 +135,7 @@ def train_base(pipe, images, labels, text, p, device, gen, seed: int) -> dict:
     t0, step, losses = time.perf_counter(), 0, []
     while step < p["base_steps"] and time.perf_counter() - t0 < p["base_seconds"]:
         with torch.no_grad():
-            px, _, _, cap = td.random_batch(images, labels, p["batch"], gen)
+            px, _, _, cap = td.random_batch(images, labels, p["batch"], gen, p["layout"])
             x0, img_ids = to_tokens(pipe, vae, px)
             drop = (torch.rand(len(cap), generator=gen) < 0.1).to(device)
             cap = torch.where(drop, torch.full_like(cap, len(embeds) - 1), cap)  # the last row is ""
@@ -205,13 +205,13 @@ def measure(pipe, text, judge, caps, p, device) -> dict:
     return out
 
 
-def write_run_files(out: Path, images, labels, caps, steps: int) -> None:
+def write_run_files(out: Path, images, labels, caps, steps: int, layout: str) -> None:
     """One training image + caption, the glance config, prompts and labels for eval and scoring."""
     from PIL import Image
 
     k = int(torch.nonzero(labels.cpu() == 0)[0])  # a t-shirt, red, on the dark background
-    px = td.compose(images[k:k + 1].cpu(), torch.tensor([0]), torch.tensor([0]), torch.zeros(1, dtype=torch.long),
-                    torch.zeros(1, dtype=torch.long))
+    z = torch.zeros(1, dtype=torch.long)
+    px = td.compose(images[k:k + 1].cpu(), z, z, z, z, layout)  # top-left cell for quadrant
     arr = ((px[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
     (out / "data").mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(out / "data" / "toy.png")
@@ -243,8 +243,10 @@ def main(argv=None) -> int:
     ap.add_argument("--base-seconds", type=float, help="wall-time budget of the transformer's training")
     ap.add_argument("--glance-steps", type=int, default=60, help="max_train_steps written into config/glance.json")
     ap.add_argument("--no-measure", action="store_true", help="skip base-10 vs base-50")
+    ap.add_argument("--layout", choices=td.LAYOUTS, default="centre", help="garment placement (toy_data.py): "
+                    "quadrant is the harder set, for when base-10 is not clearly worse than base-50 with centre")
     a = ap.parse_args(argv)
-    p = dict(SMOKE if a.smoke else FULL)
+    p = dict(SMOKE if a.smoke else FULL, layout=a.layout)
     if a.base_seconds is not None:
         p["base_seconds"] = a.base_seconds
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
@@ -269,8 +271,8 @@ def main(argv=None) -> int:
     report["caption_embeddings_min_distance"] = float(torch.cdist(flat, flat).add(torch.eye(len(flat),
                                                       device=device) * 1e9).min())
     t = time.perf_counter()
-    judge = td.train_judge(images, labels, p["judge_steps"], p["batch"], device, a.seed)
-    px, k, c, _ = td.random_batch(images, labels, 512, torch.Generator().manual_seed(99))
+    judge = td.train_judge(images, labels, p["judge_steps"], p["batch"], device, a.seed, layout=p["layout"])
+    px, k, c, _ = td.random_batch(images, labels, 512, torch.Generator().manual_seed(99), p["layout"])
     acc = judge.accuracy(px, k, c)
     report["judge"] = {"steps": p["judge_steps"], "real_class_acc": mean_ci(acc["class"]),
                        "real_colour_acc": mean_ci(acc["colour"]), "seconds": round(time.perf_counter() - t, 1)}
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
     pipe.to(torch.device("cpu")).save_pretrained(out / "model")
     pipe.to(device)
     td.save_judge(judge, out / "judge.pt")
-    write_run_files(out, images, labels, caps, a.glance_steps)
+    write_run_files(out, images, labels, caps, a.glance_steps, p["layout"])
     if not a.no_measure:
         t = time.perf_counter()
         report["measure"] = measure(pipe, text, judge, caps, p, device)

@@ -46,6 +46,31 @@ def test_compose_paints_the_captioned_colour_on_an_uncaptioned_background():
     assert torch.equal(shifted[:, :, 2:, :-1], td.compose(images, colour, bg, zero, zero)[:, :, :-2, 1:])
 
 
+def test_quadrant_layout_puts_a_half_size_garment_in_one_cell():
+    images, _ = td.load(limit=4)
+    n, zero = len(images), torch.zeros(4, dtype=torch.long)
+    bg = torch.tensor(td.BACKGROUNDS[0])
+    for q in range(4):
+        dy, dx = torch.full((n,), 16 * (q // 2)), torch.full((n,), 16 * (q % 2))
+        px = (td.compose(images, zero, zero, dy, dx, "quadrant") + 1) / 2
+        cell = px[:, :, 16 * (q // 2):16 * (q // 2) + 16, 16 * (q % 2):16 * (q % 2) + 16]
+        rest = px.clone()
+        rest[:, :, 16 * (q // 2):16 * (q // 2) + 16, 16 * (q % 2):16 * (q % 2) + 16] = bg[:, None, None]
+        assert torch.allclose(rest, bg[None, :, None, None].expand_as(rest), atol=1e-6)  # only that cell is painted
+        pooled = torch.nn.functional.avg_pool2d(images.float()[:, None] / 255, 2)[:, 0]  # 14x14 coverage
+        want = bg[None, :, None, None] * (1 - pooled[:, None]) + torch.tensor(td.COLOURS["red"])[None, :, None,
+                                                                                                 None] * pooled[:, None]
+        assert torch.allclose(cell[:, :, 1:15, 1:15], want, atol=1e-6)
+    with pytest.raises(ValueError, match="layout"):
+        td.compose(images, zero, zero, zero, zero, "diagonal")
+    px, *_ = td.random_batch(images, torch.zeros(4, dtype=torch.long), 64, torch.Generator().manual_seed(0),
+                             "quadrant")
+    bg_of = px.flatten(2).median(2).values[:, :, None, None]  # the background covers >= 3/4 of the image
+    painted = (px - bg_of).abs().amax(1) > 1e-3  # [64, 32, 32]
+    cells = painted.unfold(1, 16, 16).unfold(2, 16, 16).flatten(3).any(-1).flatten(1)
+    assert torch.all(cells.sum(1) <= 2)  # one cell, or two where a +-1 px jitter crosses a cell border
+
+
 def test_captions_are_every_colour_times_class():
     caps = td.captions()
     assert len({c for _, c, _, _ in caps}) == len(td.COLOURS) * len(td.CLASSES) == 80
