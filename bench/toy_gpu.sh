@@ -2,7 +2,8 @@
 # issue 13 on the GPU machine, one call (<= 8 min): train the toy FLUX.1-layout model (bench/toy_model.py), then the
 # paper's Glance recipe on ONE of its images with glancetune itself, `glancetune eval` against base-50 / base-10
 # on every colour x class caption x SEEDS seeds, and the judge's class / colour accuracy (bench/toy_score.py); then,
-# while the call is under BUDGET seconds, the same for glance_objective trajectory and rollout (SEEDS_OBJ seeds).
+# while the call is under BUDGET seconds, the same for glance_objective trajectory, rollout, and flow + prior
+# (glance_prior_weight 1) (SEEDS_OBJ seeds).
 # Usage (carry .whl: diffusers + pydantic wheels, NOT bitsandbytes: carry is 64 MiB in all):
 #   OUT=... bash bench/toy_gpu.sh   env: BASE_SECONDS (180), SEEDS (2), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (330)
 set -u
@@ -24,7 +25,7 @@ cp $TOY/toy_report.json $TOY/prompts.json $TOY/labels.json "$OUTDIR/" 2>/dev/nul
 # the trained model itself comes back too (transformer ~95 MB fp32: may exceed what $OUT returns; then see the log)
 tar -czf "$OUTDIR/toy_model.tgz" -C $TOY model judge.pt data config prompts.json labels.json toy_report.json
 
-one() {  # $1: tag (paper | trajectory | rollout), $2: config file, $3: seeds
+one() {  # $1: tag (paper | trajectory | rollout | prior), $2: config file, $3: seeds
   local run=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['output_dir'])" "$2") t=$SECONDS
   python3 -m glancetune glance --config "$2" 2>&1 | tail -4
   echo "{\"$1_glance_s\": $((SECONDS-t))}"
@@ -39,7 +40,7 @@ one() {  # $1: tag (paper | trajectory | rollout), $2: config file, $3: seeds
   cp "$run/fast/train_log.json" "$OUTDIR/$1/fast_train_log.json" 2>/dev/null
 }
 one paper $TOY/config/glance.json "${SEEDS:-2}"
-for obj in trajectory rollout; do
+for obj in trajectory rollout prior; do
   if [ $SECONDS -lt "${BUDGET:-330}" ]; then one $obj $TOY/config/glance-$obj.json "${SEEDS_OBJ:-1}";
   else echo "{\"skipped\": \"$obj\", \"at_s\": $SECONDS}"; fi
 done

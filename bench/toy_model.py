@@ -225,11 +225,15 @@ def write_run_files(out: Path, images, labels, caps, steps: int, layout: str) ->
            "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance")}
     (out / "config" / "glance.json").write_text(json.dumps(cfg, indent=1))
     # the objectives beyond the paper (train/objectives.py), same run otherwise; trajectory also distils the base
-    # model on 16 other captions (2 per colour, all 10 classes), without their images
+    # model on 16 other captions (2 per colour, all 10 classes), without their images; prior: flow + the base
+    # model's own prediction on those captions (weight 1)
     extra = [caps[c * 10 + (3 * c + o) % 10][1] for c in range(len(td.COLOURS)) for o in (1, 6)]
-    for kind, more in (("trajectory", {"glance_prompts": extra}), ("rollout", {})):
-        (out / "config" / f"glance-{kind}.json").write_text(json.dumps(
-            {**cfg, "glance_objective": kind, "output_dir": str(out / f"glance-{kind}"), **more}, indent=1))
+    runs = (("trajectory", {"glance_objective": "trajectory", "glance_prompts": extra}),
+            ("rollout", {"glance_objective": "rollout"}),
+            ("prior", {"glance_prior_weight": 1.0, "glance_prompts": extra}))
+    for name, more in runs:
+        (out / "config" / f"glance-{name}.json").write_text(json.dumps(
+            {**cfg, "output_dir": str(out / f"glance-{name}"), **more}, indent=1))
     (out / "prompts.json").write_text(json.dumps({n: c for n, c, _, _ in caps}, indent=1))
     (out / "labels.json").write_text(json.dumps({n: [k, c] for n, _, k, c in caps}, indent=1))
 

@@ -35,6 +35,11 @@ class FakeTrainer:
     def to_device(self, t):
         return t
 
+    def loss(self, x0, text, image, sigmas, noise, guidance):  # the flow loss, written out
+        s = float(sigmas[0])
+        return torch.nn.functional.mse_loss(v(self.model, (1 - s) * x0 + s * noise, s, SimpleNamespace(
+            text=text, image=image)), noise - x0)
+
 
 def load_transformer(model):
     from diffusers import FluxTransformer2DModel
@@ -245,3 +250,39 @@ def test_glance_prompts_train_and_need_trajectory(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path / "bad", tiny_flux, resolution=64, steps=1, glance_prompts=["a blue square"])
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert err.startswith("error: glance_prompts:") and "trajectory" in err
+
+
+def test_prior_adds_the_base_prediction_loss_on_an_extra_prompt(setup):
+    st, trainer = setup, FakeTrainer(setup.tr)
+    trainer.activate("slow")
+    gen = torch.Generator().manual_seed(1)
+    extra = [{**st.text, "encoder_hidden_states": torch.randn(1, 8, 32, generator=gen)} for _ in range(3)]
+    obj = Objective("flow", SLOW, FAST, substeps=1, extra=extra, prior_weight=0.5)
+    ph = SimpleNamespace(name="slow", generator=torch.Generator().manual_seed(3))
+    j = int(torch.randint(3, (1,), generator=torch.Generator().manual_seed(3)))
+    loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.9]), st.noise, 1.0)
+    xst = SimpleNamespace(text=extra[j], image=st.image)
+    x_s = st.noise + (0.9 - 1.0) * v(st.base, st.noise, 1.0, xst)  # the base state at 0.9 (one sub-step)
+    prior = torch.nn.functional.mse_loss(v(st.tr, x_s, 0.9, xst), v(st.base, x_s, 0.9, xst))
+    flow = trainer.loss(st.x0, st.text, st.image, torch.tensor([0.9]), st.noise, 1.0)
+    assert float(prior) > 0
+    assert float(loss) == pytest.approx(float(flow) + 0.5 * float(prior), rel=1e-5)
+    with pytest.raises(Exception, match="glance_prior_weight"):
+        Objective("trajectory", SLOW, FAST, extra=extra, prior_weight=0.5)
+    with pytest.raises(Exception, match="glance_prior_weight"):
+        Objective("rollout", SLOW, FAST, prior_weight=0.5)
+
+
+def test_glance_trains_with_the_prior(tiny_flux, tmp_path, capsys):
+    flow = write_configs(tmp_path / "flow", tiny_flux, resolution=64, steps=2)
+    assert main(["glance", "--config", str(flow)]) == 0
+    prior = write_configs(tmp_path / "prior", tiny_flux, resolution=64, steps=2, glance_prior_weight=1.0,
+                          glance_prompts=["a blue square"])
+    assert main(["glance", "--config", str(prior)]) == 0
+    a, b = _lora_bytes(tmp_path / "flow" / "output"), _lora_bytes(tmp_path / "prior" / "output")
+    assert a["slow"] != b["slow"] and a["fast"] != b["fast"]
+    bad = write_configs(tmp_path / "bad", tiny_flux, resolution=64, steps=1, glance_prior_weight=1.0)
+    assert run_err(capsys, ["glance", "--config", str(bad)]).startswith("error: glance_prior_weight:")
+    bad = write_configs(tmp_path / "bad2", tiny_flux, resolution=64, steps=1, glance_prior_weight=1.0,
+                        glance_objective="trajectory", glance_prompts=["a blue square"])
+    assert run_err(capsys, ["glance", "--config", str(bad)]).startswith("error: glance_prior_weight:")

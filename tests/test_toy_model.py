@@ -143,12 +143,13 @@ def test_glancetune_trains_and_evaluates_on_the_toy(toy, tmp_path):
     assert acc["class"] == [float(lk.argmax(1).item() == 8)] and acc["colour"] == [float(lc.argmax(1).item() == 2)]
 
 
-@pytest.mark.parametrize("kind", ["trajectory", "rollout"])
+@pytest.mark.parametrize("kind", ["trajectory", "rollout", "prior"])
 def test_objective_configs_of_the_gpu_run_train(toy, kind):
     path = toy / "config" / f"glance-{kind}.json"
     cfg = json.loads(path.read_text())
-    assert cfg["glance_objective"] == kind and cfg["output_dir"] == str(toy / f"glance-{kind}")
-    if kind == "trajectory":  # extra captions without images, never the training caption
+    assert cfg.get("glance_objective", "flow") == {"prior": "flow"}.get(kind, kind)
+    assert cfg["output_dir"] == str(toy / f"glance-{kind}") and cfg.get("glance_prior_weight", 0) == (kind == "prior")
+    if kind != "rollout":  # extra captions without images, never the training caption
         assert len(cfg["glance_prompts"]) == 16 and "a red t-shirt" not in cfg["glance_prompts"]
         assert len({p.split(" ", 2)[2] for p in cfg["glance_prompts"]}) == 10  # every class
     assert main(["glance", "--config", str(path), "--set", "max_train_steps=1"]) == 0

@@ -12,6 +12,10 @@
                   generator), and for an extra prompt x_s is data-free too: the base model's own state at s, by the
                   same sub-stepped Euler from pure noise at sigma 1 along the ladder. The extra prompts are encoded
                   before the transformer loads (`PromptHook.before_load`, through the text cache).
+  prior           (`glance_prior_weight` w > 0 with flow or rollout; against the colour / subject leak of a
+                  one-image pair) adds w x MSE(prediction, the base model's own velocity) on one glance_prompts
+                  caption per micro-batch, at the base model's own state at the step's sigma (as above, from the
+                  step's noise): the adapters learn to leave other prompts as the base model has them.
   rollout         scheduled sampling for the fast phase (the slow phase trains as `flow`): x_s is the chained
                   sampler's actual state at s: x at the ladder's first sigma (pure noise when it is 1), Euler steps
                   with the slow adapter over the slow sigmas, then the fast adapter (its current weights) over the
@@ -42,18 +46,25 @@ def make_objective(cfg, ladder, command: str, layout: str, extra: list[dict] | N
     glance_prompts (trajectory only)."""
     kind = cfg.glance_objective
     check_prompts(cfg)
-    if kind == "flow":
+    if kind == "flow" and not cfg.glance_prior_weight:
         return None
     if command != "glance" or ladder is None:
         raise GlanceError(f"glance_objective: {kind} needs the slow/fast ladder of `glancetune glance`")
     if layout not in ("single", "ddp"):
         raise GlanceError(f"glance_objective: {kind} is built for one process or DDP (this run is {layout})")
-    return Objective(kind, list(ladder.slow), list(ladder.fast), cfg.glance_trajectory_substeps, extra)
+    return Objective(kind, list(ladder.slow), list(ladder.fast), cfg.glance_trajectory_substeps, extra,
+                     cfg.glance_prior_weight)
 
 
 def check_prompts(cfg) -> None:
-    if cfg.glance_prompts and cfg.glance_objective != "trajectory":
-        raise GlanceError(f"glance_prompts: used by glance_objective trajectory only (it is {cfg.glance_objective})")
+    """glance_prompts serve trajectory, or the prior (glance_prior_weight > 0 with flow or rollout)."""
+    kind, prior = cfg.glance_objective, cfg.glance_prior_weight
+    if prior and (kind == "trajectory" or not cfg.glance_prompts):
+        raise GlanceError("glance_prior_weight: needs glance_prompts, and glance_objective flow or rollout (with "
+                          "trajectory the glance_prompts are distilled already)")
+    if cfg.glance_prompts and kind != "trajectory" and not prior:
+        raise GlanceError(f"glance_prompts: used by glance_objective trajectory or by glance_prior_weight > 0 "
+                          f"(glance_objective is {kind}, glance_prior_weight 0)")
 
 
 class PromptHook(Hook):
@@ -91,12 +102,16 @@ class PromptHook(Hook):
 
 class Objective:
     def __init__(self, kind: str, slow: list[float], fast: list[float], substeps: int = 4,
-                 extra: list[dict] | None = None):
-        if kind not in OBJECTIVES[1:]:
-            raise GlanceError(f"glance_objective: {kind!r} is not one of {', '.join(OBJECTIVES)}")
+                 extra: list[dict] | None = None, prior_weight: float = 0.0):
+        if kind not in OBJECTIVES or (kind == "flow" and not prior_weight):
+            raise GlanceError(f"glance_objective: {kind!r} is not one of {', '.join(OBJECTIVES[1:])} (or flow with "
+                              "glance_prior_weight)")
         self.kind, self.slow, self.fast, self.substeps = kind, list(slow), list(fast), int(substeps)
         self.ladder = self.slow + self.fast
         self.extra = list(extra or [])
+        self.prior_weight = float(prior_weight)
+        if self.prior_weight and (kind == "trajectory" or not self.extra):
+            raise GlanceError("glance_prior_weight: needs glance_prompts, and glance_objective flow or rollout")
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def velocity(self, trainer, x: torch.Tensor, sigmas: torch.Tensor, text, image, guidance) -> torch.Tensor:
@@ -182,7 +197,27 @@ class Objective:
 
     # --- the loss ---------------------------------------------------------------------------------------------
     def loss(self, trainer, ph, x0, text, image, sigmas, noise, guidance) -> torch.Tensor:
-        if self.kind == "rollout" and ph.name != "fast":
+        loss = self.main_loss(trainer, ph, x0, text, image, sigmas, noise, guidance)
+        if self.prior_weight > 0:
+            loss = loss + self.prior_weight * self.prior_loss(trainer, ph, sigmas, noise, image, guidance, len(x0))
+        return loss
+
+    def prior_loss(self, trainer, ph, sigmas, noise, image, guidance, n: int) -> torch.Tensor:
+        """MSE to the base model's own velocity on one glance_prompts caption (drawn from the phase's generator),
+        at the base model's own state at the step's sigma (from the step's noise)."""
+        j = int(torch.randint(len(self.extra), (1,), generator=ph.generator))
+        text = trainer.family.collate([self.extra[j]] * n)
+        s = trainer.to_device(sigmas)
+        x_s = self.base_state(trainer, noise, s, text, image, guidance)
+        with torch.no_grad(), self.adapters_off(trainer):
+            target = self.velocity(trainer, x_s, s, text, image, guidance)
+        t = trainer.family.transformer_timestep(s, trainer.dtype)
+        with trainer.acc.autocast():
+            pred = trainer.family.predict(trainer.model, x_s.to(trainer.dtype), t, text, image, guidance)
+        return F.mse_loss(pred.float(), target)
+
+    def main_loss(self, trainer, ph, x0, text, image, sigmas, noise, guidance) -> torch.Tensor:
+        if self.kind == "flow" or (self.kind == "rollout" and ph.name != "fast"):
             return trainer.loss(x0, text, image, sigmas, noise, guidance)
         s = trainer.to_device(sigmas)
         x0 = x0.float()
