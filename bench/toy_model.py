@@ -238,6 +238,16 @@ def write_run_files(out: Path, images, labels, caps, steps: int, layout: str) ->
     (out / "labels.json").write_text(json.dumps({n: [k, c] for n, _, k, c in caps}, indent=1))
 
 
+def make_judge(images, labels, p: dict, device, seed: int):
+    """The class / colour CNN and its accuracy on 512 fresh real images."""
+    t = time.perf_counter()
+    judge = td.train_judge(images, labels, p["judge_steps"], p["batch"], device, seed, layout=p["layout"])
+    px, k, c, _ = td.random_batch(images, labels, 512, torch.Generator().manual_seed(99), p["layout"])
+    acc = judge.accuracy(px, k, c)
+    return judge, {"steps": p["judge_steps"], "real_class_acc": mean_ci(acc["class"]),
+                   "real_colour_acc": mean_ci(acc["colour"]), "seconds": round(time.perf_counter() - t, 1)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
@@ -274,12 +284,7 @@ def main(argv=None) -> int:
     flat = text[0].flatten(1)
     report["caption_embeddings_min_distance"] = float(torch.cdist(flat, flat).add(torch.eye(len(flat),
                                                       device=device) * 1e9).min())
-    t = time.perf_counter()
-    judge = td.train_judge(images, labels, p["judge_steps"], p["batch"], device, a.seed, layout=p["layout"])
-    px, k, c, _ = td.random_batch(images, labels, 512, torch.Generator().manual_seed(99), p["layout"])
-    acc = judge.accuracy(px, k, c)
-    report["judge"] = {"steps": p["judge_steps"], "real_class_acc": mean_ci(acc["class"]),
-                       "real_colour_acc": mean_ci(acc["colour"]), "seconds": round(time.perf_counter() - t, 1)}
+    judge, report["judge"] = make_judge(images, labels, p, device, a.seed)
     print(json.dumps({"judge": report["judge"]}), flush=True)
     report["base"] = train_base(pipe, images, labels, text, p, device, gen, a.seed)
     pipe.to(torch.device("cpu")).save_pretrained(out / "model")
