@@ -5,7 +5,7 @@
 # while the call is under BUDGET seconds, the same for glance_objective trajectory, rollout, and flow + prior
 # (glance_prior_weight 1) (SEEDS_OBJ seeds).
 # Usage (carry .whl: diffusers + pydantic wheels, NOT bitsandbytes: carry is 64 MiB in all):
-#   OUT=... bash bench/toy_gpu.sh   env: BASE_SECONDS (180), SEEDS (2), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (330)
+#   OUT=... bash bench/toy_gpu.sh   env: BASE_SECONDS (150), SEEDS (1), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (400)
 set -u
 cd "$(dirname "$0")/.."
 [ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -17,7 +17,7 @@ OUTDIR=${OUT:-/tmp/toy_out}
 TOY=${TOY:-/tmp/toy}
 mkdir -p "$OUTDIR"
 t=$SECONDS
-python3 bench/toy_model.py --out $TOY --device $DEVICE ${TOY_ARGS:-} --base-seconds "${BASE_SECONDS:-180}" \
+python3 bench/toy_model.py --out $TOY --device $DEVICE ${TOY_ARGS:-} --base-seconds "${BASE_SECONDS:-150}" \
   --glance-steps "${GLANCE_STEPS:-60}" > "$OUTDIR/toy_model.log" 2>&1 || { tail -30 "$OUTDIR/toy_model.log"; exit 1; }
 grep '^{' "$OUTDIR/toy_model.log"
 echo "{\"toy_model_s\": $((SECONDS-t))}"
@@ -39,9 +39,9 @@ one() {  # $1: tag (paper | trajectory | rollout | prior), $2: config file, $3: 
   cp "$run/slow/train_log.json" "$OUTDIR/$1/slow_train_log.json" 2>/dev/null
   cp "$run/fast/train_log.json" "$OUTDIR/$1/fast_train_log.json" 2>/dev/null
 }
-one paper $TOY/config/glance.json "${SEEDS:-2}"
+one paper $TOY/config/glance.json "${SEEDS:-1}"
 for obj in trajectory rollout prior; do
-  if [ $SECONDS -lt "${BUDGET:-330}" ]; then one $obj $TOY/config/glance-$obj.json "${SEEDS_OBJ:-1}";
+  if [ $SECONDS -lt "${BUDGET:-400}" ]; then one $obj $TOY/config/glance-$obj.json "${SEEDS_OBJ:-1}";
   else echo "{\"skipped\": \"$obj\", \"at_s\": $SECONDS}"; fi
 done
 echo "{\"total_s\": $SECONDS}"
