@@ -124,6 +124,11 @@ class TrainConfig(ValidationKeys):
                                      "from")
     glance_slow_indices: str | list[int] | None = None
     glance_fast_indices: str | list[int] | None = None
+    glance_objective: Literal["flow", "trajectory", "rollout"] = Field("flow", description="flow: the paper's "
+                                                                       "loss; trajectory / rollout: experimental")
+    glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: base Euler sub-steps per ladder step")
+    glance_prompts: list[str] | None = Field(None, description="trajectory / prior: extra captions without images")
+    glance_prior_weight: float = Field(0.0, ge=0, description="weight of the base-prediction loss on glance_prompts")
     glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(

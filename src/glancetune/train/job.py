@@ -20,6 +20,7 @@ from . import checkpoint, tread
 from .encode import encode
 from .hooks import Hooks, RunInfo
 from .lora import add_lora
+from .objectives import make_objective
 from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
@@ -173,6 +174,8 @@ class Job(Plan, PhaseFiles):
                 p.requires_grad_(ph in mine)
         trainer = Trainer(cfg, self.family, self.transformer, self.transformer, samples, rt, self.guidance,
                           self.data)
+        trainer.objective = make_objective(cfg, self.ladder, self.command, rt.layout,
+                                           getattr(self, "glance_prompt_embeds", None))
         self.trainer_states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in self.adapter_params(ph.name)],
                                                  self.steps, [n for n, _ in self.adapter_params(ph.name)])
                                for ph in mine]
@@ -197,6 +200,11 @@ class Job(Plan, PhaseFiles):
                            getattr(cfg, "tracker_run_name", None), cfg.model_dump(mode="json"),
                            self.rt.is_main and not quiet)
         hooks.append(checkpoint.Checkpoints(self, cfg.checkpointing_steps, cfg.checkpoints_total_limit))
+        if cfg.glance_prompts:
+            from .objectives import PromptHook, check_prompts
+
+            check_prompts(cfg)  # before any encoder loads
+            hooks.append(PromptHook())
         if cfg.validation_enabled:
             from .validate import Validation
 

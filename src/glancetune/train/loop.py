@@ -166,6 +166,7 @@ class Trainer:
         self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if data_parallel else 0)
         self.stop_signal: int | None = None
         self.active: str | None = None
+        self.objective = None  # objectives.Objective for glance_objective != flow; None: the flow loss below
 
     def activate(self, name: str) -> None:
         """Make `name` the only active adapter. peft's set_adapter walks every LoRA layer (~27 ms per call on
@@ -257,7 +258,10 @@ class Trainer:
             for _ in range(c.gradient_accumulation_steps):
                 with self.acc.accumulate(self.model):
                     x0, text, image, sig, noise, guidance = self._micro_batch(ph)
-                    loss = self.loss(x0, text, image, sig, noise, guidance)
+                    if self.objective is None:
+                        loss = self.loss(x0, text, image, sig, noise, guidance)
+                    else:
+                        loss = self.objective.loss(self, ph, x0, text, image, sig, noise, guidance)
                     self.acc.backward(loss)  # divides by gradient_accumulation_steps
                     total = total + loss.detach() / c.gradient_accumulation_steps
                     sigmas += sig.tolist()
