@@ -16,10 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_memory import MemoryKeys
 from .config_validation import ValidationKeys
 from .errors import GlanceError
 from .schedule import LADDER_STEPS
-from .train.quantize import PRECISIONS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
@@ -45,7 +45,7 @@ RESUME_NEVER = ("none", "None", "", "null", "false")
 CONFIG_NAMES = ("config.json", "config.toml", "config.yaml")  # searched in this order
 
 
-class TrainConfig(ValidationKeys):
+class TrainConfig(ValidationKeys, MemoryKeys):
     """Everything `glancetune train` and `glancetune glance` accept (validation keys: config_validation.py).
     Field descriptions are the CLI help."""
 
@@ -147,34 +147,6 @@ class TrainConfig(ValidationKeys):
     tracker_project_name: str | None = Field(None, description="wandb project")
     tracker_run_name: str | None = Field(None, description="wandb run name")
     logging_steps: int = Field(10, ge=1, description="steps between progress log lines (and loss reads)")
-    base_model_precision: Literal[PRECISIONS] = Field(
-        "no_change", description="quantize the frozen transformer's weights (optimum-quanto, torchao, bitsandbytes: "
-        "train/quantize.py); LoRA stays fp32")
-    base_model_default_dtype: Literal["bf16", "fp32"] | None = Field(
-        None, description="dtype of the unquantized transformer weights (default: the mixed-precision dtype, bf16 "
-        "on CUDA; fp32 keeps them in fp32 and computes under bf16 autocast)")
-    text_encoder_1_precision: Literal[PRECISIONS] = Field("no_change", description="quantize the first text "
-                                                          "encoder while caching (same choices)")
-    text_encoder_2_precision: Literal[PRECISIONS] = Field("no_change", description="the second text encoder")
-    text_encoder_3_precision: Literal[PRECISIONS] = Field("no_change", description="the third text encoder")
-    text_encoder_4_precision: Literal[PRECISIONS] = Field("no_change", description="the fourth text encoder")
-    quantize_via: Literal["accelerator", "cpu"] = Field(
-        "accelerator", description="where quantization happens: on the training device, or on the CPU before "
-        "moving there")
-    enable_group_offload: bool = Field(False, description="diffusers group offloading of the transformer (see "
-                                       "the README's memory section for where it acts)")
-    group_offload_type: Literal["block_level", "leaf_level"] = Field("block_level", description="offload whole "
-                                                                    "blocks or every leaf module")
-    group_offload_blocks_per_group: int = Field(1, ge=1, description="blocks moved together (block_level)")
-    group_offload_use_stream: bool = Field(False, description="prefetch the next group on a CUDA stream")
-    group_offload_to_disk_path: str | None = Field(None, description="offload to files in this folder instead "
-                                                   "of CPU memory")
-    group_offload_text_encoder: bool = Field(False, description="group-offload the text encoders while caching")
-    group_offload_vae: bool = Field(False, description="group-offload the VAE while caching")
-    offload_during_startup: bool = Field(False, description="while caching, each encoder is on the device only "
-                                         "while it encodes (the text encoders leave before the VAE arrives)")
-    vae_enable_tiling: bool = Field(False, description="VAE encode/decode in tiles (large images in less memory)")
-    vae_enable_slicing: bool = Field(False, description="VAE batch one image at a time")
     tread_config: dict | None = Field(None, description="TREAD token routing while training: {\"routes\": "
                                       "[{\"selection_ratio\", \"start_layer_idx\", \"end_layer_idx\"}]}; "
                                       "selection_ratio is the fraction of image tokens routed around (SimpleTuner's "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..config_memory import PLACEMENT_KEYS
 from ..config_validation import VALIDATION_KEYS
 from ..errors import GlanceError
 from .hooks import Hook
@@ -30,14 +31,11 @@ STATE_NAME = "training_state.pt"
 MANIFEST = "checkpoint.json"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 # keys that never change the trajectory: they may differ between a checkpoint and the resuming run
+# (validation images and where the weights are placed never change the trained LoRAs either)
 NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
                           "resume_allow_changes", "report_to", "logging_dir", "logging_steps",
-                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device",
-                          # where weights live, not what they are
-                          "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group",
-                          "group_offload_use_stream", "group_offload_to_disk_path", "group_offload_text_encoder",
-                          "group_offload_vae", "offload_during_startup", "vae_enable_slicing"}
-                         ) | VALIDATION_KEYS  # validation images never change the trained LoRAs
+                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device"}
+                         ) | VALIDATION_KEYS | PLACEMENT_KEYS
 
 
 def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
