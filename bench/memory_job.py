@@ -19,6 +19,8 @@ CONFIGS = {  # name -> config keys on top of the common ones
     "bf16": {},
     "int8-quanto": {"base_model_precision": "int8-quanto", "text_encoder_2_precision": "int8-quanto"},
     "nf4-bnb": {"base_model_precision": "nf4-bnb", "text_encoder_2_precision": "int8-quanto"},
+    "nf4-bnb+adamw8bit": {"base_model_precision": "nf4-bnb", "text_encoder_2_precision": "int8-quanto",
+                          "optimizer": "adamw8bit"},
     "int4-quanto+startup": {"base_model_precision": "int4-quanto", "text_encoder_2_precision": "int4-quanto",
                             "offload_during_startup": True},
     "int8-torchao": {"base_model_precision": "int8-torchao", "text_encoder_2_precision": "int8-quanto"},
