@@ -33,6 +33,8 @@ p.add_argument("--precision", default="no_change", help="base_model_precision (e
 p.add_argument("--phases", type=int, choices=(1, 2), default=1, help="2: slow and fast interleaved (glance); "
                "times are per phase step")
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
+p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
+               "2..-2 (0: off)")
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
 a = p.parse_args()
@@ -149,6 +151,12 @@ if a.phases == 2:  # the glance job: both adapters on the transformer, interleav
                               targets=TARGETS, seed=0)
 if a.compile:
     transformer.compile_repeated_blocks(fullgraph=True)
+if a.tread:  # as Job.build_trainer: the routing hooks after the adapters
+    from glancetune.train import tread
+
+    n = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    tread.install(transformer, Flux1(), {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
+                                                     "end_layer_idx": -2 if n > 3 else -1}]})
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
 trainer = Trainer(cfg, Flux1(), transformer, transformer, [sample], rt, 1.0, plan)
 states = [trainer.new_phase(name, SIGMAS[name], ps, total_steps) for name, ps in params.items()]
@@ -165,7 +173,7 @@ s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model="flux1" + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           phases=a.phases, precision=a.precision, compile=a.compile, sync=a.sync, warmup=a.warmup, steps=a.steps,
+           phases=a.phases, precision=a.precision, compile=a.compile, tread=a.tread, sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,

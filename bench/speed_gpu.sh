@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# issue 12 on the GPU machine, one call per table (carry .whl):
+#   bash bench/speed_gpu.sh train    anchor loop vs our step, gc on, without and with TREAD (0.5, blocks 2..-2) (~4 min)
+#   bash bench/speed_gpu.sh sample   full-size random FLUX.1-dev pipeline + a 2+2-step glance run, then
+#                                    bench/sample_speed.py: warm image unfused vs fused, cold generate with a cold and
+#                                    a warm prompt cache, the naive diffusers anchor as a process (~6 min)
+set -u
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+case "${1:-train}" in
+  train)
+    timeout 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps 6 2>&1 | grep --line-buffered '^{'
+    timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 2>&1 | grep --line-buffered '^{'
+    timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --tread 0.5 2>&1 | grep --line-buffered '^{'
+    ;;
+  sample)
+    [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
+    python3 bench/memory_job.py --model /tmp/fluxfull --steps 2 --only bf16 --anchor 0 --work /tmp/sp 2>&1 | grep --line-buffered '^{'
+    timeout 400 python3 bench/sample_speed.py --run /tmp/sp/bf16/out --model /tmp/fluxfull 2>&1 | grep --line-buffered '^{'
+    ;;
+esac
