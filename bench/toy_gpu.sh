@@ -16,9 +16,6 @@ export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GLANCET
 OUTDIR=${OUT:-/tmp/toy_out}
 TOY=${TOY:-/tmp/toy}
 mkdir -p "$OUTDIR"
-# glancetune itself, with cuDNN's SDPA off: its backward fails on the GPU machine's torch 2.11+cu130 / cuDNN 9.19
-# for this model's head size (flash / efficient attention are used instead; bench/RESULTS.md)
-GT=(python3 -c "import sys, torch; torch.backends.cuda.enable_cudnn_sdp(False); from glancetune.cli import main; sys.exit(main())")
 t=$SECONDS
 python3 bench/toy_model.py --out $TOY --device $DEVICE ${TOY_ARGS:-} --base-seconds "${BASE_SECONDS:-150}" --layout "${LAYOUT:-centre}" \
   --glance-steps "${GLANCE_STEPS:-60}" > "$OUTDIR/toy_model.log" 2>&1 || { tail -30 "$OUTDIR/toy_model.log"; exit 1; }
@@ -33,10 +30,10 @@ fi
 
 one() {  # $1: tag (paper | trajectory | rollout | prior), $2: config file, $3: seeds
   local run=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['output_dir'])" "$2") t=$SECONDS
-  "${GT[@]}" glance --config "$2" 2>&1 | tail -4
+  python3 -m glancetune glance --config "$2" 2>&1 | tail -4
   echo "{\"$1_glance_s\": $((SECONDS-t))}"
   t=$SECONDS
-  "${GT[@]}" eval --run "$run" --prompts "${PROMPTS:-$TOY/prompts.json}" --seeds "$3" --device $DEVICE ${EVAL_ARGS:-} \
+  python3 -m glancetune eval --run "$run" --prompts "${PROMPTS:-$TOY/prompts.json}" --seeds "$3" --device $DEVICE ${EVAL_ARGS:-} \
     --output $TOY/report-$1 2>&1 | grep -v '^eval: ' | tail -16
   echo "{\"$1_eval_s\": $((SECONDS-t))}"
   python3 bench/toy_score.py --report $TOY/report-$1 --toy $TOY --output "$OUTDIR/toy_score-$1.json"
