@@ -1,27 +1,36 @@
-"""Benchmark glancetune's own training step (add_lora + Trainer, the loop of `glancetune train/glance`) on the full-size FLUX.1-dev transformer
-architecture with random weights, to compare with the plain diffusers+peft anchor (bench/anchor_loop.py).
+"""Benchmark glancetune's own training step (add_lora + Trainer, the loop of `glancetune train/glance`) on a full-size
+transformer architecture with random weights (--model: FLUX.1-dev by default, Qwen-Image, FLUX.2-klein-9B, FLUX.2-dev;
+architectures and samples in bench/step_models.py), to compare with the plain diffusers+peft anchor
+(bench/anchor_loop.py).
 
 It goes through glancetune's code path exactly as `train/job.py` does: requires_grad_(False), optional
-gradient checkpointing, `add_lora` (rank 32, alpha 32, gaussian init, the anchor's 14 target modules),
+gradient checkpointing, `add_lora` (rank 32, alpha 32, gaussian init; FLUX.1: the anchor's 14 target modules,
+other models: the family's targets as `lora_targets` picks them, its default or --lora-target),
 `Trainer.run` on the accelerate runtime (eval loss before, the step loop with clip + AdamW + LR schedule), one
 phase or slow+fast interleaved (--phases 2). Steady-state time is taken from a step-end hook: warm-up steps are excluded, each timed step ends with
 torch.cuda.synchronize(). Prints one JSON line (last line of output).
 
 Usage on the GPU machine (PYTHONPATH must hold diffusers and `src`):
-    python3 bench/train_step.py --gc 1|0 [--steps 8] [--warmup 3] [--phases 1|2] [--compile]
-Locally, on the CPU, to check the logic:
-    python bench/train_step.py --tiny --device cpu
+    python3 bench/train_step.py [--model flux1|qwen|flux2-klein-9b|flux2-dev] --gc 1|0 [--steps 8] [--warmup 3]
+        [--phases 1|2] [--precision int8-quanto] [--compile] [--tread 0.5 (FLUX.1 only)]
+peak_train_gib is the timed steps' peak; peak_warmup_gib also holds the build (the bf16 weights before quantizing).
+Locally, on the CPU, to check the logic (tiny transformers of the same classes; see bench/step_models.py):
+    python bench/train_step.py --tiny --device cpu [--model ...]
 """
 import argparse
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 p = argparse.ArgumentParser()
+p.add_argument("--model", default="flux1", choices=("flux1", "qwen", "flux2-klein-9b", "flux2-dev"))
+p.add_argument("--lora-target", default=None, help="LoRA target preset (all | attention | mlp | tiny); default: "
+               "FLUX.1 the anchor's 14 modules, other models the family default")
 p.add_argument("--gc", type=int, default=1, help="gradient checkpointing on (1) or off (0)")
 p.add_argument("--steps", type=int, default=8, help="timed steps")
 p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
@@ -38,15 +47,21 @@ p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route wi
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
 a = p.parse_args()
+if a.tread and a.model != "flux1":
+    p.error("--tread: TREAD routing is built for FLUX.1 only")
+if a.precision == "nf4-bnb":  # quantize_model leaves it to from_pretrained: here it would silently stay bf16
+    p.error("--precision: nf4-bnb is applied while loading weights; this benchmark builds random ones")
 
 import diffusers, peft, transformers  # noqa: E402
 
 from glancetune.config import TrainConfig  # noqa: E402
-from glancetune.families.flux import Flux1  # noqa: E402
 from glancetune.train.hooks import Hook, Hooks, RunInfo  # noqa: E402
-from glancetune.train.lora import add_lora  # noqa: E402
-from glancetune.train.loop import Prepared, Trainer  # noqa: E402
+from glancetune.train.lora import add_lora, lora_targets  # noqa: E402
+from glancetune.train.loop import Trainer  # noqa: E402
 from glancetune.train.runtime import make_runtime  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_models import MODELS, build  # noqa: E402
 
 dev = torch.device(a.device)
 cuda = dev.type == "cuda"
@@ -55,69 +70,46 @@ info = dict(torch=torch.__version__, diffusers=diffusers.__version__, peft=peft.
             transformers=transformers.__version__, gpu=torch.cuda.get_device_name(0) if cuda else "cpu")
 print("versions", json.dumps(info), flush=True)
 
-# the anchor's 14 targets (all attention + MLP linears of double and single blocks)
+# the anchor's 14 FLUX.1 targets (all attention + MLP linears of double and single blocks)
 TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "add_k_proj", "add_q_proj", "add_v_proj", "to_add_out",
            "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out"]
+model = MODELS[a.model]
+family = model.family()
+res = min(a.res, 128) if a.tiny else a.res
+tokens = (res // 16) ** 2  # VAE /8, then 2x2 packing
 
-if a.tiny:
-    arch = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
-                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
-                axes_dims_rope=(4, 6, 6))
-    res, txt = min(a.res, 128), 16
-else:
-    # the anchor's FLUX.1-dev constructor args
-    arch = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=(16, 56, 56))
-    res, txt = a.res, 512
-side = res // 16  # VAE /8, then 2x2 packing
-tokens = side * side
+total_steps = a.warmup + a.steps
+# the real config schema: its defaults are the trainer's (AdamW 2e-3, constant LR, clip 1.0)
+cfg = TrainConfig(data_backend_config="unused", max_train_steps=total_steps, seed=0, checkpointing_steps=0,
+                  optimizer="adamw", mixed_precision="bf16" if cuda else "no", device=a.device,
+                  lora_target=a.lora_target)
+# LoRA targets as Plan picks them (lora_targets); FLUX.1 without --lora-target: the anchor's list, as before
+targets = TARGETS if a.model == "flux1" and a.lora_target is None else lora_targets(family, cfg)[1]
 
 torch.manual_seed(0)
-t0 = time.time()
-torch.set_default_dtype(dtype)
-with torch.device(dev):
-    from diffusers import FluxTransformer2DModel
-
-    transformer = FluxTransformer2DModel(**arch)
-torch.set_default_dtype(torch.float32)
+transformer, sample, txt, build_s = build(a.model, a.tiny, res, dev, dtype)
 nparam = sum(q.numel() for q in transformer.parameters())
-print(f"built FLUX.1-dev arch {'(tiny) ' if a.tiny else ''}{nparam / 1e9:.3f}B params in {time.time() - t0:.1f}s, "
+print(f"built {model.label} arch {'(tiny) ' if a.tiny else ''}{nparam / 1e9:.3f}B params in {build_s:.1f}s, "
       f"{tokens} image + {txt} text tokens", flush=True)
 
 # as Job.load_transformer: quantized base (base_model_precision), frozen, then gradient checkpointing, then adapters
 from glancetune.train.quantize import quantize_model  # noqa: E402
 
+t0 = time.time()
 quantize_model(transformer, a.precision)
 if cuda:
     torch.cuda.empty_cache()
-    print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
+    print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated (quantize "
+          f"{time.time() - t0:.1f}s)", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
     transformer.enable_gradient_checkpointing()
 params = add_lora(transformer, "slow", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
-                  targets=TARGETS, seed=0)
+                  targets=targets, seed=0)
 n_lora = sum(q.numel() for q in params)
 print(f"lora params {n_lora / 1e6:.1f}M in {len(params)} tensors", flush=True)
 
-# one Prepared sample, shaped like Flux1.encode_prompts / encode_images output at this resolution
-g = torch.Generator("cpu").manual_seed(1)
-ids = torch.zeros(side, side, 3)
-ids[..., 1] = torch.arange(side)[:, None]
-ids[..., 2] = torch.arange(side)[None, :]
-sample = Prepared(
-    x0=torch.randn(1, tokens, 64, generator=g).float().to(dev),
-    text={"encoder_hidden_states": torch.randn(1, txt, arch["joint_attention_dim"], generator=g).to(dev, dtype),
-          "pooled_projections": torch.randn(1, arch["pooled_projection_dim"], generator=g).to(dev, dtype),
-          "txt_ids": torch.zeros(txt, 3).to(dev, dtype)},
-    image={"img_ids": ids.reshape(tokens, 3).to(dev, dtype)},
-)
-
-total_steps = a.warmup + a.steps
-# the real config schema: its defaults are the trainer's (AdamW 2e-3, constant LR, clip 1.0)
-cfg = TrainConfig(data_backend_config="unused", max_train_steps=total_steps, seed=0, checkpointing_steps=0,
-                  optimizer="adamw", mixed_precision="bf16" if cuda else "no", device=a.device)
-# Glance slow/fast-like sigma lists (FLUX.1-dev 1024^2 ladder)
+# Glance slow/fast-like sigma lists (FLUX.1-dev 1024^2 ladder; for every model: the values do not change the cost)
 SIGMAS = {"slow": (1.0, 0.9775, 0.9526, 0.9249, 0.8941), "fast": (0.8627, 0.7293, 0.5621, 0.3291, 0.0488)}
 marks = {}
 
@@ -148,17 +140,19 @@ rt = make_runtime(cfg, "glance")
 params = {"slow": params}
 if a.phases == 2:  # the glance job: both adapters on the transformer, interleaved
     params["fast"] = add_lora(transformer, "fast", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
-                              targets=TARGETS, seed=0)
+                              targets=targets, seed=0)
 if a.compile:
     transformer.compile_repeated_blocks(fullgraph=True)
 if a.tread:  # as Job.build_trainer: the routing hooks after the adapters
     from glancetune.train import tread
 
     n = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
-    tread.install(transformer, Flux1(), {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
+    tread.install(transformer, family, {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
                                                      "end_layer_idx": -2 if n > 3 else -1}]})
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
-trainer = Trainer(cfg, Flux1(), transformer, transformer, [sample], rt, 1.0, plan)
+# guidance as Plan picks it: FLUX.1-dev and FLUX.2-dev 1.0 (their guidance embedding), None for the others
+guidance = family.training_guidance(dict(transformer.config), cfg)
+trainer = Trainer(cfg, family, transformer, transformer, [sample], rt, guidance, plan)
 states = [trainer.new_phase(name, SIGMAS[name], ps, total_steps) for name, ps in params.items()]
 run = RunInfo("unused", list(params), total_steps, 0, logging_steps=10)
 sync()
@@ -172,7 +166,7 @@ per_step = [(t[i] - t[i - 1]) / a.phases for i in range(a.warmup, total_steps)] 
 s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
-out = dict(bench="glancetune", model="flux1" + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
+out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, compile=a.compile, tread=a.tread, sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
