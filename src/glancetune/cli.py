@@ -130,6 +130,7 @@ def cmd_train(args, command: str) -> int:
 def cmd_cache(args) -> int:
     """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
     from .train.encode import encode, sample_caches
+    from .train.memory import peak_memory
     from .train.plan import Plan
     from .train.runtime import compute_dtype, select
 
@@ -145,6 +146,9 @@ def cmd_cache(args) -> int:
     print(f"{n} samples: {computed} of {2 * n} entries computed, {2 * n - computed} reused, in {dt:.1f}s{per}")
     print("text embeddings: " + ", ".join(sorted({str(t.dir) for t, _ in caches})))
     print("VAE latents: " + ", ".join(sorted({str(v.dir) for _, v in caches})))
+    peak = peak_memory(device)
+    if peak:  # the same figure as a train job's "encode" peak
+        print(f"peak GPU memory (allocated / reserved): encode {peak[0]:.2f} / {peak[1]:.2f} GiB")
     return 0
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
-from .memory import TEXT_ENCODER_KEYS, check_disk_offload, encoder_precisions, group_offload, offload_dir, text_encoders, vae_options
+from .memory import (TEXT_ENCODER_KEYS, check_disk_offload, encoder_precisions, gpu_memory_note, group_offload,
+                     offload_dir, text_encoders, vae_options)
 from .quantize import load_config, place_and_quantize
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,9 @@ def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
     dirs: list = []  # our temporary group-offload folders
     pipe = None
     try:
+        t0 = time.perf_counter()
         pipe = load_encoders(job, device, dtype, any(t is None for t, _ in found), dirs)
+        log.info("encoders loaded in %.1fs%s", time.perf_counter() - t0, gpu_memory_note(device))
         _fill(job, pipe, device, samples, caches, keys, found, dirs)
     finally:
         del pipe

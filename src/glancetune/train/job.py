@@ -25,20 +25,11 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
-from .memory import group_offload
+from .memory import group_offload, peak_memory
 from .quantize import load_config, place_and_quantize
 from .runtime import make_runtime
 
 log = logging.getLogger(__name__)
-
-
-def peak_memory(device) -> tuple[float, float] | None:
-    """(max allocated, max reserved) GiB on a CUDA device since the last call; the counters restart."""
-    if device.type != "cuda":
-        return None
-    out = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
-    torch.cuda.reset_peak_memory_stats(device)
-    return out
 
 
 def _to(d: dict, device) -> dict:

@@ -127,6 +127,29 @@ def offload_dir(cfg, name: str) -> str | None:
                           f"({e.strerror or type(e).__name__})") from None
 
 
+def peak_memory(device) -> tuple[float, float] | None:
+    """(max allocated, max reserved) GiB on a CUDA device since the last call; the counters restart."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    out = torch.cuda.max_memory_allocated(device) / 2**30, torch.cuda.max_memory_reserved(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
+def gpu_memory_note(device) -> str:
+    """'; GPU memory: X GiB allocated now, peak A / R GiB (allocated / reserved)' on CUDA ('' elsewhere); the
+    peak counters are left running (the job's `peak_memory` phases stay whole)."""
+    if device.type != "cuda":
+        return ""
+    import torch
+
+    now, peak = torch.cuda.memory_allocated(device) / 2**30, torch.cuda.max_memory_allocated(device) / 2**30
+    return (f"; GPU memory: {now:.2f} GiB allocated now, peak {peak:.2f} / "
+            f"{torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB (allocated / reserved)")
+
+
 def vae_options(vae, cfg) -> None:
     """VAE tiling / slicing (diffusers' own switches) when the config asks."""
     for key, method in (("vae_enable_tiling", "enable_tiling"), ("vae_enable_slicing", "enable_slicing")):
