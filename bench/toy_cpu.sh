@@ -6,7 +6,7 @@
 #   TOY=/tmp/toy-quadrant bash bench/toy_cpu.sh NAME CONFIG [key=value ...]      e.g.
 #   bash bench/toy_cpu.sh paper glance.json ; bash bench/toy_cpu.sh paper-lr2e-4 glance.json learning_rate=2e-4
 # Writes $TOY/report-NAME/ and appends one JSON line to $TOY/results.jsonl. ~4 min on one thread.
-set -eu
+set -euo pipefail
 cd "$(dirname "$0")/.."
 TOY=${TOY:-/tmp/toy-quadrant}
 name=$1 cfg=$2; shift 2
