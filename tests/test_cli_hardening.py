@@ -408,6 +408,30 @@ def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeyp
     assert np.abs(theirs - ours).max() <= 1  # our loader: float reordering only (as test_glance)
 
 
+def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_flux, tmp_path, monkeypatch):
+    """The README's "ladder without LoRAs" instruction (the stock block without load_lora_weights, set_adapters and
+    the callback) samples what `glancetune eval` calls base-L-ladder (the Glance sampler with the adapters off)."""
+    from glancetune.compare import base_on_ladder
+
+    lines = [ln for ln in README_SNIPPET.splitlines()
+             if "load_lora_weights" not in ln and "set_adapters" not in ln and "def switch" not in ln
+             and ln.strip() != "return {}"]
+    code = "\n".join(lines).replace(",\n             callback_on_step_end=switch)", ")")
+    assert "switch" not in code and "adapter" not in code
+    for old, new in (('"black-forest-labs/FLUX.1-dev"', repr(tiny_flux)), ('"output/glance"', repr(str(glance_run))),
+                     ('"a fox in the snow"', repr(PROMPT)), ("seed = 0", "seed = 5")):
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README ladder-only", "exec"), {})
+    sampler = GlanceSampler.from_spec(resolve_spec(run=glance_run), device="cpu")
+    w, h = sampler.size
+    ladder = np.asarray(base_on_ladder(sampler, [PROMPT], 5, w, h)[0], dtype=np.int16)
+    glance = np.asarray(sampler([PROMPT], seed=5)[0], dtype=np.int16)
+    theirs = np.asarray(Image.open("fox.png"), dtype=np.int16)
+    assert np.abs(theirs - ladder).max() <= 1  # 0 seen; float reordering at most
+    assert np.abs(theirs - glance).max() > 1  # and it is not the Glance image
+
+
 def test_quickstart_png_carries_every_parameter(tmp_path):
     assert main(["quickstart", "--dir", str(tmp_path / "qs"), "--steps", "2", "--resolution", "64"]) == 0
     info = read_parameters(tmp_path / "qs" / "glance.png")
