@@ -105,3 +105,29 @@ def test_generate_on_torchao_and_refusals(glance_run, tmp_path, capsys):
                            "nf4-bnb", "--output", str(tmp_path / "b.png")])
     assert err.startswith("error: --base-model-precision: nf4-bnb needs a CUDA GPU")
     assert not (tmp_path / "b.png").exists()
+
+
+class _StaysPut(torch.nn.Sequential):
+    """A model whose move is recorded, not done (this machine has no CUDA device to move to)."""
+
+    def to(self, *args, **kwargs):
+        self.moved_to = args[0] if args else kwargs.get("device")
+        return self
+
+
+@pytest.mark.parametrize("precision, device, warns", [("int4-quanto", "cuda", True), ("int8-quanto", "cuda", False),
+                                                      ("int4-quanto", "cpu", False)])
+def test_int4_quantized_on_the_cpu_for_a_gpu_warns(caplog, precision, device, warns):
+    """quanto packs bf16 int4 weights made on the CPU for the CPU (tinygemm) and re-packs them through an identity
+    matmul when they change device type: with quantize_via cpu and a GPU target that is said, once, naming the key."""
+    from glancetune.train.quantize import place_and_quantize
+
+    model = _StaysPut(torch.nn.Linear(256, 256, dtype=torch.bfloat16))
+    with caplog.at_level("WARNING", logger="glancetune.train.quantize"):
+        out = place_and_quantize(model, precision, "cpu", torch.device(device), "text_encoder_2_precision")
+    assert out.moved_to == torch.device(device)
+    hits = [r.getMessage() for r in caplog.records if "identity matmul" in r.getMessage()]
+    assert hits == ([hits[0]] if warns else [])
+    if warns:
+        assert hits[0].startswith("text_encoder_2_precision: int4-quanto with quantize_via cpu")
+        assert type(out[0].weight).__name__.startswith("TinyGemm")  # the CPU packing the warning is about

@@ -137,6 +137,11 @@ def place_and_quantize(model, precision: str, via: str, device, key: str = "base
         return model.to(device)
     if via == "cpu":
         quantize_model(model, precision, key)
+        if precision == "int4-quanto" and getattr(device, "type", str(device)) != "cpu":
+            log.warning("%s: int4-quanto with quantize_via cpu: optimum-quanto packs int4 weights for the CPU and "
+                        "re-packs them for %s through one identity matmul per layer on the CPU, which can take "
+                        "minutes per billion parameters; quantize_via accelerator (if the unquantized weights fit) or "
+                        "int8-quanto avoid it", key, device)
         return model.to(device)
     model = model.to(device)
     quantize_model(model, precision, key)
