@@ -2,7 +2,7 @@
 # issue 13 on THIS machine's CPU, with a toy model trained on the GPU (bench/toy_gpu.sh with MODEL_ONLY=1 brings it
 # back; unpack it with `cat toy_model.tgz.* | tar -xz -C $TOY`): one Glance variant per call, trained by
 # `glancetune glance` (the run's config + key=value overrides), evaluated by `glancetune eval` on EVAL_PROMPTS x
-# SEEDS pairs (20 captions the trajectory / prior runs never see, x 4 seeds by default), scored by bench/toy_score.py.
+# SEEDS pairs (16 captions that no run trains on, x 4 seeds by default), scored by bench/toy_score.py.
 #   TOY=/tmp/toy-quadrant bash bench/toy_cpu.sh NAME CONFIG [key=value ...]      e.g.
 #   bash bench/toy_cpu.sh paper glance.json ; bash bench/toy_cpu.sh paper-lr2e-4 glance.json learning_rate=2e-4
 # Writes $TOY/report-NAME/ and appends one JSON line to $TOY/results.jsonl. ~4 min on one thread.
