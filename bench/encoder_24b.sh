@@ -2,9 +2,9 @@
 # issue 10 on the GPU machine: FLUX.2-dev's 24B text encoder on a 24 GB budget. One device call (<= 9 min, carry
 # .whl): build the FLUX.2-dev-layout folder with the full-size Mistral-Small-3.1 text encoder (bench/encoder_24b.py
 # --build), then one `glancetune cache` process per memory setting, in order of value, each under `timeout` and
-# within what is left of BUDGET seconds (a setting that cannot start with 75 s left is reported as skipped). JSON
-# lines go to $OUT/encoder_24b.jsonl as they come; each cache command's full output to $OUT/encoder_24b_NAME.log
-# ('+' written as '_').
+# within what is left of BUDGET seconds (a setting that cannot start with 75 s left is reported as skipped); the
+# folder is removed at the end unless KEEP=1 or TE24_DIR is given. JSON lines go to $OUT/encoder_24b.jsonl as
+# they come; each cache command's full output to $OUT/encoder_24b_NAME.log ('+' written as '_').
 #   run(carry=[".whl"], command="bash bench/encoder_24b.sh")      [settings...]  BUDGET=530  TE24_DIR=folder
 # A dry run of the whole script with the small encoder: TINY=1 NO_PIP=1 PY=.venv/bin/python OUT=... bash ...sh
 # Time plan (estimates, H200 machine, 16 cores): pip ~15 s; build ~100-140 s (random init on the GPU, 44 GiB of
@@ -49,3 +49,5 @@ for name in ${*:-bf16+group-offload nf4-bnb int8-quanto probe-int4 int4-quanto i
   fi
 done
 emit "{\"total_s\": $SECONDS}"
+# the 44 GiB folder would fill the warm machine's disk for the next call (session 10 lost a call to that)
+[ -n "${KEEP:-}" ] || [ -n "${TE24_DIR:-}" ] || rm -rf "$DIR" /tmp/te24work

@@ -12,7 +12,7 @@ torch.cuda.synchronize(). Prints one JSON line (last line of output).
 
 Usage on the GPU machine (PYTHONPATH must hold diffusers and `src`):
     python3 bench/train_step.py [--model flux1|qwen|flux2-klein-9b|flux2-dev] --gc 1|0 [--steps 8] [--warmup 3]
-        [--phases 1|2] [--precision int8-quanto] [--compile] [--tread 0.5 (FLUX.1 only)]
+        [--phases 1|2] [--precision int8-quanto] [--group-offload] [--compile] [--tread 0.5 (FLUX.1 only)]
 peak_train_gib is the timed steps' peak; peak_warmup_gib also holds the build (the bf16 weights before quantizing).
 Locally, on the CPU, to check the logic (tiny transformers of the same classes; see bench/step_models.py):
     python bench/train_step.py --tiny --device cpu [--model ...]
@@ -41,6 +41,8 @@ p.add_argument("--tiny", action="store_true", help="tiny transformer config (log
 p.add_argument("--precision", default="no_change", help="base_model_precision (e.g. int8-quanto)")
 p.add_argument("--phases", type=int, choices=(1, 2), default=1, help="2: slow and fast interleaved (glance); "
                "times are per phase step")
+p.add_argument("--group-offload", action="store_true", help="variant: enable_group_offload (block_level, one "
+               "block per group, no stream), applied after quantizing and before the adapters, as the job does")
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
                "2..-2 (0: off)")
@@ -82,7 +84,8 @@ total_steps = a.warmup + a.steps
 # the real config schema: its defaults are the trainer's (AdamW 2e-3, constant LR, clip 1.0)
 cfg = TrainConfig(data_backend_config="unused", max_train_steps=total_steps, seed=0, checkpointing_steps=0,
                   optimizer="adamw", mixed_precision="bf16" if cuda else "no", device=a.device,
-                  lora_target=a.lora_target)
+                  lora_target=a.lora_target, enable_group_offload=a.group_offload,
+                  gradient_checkpointing=bool(a.gc))
 # LoRA targets as Plan picks them (lora_targets); FLUX.1 without --lora-target: the anchor's list, as before
 targets = TARGETS if a.model == "flux1" and a.lora_target is None else lora_targets(family, cfg)[1]
 
@@ -101,11 +104,21 @@ if cuda:
     torch.cuda.empty_cache()
     print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated (quantize "
           f"{time.time() - t0:.1f}s)", flush=True)
+if a.group_offload:  # Job.load_transformer: quantized, then diffusers' hooks keep the blocks on the CPU
+    from glancetune.train.memory import group_offload  # noqa: E402
+
+    group_offload(transformer, cfg, dev)
+    if cuda:
+        torch.cuda.empty_cache()
+        print(f"after group offload: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
     transformer.enable_gradient_checkpointing()
 params = add_lora(transformer, "slow", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
                   targets=targets, seed=0)
+if a.group_offload:  # as Job.build_trainer: adapters of offloaded blocks are made on the CPU; they live on the device
+    for q in params:
+        q.data = q.data.to(dev)
 n_lora = sum(q.numel() for q in params)
 print(f"lora params {n_lora / 1e6:.1f}M in {len(params)} tensors", flush=True)
 
@@ -167,7 +180,7 @@ s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           phases=a.phases, precision=a.precision, compile=a.compile, tread=a.tread, sync=a.sync, warmup=a.warmup, steps=a.steps,
+           phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread, sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,

@@ -250,3 +250,39 @@ def test_block_parents():
     assert block_parents(t5) == ["encoder"]
     lists = [n for n, _ in clip.named_modules() if n.endswith("layers")]  # transformers 5: encoder.layers
     assert block_parents(clip) == lists[0].split(".")[:-1]
+
+
+@pytest.mark.parametrize("build", ["build_qwen_image", "build_flux2_dev"])
+def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
+    """Each leaf that runs in a block-level offloaded text encoder has its weights onloaded at that moment. On the
+    H200 the 24B Mistral-3 failed here: Mistral3Model (and Qwen2.5-VL's model) call language_model.embed_tokens
+    before language_model's own hook onloads it. On the CPU both devices are the CPU, so the test follows the
+    groups' onload/offload calls instead of devices."""
+    from types import SimpleNamespace
+
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    from glancetune import tiny
+    from glancetune.train.memory import group_offload
+
+    encoder = getattr(tiny, build)().text_encoder
+    resident = {id(p) for p in encoder.parameters()}  # a weight no group holds never leaves the device
+
+    def tensors(group):
+        return [id(p) for m in group.modules for p in m.parameters()] + [id(p) for p in group.parameters]
+
+    onload, offload = ModuleGroup.onload_, ModuleGroup.offload_
+    monkeypatch.setattr(ModuleGroup, "onload_", lambda g: (resident.update(tensors(g)), onload(g))[1])
+    monkeypatch.setattr(ModuleGroup, "offload_", lambda g: (resident.difference_update(tensors(g)), offload(g))[1])
+    cfg = SimpleNamespace(group_offload_type="block_level", group_offload_blocks_per_group=1,
+                          group_offload_use_stream=False, group_offload_to_disk_path=None)
+    group_offload(encoder, cfg, torch.device("cpu"))
+    assert len(resident) < len(list(encoder.parameters())) / 2  # the block lists are offloaded
+    missing = []
+    for name, leaf in encoder.named_modules():
+        if not list(leaf.children()) and list(leaf.parameters(recurse=False)):
+            leaf.register_forward_pre_hook(lambda m, a, name=name: missing.extend(
+                [name] if any(id(p) not in resident for p in m.parameters(recurse=False)) else []))
+    with torch.no_grad():
+        encoder(input_ids=torch.randint(20, 200, (1, 12)), attention_mask=torch.ones(1, 12, dtype=torch.long))
+    assert not missing, f"ran with offloaded weights: {sorted(set(missing))}"

@@ -27,7 +27,7 @@ QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shi
                             time_shift_type="exponential", invert_sigmas=False, stochastic_sampling=False,
                             use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: FLUX.2-dev's Mistral-3 lm_head untied, as in the real model
 
 
 def cache_root() -> Path:
@@ -297,7 +297,8 @@ def build_flux2_dev():
         vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
                            num_attention_heads=2, head_dim=8, image_size=30, patch_size=6),
         image_token_index=ids["[IMG]"], spatial_merge_size=2, multimodal_projector_bias=False,
-        projector_hidden_act="gelu", vision_feature_layer=-1)
+        projector_hidden_act="gelu", vision_feature_layer=-1,
+        tie_word_embeddings=False)  # the real Mistral-Small-3.1 keeps its own lm_head
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         text_encoder = Mistral3ForConditionalGeneration(cfg)

@@ -26,7 +26,7 @@ from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
 from .memory import group_offload, peak_memory
-from .quantize import load_config, place_and_quantize
+from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ class Job(Plan, PhaseFiles):
             group_offload(transformer, cfg, self.rt.device)
         else:
             transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via, self.rt.device)
+        if cfg.base_model_precision == "int4-quanto" and self.rt.device.type == "cuda":
+            log.warning(INT4_TRAINING)
         transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()

@@ -92,11 +92,46 @@ def group_offload(module, cfg, device, disk_dir: str | None = None) -> None:
 
     check_disk_offload(module, cfg)
     kind = cfg.group_offload_type
-    blocks = getattr(module, "_group_offload_block_modules", None) or block_parents(module) or None
+    own = getattr(module, "_group_offload_block_modules", None)
+    blocks = own or block_parents(module) or None
+    if kind == "block_level" and blocks and not own:
+        onload_nested_first(module, set(blocks))
     apply_group_offloading(module, onload_device=device, offload_type=kind,
                            num_blocks_per_group=cfg.group_offload_blocks_per_group if kind == "block_level" else None,
                            use_stream=cfg.group_offload_use_stream, offload_to_disk_path=disk_dir,
                            block_modules=blocks if kind == "block_level" else None)
+
+
+def onload_nested_first(module, blocks: set[str]) -> None:
+    """Make `module`'s forward onload what diffusers groups with each nested block parent outside its block lists.
+
+    diffusers onloads that "unmatched" group (embeddings, final norms) when the nested module's own forward starts,
+    but transformers models call some of it from a parent: Mistral3Model and Qwen2.5-VL's model run
+    `language_model.embed_tokens` before `language_model` (on the H200: "index is on cuda:0, different from other
+    tensors on cpu"). Registered before `apply_group_offloading`, this hook runs inside the top module's own onload,
+    so a weight tied to the top group (T5's `shared`) ends with the nested group's copy, as the nested forward
+    would leave it. Each nested group is still offloaded when its module's forward ends."""
+    from diffusers.hooks import HookRegistry, ModelHook
+
+    nested = []
+
+    def walk(parent):
+        for name, child in parent.named_children():
+            if name in blocks:
+                nested.append(child)
+                walk(child)
+
+    walk(module)
+
+    class OnloadNested(ModelHook):
+        def pre_forward(self, _module, *args, **kwargs):
+            for child in nested:
+                hook = HookRegistry.check_if_exists_or_initialize(child).get_hook("group_offloading")
+                if hook is not None and hook.group.onload_leader is child:
+                    hook.group.onload_()
+            return args, kwargs
+
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(OnloadNested(), "glancetune_onload_nested")
 
 
 def check_disk_offload(module, cfg) -> None:

@@ -31,6 +31,10 @@ PACKAGE = {"quanto": "optimum-quanto", "torchao": "torchao", "bitsandbytes": "bi
 BITS = {"no_change": None, "int8-quanto": 8, "int4-quanto": 4, "int2-quanto": 2, "fp8-quanto": 8,
         "int8-torchao": 8, "fp8-torchao": 8, "nf4-bnb": 4}
 LORA_LAYERS = ["*lora_A*", "*lora_B*"]
+# measured on the H200 (bench/RESULTS.md, "Memory: the other families"): full-size FLUX.2-dev, 1024², gc on
+INT4_TRAINING = ("base_model_precision: int4-quanto trains very slowly on CUDA with optimum-quanto 0.2.7 (FLUX.2-dev "
+                 "on an H200: 42.8 s/step against 2.5 for int8-quanto, for 23.1 vs 36.2 GiB); nf4-bnb is the "
+                 "practical 4-bit base")
 
 
 def library(precision: str) -> str | None:
