@@ -16,7 +16,7 @@
 #   flux2-dev int8-quanto gc     ~120 s  build ~20 s (64 GB bf16 fits before quantizing), quantize ~45 s, steps ~4-6 s
 #                                                                                                         (limit 130)
 #   flux2-dev int4-quanto gc     ~130 s  as int8; int4 packing and kernels may be slower                  (limit 130)
-# Usage: bash bench/memory_models.sh
+# Usage: bash bench/memory_models.sh   (SET=offload: the enable_group_offload runs instead)
 set -u
 cd "$(dirname "$0")/.."
 end=$((SECONDS + ${BUDGET:-530}))
@@ -44,9 +44,22 @@ run() {  # run NAME LIMIT_S script args...: its JSON lines to stdout and models.
 }
 
 step="bench/train_step.py --gc 1 --warmup 2 --steps 4"
-run anchor-qwen-bf16 75 bench/anchor_loop.py --model qwen --gc 1 --steps 4
-run qwen-int8 120 $step --model qwen --precision int8-quanto
-run klein9b-int8 75 $step --model flux2-klein-9b --precision int8-quanto
-run flux2dev-int8 130 $step --model flux2-dev --precision int8-quanto
-run flux2dev-int4 130 $step --model flux2-dev --precision int4-quanto
+case "${SET:-quant}" in
+  quant)  # session 10: 300 s
+    run anchor-qwen-bf16 75 bench/anchor_loop.py --model qwen --gc 1 --steps 4
+    run qwen-int8 120 $step --model qwen --precision int8-quanto
+    run klein9b-int8 75 $step --model flux2-klein-9b --precision int8-quanto
+    run flux2dev-int8 130 $step --model flux2-dev --precision int8-quanto
+    run flux2dev-int4 130 $step --model flux2-dev --precision int4-quanto
+    ;;
+  offload)  # block-level group offload of the trained transformer (enable_group_offload), int8 and bf16 bases
+    # (int8-torchao: quanto weights cannot pass the hooks in training, refused by glancetune); blocks cross PCIe in
+    # forward and again in the checkpoint recomputation: est. ~3-8 s/step for 32B
+    step="bench/train_step.py --gc 1 --warmup 1 --steps 3 --group-offload"
+    run qwen-int8-offload 120 $step --model qwen --precision int8-torchao
+    run flux2dev-int8-offload 150 $step --model flux2-dev --precision int8-torchao
+    run flux2dev-bf16-offload 150 $step --model flux2-dev
+    run klein9b-bf16-offload 90 $step --model flux2-klein-9b
+    ;;
+esac
 echo "{\"memory_models_s\": $SECONDS}"

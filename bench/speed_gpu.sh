@@ -4,6 +4,10 @@
 #   bash bench/speed_gpu.sh sample   full-size random FLUX.1-dev pipeline + a 2+2-step glance run, then
 #                                    bench/sample_speed.py: warm image unfused vs fused, cold generate with a cold and
 #                                    a warm prompt cache, the naive diffusers anchor as a process (~6 min)
+#   bash bench/speed_gpu.sh load     stock from_pretrained + .to(cuda) vs device_map="cuda" on the full-size folder,
+#                                    with and without the text encoders (bench/load_speed.py) (~4 min)
+#   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
+#                                    caches warm (a second process): compile cost and pay-off (~5 min)
 set -u
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -13,6 +17,25 @@ case "${1:-train}" in
     timeout 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps 6 2>&1 | grep --line-buffered '^{'
     timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 2>&1 | grep --line-buffered '^{'
     timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --tread 0.5 2>&1 | grep --line-buffered '^{'
+    ;;
+  compile)  # is regional compile worth a default? its cost cold, then with inductor's on-disk caches warm (a second
+    # process, same TORCHINDUCTOR_CACHE_DIR), against no compile; read to_steady_s (eval + warm-up steps) and s/step
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
+    rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+    for run in nocompile compile-cold compile-warm; do
+      flag=--compile; [ $run = nocompile ] && flag=
+      echo "{\"run\": \"$run\"}"
+      timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 $flag 2>&1 | grep --line-buffered '^{'
+    done
+    ;;
+  load)  # stock diffusers: from_pretrained + .to(cuda) vs device_map="cuda", fresh processes, alternating, twice each
+    [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
+    for i in 1 2; do
+      for way in to device_map; do
+        timeout 120 python3 bench/load_speed.py --model /tmp/fluxfull --way $way --skip-encoders 2>&1 | grep '^{'
+        timeout 150 python3 bench/load_speed.py --model /tmp/fluxfull --way $way 2>&1 | grep '^{'
+      done
+    done
     ;;
   sample)
     [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1

@@ -169,10 +169,10 @@ trainer = Trainer(cfg, family, transformer, transformer, [sample], rt, guidance,
 states = [trainer.new_phase(name, SIGMAS[name], ps, total_steps) for name, ps in params.items()]
 run = RunInfo("unused", list(params), total_steps, 0, logging_steps=10)
 sync()
-t_run = time.perf_counter()
+t_run0 = time.perf_counter()
 summary = trainer.run(states, Hooks([Timing()]), run, 0.0)
 sync()
-t_run = time.perf_counter() - t_run
+t_run = time.perf_counter() - t_run0
 
 t = marks["t"]
 per_step = [(t[i] - t[i - 1]) / a.phases for i in range(a.warmup, total_steps)]  # per phase step
@@ -180,12 +180,13 @@ s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread, sync=a.sync, warmup=a.warmup, steps=a.steps,
+           phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread,
+           sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,
            peak_warmup_gib=round(marks["peak_warmup_gib"], 2) if "peak_warmup_gib" in marks else None,
-           run_s=round(t_run, 2), params_b=round(nparam / 1e9, 3), lora_m=round(n_lora / 1e6, 2),
+           run_s=round(t_run, 2), to_steady_s=round(t[a.warmup - 1] - t_run0, 2), params_b=round(nparam / 1e9, 3), lora_m=round(n_lora / 1e6, 2),
            eval_before=round(states[0].eval_before, 5), losses_finite=losses_ok, first_loss=round(losses[0], 5),
            last_loss=round(losses[-1], 5))
 print(json.dumps(out), flush=True)

@@ -109,6 +109,7 @@ def test_leaf_level_disk_offload_of_tied_modules_is_refused(tiny_flux, tmp_path,
     (dict(group_offload_type="leaf_level"), "leaf_level breaks gradient-checkpoint recomputation"),
     (dict(group_offload_to_disk_path="x"), "writes the blocks once, so LoRA updates would be lost"),
     (dict(gradient_checkpointing=False), "without gradient_checkpointing backward needs"),
+    (dict(base_model_precision="int8-quanto"), "cannot move optimum-quanto weights that backward still holds"),
 ])
 def test_offload_forms_that_cannot_train_are_one_line(tiny_flux, tmp_path, capsys, keys, why):
     cfg = write_configs(tmp_path, tiny_flux, steps=1, enable_group_offload=True,
@@ -116,6 +117,14 @@ def test_offload_forms_that_cannot_train_are_one_line(tiny_flux, tmp_path, capsy
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert err.startswith("error: enable_group_offload: ") and why in err
     assert not (tmp_path / "output").exists()
+
+
+def test_group_offload_of_a_torchao_base_gives_the_same_run(tiny_flux, tmp_path):
+    """torchao weights move through diffusers' hooks (quanto's cannot, refused above): an int8-torchao base with
+    the trained transformer group-offloaded writes the same LoRAs as without."""
+    a = run(tmp_path, tiny_flux, "torchao", base_model_precision="int8-torchao")
+    b = run(tmp_path, tiny_flux, "torchao-offloaded", base_model_precision="int8-torchao", enable_group_offload=True)
+    assert lora_bytes(a / "output") == lora_bytes(b / "output")
 
 
 def test_stream_needs_cuda(tiny_flux, tmp_path, capsys):

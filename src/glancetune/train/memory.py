@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import GlanceError
-from .quantize import BITS, check_precision
+from .quantize import BITS, check_precision, library
 
 log = logging.getLogger(__name__)
 TEXT_ENCODER_KEYS = ("text_encoder_1_precision", "text_encoder_2_precision", "text_encoder_3_precision",
@@ -58,6 +58,10 @@ def check(cfg, family, device, compute_dtype) -> None:
         raise GlanceError(f"group_offload_use_stream: needs a CUDA device (this run is on {device.type})")
     if not cfg.enable_group_offload:
         return
+    if library(cfg.base_model_precision) == "quanto":
+        raise GlanceError(f"enable_group_offload: not with base_model_precision {cfg.base_model_precision}: the "
+                          "offload hooks cannot move optimum-quanto weights that backward still holds (torch: "
+                          "\"Couldn't swap QLinear.weight\"); use int8-torchao or no_change with group offload")
     why = None
     if cfg.group_offload_type != "block_level":
         why = "group_offload_type leaf_level breaks gradient-checkpoint recomputation (weights recomputed on the CPU)"
