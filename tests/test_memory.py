@@ -248,6 +248,37 @@ def test_dry_run_prints_the_memory_plan(tiny_flux, tmp_path, capsys):
     assert not (tmp_path / "output").exists()
 
 
+def test_dry_run_compares_the_plan_with_the_gpu(tiny_flux, tmp_path, capsys, monkeypatch):
+    """On a GPU the plan says whether each phase's weights fit its memory (faked here: the CPU has none to compare);
+    the encode phase counts only encoders on the device, the train phase nothing when the transformer is offloaded."""
+    from glancetune.train import memory
+
+    cfg = write_configs(tmp_path, tiny_flux, steps=1)
+    monkeypatch.setattr(memory, "device_total", lambda device: 10**12)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "  fits: the weights of each phase are under this GPU's 931 GiB" in capsys.readouterr().out
+    monkeypatch.setattr(memory, "device_total", lambda device: 2**10)  # 1 KiB: nothing fits
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "DOES NOT FIT" in x)
+    assert "encode (~" in line and "train (~" in line and "group-offload that phase" in line
+    cfg = write_configs(tmp_path / "b", tiny_flux, steps=1, enable_group_offload=True, gradient_checkpointing=True,
+                        group_offload_text_encoder=True, group_offload_vae=True)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "fits: the weights of each phase" in capsys.readouterr().out  # everything offloaded: nothing resident
+    # int8 base quantized on the device: the unquantized (fp32 on the CPU) weights are there first
+    monkeypatch.setattr(memory, "device_total", lambda device: 300_000)  # 90%: between 8-bit and 32-bit sizes
+    for via, fits in (("accelerator", False), ("cpu", True)):
+        cfg = write_configs(tmp_path / via, tiny_flux, steps=1, base_model_precision="int8-quanto", quantize_via=via)
+        assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        line = next(x for x in out.splitlines() if "fits" in x or "FIT" in x)
+        assert line.startswith("  fits: the weights") if fits else (
+            "DOES NOT FIT" in line and "train (~" in line and "encode (~" not in line and "quantize_via cpu" in line)
+    monkeypatch.undo()
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "fits" not in capsys.readouterr().out.split("memory plan")[1]  # the CPU: no comparison
+
+
 def test_block_parents():
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 

@@ -12,7 +12,10 @@ Phases and components:
           (bench/offload_probe.py on the H200): block_level, no stream, not to disk, gradient checkpointing on,
           applied before the adapters. The other forms move the LoRA weights with their blocks (the optimizer
           then finds them on the CPU), keep stale CPU copies of them (streams, disk), or break checkpoint
-          recomputation (leaf_level): they are refused for training with one line saying why.
+          recomputation (leaf_level): they are refused for training with one line saying why, as is a quanto
+          base (torch cannot swap a quanto weight that backward still holds; torchao weights pass).
+Block-level offload of transformers encoders descends to their layer lists (`block_parents`); what diffusers groups
+with a nested parent outside its lists is onloaded by the top module's forward (`onload_nested_first`).
 """
 from __future__ import annotations
 
@@ -242,21 +245,56 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
         disk = f", to disk {cfg.group_offload_to_disk_path}" if cfg.group_offload_to_disk_path else ""
         return f"group-offloaded ({cfg.group_offload_type}{stream}{disk}; CPU -> {dev} as it runs)"
 
-    enc = []
+    enc, text_bytes = [], 0.0
     for comp, p in encoder_precisions(cfg, fam).items():
-        bits = BITS[p] or compute_bits
-        enc.append(f"{comp} {p} ({_gib(component_params(path, comp), bits)}) "
-                   f"{where(cfg.group_offload_text_encoder)}")
+        bits, n = BITS[p] or compute_bits, component_params(path, comp)
+        enc.append(f"{comp} {p} ({_gib(n, bits)}) {where(cfg.group_offload_text_encoder)}")
+        text_bytes += 0 if cfg.group_offload_text_encoder else (n or 0) * _load_bits(cfg, p, bits, compute_bits) / 8
     vae_extra = ", ".join(k.removeprefix("vae_enable_") for k in ("vae_enable_tiling", "vae_enable_slicing")
                           if getattr(cfg, k))
-    enc.append(f"vae ({_gib(component_params(path, 'vae'), compute_bits)}) {where(cfg.group_offload_vae)}"
+    n_vae = component_params(path, "vae")
+    enc.append(f"vae ({_gib(n_vae, compute_bits)}) {where(cfg.group_offload_vae)}"
                + (f", {vae_extra}" if vae_extra else ""))
+    vae_bytes = 0 if cfg.group_offload_vae else (n_vae or 0) * compute_bits / 8
     order = ("text encoders released before the VAE is placed (offload_during_startup)"
              if cfg.offload_during_startup else "all placed at once")
     tp = cfg.base_model_precision
     tbits = BITS[tp] or (32 if cfg.base_model_default_dtype == "fp32" else compute_bits)
+    on_device = {"encode": max(text_bytes, vae_bytes) if cfg.offload_during_startup else text_bytes + vae_bytes,
+                 "train": 0 if cfg.enable_group_offload else
+                 (transformer_params or 0) * _load_bits(cfg, tp, tbits, compute_bits) / 8}
     return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
             "no text encoder or VAE loaded",
-            f"  save: LoRA weights only (fp32)"]
+            f"  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
+
+
+def _load_bits(cfg, precision: str, bits: int, compute_bits: int) -> int:
+    """Bits per weight on the device at the phase's peak: quanto/torchao with `quantize_via: accelerator` hold the
+    unquantized weights there before quantizing."""
+    later = library(precision) in ("quanto", "torchao") and cfg.quantize_via == "accelerator"
+    return max(bits, compute_bits) if later else bits
+
+
+def device_total(device) -> int | None:
+    """A CUDA device's memory in bytes; None elsewhere (nothing to compare the plan with)."""
+    import torch
+
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def fit_lines(on_device: dict[str, float], total: int | None) -> list[str]:
+    """The plan against the device's memory: a phase whose weights alone exceed 90% of it cannot run."""
+    if total is None:
+        return []
+    over = [f"{phase} (~{b / 2**30:.1f} GiB of weights)" for phase, b in on_device.items() if b > 0.9 * total]
+    if not over:
+        return [f"  fits: the weights of each phase are under this GPU's {total / 2**30:.0f} GiB (measured peaks "
+                "with activations: README, 'what fits')"]
+    return [f"  DOES NOT FIT this GPU's {total / 2**30:.0f} GiB: " + ", ".join(over) + "; lower "
+            "base_model_precision / text_encoder_N_precision (nf4-bnb, int8-quanto), quantize with quantize_via cpu "
+            "(quanto and torchao otherwise load the unquantized weights onto the GPU first) or group-offload that "
+            "phase (README, 'what fits')"]
