@@ -131,3 +131,20 @@ def test_generate_uses_the_embedding_default(tmp_path, dev_model, monkeypatch):
     sampler = GlanceSampler.from_spec(resolve_spec(run=tmp_path / "output", guidance=2.0), device="cpu")
     sampler([PROMPT], seed=0, width=64, height=64, output_type="latent")
     assert len(seen) == 10 and all(torch.equal(g, torch.tensor([2.0])) for g in seen)
+
+
+def test_group_offloaded_mistral3_caches_the_same_embeddings(tmp_path, dev_model):
+    """`glancetune cache` with the Mistral-3 encoder block-level group-offloaded (its embedding is called from the
+    parent module: train/memory.py onload_nested_first) writes the same text embeddings as without offload."""
+    from safetensors.torch import load_file
+
+    keys = {"--model_family": "flux2", "--model_flavour": "dev", "--flow_custom_timesteps": "900,500,100"}
+    text = {}
+    for name, extra in (("plain", {}), ("offloaded", {"group_offload_text_encoder": True})):
+        cfg = write_configs(tmp_path / name, dev_model, cache_dir=str(tmp_path / name / "cache"), **keys, **extra)
+        assert main(["cache", "--config", str(cfg)]) == 0
+        files = sorted((tmp_path / name / "cache" / "text").rglob("*.safetensors"))
+        assert len(files) == 1
+        text[name] = load_file(str(files[0]))
+    assert text["plain"].keys() == text["offloaded"].keys()
+    assert all(torch.equal(text["plain"][k], text["offloaded"][k]) for k in text["plain"])
