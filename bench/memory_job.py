@@ -24,9 +24,10 @@ CONFIGS = {  # name -> config keys on top of the common ones
     "int4-quanto+startup": {"base_model_precision": "int4-quanto", "text_encoder_2_precision": "int4-quanto",
                             "offload_during_startup": True},
     "int8-torchao": {"base_model_precision": "int8-torchao", "text_encoder_2_precision": "int8-quanto"},
-    "int8-quanto+group-offload": {"base_model_precision": "int8-quanto", "text_encoder_2_precision": "int8-quanto",
-                                  "enable_group_offload": True, "group_offload_text_encoder": True,
-                                  "group_offload_vae": True},
+    # quanto bases cannot be group-offloaded for training (refused); torchao weights pass diffusers' hooks
+    "int8-torchao+group-offload": {"base_model_precision": "int8-torchao", "text_encoder_2_precision": "int8-quanto",
+                                   "enable_group_offload": True, "group_offload_text_encoder": True,
+                                   "group_offload_vae": True},
 }
 
 ap = argparse.ArgumentParser()
