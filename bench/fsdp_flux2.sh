@@ -9,10 +9,7 @@
 # disk has room, else /dev/shm, and is removed at the end (KEEP=1 keeps it).
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-NPROC=${NPROC:-$(nvidia-smi -L | wc -l)}
+. bench/multi_env.sh
 W=${W:-/tmp/fsdp_flux2}
 free=$(df -BG --output=avail /tmp | tail -1 | tr -dc 0-9)
 DIR=/tmp/f2; [ "$free" -ge 70 ] || DIR=/dev/shm/f2

@@ -8,10 +8,7 @@
 # the "many" side is then one process too; phases needs 2 GPUs). NVLink multicast stays off (the device's KINDS.md says why).
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-NPROC=${NPROC:-$(nvidia-smi -L | wc -l)}
+. bench/multi_env.sh
 t=$SECONDS
 [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
 echo "{\"build_s\": $((SECONDS - t)), \"nproc\": $NPROC}"
