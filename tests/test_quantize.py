@@ -94,6 +94,12 @@ def test_generate_on_a_quantized_base(glance_run, tmp_path):
     assert isinstance(q.pipe.transformer.transformer_blocks[0].attn.to_q.base_layer, QLinear)
     quant = q([PROMPT], seed=1, output_type="np")[0]
     assert 0 < np.abs(quant - plain).max() < 0.25  # the same picture, int8 weights
+    # the transformer reached the device block by block, quantized: the same as quantizing it whole once there
+    from glancetune.train.quantize import quantize_model
+
+    whole = GlanceSampler.from_spec(spec, device="cpu")
+    quantize_model(whole.pipe.transformer, "int8-quanto")
+    assert np.array_equal(whole([PROMPT], seed=1, output_type="np")[0], quant)
     assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision", "int4-quanto",
                  "--output", str(tmp_path / "q.png")]) == 0
 
@@ -131,3 +137,33 @@ def test_int4_quantized_on_the_cpu_for_a_gpu_warns(caplog, precision, device, wa
     if warns:
         assert hits[0].startswith("text_encoder_2_precision: int4-quanto with quantize_via cpu")
         assert type(out[0].weight).__name__.startswith("TinyGemm")  # the CPU packing the warning is about
+
+
+@pytest.mark.parametrize("build,component", [("build_flux", "transformer"), ("build_flux", "text_encoder_2"),
+                                             ("build_qwen_image", "text_encoder")])
+@pytest.mark.parametrize("precision", ["int8-quanto", "int8-torchao"])
+def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component, precision):
+    """`quantize_via: accelerator` moves and quantizes one block at a time (the device never holds the whole
+    unquantized model); the pieces cover every layer once, bare layers included, so the result equals quantizing
+    the whole model: the same module types and the same stored values."""
+    import copy
+
+    from glancetune import tiny
+    from glancetune.train.quantize import parts, place_and_quantize, quantize_model
+
+    model = getattr(getattr(tiny, build)(), component)
+    pieces = [piece for _, _, piece in parts(model)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    covered = [m for piece in pieces for m in piece.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(covered) == len(linears) and {id(m) for m in covered} == {id(m) for m in linears}
+    whole, blockwise = copy.deepcopy(model), copy.deepcopy(model)
+    quantize_model(whole, precision)
+    blockwise = place_and_quantize(blockwise, precision, "accelerator", torch.device("cpu"))
+    assert [type(m) for m in whole.modules()] == [type(m) for m in blockwise.modules()]
+    a, b = whole.state_dict(), blockwise.state_dict()
+
+    def plain(t):
+        return t.dequantize() if hasattr(t, "dequantize") else t
+
+    assert a.keys() == b.keys() and all(torch.equal(plain(a[k]), plain(b[k])) for k in a)
+    assert any(quantized(m) for m in blockwise.modules() if isinstance(m, torch.nn.Linear))

@@ -205,7 +205,10 @@ class GlanceSampler:
             check_sampling_precision(base_model_precision, device)
         configure_backends(device)
         dtype = dtype or compute_dtype(precision)
-        pipe = info.family.load_pipeline(info.path, dtype, **(components or {})).to(device)
+        pipe = info.family.load_pipeline(info.path, dtype, **(components or {}))
+        for name, module in pipe.components.items():  # a transformer to quantize reaches the device block by block
+            if isinstance(module, torch.nn.Module) and (name != "transformer" or base_model_precision == "no_change"):
+                module.to(device)
         if pub is not None:
             log.info("notice: using the published %s recipe (%s): ladder %s, guidance %g", pub.name, pub.source,
                      spec.ladder.to_dict(), spec.guidance)
@@ -216,9 +219,9 @@ class GlanceSampler:
                 log.info("%s", note)
         pipe.transformer.eval()  # the LoRA layers peft adds are in training mode: LoRA dropout would sample noise
         if base_model_precision != "no_change":  # after the LoRAs: diffusers' FLUX loader reads plain weights
-            from .train.quantize import quantize_model
+            from .train.quantize import place_and_quantize
 
-            quantize_model(pipe.transformer, base_model_precision, "--base-model-precision")
+            place_and_quantize(pipe.transformer, base_model_precision, "accelerator", device, "--base-model-precision")
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
 

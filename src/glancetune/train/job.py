@@ -65,7 +65,7 @@ class Job(Plan, PhaseFiles):
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples, resume)
-        peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: the unquantized weights were here
+        peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
         times["load"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
         if resume is not None:
             saved = checkpoint.load_states(resume, rt.rank)

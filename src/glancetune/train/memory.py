@@ -249,7 +249,7 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
     for comp, p in encoder_precisions(cfg, fam).items():
         bits, n = BITS[p] or compute_bits, component_params(path, comp)
         enc.append(f"{comp} {p} ({_gib(n, bits)}) {where(cfg.group_offload_text_encoder)}")
-        text_bytes += 0 if cfg.group_offload_text_encoder else (n or 0) * _load_bits(cfg, p, bits, compute_bits) / 8
+        text_bytes += 0 if cfg.group_offload_text_encoder else (n or 0) * bits / 8
     vae_extra = ", ".join(k.removeprefix("vae_enable_") for k in ("vae_enable_tiling", "vae_enable_slicing")
                           if getattr(cfg, k))
     n_vae = component_params(path, "vae")
@@ -261,20 +261,12 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
     tp = cfg.base_model_precision
     tbits = BITS[tp] or (32 if cfg.base_model_default_dtype == "fp32" else compute_bits)
     on_device = {"encode": max(text_bytes, vae_bytes) if cfg.offload_during_startup else text_bytes + vae_bytes,
-                 "train": 0 if cfg.enable_group_offload else
-                 (transformer_params or 0) * _load_bits(cfg, tp, tbits, compute_bits) / 8}
+                 "train": 0 if cfg.enable_group_offload else (transformer_params or 0) * tbits / 8}
     return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
             "no text encoder or VAE loaded",
             f"  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
-
-
-def _load_bits(cfg, precision: str, bits: int, compute_bits: int) -> int:
-    """Bits per weight on the device at the phase's peak: quanto/torchao with `quantize_via: accelerator` hold the
-    unquantized weights there before quantizing."""
-    later = library(precision) in ("quanto", "torchao") and cfg.quantize_via == "accelerator"
-    return max(bits, compute_bits) if later else bits
 
 
 def device_total(device) -> int | None:
@@ -295,6 +287,5 @@ def fit_lines(on_device: dict[str, float], total: int | None) -> list[str]:
         return [f"  fits: the weights of each phase are under this GPU's {total / 2**30:.0f} GiB (measured peaks "
                 "with activations: README, 'what fits')"]
     return [f"  DOES NOT FIT this GPU's {total / 2**30:.0f} GiB: " + ", ".join(over) + "; lower "
-            "base_model_precision / text_encoder_N_precision (nf4-bnb, int8-quanto), quantize with quantize_via cpu "
-            "(quanto and torchao otherwise load the unquantized weights onto the GPU first) or group-offload that "
-            "phase (README, 'what fits')"]
+            "base_model_precision / text_encoder_N_precision (nf4-bnb, int8-quanto) or group-offload that phase "
+            "(README, 'what fits')"]

@@ -8,8 +8,9 @@ One table says which library does each precision and how:
 The transformer is quantized before the LoRA adapters are added; LoRA weights stay fp32 (layers named
 `lora_A`/`lora_B` are never quantized, so `generate` can quantize after loading the adapters). A LoRA trained on a
 quantized base is an ordinary LoRA (stock `load_lora_weights` into the bf16 base).
-`quantize_via`: `accelerator` quantizes on the training device (fast), `cpu` before moving there (the device never
-holds the unquantized weights). nf4-bnb quantizes while loading, onto the GPU, whatever `quantize_via` says.
+`quantize_via`: `accelerator` quantizes on the training device (fast), one block at a time (the device holds the
+quantized weights plus one unquantized block); `cpu` before moving there (the device never holds unquantized
+weights). nf4-bnb quantizes while loading, onto the GPU, whatever `quantize_via` says.
 """
 from __future__ import annotations
 
@@ -144,9 +145,33 @@ def place_and_quantize(model, precision: str, via: str, device, key: str = "base
         if precision == "int4-quanto" and getattr(device, "type", str(device)) != "cpu":
             log.warning("%s: int4-quanto with quantize_via cpu: optimum-quanto packs int4 weights for the CPU and "
                         "re-packs them for %s through one identity matmul per layer on the CPU, which can take "
-                        "minutes per billion parameters; quantize_via accelerator (if the unquantized weights fit) or "
+                        "minutes per billion parameters; quantize_via accelerator (one block at a time on the GPU) or "
                         "int8-quanto avoid it", key, device)
         return model.to(device)
-    model = model.to(device)
-    quantize_model(model, precision, key)
-    return model
+    import torch
+
+    for parent, name, part in parts(model):  # one block at a time: the device holds one unquantized block at most
+        part = part.to(device)
+        if next(part.children(), None) is None:  # a bare layer: quantized inside a holder, which can replace it
+            holder = torch.nn.ModuleDict({name: part})
+            quantize_model(holder, precision, key)
+            setattr(parent, name, holder[name])
+        else:
+            quantize_model(part, precision, key)
+    return model.to(device)  # what lies outside the parts (the model's own parameters, if any)
+
+
+def parts(module):
+    """(parent, name, piece): `module` in pieces no larger than one block: each element of its block lists
+    (ModuleList / Sequential) and each other child that holds no block list, whole. Every submodule lies in exactly
+    one piece, so quantizing the pieces quantizes exactly the linears that quantizing the whole would."""
+    import torch
+
+    lists = (torch.nn.ModuleList, torch.nn.Sequential)
+    for name, child in module.named_children():
+        if isinstance(child, lists):
+            yield from ((child, i, block) for i, block in child.named_children())
+        elif any(isinstance(m, lists) for m in child.modules()):
+            yield from parts(child)
+        else:
+            yield module, name, child
