@@ -30,8 +30,8 @@ class MemoryKeys(BaseModel):
     text_encoder_3_precision: Literal[PRECISIONS] = Field("no_change", description="the third text encoder")
     text_encoder_4_precision: Literal[PRECISIONS] = Field("no_change", description="the fourth text encoder")
     quantize_via: Literal["accelerator", "cpu"] = Field(
-        "accelerator", description="where quantization happens: on the training device, or on the CPU before "
-        "moving there")
+        "accelerator", description="where quantization happens: on the training device, one block at a time, or "
+        "on the CPU before moving there")
     enable_group_offload: bool = Field(False, description="diffusers group offloading of the transformer (see "
                                        "the README's memory section for where it acts)")
     group_offload_type: Literal["block_level", "leaf_level"] = Field("block_level", description="offload whole "
