@@ -111,6 +111,12 @@ def test_generate_on_torchao_and_refusals(glance_run, tmp_path, capsys):
                            "nf4-bnb", "--output", str(tmp_path / "b.png")])
     assert err.startswith("error: --base-model-precision: nf4-bnb needs a CUDA GPU")
     assert not (tmp_path / "b.png").exists()
+    for precision, kind in (("int8-quanto", "WeightQBytesTensor"), ("int8-torchao", "Int8Tensor")):
+        err = run_err(capsys, ["generate", "--run", str(glance_run), "--prompt", PROMPT, "--base-model-precision",
+                               precision, "--lora-mode", "fused", "--output", str(tmp_path / "f.png")])
+        assert err == (f"error: --lora-mode: fused needs plain base weights, but this transformer's are quantized "
+                       f"({kind}); use --lora-mode unfused with --base-model-precision")
+        assert not (tmp_path / "f.png").exists()
 
 
 class _StaysPut(torch.nn.Sequential):
