@@ -1,5 +1,4 @@
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+source bench/gpu_env.sh
 for v in none norng noadapter noacc all; do
   echo "== $v"; AB=$v python3 bench/ab_loop.py --gc 0 --steps 8 --warmup 3 2>&1 | grep '^{' | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(d['train_s_per_step'], d['median_s_per_step'])"
 done

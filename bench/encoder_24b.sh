@@ -16,8 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-[ -n "${NO_PIP:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+[ -n "${NO_PIP:-}" ] || source bench/gpu_env.sh
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 BUDGET=${BUDGET:-530}
 JSONL="$OUT/encoder_24b.jsonl"

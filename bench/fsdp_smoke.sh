@@ -6,7 +6,7 @@
 # carry=[".whl"]). Prints one JSON line at the end.
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+source bench/gpu_env.sh
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PYTHONUNBUFFERED=1 GLANCETUNE_HOME=/tmp/gt HF_HUB_OFFLINE=1
 W=/tmp/fsdp_smoke; rm -rf $W; mkdir -p $W
 python3 -m glancetune tiny flux $W/model > /dev/null || exit 1

@@ -3,8 +3,7 @@
 # with the bf16 anchor loop in the same call. Usage: bash bench/memory_gpu.sh [config names...] (carry .whl)
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source bench/gpu_env.sh
 t=$SECONDS
 [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
 echo "{\"build_s\": $((SECONDS-t))}"

@@ -16,12 +16,11 @@
 #   flux2-dev int8-quanto gc     ~120 s  build ~20 s (64 GB bf16 fits before quantizing), quantize ~45 s, steps ~4-6 s
 #                                                                                                         (limit 130)
 #   flux2-dev int4-quanto gc     ~130 s  as int8; int4 packing and kernels may be slower                  (limit 130)
-# Usage: bash bench/memory_models.sh   (SET=offload: the enable_group_offload runs instead)
+# Usage: bash bench/memory_models.sh   (SET=offload: the enable_group_offload runs instead; SET=nf4: nf4-bnb; SET=nf4split)
 set -u
 cd "$(dirname "$0")/.."
 end=$((SECONDS + ${BUDGET:-530}))
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source bench/gpu_env.sh
 out=${OUT:-/tmp/memory_models}
 mkdir -p "$out"
 n=0
@@ -60,6 +59,17 @@ case "${SET:-quant}" in
     run flux2dev-int8-offload 150 $step --model flux2-dev --precision int8-torchao
     run flux2dev-bf16-offload 150 $step --model flux2-dev
     run klein9b-bf16-offload 90 $step --model flux2-klein-9b
+    ;;
+  nf4)  # nf4-bnb through diffusers' bitsandbytes quantizer (train_step.py: the calls from_pretrained makes, over
+    # the random weights): the 4-bit candidate for Qwen-Image <= 20 GiB and FLUX.2-dev <= 24 GiB (int4-quanto: 42.8 s/step)
+    run qwen-nf4 100 $step --model qwen --precision nf4-bnb
+    run flux2dev-nf4 130 $step --model flux2-dev --precision nf4-bnb
+    ;;
+  nf4split)  # FLUX.2-dev nf4: what the 10.5 GiB above the weights is (resident_gib: weights + LoRA + optimizer
+    # states after warm-up), with the 8-bit AdamW, and klein-9B's nf4 step
+    run flux2dev-nf4-adamw8bit 130 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit
+    run flux2dev-nf4 130 $step --model flux2-dev --precision nf4-bnb
+    run klein9b-nf4 90 $step --model flux2-klein-9b --precision nf4-bnb
     ;;
 esac
 echo "{\"memory_models_s\": $SECONDS}"

@@ -2,6 +2,5 @@
 # issue 10 feasibility on the GPU machine: quantization backends and group offload under a LoRA training step.
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+source bench/gpu_env.sh
 timeout 400 python3 bench/offload_probe.py 2>&1 | grep -vE "W1202|register_constant" | tail -40

@@ -3,7 +3,6 @@
 # with an int8-quanto base vs the bf16 plain diffusers+peft anchor, in one call. Prints the JSON lines.
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+source bench/gpu_env.sh
 timeout 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps 6 2>&1 | grep '^{'
 timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --precision int8-quanto 2>&1 | grep -E '^\{|after quantize|Error|error' | tail -4

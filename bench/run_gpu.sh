@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 BUDGET=${BENCH_BUDGET_S:-540}
 STEPS=${BENCH_STEPS:-8}
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+source bench/gpu_env.sh
 export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -10,8 +10,7 @@
 #                                    caches warm (a second process): compile cost and pay-off (~5 min)
 set -u
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source bench/gpu_env.sh
 case "${1:-train}" in
   train)
     timeout 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps 6 2>&1 | grep --line-buffered '^{'
@@ -19,13 +18,15 @@ case "${1:-train}" in
     timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --tread 0.5 2>&1 | grep --line-buffered '^{'
     ;;
   compile)  # is regional compile worth a default? its cost cold, then with inductor's on-disk caches warm (a second
-    # process, same TORCHINDUCTOR_CACHE_DIR), against no compile; read to_steady_s (eval + warm-up steps) and s/step
+    # process, same TORCHINDUCTOR_CACHE_DIR), against no compile; read to_steady_s (eval + warm-up steps) and s/step;
+    # PHASES=2: both adapters interleaved as a glance job (does switching the adapter recompile?)
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
     rm -rf "$TORCHINDUCTOR_CACHE_DIR"
     for run in nocompile compile-cold compile-warm; do
       flag=--compile; [ $run = nocompile ] && flag=
       echo "{\"run\": \"$run\"}"
-      timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 $flag 2>&1 | grep --line-buffered '^{'
+      timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag 2>&1 |
+        grep --line-buffered '^{'
     done
     ;;
   load)  # stock diffusers: from_pretrained + .to(cuda) vs device_map="cuda", fresh processes, alternating, twice each

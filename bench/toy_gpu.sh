@@ -8,8 +8,7 @@
 #   OUT=... bash bench/toy_gpu.sh   env: MODEL_ONLY (train + return the model only), LAYOUT (centre), BASE_SECONDS (150), SEEDS (1), SEEDS_OBJ (1), GLANCE_STEPS (60), BUDGET (400)
 set -u
 cd "$(dirname "$0")/.."
-[ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+[ -n "${SKIP_WHEELS:-}" ] || source bench/gpu_env.sh
 # a CPU rehearsal of this script: SKIP_WHEELS=1 DEVICE=cpu TOY_ARGS=--smoke PROMPTS=<2-prompt file> EVAL_ARGS="--steps-base 4"
 DEVICE=${DEVICE:-cuda}
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 GLANCETUNE_HOME=/tmp/gt_home

@@ -12,7 +12,7 @@ torch.cuda.synchronize(). Prints one JSON line (last line of output).
 
 Usage on the GPU machine (PYTHONPATH must hold diffusers and `src`):
     python3 bench/train_step.py [--model flux1|qwen|flux2-klein-9b|flux2-dev] --gc 1|0 [--steps 8] [--warmup 3]
-        [--phases 1|2] [--precision int8-quanto] [--group-offload] [--compile] [--tread 0.5 (FLUX.1 only)]
+        [--phases 1|2] [--precision int8-quanto|nf4-bnb] [--group-offload] [--compile] [--tread 0.5 (FLUX.1 only)]
 peak_train_gib is the timed steps' peak; peak_warmup_gib also holds the build (the bf16 weights before quantizing).
 Locally, on the CPU, to check the logic (tiny transformers of the same classes; see bench/step_models.py):
     python bench/train_step.py --tiny --device cpu [--model ...]
@@ -46,13 +46,12 @@ p.add_argument("--group-offload", action="store_true", help="variant: enable_gro
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
                "2..-2 (0: off)")
+p.add_argument("--optimizer", default="adamw", help="optimizer key (adamw, adamw8bit, ...)")
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
 a = p.parse_args()
 if a.tread and a.model != "flux1":
     p.error("--tread: TREAD routing is built for FLUX.1 only")
-if a.precision == "nf4-bnb":  # quantize_model leaves it to from_pretrained: here it would silently stay bf16
-    p.error("--precision: nf4-bnb is applied while loading weights; this benchmark builds random ones")
 
 import diffusers, peft, transformers  # noqa: E402
 
@@ -83,7 +82,7 @@ tokens = (res // 16) ** 2  # VAE /8, then 2x2 packing
 total_steps = a.warmup + a.steps
 # the real config schema: its defaults are the trainer's (AdamW 2e-3, constant LR, clip 1.0)
 cfg = TrainConfig(data_backend_config="unused", max_train_steps=total_steps, seed=0, checkpointing_steps=0,
-                  optimizer="adamw", mixed_precision="bf16" if cuda else "no", device=a.device,
+                  optimizer=a.optimizer, mixed_precision="bf16" if cuda else "no", device=a.device,
                   lora_target=a.lora_target, enable_group_offload=a.group_offload,
                   gradient_checkpointing=bool(a.gc))
 # LoRA targets as Plan picks them (lora_targets); FLUX.1 without --lora-target: the anchor's list, as before
@@ -98,8 +97,39 @@ print(f"built {model.label} arch {'(tiny) ' if a.tiny else ''}{nparam / 1e9:.3f}
 # as Job.load_transformer: quantized base (base_model_precision), frozen, then gradient checkpointing, then adapters
 from glancetune.train.quantize import quantize_model  # noqa: E402
 
+
+
+def nf4_like_from_pretrained(model):
+    """nf4-bnb is applied while loading (`PipelineQuantizationConfig` in the job); a full-size folder does not fit the
+    GPU machine's disk, so diffusers' own bitsandbytes quantizer is run here over the random weights, in the calls
+    from_pretrained makes (preprocess on a meta skeleton, create_quantized_param per weight, postprocess)."""
+    from accelerate import init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from diffusers import BitsAndBytesConfig
+    from diffusers.quantizers import DiffusersAutoQuantizer
+
+    state = model.state_dict()
+    with init_empty_weights():
+        skeleton = type(model).from_config(model.config)
+    quantizer = DiffusersAutoQuantizer.from_config(BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype), pre_quantized=False)
+    quantizer.preprocess_model(model=skeleton, device_map=None, keep_in_fp32_modules=[])
+    for name in list(state):
+        value = state.pop(name)
+        if quantizer.check_if_quantized_param(skeleton, value, name, state):
+            quantizer.create_quantized_param(skeleton, value, name, dev, state)
+        else:
+            set_module_tensor_to_device(skeleton, name, dev, value=value)
+        del value
+    quantizer.postprocess_model(skeleton)
+    return skeleton
+
+
 t0 = time.time()
-quantize_model(transformer, a.precision)
+if a.precision == "nf4-bnb":
+    transformer = nf4_like_from_pretrained(transformer)
+else:
+    quantize_model(transformer, a.precision)
 if cuda:
     torch.cuda.empty_cache()
     print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated (quantize "
@@ -120,7 +150,8 @@ if a.group_offload:  # as Job.build_trainer: adapters of offloaded blocks are ma
     for q in params:
         q.data = q.data.to(dev)
 n_lora = sum(q.numel() for q in params)
-print(f"lora params {n_lora / 1e6:.1f}M in {len(params)} tensors", flush=True)
+print(f"lora params {n_lora / 1e6:.1f}M in {len(params)} tensors"
+      + (f", {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated" if cuda else ""), flush=True)
 
 # Glance slow/fast-like sigma lists (FLUX.1-dev 1024^2 ladder; for every model: the values do not change the cost)
 SIGMAS = {"slow": (1.0, 0.9775, 0.9526, 0.9249, 0.8941), "fast": (0.8627, 0.7293, 0.5621, 0.3291, 0.0488)}
@@ -141,6 +172,7 @@ class Timing(Hook):
         marks.setdefault("t", []).append(time.perf_counter())
         if step == a.warmup and cuda:
             marks["peak_warmup_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            marks["resident_gib"] = torch.cuda.memory_allocated() / 2**30  # weights, LoRA, optimizer states
             torch.cuda.reset_peak_memory_stats()
         if step == total_steps and cuda:
             marks["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -186,6 +218,8 @@ out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
            peak_train_gib=round(marks["peak_gib"], 2) if "peak_gib" in marks else None,
            peak_warmup_gib=round(marks["peak_warmup_gib"], 2) if "peak_warmup_gib" in marks else None,
+           resident_gib=round(marks["resident_gib"], 2) if "resident_gib" in marks else None,
+           optimizer=a.optimizer,
            run_s=round(t_run, 2), to_steady_s=round(t[a.warmup - 1] - t_run0, 2), params_b=round(nparam / 1e9, 3), lora_m=round(n_lora / 1e6, 2),
            eval_before=round(states[0].eval_before, 5), losses_finite=losses_ok, first_loss=round(losses[0], 5),
            last_loss=round(losses[-1], 5))

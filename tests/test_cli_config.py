@@ -143,3 +143,25 @@ def test_help_names_accepted_defaults(capsys):
     out = capsys.readouterr().out
     assert "lora_type ('standard' ok)" in out and "--env NAME" in out and "KEY=VALUE" in out
     assert "optimizer (adamw | adamw_bf16 | adamw8bit | prodigy; default 'adamw')" in out
+
+
+def test_cuda_allocator_default_is_set_unless_the_user_chose(monkeypatch, capsys):
+    """expandable segments (measured: same allocated memory, 4.7 GiB less reserved) unless either of torch's
+    variables is already set."""
+    import os
+
+    from glancetune.cli import ALLOC_CONF, main
+
+    argv = ["schedule", "--model", "nobody/not-a-model"]
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    main(argv)
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    main(argv)
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "garbage_collection_threshold:0.8")
+    main(argv)
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    capsys.readouterr()

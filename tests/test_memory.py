@@ -110,6 +110,7 @@ def test_leaf_level_disk_offload_of_tied_modules_is_refused(tiny_flux, tmp_path,
     (dict(group_offload_to_disk_path="x"), "writes the blocks once, so LoRA updates would be lost"),
     (dict(gradient_checkpointing=False), "without gradient_checkpointing backward needs"),
     (dict(base_model_precision="int8-quanto"), "cannot move optimum-quanto weights that backward still holds"),
+    (dict(base_model_precision="nf4-bnb"), "bitsandbytes NF4 base crashed on CUDA with an illegal memory access"),
 ])
 def test_offload_forms_that_cannot_train_are_one_line(tiny_flux, tmp_path, capsys, keys, why):
     cfg = write_configs(tmp_path, tiny_flux, steps=1, enable_group_offload=True,

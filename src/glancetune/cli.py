@@ -16,6 +16,17 @@ from .schedule import LADDER_STEPS
 ASSETS = Path(__file__).parent / "assets"
 
 
+# PyTorch's CUDA allocator grows segments instead of reserving new fixed ones: on the H200 the nf4-bnb FLUX.1 job
+# reserved 13.4 GiB with it against 18.1 without, for the same 11.7 GiB allocated and no slower (bench/RESULTS.md)
+ALLOC_CONF = "expandable_segments:True"
+
+
+def _allocator_default() -> None:
+    """Set before torch touches CUDA; a value the user set (either of torch's two names) is kept."""
+    if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
@@ -391,6 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _allocator_default()
     try:
         _quiet_libraries()
         setup_logging()

@@ -25,7 +25,7 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
-from .memory import group_offload, peak_memory
+from .memory import OFFLOAD_TRAINING, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
 
@@ -135,6 +135,8 @@ class Job(Plan, PhaseFiles):
             transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via,
                                              self.rt.device if via == "accelerator" else torch.device("cpu"))
             group_offload(transformer, cfg, self.rt.device)
+            if self.rt.device.type == "cuda":
+                log.warning(OFFLOAD_TRAINING)
         else:
             transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via, self.rt.device)
         if cfg.base_model_precision == "int4-quanto" and self.rt.device.type == "cuda":

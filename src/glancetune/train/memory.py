@@ -12,8 +12,9 @@ Phases and components:
           (bench/offload_probe.py on the H200): block_level, no stream, not to disk, gradient checkpointing on,
           applied before the adapters. The other forms move the LoRA weights with their blocks (the optimizer
           then finds them on the CPU), keep stale CPU copies of them (streams, disk), or break checkpoint
-          recomputation (leaf_level): they are refused for training with one line saying why, as is a quanto
-          base (torch cannot swap a quanto weight that backward still holds; torchao weights pass).
+          recomputation (leaf_level): they are refused for training with one line saying why, as are quanto
+          and nf4-bnb bases (torch cannot swap a quanto weight that backward still holds; bitsandbytes crashed
+          on CUDA; torchao weights pass). Measured slow: ~10x the step time on an H200 (a warning says so).
 Block-level offload of transformers encoders descends to their layer lists (`block_parents`); what diffusers groups
 with a nested parent outside its lists is onloaded by the top module's forward (`onload_nested_first`).
 """
@@ -25,6 +26,9 @@ from ..errors import GlanceError
 from .quantize import BITS, check_precision, library
 
 log = logging.getLogger(__name__)
+OFFLOAD_TRAINING = ("enable_group_offload: training through diffusers' offload hooks is slow (H200, full-size "
+                    "random models: Qwen-Image int8-torchao ~20-27 s/step against 1.9 without offload, FLUX.2-dev "
+                    "~30 s); a 4-bit base usually fits instead (Qwen-Image nf4-bnb: 17.6 GiB at 2.4 s/step)")
 TEXT_ENCODER_KEYS = ("text_encoder_1_precision", "text_encoder_2_precision", "text_encoder_3_precision",
                      "text_encoder_4_precision")
 
@@ -48,6 +52,8 @@ def encoder_precisions(cfg, family) -> dict[str, str]:
 
 def check(cfg, family, device, compute_dtype) -> None:
     """Everything about placement that can fail, before any weights load."""
+    if cfg.enable_group_offload:
+        check_offload_base(cfg.base_model_precision)
     check_precision("base_model_precision", cfg.base_model_precision, device)
     for key, p in zip(TEXT_ENCODER_KEYS, encoder_precisions(cfg, family).values()):
         check_precision(key, p, device)
@@ -61,10 +67,6 @@ def check(cfg, family, device, compute_dtype) -> None:
         raise GlanceError(f"group_offload_use_stream: needs a CUDA device (this run is on {device.type})")
     if not cfg.enable_group_offload:
         return
-    if library(cfg.base_model_precision) == "quanto":
-        raise GlanceError(f"enable_group_offload: not with base_model_precision {cfg.base_model_precision}: the "
-                          "offload hooks cannot move optimum-quanto weights that backward still holds (torch: "
-                          "\"Couldn't swap QLinear.weight\"); use int8-torchao or no_change with group offload")
     why = None
     if cfg.group_offload_type != "block_level":
         why = "group_offload_type leaf_level breaks gradient-checkpoint recomputation (weights recomputed on the CPU)"
@@ -77,6 +79,17 @@ def check(cfg, family, device, compute_dtype) -> None:
     if why:
         raise GlanceError(f"enable_group_offload: {why}; for training use group_offload_type block_level, no "
                           "stream, no disk path, gradient_checkpointing true (the encoders may use any form)")
+
+
+def check_offload_base(precision: str) -> None:
+    """The quantized bases the trained transformer's offload hooks fail with (measured, bench/offload_probe.py)."""
+    why = {"quanto": "the offload hooks cannot move optimum-quanto weights that backward still holds (torch: "
+                     "\"Couldn't swap QLinear.weight\")",
+           "bitsandbytes": "training through the offload hooks on a bitsandbytes NF4 base crashed on CUDA with an "
+                           "illegal memory access (H200, bench/offload_probe.py)"}.get(library(precision))
+    if why:
+        raise GlanceError(f"enable_group_offload: not with base_model_precision {precision}: {why}; use "
+                          "int8-torchao or no_change with group offload, or nf4-bnb without it")
 
 
 def block_parents(module) -> list[str]:
