@@ -150,7 +150,8 @@ def test_cuda_allocator_default_is_set_unless_the_user_chose(monkeypatch, capsys
     variables is already set."""
     import os
 
-    from glancetune.cli import ALLOC_CONF, main
+    from glancetune.cli import main
+    from glancetune.process import ALLOC_CONF
 
     argv = ["schedule", "--model", "nobody/not-a-model"]
     for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):

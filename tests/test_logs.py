@@ -288,7 +288,7 @@ def glancetune_logger():
 
 
 def test_setup_logging_renders_notices_on_stdout_and_warnings_on_stderr(capsys, glancetune_logger):
-    from glancetune.cli import setup_logging
+    from glancetune.process import setup_logging
 
     setup_logging()
     setup_logging()  # idempotent: one handler

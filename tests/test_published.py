@@ -148,7 +148,7 @@ def test_generate_from_the_two_files(pair, tmp_path, caplog):
     assert info["ladder"]["fast"][-1] == float(np.float32(0.02))
     stock = tmp_path / "s.png"
     assert main(argv(pair, stock, "--lora-load", "stock")) == 0
-    printed = caplog.text  # a notice: logged (stderr through cli.setup_logging)
+    printed = caplog.text  # a notice: logged (stderr through process.setup_logging)
     assert "stock diffusers loading skipped 8 of 24 modules (attn.to_k, attn.to_out.0, attn.to_q, attn.to_v), " \
            "alpha 32 (scale 1)" in printed
     a, b = (np.asarray(Image.open(p), dtype=np.int16) for p in (out, stock))
