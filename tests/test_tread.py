@@ -2,7 +2,9 @@
 routes nothing gives the plain run's LoRA bytes; the hooks are exact (a route forced to keep every token through
 the gather/scatter path gives the plain bytes too); a real route processes fewer tokens in its window during
 training steps only, still trains, is the same with and without gradient checkpointing and resumes exactly; the
-rotary rows follow the kept tokens; bad routes are one line."""
+rotary rows follow the kept tokens; bad routes are one line. FLUX.2 (tiny klein: 1 double + 2 single blocks, whose
+single blocks take one [text | image] sequence): the same exactness, and a window across the double/single
+boundary routes the image tokens of both block shapes."""
 import json
 from pathlib import Path
 
@@ -40,11 +42,11 @@ def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
     """Every token kept, but through the whole gather / rotary rows / scatter path: the same bytes."""
     from glancetune.train import tread
 
+    draw = tread.Tread._draw
+
     def keep_all(self, module, args, kwargs):
-        self.keep = {}
-        if torch.is_grad_enabled():
-            n = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[1]
-            self.keep = {r: torch.arange(n) for r in self.routes}
+        draw(self, module, args, kwargs)
+        self.keep = {r: torch.arange(kwargs["hidden_states"].shape[1]) for r in self.keep}
 
     monkeypatch.setattr(tread.Tread, "_draw", keep_all)
     assert lora_bytes(run(tmp_path, tiny_flux, tread_config=ROUTE)) == lora_bytes(plain)
@@ -128,9 +130,124 @@ def test_bad_routes_are_one_line(tiny_flux, tmp_path, capsys, value, expected):
     assert not (tmp_path / "output").exists()
 
 
+FLUX2 = {"--model_family": "flux2"}
+
+
+def test_flux2_routes_are_exact_and_route_both_block_shapes(tmp_path, monkeypatch):
+    """klein's double block (joint) and single blocks ([text | image] concatenated): a route keeping every token
+    through the gather / rotary rows / scatter path gives the plain bytes, with and without gradient
+    checkpointing; a real route over blocks 0..-2 hands both shapes half the image tokens (the text whole), leaves
+    the last block whole, and trains to other bytes."""
+    from glancetune.train import job, tread
+
+    def flux2_run(name, **keys):
+        cfg = write_configs(tmp_path / name, "tiny:flux2-klein", steps=3, checkpointing_steps=0, learning_rate=5e-3,
+                            **FLUX2, **keys)
+        assert main(["glance", "--config", str(cfg)]) == 0
+        return lora_bytes(tmp_path / name / "output")
+
+    plain = flux2_run("plain")
+    window = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -2}]}
+    draw = tread.Tread._draw
+
+    def keep_all(self, module, args, kwargs):
+        draw(self, module, args, kwargs)
+        self.keep = {r: torch.arange(kwargs["hidden_states"].shape[1]) for r in self.keep}
+
+    with monkeypatch.context() as m:
+        m.setattr(tread.Tread, "_draw", keep_all)
+        assert flux2_run("all-kept", tread_config=window) == plain
+        assert flux2_run("all-kept-gc", tread_config=window, gradient_checkpointing=True) == flux2_run(
+            "plain-gc", gradient_checkpointing=True)
+
+    seen, orig = [], job.Job.build_trainer
+
+    def build(self, *a, **k):
+        trainer = orig(self, *a, **k)
+        blocks = [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
+        for i, block in enumerate(blocks):
+            block.register_forward_pre_hook(lambda mod, args, kw, i=i: seen.append((i, torch.is_grad_enabled(), (
+                kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])), with_kwargs=True)
+        return trainer
+
+    monkeypatch.setattr(job.Job, "build_trainer", build)
+    routed = flux2_run("routed", tread_config=window)
+    img = (128 // 16) ** 2  # 128x128, VAE /8, 2x2 patchify: 64 image tokens; single blocks see text + image
+    text = {n - img for i, g, n in seen if i > 0 and not g}  # the unrouted eval forwards
+    assert len(text) == 1 and (text := text.pop()) > 0
+    assert {(i, n) for i, g, n in seen if not g} == {(0, img), (1, text + img), (2, text + img)}
+    assert {(i, n) for i, g, n in seen if g} == {(0, img // 2), (1, text + img // 2), (2, text + img)}
+    assert routed != plain
+
+
+def test_the_hooks_gather_and_scatter_both_block_shapes():
+    """A window over a joint block and a concatenated block of a small stand-in transformer whose blocks add each
+    token's rotary row (a distinct value per position): routed-around image tokens skip the window unchanged, kept
+    ones get their own rows in both shapes, text tokens always pass, and everything lands back in its place."""
+    from glancetune.families.base import DoubleSingleTread
+    from glancetune.train.tread import Route, Tread
+
+    class Joint(torch.nn.Module):
+        def forward(self, hidden_states, encoder_hidden_states, image_rotary_emb):
+            t = encoder_hidden_states.shape[1]
+            return encoder_hidden_states + image_rotary_emb[0][:t], hidden_states + image_rotary_emb[0][t:]
+
+    class Concat(torch.nn.Module):
+        def forward(self, hidden_states, encoder_hidden_states, image_rotary_emb):
+            assert encoder_hidden_states is None
+            return hidden_states + image_rotary_emb[0]
+
+    class Stand(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([Joint(), Concat(), Concat()])
+
+        def forward(self, hidden_states, encoder_hidden_states, rope):
+            txt, img = self.blocks[0](hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                      image_rotary_emb=rope)
+            x = torch.cat([txt, img], 1)
+            for block in self.blocks[1:]:
+                x = block(hidden_states=x, encoder_hidden_states=None, image_rotary_emb=rope)
+            return x
+
+    txt, img = 3, 8
+    tag = torch.arange(1.0, txt + img + 1).pow(2)[:, None].expand(-1, 2)  # row k's value: (k+1)^2
+    rope = (tag, torch.zeros_like(tag))
+    model = Stand()
+    Tread([Route(0.5, 0, 1)], list(model.blocks), DoubleSingleTread().tread_rope_rows).install(model)
+    torch.manual_seed(0)
+    out = model(hidden_states=torch.zeros(1, img, 2), encoder_hidden_states=torch.zeros(1, txt, 2), rope=rope)
+    torch.manual_seed(0)
+    kept = torch.randperm(img)[:img - img // 2].sort().values
+    expected = tag.clone()  # block 2 (outside the window): every token once
+    expected[:txt] += 2 * tag[:txt]  # text: blocks 0 and 1 as well
+    expected[txt + kept] += 2 * tag[txt + kept]  # kept image tokens: their own rows in blocks 0 and 1
+    assert torch.equal(out[0], expected)
+    with torch.no_grad():  # unrouted: every token through every block
+        assert torch.equal(model(hidden_states=torch.zeros(1, img, 2), encoder_hidden_states=torch.zeros(1, txt, 2),
+                                 rope=rope)[0], 3 * tag)
+
+
+def test_flux2_rotary_rows_follow_the_kept_tokens():
+    from diffusers import Flux2Transformer2DModel
+
+    from glancetune.families import model_info
+    from glancetune.tiny import resolve_tiny
+
+    info = model_info("tiny:flux2-klein")
+    t = Flux2Transformer2DModel.from_pretrained(resolve_tiny("tiny:flux2-klein"), subfolder="transformer")
+    txt = torch.stack([torch.zeros(5), torch.zeros(5), torch.zeros(5), torch.arange(5.0)], -1)
+    img = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), torch.zeros(1),
+                                     indexing="ij"), -1).reshape(-1, 4)
+    keep = torch.tensor([0, 3, 7, 12])
+    rows = info.family.tread_rope_rows(t.pos_embed(torch.cat([txt, img])), 5, keep)
+    direct = t.pos_embed(torch.cat([txt, img[keep]]))
+    assert all(torch.equal(a, b) for a, b in zip(rows, direct))
+
+
 def test_tread_elsewhere_is_one_line(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=1, tread_config=ROUTE, compile_transformer=True)
     assert "tread_config: not with compile_transformer yet" in run_err(capsys, ["glance", "--config", str(cfg)])
     cfg = write_configs(tmp_path / "sd3", "tiny:sd3", steps=1, model_family="sd3", tread_config=ROUTE)
     err = run_err(capsys, ["glance", "--config", str(cfg)])
-    assert err == "error: tread_config: TREAD is built for FLUX.1 so far, not for sd3; remove tread_config"
+    assert err == "error: tread_config: TREAD is built for FLUX.1 and FLUX.2 so far, not for sd3; remove tread_config"

@@ -245,8 +245,9 @@ class Family:
         return None
 
     def tread_blocks(self, transformer) -> list:
-        """The transformer's blocks in execution order (each takes hidden_states, encoder_hidden_states, ...,
-        image_rotary_emb and returns (encoder_hidden_states, hidden_states))."""
+        """The transformer's blocks in execution order, each either joint (takes hidden_states and
+        encoder_hidden_states, returns both) or concatenated (one [text | image] hidden_states with
+        encoder_hidden_states=None, returned as one tensor); each takes image_rotary_emb."""
         raise NotImplementedError
 
     def tread_rope_rows(self, rope, text_tokens: int, keep: torch.Tensor):
@@ -309,6 +310,22 @@ class Family:
             for d, part in zip(out, parts):
                 d[key] = part
         return out
+
+
+class DoubleSingleTread:
+    """TREAD (train/tread.py) for the transformers that run `transformer_blocks` then `single_transformer_blocks`
+    (FLUX.1, FLUX.2) with one (cos, sin) rotary pair over the text tokens followed by the image tokens. Put before
+    Family in the bases."""
+
+    def tread_blocks_count(self, transformer_config: dict) -> int | None:
+        return transformer_config["num_layers"] + transformer_config["num_single_layers"]
+
+    def tread_blocks(self, transformer) -> list:
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    def tread_rope_rows(self, rope, text_tokens: int, keep):
+        rows = torch.cat([torch.arange(text_tokens, device=keep.device), keep + text_tokens])
+        return tuple(t.index_select(0, rows) for t in rope)
 
 
 class FamilyGroup(Family):

@@ -1,10 +1,10 @@
 """FLUX.1 (dev, schnell): FluxPipeline, CLIP-L + T5, 16-channel VAE, 2x2-packed 64-channel tokens, sigma timesteps."""
 from __future__ import annotations
 
-from .base import Family
+from .base import DoubleSingleTread, Family
 
 
-class Flux1(Family):
+class Flux1(DoubleSingleTread, Family):
     max_sequence_length_limit = 512  # FluxPipeline.check_inputs
     truncating_tokenizer = "tokenizer_2"  # T5 (CLIP's 77 tokens only feed the pooled vector)
     name = "flux"
@@ -66,17 +66,3 @@ class Flux1(Family):
         if guidance is not None:
             kw["guidance_scale"] = guidance
         return kw
-
-    # TREAD: the double blocks, then the single blocks (both return (encoder_hidden_states, hidden_states));
-    # the rotary embedding is one (cos, sin) pair over the text tokens followed by the image tokens
-    def tread_blocks_count(self, transformer_config: dict) -> int | None:
-        return transformer_config["num_layers"] + transformer_config["num_single_layers"]
-
-    def tread_blocks(self, transformer) -> list:
-        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-
-    def tread_rope_rows(self, rope, text_tokens: int, keep):
-        import torch
-
-        rows = torch.cat([torch.arange(text_tokens, device=keep.device), keep + text_tokens])
-        return tuple(t.index_select(0, rows) for t in rope)

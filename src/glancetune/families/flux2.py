@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Family
+from .base import DoubleSingleTread, Family
 
 
-class _Flux2(Family):
+class _Flux2(DoubleSingleTread, Family):
     """What klein and dev share: transformer, VAE latents, ids, schedule, LoRA targets."""
 
     name = "flux2"

@@ -7,7 +7,8 @@ keys with **SimpleTuner's meaning**: `selection_ratio` is the fraction of image 
 (0.5 drops half; its code computes the kept count as tokens minus floor(tokens x ratio)). The FLUX.2 guide among
 the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md and its router, so a config copied
 from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
-the 19 double blocks, then the 38 single blocks), both ends inclusive, negative from the end.
+the 19 double blocks, then the 38 single blocks; FLUX.2: its 8 double then 48 single blocks, klein-9B 8 + 24),
+both ends inclusive, negative from the end. Built for FLUX.1 and FLUX.2.
 
 How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
 draws each route's kept image tokens (sorted, the same for every sample of the batch) from the global torch RNG —
@@ -15,7 +16,11 @@ the phase's forked stream, so a resumed run draws the same — only while gradie
 validation and sampling are unrouted). A pre-hook on the window's first block keeps the full sequence aside and
 passes the kept tokens on; every block of the window gets the rotary embedding rows of the text tokens and of the
 kept image tokens (positions follow the tokens); a hook after the last block scatters the processed tokens back
-into the full sequence. Gradient-checkpoint recomputation repeats the same gathers. A route that would keep every
+into the full sequence. Blocks come in two shapes and a window may span both: a joint block takes
+`hidden_states` (image) and `encoder_hidden_states` (text) apart and returns both (FLUX.1's double and single
+blocks, FLUX.2's double blocks); a concatenated block takes one [text | image] sequence with
+`encoder_hidden_states=None` and returns it (FLUX.2's single blocks); there the text rows pass whole and only the
+image rows are gathered and scattered. Gradient-checkpoint recomputation repeats the same gathers. A route that would keep every
 token routes nothing (no draw).
 """
 from __future__ import annotations
@@ -64,7 +69,7 @@ def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
     if not value:
         return []
     if n_blocks is None:
-        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1 so far, not for {family}; remove {KEY}")
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1 and FLUX.2 so far, not for {family}; remove {KEY}")
     try:
         routes = check_structure(value)
     except ValueError as e:
@@ -98,7 +103,8 @@ class Tread:
     def __init__(self, routes: list[Route], blocks: list, rope_rows):
         self.routes, self.blocks, self.rope_rows = routes, blocks, rope_rows
         self.keep: dict[Route, torch.Tensor | None] = {}
-        self.full: dict[Route, torch.Tensor] = {}
+        self.full: dict[Route, torch.Tensor] = {}  # the image tokens as the window received them
+        self.txt = 0  # text tokens of this forward
 
     def install(self, transformer) -> None:
         transformer.register_forward_pre_hook(self._draw, with_kwargs=True)
@@ -112,7 +118,7 @@ class Tread:
         if not torch.is_grad_enabled():
             return None
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        n = hidden.shape[1]
+        n, self.txt = hidden.shape[1], kwargs["encoder_hidden_states"].shape[1]
         for r in self.routes:
             keep = max(1, n - int(n * r.ratio))
             self.keep[r] = None if keep == n else torch.randperm(n)[:keep].sort().values.to(hidden.device)
@@ -124,12 +130,13 @@ class Tread:
             if ids is None:
                 return None
             b = _bound(block, args, kwargs)
+            joint = b.arguments.get("encoder_hidden_states") is not None
             if first:
-                full = b.arguments["hidden_states"]
-                self.full[r] = full
-                b.arguments["hidden_states"] = full.index_select(1, ids)
-            txt = b.arguments["encoder_hidden_states"].shape[1]
-            b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], txt, ids)
+                hidden = b.arguments["hidden_states"]
+                self.full[r] = hidden if joint else hidden[:, self.txt:]
+                kept = self.full[r].index_select(1, ids)
+                b.arguments["hidden_states"] = kept if joint else torch.cat([hidden[:, :self.txt], kept], 1)
+            b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], self.txt, ids)
             return b.args, b.kwargs
         return hook
 
@@ -138,8 +145,9 @@ class Tread:
             ids = self.keep.get(r)
             if ids is None:
                 return None
-            encoder_hidden_states, hidden_states = output
-            return encoder_hidden_states, self.full[r].index_copy(1, ids, hidden_states)
+            if isinstance(output, tuple):  # joint: (encoder_hidden_states, hidden_states)
+                return output[0], self.full[r].index_copy(1, ids, output[1])
+            return torch.cat([output[:, :self.txt], self.full[r].index_copy(1, ids, output[:, self.txt:])], 1)
         return hook
 
 
