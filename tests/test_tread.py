@@ -3,8 +3,8 @@ routes nothing gives the plain run's LoRA bytes; the hooks are exact (a route fo
 the gather/scatter path gives the plain bytes too); a real route processes fewer tokens in its window during
 training steps only, still trains, is the same with and without gradient checkpointing and resumes exactly; the
 rotary rows follow the kept tokens; bad routes are one line. FLUX.2 (tiny klein: 1 double + 2 single blocks, whose
-single blocks take one [text | image] sequence): the same exactness, and a window across the double/single
-boundary routes the image tokens of both block shapes."""
+single blocks take one [text | image] sequence) and Qwen-Image (2 blocks, rotary (image, text)): the same
+exactness, and a window across FLUX.2's double/single boundary routes the image tokens of both block shapes."""
 import json
 from pathlib import Path
 
@@ -130,23 +130,22 @@ def test_bad_routes_are_one_line(tiny_flux, tmp_path, capsys, value, expected):
     assert not (tmp_path / "output").exists()
 
 
-FLUX2 = {"--model_family": "flux2"}
-
-
-def test_flux2_routes_are_exact_and_route_both_block_shapes(tmp_path, monkeypatch):
-    """klein's double block (joint) and single blocks ([text | image] concatenated): a route keeping every token
-    through the gather / rotary rows / scatter path gives the plain bytes, with and without gradient
-    checkpointing; a real route over blocks 0..-2 hands both shapes half the image tokens (the text whole), leaves
-    the last block whole, and trains to other bytes."""
+@pytest.mark.parametrize("model,family", [("tiny:flux2-klein", "flux2"), ("tiny:qwen_image", "qwen_image")])
+def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, monkeypatch, model, family):
+    """FLUX.2 klein: a joint double block, then single blocks taking one [text | image] sequence; Qwen-Image: joint
+    blocks whose rotary embedding is (image rows, text rows) and whose attention mask is built per block. A route
+    keeping every token through the gather / rotary rows / scatter path gives the plain bytes, with and without
+    gradient checkpointing; a real route over blocks 0..-2 hands its blocks half the image tokens (the text whole),
+    leaves the last block whole, and trains to other bytes."""
     from glancetune.train import job, tread
 
-    def flux2_run(name, **keys):
-        cfg = write_configs(tmp_path / name, "tiny:flux2-klein", steps=3, checkpointing_steps=0, learning_rate=5e-3,
-                            **FLUX2, **keys)
+    def routed_run(name, **keys):
+        cfg = write_configs(tmp_path / name, model, steps=3, checkpointing_steps=0, learning_rate=5e-3,
+                            **{"--model_family": family}, **keys)
         assert main(["glance", "--config", str(cfg)]) == 0
         return lora_bytes(tmp_path / name / "output")
 
-    plain = flux2_run("plain")
+    plain = routed_run("plain")
     window = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -2}]}
     draw = tread.Tread._draw
 
@@ -156,27 +155,32 @@ def test_flux2_routes_are_exact_and_route_both_block_shapes(tmp_path, monkeypatc
 
     with monkeypatch.context() as m:
         m.setattr(tread.Tread, "_draw", keep_all)
-        assert flux2_run("all-kept", tread_config=window) == plain
-        assert flux2_run("all-kept-gc", tread_config=window, gradient_checkpointing=True) == flux2_run(
+        assert routed_run("all-kept", tread_config=window) == plain
+        assert routed_run("all-kept-gc", tread_config=window, gradient_checkpointing=True) == routed_run(
             "plain-gc", gradient_checkpointing=True)
 
     seen, orig = [], job.Job.build_trainer
 
     def build(self, *a, **k):
         trainer = orig(self, *a, **k)
-        blocks = [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
-        for i, block in enumerate(blocks):
+        for i, block in enumerate(self.family.tread_blocks(self.transformer)):
             block.register_forward_pre_hook(lambda mod, args, kw, i=i: seen.append((i, torch.is_grad_enabled(), (
                 kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])), with_kwargs=True)
         return trainer
 
     monkeypatch.setattr(job.Job, "build_trainer", build)
-    routed = flux2_run("routed", tread_config=window)
-    img = (128 // 16) ** 2  # 128x128, VAE /8, 2x2 patchify: 64 image tokens; single blocks see text + image
-    text = {n - img for i, g, n in seen if i > 0 and not g}  # the unrouted eval forwards
-    assert len(text) == 1 and (text := text.pop()) > 0
-    assert {(i, n) for i, g, n in seen if not g} == {(0, img), (1, text + img), (2, text + img)}
-    assert {(i, n) for i, g, n in seen if g} == {(0, img // 2), (1, text + img // 2), (2, text + img)}
+    routed = routed_run("routed", tread_config=window)
+    img = (128 // 16) ** 2  # 128x128, VAE /8, 2x2 packing: 64 image tokens
+    unrouted = sorted({(i, n) for i, g, n in seen if not g})  # the eval forwards
+    n_blocks = len(unrouted)
+    if family == "flux2":  # single blocks (after the one double block) see text + image
+        text = unrouted[1][1] - img
+        assert text > 0 and unrouted == [(0, img)] + [(i, text + img) for i in range(1, n_blocks)]
+        expected = {(0, img // 2), *((i, text + img // 2) for i in range(1, n_blocks - 1)), (n_blocks - 1, text + img)}
+    else:
+        assert unrouted == [(i, img) for i in range(n_blocks)]
+        expected = {*((i, img // 2) for i in range(n_blocks - 1)), (n_blocks - 1, img)}
+    assert {(i, n) for i, g, n in seen if g} == expected
     assert routed != plain
 
 
@@ -250,4 +254,19 @@ def test_tread_elsewhere_is_one_line(tiny_flux, tmp_path, capsys):
     assert "tread_config: not with compile_transformer yet" in run_err(capsys, ["glance", "--config", str(cfg)])
     cfg = write_configs(tmp_path / "sd3", "tiny:sd3", steps=1, model_family="sd3", tread_config=ROUTE)
     err = run_err(capsys, ["glance", "--config", str(cfg)])
-    assert err == "error: tread_config: TREAD is built for FLUX.1 and FLUX.2 so far, not for sd3; remove tread_config"
+    assert err == ("error: tread_config: TREAD is built for FLUX.1, FLUX.2 and Qwen-Image so far, not for sd3; "
+                   "remove tread_config")
+
+
+def test_qwen_image_rotary_rows_follow_the_kept_tokens():
+    from diffusers import QwenImageTransformer2DModel
+
+    from glancetune.families import model_info
+    from glancetune.tiny import resolve_tiny
+
+    info = model_info("tiny:qwen_image")
+    t = QwenImageTransformer2DModel.from_pretrained(resolve_tiny("tiny:qwen_image"), subfolder="transformer")
+    img, txt = t.pos_embed([[(1, 4, 4)]], max_txt_seq_len=5, device=torch.device("cpu"))
+    keep = torch.tensor([0, 3, 7, 12])
+    rows = info.family.tread_rope_rows((img, txt), 5, keep)
+    assert torch.equal(rows[0], img[keep]) and rows[1] is txt and img.shape[0] == 16

@@ -81,6 +81,18 @@ class QwenImage(Family):
                            "encoder_hidden_states_mask": torch.nn.functional.pad(m, (0, pad))})
         return super().collate(padded)
 
+    # TREAD: the 60 dual-stream blocks (joint: image and text apart); the rotary embedding is (image rows, text
+    # rows), so the kept tokens take their image rows and the text keeps its own; the joint attention mask is built
+    # inside each block from the image tokens it is given
+    def tread_blocks_count(self, transformer_config: dict) -> int | None:
+        return transformer_config["num_layers"]
+
+    def tread_blocks(self, transformer) -> list:
+        return list(transformer.transformer_blocks)
+
+    def tread_rope_rows(self, rope, text_tokens: int, keep):
+        return rope[0].index_select(0, keep), rope[1]
+
     def transformer_timestep(self, sigmas, dtype):
         # QwenImagePipeline: timestep = t.to(latents.dtype); passes timestep / 1000
         return (sigmas.float() * 1000).to(dtype) / 1000

@@ -32,6 +32,9 @@ class QwenImageEdit(QwenImage):
     #: the area QwenImageEditPipeline.__call__ passes to calculate_dimensions for the control image (hard-coded there)
     condition_area = 1024 * 1024
 
+    def tread_blocks_count(self, transformer_config: dict) -> int | None:
+        return None  # the control image's tokens follow the target's in hidden_states (and Edit-2511 modulates per token)
+
     def pipeline_class(self):
         from diffusers import QwenImageEditPipeline
 

@@ -8,7 +8,8 @@ keys with **SimpleTuner's meaning**: `selection_ratio` is the fraction of image 
 the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md and its router, so a config copied
 from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
 the 19 double blocks, then the 38 single blocks; FLUX.2: its 8 double then 48 single blocks, klein-9B 8 + 24),
-both ends inclusive, negative from the end. Built for FLUX.1 and FLUX.2.
+both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2 and Qwen-Image (60 blocks; not its
+Edit models, whose control tokens share the image sequence).
 
 How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
 draws each route's kept image tokens (sorted, the same for every sample of the batch) from the global torch RNG —
@@ -69,7 +70,8 @@ def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
     if not value:
         return []
     if n_blocks is None:
-        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1 and FLUX.2 so far, not for {family}; remove {KEY}")
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2 and Qwen-Image so far, not for {family}; "
+                          f"remove {KEY}")
     try:
         routes = check_structure(value)
     except ValueError as e:
