@@ -6,7 +6,8 @@
 #                                    a warm prompt cache, the naive diffusers anchor as a process (~6 min)
 #   bash bench/speed_gpu.sh load     stock from_pretrained + .to(cuda) vs device_map="cuda" on the full-size folder,
 #                                    with and without the text encoders (bench/load_speed.py) (~4 min)
-#   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B step gc on, without and with TREAD 0.5 over blocks 2..-2 (~2 min)
+#   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
+#                                    blocks 2..-2 (~5 min)
 #   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
 #                                    caches warm (a second process): compile cost and pay-off (~5 min)
 set -u
@@ -18,10 +19,13 @@ case "${1:-train}" in
     timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 2>&1 | grep --line-buffered '^{'
     timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --tread 0.5 2>&1 | grep --line-buffered '^{'
     ;;
-  tread2)  # TREAD on FLUX.2-klein-9B (its single blocks take one [text | image] sequence), gc on, without / with
-    for t in 0 0.5; do
-      timeout 200 python3 bench/train_step.py --model flux2-klein-9b --gc 1 --steps 6 --warmup 2 --tread $t 2>&1 |
-        grep --line-buffered '^{'
+  tread2)  # TREAD on FLUX.2-klein-9B (its single blocks take one [text | image] sequence) and Qwen-Image, gc on,
+    # without / with
+    for m in flux2-klein-9b qwen; do
+      for t in 0 0.5; do
+        timeout 150 python3 bench/train_step.py --model $m --gc 1 --steps 6 --warmup 2 --tread $t 2>&1 |
+          grep --line-buffered '^{'
+      done
     done
     ;;
   compile)  # is regional compile worth a default? its cost cold, then with inductor's on-disk caches warm (a second

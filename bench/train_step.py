@@ -12,7 +12,7 @@ torch.cuda.synchronize(). Prints one JSON line (last line of output).
 
 Usage on the GPU machine (PYTHONPATH must hold diffusers and `src`):
     python3 bench/train_step.py [--model flux1|qwen|flux2-klein-9b|flux2-dev] --gc 1|0 [--steps 8] [--warmup 3]
-        [--phases 1|2] [--precision int8-quanto|nf4-bnb] [--group-offload] [--compile] [--tread 0.5 (FLUX.1, FLUX.2)]
+        [--phases 1|2] [--precision int8-quanto|nf4-bnb] [--group-offload] [--compile] [--tread 0.5]
 peak_train_gib is the timed steps' peak; peak_warmup_gib also holds the build (the bf16 weights before quantizing).
 Locally, on the CPU, to check the logic (tiny transformers of the same classes; see bench/step_models.py):
     python bench/train_step.py --tiny --device cpu [--model ...]
@@ -50,8 +50,6 @@ p.add_argument("--optimizer", default="adamw", help="optimizer key (adamw, adamw
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
 a = p.parse_args()
-if a.tread and a.model == "qwen":
-    p.error("--tread: TREAD routing is built for FLUX.1 and FLUX.2")
 
 import diffusers, peft, transformers  # noqa: E402
 
@@ -191,7 +189,7 @@ if a.compile:
 if a.tread:  # as Job.build_trainer: the routing hooks after the adapters
     from glancetune.train import tread
 
-    n = len(transformer.transformer_blocks) + len(transformer.single_transformer_blocks)
+    n = family.tread_blocks_count(transformer.config)
     tread.install(transformer, family, {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
                                                      "end_layer_idx": -2 if n > 3 else -1}]})
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
