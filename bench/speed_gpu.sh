@@ -9,7 +9,8 @@
 #   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
 #                                    blocks 2..-2 (~5 min)
 #   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
-#                                    caches warm (a second process): compile cost and pay-off (~5 min)
+#                                    caches warm (a second process): compile cost and pay-off; then compile with
+#                                    TREAD 0.5 (~6 min)
 set -u
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
@@ -33,8 +34,9 @@ case "${1:-train}" in
     # PHASES=2: both adapters interleaved as a glance job (does switching the adapter recompile?)
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
     rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-    for run in nocompile compile-cold compile-warm; do
+    for run in nocompile compile-cold compile-warm compile-tread; do
       flag=--compile; [ $run = nocompile ] && flag=
+      [ $run = compile-tread ] && flag="--compile --tread 0.5"
       echo "{\"run\": \"$run\"}"
       timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag 2>&1 |
         grep --line-buffered '^{'

@@ -68,9 +68,6 @@ class Plan:
 
         self.tread_routes = parse_routes(cfg.tread_config, self.family.tread_blocks_count(
             self.info.transformer_config), self.family.name)
-        if self.tread_routes and cfg.compile_transformer:
-            raise GlanceError("tread_config: not with compile_transformer yet (the routing hooks are untested under "
-                              "torch.compile); remove one of them")
         self.data = load_job_plan(load_backends(cfg.data_backend_config), self.family.alignment(self.info),
                                   cfg.seed, edit=self.family.needs_control_image)
         self.samples = self.data.samples
