@@ -65,10 +65,11 @@ case "${SET:-quant}" in
     run qwen-nf4 100 $step --model qwen --precision nf4-bnb
     run flux2dev-nf4 130 $step --model flux2-dev --precision nf4-bnb
     ;;
-  nf4split)  # FLUX.2-dev nf4: what the 10.5 GiB above the weights is (resident_gib: weights + LoRA + optimizer
-    # states after warm-up), with the 8-bit AdamW, and klein-9B's nf4 step
-    run flux2dev-nf4-adamw8bit 130 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit
-    run flux2dev-nf4 130 $step --model flux2-dev --precision nf4-bnb
+  nf4split)  # FLUX.2-dev nf4 (27.36 GiB in session 11): what the 10.5 GiB above the weights is (resident_gib:
+    # weights + LoRA + optimizer states after warm-up) with the 8-bit AdamW, then also TREAD 0.5 over blocks 2..-2
+    # (half the image tokens' activations in 52 of 56 blocks): the candidate for <= 24 GiB; klein-9B's nf4 step
+    run flux2dev-nf4-adamw8bit 140 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit
+    run flux2dev-nf4-adamw8bit-tread 140 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit --tread 0.5
     run klein9b-nf4 90 $step --model flux2-klein-9b --precision nf4-bnb
     ;;
 esac
