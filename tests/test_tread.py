@@ -264,6 +264,15 @@ def test_routes_under_regional_compile_train_the_same(tiny_flux, tmp_path):
     assert diff < 1e-5
 
 
+def test_dry_run_names_the_routed_blocks(tiny_flux, tmp_path, capsys):
+    route = {"routes": [{"selection_ratio": 0.25, "start_layer_idx": 0, "end_layer_idx": -2},
+                        {"selection_ratio": 0.5, "start_layer_idx": -1, "end_layer_idx": -1}]}
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, tread_config=route)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert ("TREAD (training steps only): 25% of the image tokens around blocks 0-0 of 0-1; 50% of the image "
+            "tokens around blocks 1-1 of 0-1") in capsys.readouterr().out
+
+
 def test_tread_elsewhere_is_one_line(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path / "sd3", "tiny:sd3", steps=1, model_family="sd3", tread_config=ROUTE)
     err = run_err(capsys, ["glance", "--config", str(cfg)])

@@ -161,6 +161,11 @@ class Plan:
                  f"base weights: {self.cfg.base_model_precision} (mixed precision {self.cfg.mixed_precision})",
                  f"LoRA rank {self.cfg.lora_rank} alpha {self.cfg.alpha:g} on {len(self.targets)} module types "
                  f"({self.targets_source}): {', '.join(self.targets)}"]
+        if self.tread_routes:
+            n = self.family.tread_blocks_count(self.info.transformer_config)
+            lines.append("TREAD (training steps only): " + "; ".join(
+                f"{r.ratio:.0%} of the image tokens around blocks {r.start}-{r.end} of 0-{n - 1}"
+                for r in self.tread_routes))
         for ph in self.phases:
             lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
         from .encode import sample_caches
