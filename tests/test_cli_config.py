@@ -145,22 +145,26 @@ def test_help_names_accepted_defaults(capsys):
     assert "optimizer (adamw | adamw_bf16 | adamw8bit | prodigy; default 'adamw')" in out
 
 
-def test_cuda_allocator_default_is_set_unless_the_user_chose(monkeypatch, capsys):
+def test_torch_defaults_are_set_unless_the_user_chose(monkeypatch, capsys, tmp_path):
     """expandable segments (measured: same allocated memory, 4.7 GiB less reserved) unless either of torch's
-    variables is already set."""
+    variables is already set; inductor's cache under GLANCETUNE_HOME unless TORCHINDUCTOR_CACHE_DIR is set."""
     import os
 
     from glancetune.cli import main
     from glancetune.process import ALLOC_CONF
 
     argv = ["schedule", "--model", "nobody/not-a-model"]
-    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "TORCHINDUCTOR_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLANCETUNE_HOME", str(tmp_path / "home"))
     main(argv)
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ALLOC_CONF == "expandable_segments:True"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "home" / "inductor")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     main(argv)
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "garbage_collection_threshold:0.8")
     main(argv)

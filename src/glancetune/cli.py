@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .errors import GlanceError
-from .process import allocator_default, quiet_libraries, setup_logging
+from .process import torch_defaults, quiet_libraries, setup_logging
 from .schedule import LADDER_STEPS
 
 ASSETS = Path(__file__).parent / "assets"
@@ -333,7 +333,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    allocator_default()
+    torch_defaults()
     try:
         quiet_libraries()
         setup_logging()

@@ -10,10 +10,16 @@ import sys
 ALLOC_CONF = "expandable_segments:True"
 
 
-def allocator_default() -> None:
-    """Set before torch touches CUDA; a value the user set (either of torch's two names) is kept."""
+def torch_defaults() -> None:
+    """Set before torch touches CUDA; a value the user set is kept. The allocator (either of torch's two names);
+    inductor's on-disk cache (`compile_transformer`) under glancetune's cache folder instead of /tmp, where a reboot
+    or a container restart loses it: on the H200 a warm cache cut regional compile from 54 s to 7.5 s."""
     if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        from .tiny import cache_root
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
 
 
 def quiet_libraries() -> None:
