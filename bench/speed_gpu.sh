@@ -8,6 +8,7 @@
 #                                    with and without the text encoders (bench/load_speed.py) (~4 min)
 #   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
 #                                    blocks 2..-2 (~5 min)
+#   bash bench/speed_gpu.sh fp8      our step gc on: bf16 vs torchao float8 matmuls, eager and compiled (~6 min)
 #   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
 #                                    caches warm (a second process): compile cost and pay-off; then compile with
 #                                    TREAD 0.5 (~6 min)
@@ -27,6 +28,12 @@ case "${1:-train}" in
         timeout 150 python3 bench/train_step.py --model $m --gc 1 --steps 6 --warmup 2 --tread $t 2>&1 |
           grep --line-buffered '^{'
       done
+    done
+    ;;
+  fp8)  # torchao float8 training matmuls on the frozen base (bench/train_step.py --fp8): its backward also computes
+    # the (unused) weight gradient, so measure before building; eager and with regional compile (casts fused), gc on
+    for flags in "" "--fp8" "--compile" "--compile --fp8"; do
+      timeout 140 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 $flags 2>&1 | grep --line-buffered '^{'
     done
     ;;
   compile)  # is regional compile worth a default? its cost cold, then with inductor's on-disk caches warm (a second

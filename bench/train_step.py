@@ -12,7 +12,7 @@ torch.cuda.synchronize(). Prints one JSON line (last line of output).
 
 Usage on the GPU machine (PYTHONPATH must hold diffusers and `src`):
     python3 bench/train_step.py [--model flux1|qwen|flux2-klein-9b|flux2-dev] --gc 1|0 [--steps 8] [--warmup 3]
-        [--phases 1|2] [--precision int8-quanto|nf4-bnb] [--group-offload] [--compile] [--tread 0.5]
+        [--phases 1|2] [--precision int8-quanto|nf4-bnb] [--group-offload] [--compile] [--fp8] [--tread 0.5]
 peak_train_gib is the timed steps' peak; peak_warmup_gib also holds the build (the bf16 weights before quantizing).
 Locally, on the CPU, to check the logic (tiny transformers of the same classes; see bench/step_models.py):
     python bench/train_step.py --tiny --device cpu [--model ...]
@@ -44,6 +44,8 @@ p.add_argument("--phases", type=int, choices=(1, 2), default=1, help="2: slow an
 p.add_argument("--group-offload", action="store_true", help="variant: enable_group_offload (block_level, one "
                "block per group, no stream), applied after quantizing and before the adapters, as the job does")
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
+p.add_argument("--fp8", action="store_true", help="variant: torchao float8 training matmuls for the frozen base "
+               "linears (convert_to_float8_training before the adapters; dynamic scaling): measure before building")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
                "2..-2 (0: off)")
 p.add_argument("--optimizer", default="adamw", help="optimizer key (adamw, adamw8bit, ...)")
@@ -139,6 +141,12 @@ if a.group_offload:  # Job.load_transformer: quantized, then diffusers' hooks ke
     if cuda:
         torch.cuda.empty_cache()
         print(f"after group offload: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated", flush=True)
+if a.fp8:  # every base nn.Linear whose sizes fp8 matmuls take becomes a torchao Float8Linear; LoRA wraps it
+    from torchao.float8 import convert_to_float8_training
+
+    convert_to_float8_training(transformer, module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                               and m.in_features % 16 == 0 and m.out_features % 16 == 0)
+    print(f"fp8 linears: {sum(type(m).__name__ == 'Float8Linear' for m in transformer.modules())}", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
     transformer.enable_gradient_checkpointing()
@@ -211,6 +219,7 @@ losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread,
+           fp8=a.fp8,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),
