@@ -67,10 +67,12 @@ case "${SET:-quant}" in
     ;;
   nf4split)  # FLUX.2-dev nf4 (27.36 GiB in session 11): what the 10.5 GiB above the weights is (resident_gib:
     # weights + LoRA + optimizer states after warm-up) with the 8-bit AdamW, then also TREAD 0.5 over blocks 2..-2
-    # (half the image tokens' activations in 52 of 56 blocks): the candidate for <= 24 GiB; klein-9B's nf4 step
+    # (half the image tokens' activations in 52 of 56 blocks), then gradient_checkpointing_backend unsloth instead
+    # (the 56 block inputs, ~3.2 GB at 4608 tokens x 6144, in pinned CPU memory): the candidates for <= 24 GiB
     run flux2dev-nf4-adamw8bit 140 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit
     run flux2dev-nf4-adamw8bit-tread 140 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit --tread 0.5
-    run klein9b-nf4 90 $step --model flux2-klein-9b --precision nf4-bnb
+    run flux2dev-nf4-adamw8bit-unsloth 140 $step --model flux2-dev --precision nf4-bnb --optimizer adamw8bit \
+      --gc-backend unsloth
     ;;
 esac
 echo "{\"memory_models_s\": $SECONDS}"

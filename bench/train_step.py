@@ -32,6 +32,8 @@ p.add_argument("--model", default="flux1", choices=("flux1", "qwen", "flux2-klei
 p.add_argument("--lora-target", default=None, help="LoRA target preset (all | attention | mlp | tiny); default: "
                "FLUX.1 the anchor's 14 modules, other models the family default")
 p.add_argument("--gc", type=int, default=1, help="gradient checkpointing on (1) or off (0)")
+p.add_argument("--gc-backend", default="torch", choices=("torch", "unsloth"),
+               help="gradient_checkpointing_backend (unsloth: the block inputs wait in pinned CPU memory)")
 p.add_argument("--steps", type=int, default=8, help="timed steps")
 p.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
 p.add_argument("--res", type=int, default=1024)
@@ -149,7 +151,9 @@ if a.fp8:  # every base nn.Linear whose sizes fp8 matmuls take becomes a torchao
     print(f"fp8 linears: {sum(type(m).__name__ == 'Float8Linear' for m in transformer.modules())}", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
-    transformer.enable_gradient_checkpointing()
+    from glancetune.train.memory import enable_checkpointing  # noqa: E402
+
+    enable_checkpointing(transformer, a.gc_backend, dev)
 params = add_lora(transformer, "slow", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
                   targets=targets, seed=0)
 if a.group_offload:  # as Job.build_trainer: adapters of offloaded blocks are made on the CPU; they live on the device
@@ -219,7 +223,7 @@ losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread,
-           fp8=a.fp8,
+           fp8=a.fp8, gc_backend=a.gc_backend,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),

@@ -326,3 +326,34 @@ def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
     with torch.no_grad():
         encoder(input_ids=torch.randint(20, 200, (1, 12)), attention_mask=torch.ones(1, 12, dtype=torch.long))
     assert not missing, f"ran with offloaded weights: {sorted(set(missing))}"
+
+
+def test_checkpointing_backend_unsloth_holds_the_block_inputs_in_cpu_memory(plain, tiny_flux, tmp_path, monkeypatch):
+    """`gradient_checkpointing_backend: unsloth`: every checkpointed block's inputs go through torch's save_on_cpu
+    hooks (packed to CPU, unpacked for the recomputation) and the run writes the gradient-checkpointed run's bytes."""
+    packed, unpacked = [], []
+    real = torch.autograd.graph.save_on_cpu
+
+    class Spy(real):
+        def __init__(self, pin_memory=False, device_type="cuda"):
+            super().__init__(pin_memory, device_type)
+            pack, unpack = self.pack_hook, self.unpack_hook
+            self.pack_hook = lambda t: (packed.append(tuple(t.shape)), pack(t))[1]
+            self.unpack_hook = lambda p: (unpacked.append(1), unpack(p))[1]
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", Spy)
+    root = run(tmp_path, tiny_flux, "unsloth", gradient_checkpointing_backend="unsloth")
+    assert lora_bytes(root / "output") == lora_bytes(plain / "output")
+    image = [s for s in packed if len(s) == 3 and s[1] == (128 // 16) ** 2]  # hidden states of the 64 image tokens
+    assert len(image) >= 2 * 3 * 2 and unpacked  # 2 blocks x 3 steps x 2 phases, each brought back for backward
+
+
+def test_checkpointing_backend_needs_checkpointing(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, gradient_checkpointing_backend="unsloth")
+    assert run_err(capsys, ["glance", "--config", str(cfg)]) == (
+        "error: gradient_checkpointing_backend: unsloth acts on what gradient checkpointing keeps; set "
+        "gradient_checkpointing true, or remove the key")
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, gradient_checkpointing=True,
+                        gradient_checkpointing_backend="unsloth")
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "the block inputs gradient checkpointing keeps wait in CPU memory" in capsys.readouterr().out

@@ -1,5 +1,5 @@
 """The memory keys of the config (SimpleTuner's names): quantized weights, dtypes, diffusers' group offloading, VAE
-tiling and slicing. A pydantic base class of `config.TrainConfig`, kept apart like the validation keys;
+tiling and slicing, where gradient checkpointing keeps the block inputs. A pydantic base class of `config.TrainConfig`, kept apart like the validation keys;
 `train/quantize.py` and `train/memory.py` act on them. PLACEMENT_KEYS say where weights live, not what they are:
 they may differ between a checkpoint and the run resuming it.
 """
@@ -14,7 +14,7 @@ from .train.quantize import PRECISIONS
 PLACEMENT_KEYS = frozenset({
     "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
     "group_offload_to_disk_path", "group_offload_text_encoder", "group_offload_vae", "offload_during_startup",
-    "vae_enable_slicing"})
+    "vae_enable_slicing", "gradient_checkpointing_backend"})
 
 
 class MemoryKeys(BaseModel):
@@ -46,3 +46,6 @@ class MemoryKeys(BaseModel):
                                          "while it encodes (the text encoders leave before the VAE arrives)")
     vae_enable_tiling: bool = Field(False, description="VAE encode/decode in tiles (large images in less memory)")
     vae_enable_slicing: bool = Field(False, description="VAE batch one image at a time")
+    gradient_checkpointing_backend: Literal["torch", "unsloth"] = Field(
+        "torch", description="with gradient_checkpointing: torch keeps each block's input on the device; unsloth "
+        "holds them in (pinned) CPU memory and brings each back for its block's recomputation")

@@ -25,7 +25,7 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
-from .memory import OFFLOAD_TRAINING, group_offload, peak_memory
+from .memory import OFFLOAD_TRAINING, enable_checkpointing, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
 
@@ -143,7 +143,7 @@ class Job(Plan, PhaseFiles):
             log.warning(INT4_TRAINING)
         transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            enable_checkpointing(transformer, cfg.gradient_checkpointing_backend, self.rt.device)
         gc.collect()
         return pipe, transformer
 

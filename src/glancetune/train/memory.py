@@ -62,6 +62,9 @@ def check(cfg, family, device, compute_dtype) -> None:
     if cfg.base_model_default_dtype == "bf16" and compute_dtype != torch.bfloat16:
         raise GlanceError("base_model_default_dtype: bf16 weights need mixed_precision bf16 (this run computes in "
                           f"{str(compute_dtype).removeprefix('torch.')} on {device.type}); use fp32 or leave it unset")
+    if cfg.gradient_checkpointing_backend != "torch" and not cfg.gradient_checkpointing:
+        raise GlanceError(f"gradient_checkpointing_backend: {cfg.gradient_checkpointing_backend} acts on what "
+                          "gradient checkpointing keeps; set gradient_checkpointing true, or remove the key")
     offloading = cfg.enable_group_offload or cfg.group_offload_text_encoder or cfg.group_offload_vae
     if offloading and cfg.group_offload_use_stream and device.type != "cuda":
         raise GlanceError(f"group_offload_use_stream: needs a CUDA device (this run is on {device.type})")
@@ -79,6 +82,25 @@ def check(cfg, family, device, compute_dtype) -> None:
     if why:
         raise GlanceError(f"enable_group_offload: {why}; for training use group_offload_type block_level, no "
                           "stream, no disk path, gradient_checkpointing true (the encoders may use any form)")
+
+
+def enable_checkpointing(transformer, backend: str, device) -> None:
+    """diffusers' gradient checkpointing of the transformer's blocks. `unsloth` (SimpleTuner's name): the same
+    non-reentrant torch checkpoint inside torch's `save_on_cpu`, so the one tensor set per block that checkpointing
+    keeps (the block's inputs, saved outside the recomputed region) waits in pinned CPU memory instead of on the
+    device, and comes back for the block's recomputation; what runs inside a block is unchanged."""
+    if backend == "torch":
+        transformer.enable_gradient_checkpointing()
+        return
+    import torch
+
+    pin = device.type == "cuda"
+
+    def offloaded(block, *args, **kwargs):
+        with torch.autograd.graph.save_on_cpu(pin_memory=pin):
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, **kwargs)
+
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded)
 
 
 def check_offload_base(precision: str) -> None:
@@ -278,7 +300,9 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
     return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
-            "no text encoder or VAE loaded",
+            "no text encoder or VAE loaded" + ("; the block inputs gradient checkpointing keeps wait in CPU memory "
+                                               "(gradient_checkpointing_backend unsloth)"
+                                               if cfg.gradient_checkpointing_backend == "unsloth" else ""),
             f"  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
 
 
