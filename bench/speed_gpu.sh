@@ -8,6 +8,7 @@
 #                                    with and without the text encoders (bench/load_speed.py) (~4 min)
 #   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
 #                                    blocks 2..-2 (~5 min)
+#   bash bench/speed_gpu.sh gc       our step: gc off / every block / interval 2, 4 / unsloth backend (~4 min)
 #   bash bench/speed_gpu.sh fp8      our step gc on: bf16 vs torchao float8 matmuls, eager and compiled (~6 min)
 #   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
 #                                    caches warm (a second process): compile cost and pay-off; then compile with
@@ -28,6 +29,13 @@ case "${1:-train}" in
         timeout 150 python3 bench/train_step.py --model $m --gc 1 --steps 6 --warmup 2 --tread $t 2>&1 |
           grep --line-buffered '^{'
       done
+    done
+    ;;
+  gc)  # the memory/speed curve of gradient checkpointing: off, every block, every 2nd / 4th block
+    # (gradient_checkpointing_interval), every block with its inputs in CPU memory (gradient_checkpointing_backend
+    # unsloth); FLUX.1-dev full size
+    for flags in "--gc 0" "--gc 1" "--gc 1 --gc-interval 2" "--gc 1 --gc-interval 4" "--gc 1 --gc-backend unsloth"; do
+      timeout 100 python3 bench/train_step.py --steps 6 --warmup 2 $flags 2>&1 | grep --line-buffered '^{'
     done
     ;;
   fp8)  # torchao float8 training matmuls on the frozen base (bench/train_step.py --fp8): its backward also computes

@@ -32,6 +32,7 @@ p.add_argument("--model", default="flux1", choices=("flux1", "qwen", "flux2-klei
 p.add_argument("--lora-target", default=None, help="LoRA target preset (all | attention | mlp | tiny); default: "
                "FLUX.1 the anchor's 14 modules, other models the family default")
 p.add_argument("--gc", type=int, default=1, help="gradient checkpointing on (1) or off (0)")
+p.add_argument("--gc-interval", type=int, default=None, help="gradient_checkpointing_interval (every n-th block)")
 p.add_argument("--gc-backend", default="torch", choices=("torch", "unsloth"),
                help="gradient_checkpointing_backend (unsloth: the block inputs wait in pinned CPU memory)")
 p.add_argument("--steps", type=int, default=8, help="timed steps")
@@ -153,7 +154,7 @@ transformer.requires_grad_(False)
 if a.gc:
     from glancetune.train.memory import enable_checkpointing  # noqa: E402
 
-    enable_checkpointing(transformer, a.gc_backend, dev)
+    enable_checkpointing(transformer, a.gc_backend, dev, a.gc_interval)
 params = add_lora(transformer, "slow", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
                   targets=targets, seed=0)
 if a.group_offload:  # as Job.build_trainer: adapters of offloaded blocks are made on the CPU; they live on the device
@@ -223,7 +224,7 @@ losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread,
-           fp8=a.fp8, gc_backend=a.gc_backend,
+           fp8=a.fp8, gc_backend=a.gc_backend, gc_interval=a.gc_interval,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),
            min_s_per_step=round(min(per_step), 4), max_s_per_step=round(max(per_step), 4),

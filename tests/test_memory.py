@@ -356,4 +356,25 @@ def test_checkpointing_backend_needs_checkpointing(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=1, gradient_checkpointing=True,
                         gradient_checkpointing_backend="unsloth")
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
-    assert "the block inputs gradient checkpointing keeps wait in CPU memory" in capsys.readouterr().out
+    assert ("gradient checkpointing of every block, their inputs waiting in CPU memory (gradient_checkpointing_backend "
+            "unsloth)") in capsys.readouterr().out
+
+
+def test_checkpointing_interval_checkpoints_every_nth_block(plain, tiny_flux, tmp_path, monkeypatch, capsys):
+    """`gradient_checkpointing_interval: 2` on the tiny FLUX.1 (blocks 0 and 1): block 0 is checkpointed, block 1
+    runs plainly; the LoRA bytes are the every-block run's (checkpointing never changes the math)."""
+    import torch.utils.checkpoint as tc
+
+    seen, real = [], tc.checkpoint
+    monkeypatch.setattr(tc, "checkpoint", lambda fn, *a, **k: (seen.append(type(fn).__name__), real(fn, *a, **k))[1])
+    root = run(tmp_path, tiny_flux, "every-2nd", gradient_checkpointing_interval=2)
+    assert lora_bytes(root / "output") == lora_bytes(plain / "output")
+    assert set(seen) == {"FluxTransformerBlock"} and len(seen) >= 3 * 2  # 3 steps x 2 phases, the double block only
+    cfg = write_configs(tmp_path / "x", tiny_flux, steps=1, gradient_checkpointing_interval=2)
+    assert run_err(capsys, ["glance", "--config", str(cfg)]) == (
+        "error: gradient_checkpointing_interval: acts on gradient checkpointing; set gradient_checkpointing true, "
+        "or remove the key")
+    cfg = write_configs(tmp_path / "y", tiny_flux, steps=1, gradient_checkpointing=True,
+                        gradient_checkpointing_interval=2)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    assert "gradient checkpointing of one block in 2 (0, 2, 4, ...; the others keep their activations)" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from .train.quantize import PRECISIONS
 PLACEMENT_KEYS = frozenset({
     "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",
     "group_offload_to_disk_path", "group_offload_text_encoder", "group_offload_vae", "offload_during_startup",
-    "vae_enable_slicing", "gradient_checkpointing_backend"})
+    "vae_enable_slicing", "gradient_checkpointing_backend", "gradient_checkpointing_interval"})
 
 
 class MemoryKeys(BaseModel):
@@ -49,3 +49,6 @@ class MemoryKeys(BaseModel):
     gradient_checkpointing_backend: Literal["torch", "unsloth"] = Field(
         "torch", description="with gradient_checkpointing: torch keeps each block's input on the device; unsloth "
         "holds them in (pinned) CPU memory and brings each back for its block's recomputation")
+    gradient_checkpointing_interval: int | None = Field(
+        None, ge=1, description="with gradient_checkpointing: checkpoint only every n-th block (1 = every block); "
+        "the others keep their activations (faster, more memory)")

@@ -143,7 +143,8 @@ class Job(Plan, PhaseFiles):
             log.warning(INT4_TRAINING)
         transformer.requires_grad_(False)
         if cfg.gradient_checkpointing:
-            enable_checkpointing(transformer, cfg.gradient_checkpointing_backend, self.rt.device)
+            enable_checkpointing(transformer, cfg.gradient_checkpointing_backend, self.rt.device,
+                                 cfg.gradient_checkpointing_interval)
         gc.collect()
         return pipe, transformer
 

@@ -65,6 +65,9 @@ def check(cfg, family, device, compute_dtype) -> None:
     if cfg.gradient_checkpointing_backend != "torch" and not cfg.gradient_checkpointing:
         raise GlanceError(f"gradient_checkpointing_backend: {cfg.gradient_checkpointing_backend} acts on what "
                           "gradient checkpointing keeps; set gradient_checkpointing true, or remove the key")
+    if cfg.gradient_checkpointing_interval and not cfg.gradient_checkpointing:
+        raise GlanceError("gradient_checkpointing_interval: acts on gradient checkpointing; set "
+                          "gradient_checkpointing true, or remove the key")
     offloading = cfg.enable_group_offload or cfg.group_offload_text_encoder or cfg.group_offload_vae
     if offloading and cfg.group_offload_use_stream and device.type != "cuda":
         raise GlanceError(f"group_offload_use_stream: needs a CUDA device (this run is on {device.type})")
@@ -84,23 +87,32 @@ def check(cfg, family, device, compute_dtype) -> None:
                           "stream, no disk path, gradient_checkpointing true (the encoders may use any form)")
 
 
-def enable_checkpointing(transformer, backend: str, device) -> None:
-    """diffusers' gradient checkpointing of the transformer's blocks. `unsloth` (SimpleTuner's name): the same
-    non-reentrant torch checkpoint inside torch's `save_on_cpu`, so the one tensor set per block that checkpointing
-    keeps (the block's inputs, saved outside the recomputed region) waits in pinned CPU memory instead of on the
-    device, and comes back for the block's recomputation; what runs inside a block is unchanged."""
-    if backend == "torch":
-        transformer.enable_gradient_checkpointing()
-        return
+def enable_checkpointing(transformer, backend: str, device, interval: int | None = None) -> None:
+    """diffusers' gradient checkpointing of the transformer's blocks, through its `gradient_checkpointing_func`.
+    `interval` n (SimpleTuner's gradient_checkpointing_interval): only blocks 0, n, 2n, ... (in the order of the
+    transformer's block lists) are checkpointed; the others run plainly and keep their activations.
+    `backend` unsloth (SimpleTuner's name): the same non-reentrant torch checkpoint inside torch's `save_on_cpu`,
+    so the one tensor set per block that checkpointing keeps (the block's inputs, saved outside the recomputed
+    region) waits in pinned CPU memory instead of on the device and comes back for the block's recomputation;
+    what runs inside a block is unchanged."""
     import torch
 
+    if backend == "torch" and (interval or 1) == 1:
+        transformer.enable_gradient_checkpointing()
+        return
+    order = {id(block): i for i, block in enumerate(
+        b for _, blocks in transformer.named_children() if isinstance(blocks, torch.nn.ModuleList) for b in blocks)}
     pin = device.type == "cuda"
 
-    def offloaded(block, *args, **kwargs):
+    def checkpointed(block, *args, **kwargs):
+        if order.get(id(block), 0) % (interval or 1):
+            return block(*args, **kwargs)
+        if backend == "torch":
+            return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, **kwargs)
         with torch.autograd.graph.save_on_cpu(pin_memory=pin):
             return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False, **kwargs)
 
-    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=offloaded)
+    transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
 
 
 def check_offload_base(precision: str) -> None:
@@ -300,10 +312,18 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
     return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
-            "no text encoder or VAE loaded" + ("; the block inputs gradient checkpointing keeps wait in CPU memory "
-                                               "(gradient_checkpointing_backend unsloth)"
-                                               if cfg.gradient_checkpointing_backend == "unsloth" else ""),
+            "no text encoder or VAE loaded" + checkpoint_note(cfg),
             f"  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
+
+
+def checkpoint_note(cfg) -> str:
+    if not cfg.gradient_checkpointing:
+        return ""
+    n = cfg.gradient_checkpointing_interval or 1
+    which = "every block" if n == 1 else f"one block in {n} (0, {n}, {2 * n}, ...; the others keep their activations)"
+    where = (", their inputs waiting in CPU memory (gradient_checkpointing_backend unsloth)"
+             if cfg.gradient_checkpointing_backend == "unsloth" else "")
+    return f"; gradient checkpointing of {which}{where}"
 
 
 def device_total(device) -> int | None:
