@@ -9,7 +9,6 @@ ladder, guidance and training alpha.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path

@@ -103,7 +103,7 @@ def _latent_batches(samples, todo: list[int], size: int) -> list[list[int]]:
 def encode(job, device, dtype) -> tuple[list[tuple[dict, dict]], int]:
     """Per sample (text kwargs, {"x0", image kwargs}) on the CPU, from the caches; returns them and the number
     of entries computed. `job`: family, info, samples, cfg, components, max_sequence_length."""
-    samples, fam = job.samples, job.family
+    samples = job.samples
     caches = sample_caches(job.cfg, samples)
     keys = cache_keys(job.info, samples, dtype, job.max_sequence_length, job.cfg)
     found = [[tc.get(tk), vc.get(ik)] for (tk, _, ik, _), (tc, vc) in zip(keys, caches)]

@@ -309,11 +309,11 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
     tbits = BITS[tp] or (32 if cfg.base_model_default_dtype == "fp32" else compute_bits)
     on_device = {"encode": max(text_bytes, vae_bytes) if cfg.offload_during_startup else text_bytes + vae_bytes,
                  "train": 0 if cfg.enable_group_offload else (transformer_params or 0) * tbits / 8}
-    return [f"memory plan (weights only; activations, LoRA and optimizer states come on top):",
+    return ["memory plan (weights only; activations, LoRA and optimizer states come on top):",
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
             "no text encoder or VAE loaded" + checkpoint_note(cfg),
-            f"  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
+            "  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
 
 
 def checkpoint_note(cfg) -> str:
