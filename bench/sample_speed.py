@@ -1,7 +1,8 @@
 """Sampling speed of glancetune (issue 12) against the naive diffusers anchor, in one process call each:
 
   warm   one GlanceSampler, 10-step images at the trained size: unfused adapters (default) vs `lora_mode fused`
-         (1 warm-up + N timed images each, synchronised), and the max pixel difference between the two;
+         vs unfused with the transformer's blocks compiled (compile_repeated_blocks; its first images timed apart)
+         (1 warm-up + N timed images each, synchronised), and the max pixel difference of each to unfused;
   cold   `glancetune generate` as a whole process, twice with the same prompt: the first fills the prompt cache
          (text encoders loaded), the second finds it (no text encoder loaded); and the naive anchor
          (bench/naive_generate.py: one pipeline, two adapters, adapter switched in a callback) as a process.
@@ -39,8 +40,14 @@ def warm() -> dict:
     s = GlanceSampler.from_spec(resolve_spec(run=a.run), device=a.device)
     out = {}
     images = {}
-    for mode in ("unfused", "fused"):
-        s.lora_mode = mode
+    for mode in ("unfused", "fused", "compiled"):
+        s.lora_mode = "fused" if mode == "fused" else "unfused"
+        if mode == "compiled":  # measure before building: regional compile of the inference transformer
+            t = time.perf_counter()
+            s.pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            s([PROMPT], seed=0, output_type="np")  # compiles (one graph per adapter)
+            sync()
+            out["compile_first_images_s"] = round(time.perf_counter() - t, 2)
         images[mode] = s([PROMPT], seed=0, output_type="np")[0]  # warm-up (and the image compared)
         times = []
         for k in range(a.images):
@@ -52,6 +59,8 @@ def warm() -> dict:
         out[f"warm_{mode}_s"] = round(float(np.median(times)), 3)
     out["fused_vs_unfused"] = round(out["warm_fused_s"] / out["warm_unfused_s"], 3)
     out["fused_max_pixel_diff_255"] = round(float(np.abs(images["fused"] - images["unfused"]).max() * 255), 2)
+    out["compiled_vs_unfused"] = round(out["warm_compiled_s"] / out["warm_unfused_s"], 3)
+    out["compiled_max_pixel_diff_255"] = round(float(np.abs(images["compiled"] - images["unfused"]).max() * 255), 2)
     if cuda:
         out["warm_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del s
