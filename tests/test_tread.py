@@ -42,13 +42,7 @@ def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
     """Every token kept, but through the whole gather / rotary rows / scatter path: the same bytes."""
     from glancetune.train import tread
 
-    draw = tread.Tread._draw
-
-    def keep_all(self, module, args, kwargs):
-        draw(self, module, args, kwargs)
-        self.keep = {r: torch.arange(kwargs["hidden_states"].shape[1]) for r in self.keep}
-
-    monkeypatch.setattr(tread.Tread, "_draw", keep_all)
+    monkeypatch.setattr(tread.Tread, "ids", lambda self, r, n, device: torch.arange(n, device=device))
     assert lora_bytes(run(tmp_path, tiny_flux, tread_config=ROUTE)) == lora_bytes(plain)
 
 
@@ -130,10 +124,12 @@ def test_bad_routes_are_one_line(tiny_flux, tmp_path, capsys, value, expected):
     assert not (tmp_path / "output").exists()
 
 
-@pytest.mark.parametrize("model,family", [("tiny:flux2-klein", "flux2"), ("tiny:qwen_image", "qwen_image")])
+@pytest.mark.parametrize("model,family", [("tiny:flux2-klein", "flux2"), ("tiny:qwen_image", "qwen_image"),
+                                          ("tiny:sd3", "sd3")])
 def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, monkeypatch, model, family):
     """FLUX.2 klein: a joint double block, then single blocks taking one [text | image] sequence; Qwen-Image: joint
-    blocks whose rotary embedding is (image rows, text rows) and whose attention mask is built per block. A route
+    blocks whose rotary embedding is (image rows, text rows) and whose attention mask is built per block; SD3:
+    joint blocks without a rotary embedding, the last returning no text. A route
     keeping every token through the gather / rotary rows / scatter path gives the plain bytes, with and without
     gradient checkpointing; a real route over blocks 0..-2 hands its blocks half the image tokens (the text whole),
     leaves the last block whole, and trains to other bytes."""
@@ -147,14 +143,8 @@ def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, mon
 
     plain = routed_run("plain")
     window = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -2}]}
-    draw = tread.Tread._draw
-
-    def keep_all(self, module, args, kwargs):
-        draw(self, module, args, kwargs)
-        self.keep = {r: torch.arange(kwargs["hidden_states"].shape[1]) for r in self.keep}
-
     with monkeypatch.context() as m:
-        m.setattr(tread.Tread, "_draw", keep_all)
+        m.setattr(tread.Tread, "ids", lambda self, r, n, device: torch.arange(n, device=device))
         assert routed_run("all-kept", tread_config=window) == plain
         assert routed_run("all-kept-gc", tread_config=window, gradient_checkpointing=True) == routed_run(
             "plain-gc", gradient_checkpointing=True)
@@ -273,11 +263,13 @@ def test_dry_run_names_the_routed_blocks(tiny_flux, tmp_path, capsys):
             "tokens around blocks 1-1 of 0-1") in capsys.readouterr().out
 
 
-def test_tread_elsewhere_is_one_line(tiny_flux, tmp_path, capsys):
-    cfg = write_configs(tmp_path / "sd3", "tiny:sd3", steps=1, model_family="sd3", tread_config=ROUTE)
+def test_tread_elsewhere_is_one_line(tmp_path, capsys):
+    """The Qwen-Image Edit models: their control image's tokens follow the target's in hidden_states."""
+    cfg = write_configs(tmp_path / "edit", "tiny:qwen_image_edit", steps=1, tread_config=ROUTE,
+                        **{"--model_family": "qwen_image", "model_flavour": "edit-v1"})
     err = run_err(capsys, ["glance", "--config", str(cfg)])
-    assert err == ("error: tread_config: TREAD is built for FLUX.1, FLUX.2 and Qwen-Image so far, not for sd3; "
-                   "remove tread_config")
+    assert err == ("error: tread_config: TREAD is built for FLUX.1, FLUX.2, SD3 and Qwen-Image so far, not for "
+                   "qwen_image_edit; remove tread_config")
 
 
 def test_qwen_image_rotary_rows_follow_the_kept_tokens():

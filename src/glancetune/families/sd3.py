@@ -26,6 +26,14 @@ class SD3(Family):
 
     true_cfg = True
 
+    # TREAD: the joint blocks (image and text apart; the last one returns no text); positions are added to the
+    # tokens before the blocks, so there are no rotary rows to follow
+    def tread_blocks_count(self, transformer_config: dict) -> int | None:
+        return transformer_config["num_layers"]
+
+    def tread_blocks(self, transformer) -> list:
+        return list(transformer.transformer_blocks)
+
     def pipeline_class(self):
         from diffusers import StableDiffusion3Pipeline
 

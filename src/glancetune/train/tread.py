@@ -8,14 +8,15 @@ keys with **SimpleTuner's meaning**: `selection_ratio` is the fraction of image 
 the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md and its router, so a config copied
 from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
 the 19 double blocks, then the 38 single blocks; FLUX.2: its 8 double then 48 single blocks, klein-9B 8 + 24),
-both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2 and Qwen-Image (60 blocks; not its
-Edit models, whose control tokens share the image sequence).
+both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2, SD3 (its joint blocks, no rotary embedding)
+and Qwen-Image (60 blocks; not its Edit models, whose control tokens share the image sequence).
 
 How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
-draws each route's kept image tokens (sorted, the same for every sample of the batch) from the global torch RNG —
-the phase's forked stream, so a resumed run draws the same — only while gradients are enabled (eval losses,
-validation and sampling are unrouted). A pre-hook on the window's first block keeps the full sequence aside and
-passes the kept tokens on; every block of the window gets the rotary embedding rows of the text tokens and of the
+starts each forward (routing only while gradients are enabled: eval losses, validation and sampling are unrouted).
+A pre-hook on the window's first block draws the route's kept image tokens there, from the tokens it is given
+(sorted, the same for every sample of the batch; the global torch RNG, the phase's forked stream, so a resumed run
+draws the same; a checkpoint recomputation reuses the draw), keeps the full sequence aside and passes the kept
+tokens on; every block of the window gets the rotary embedding rows of the text tokens and of the
 kept image tokens (positions follow the tokens); a hook after the last block scatters the processed tokens back
 into the full sequence. Blocks come in two shapes and a window may span both: a joint block takes
 `hidden_states` (image) and `encoder_hidden_states` (text) apart and returns both (FLUX.1's double and single
@@ -70,8 +71,8 @@ def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
     if not value:
         return []
     if n_blocks is None:
-        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2 and Qwen-Image so far, not for {family}; "
-                          f"remove {KEY}")
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2, SD3 and Qwen-Image so far, not for "
+                          f"{family}; remove {KEY}")
     try:
         routes = check_structure(value)
     except ValueError as e:
@@ -104,9 +105,10 @@ class Tread:
 
     def __init__(self, routes: list[Route], blocks: list, rope_rows):
         self.routes, self.blocks, self.rope_rows = routes, blocks, rope_rows
-        self.keep: dict[Route, torch.Tensor | None] = {}
+        self.keep: dict[Route, torch.Tensor | None] = {}  # this forward's draws (None: the route keeps all)
         self.full: dict[Route, torch.Tensor] = {}  # the image tokens as the window received them
         self.txt = 0  # text tokens of this forward
+        self.routing = False
 
     def install(self, transformer) -> None:
         transformer.register_forward_pre_hook(self._draw, with_kwargs=True)
@@ -116,35 +118,41 @@ class Tread:
             self.blocks[r.end].register_forward_hook(self._leave(r), with_kwargs=True)
 
     def _draw(self, module, args, kwargs):
-        self.keep = {}
-        if not torch.is_grad_enabled():
-            return None
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        n, self.txt = hidden.shape[1], kwargs["encoder_hidden_states"].shape[1]
-        for r in self.routes:
-            keep = max(1, n - int(n * r.ratio))
-            self.keep[r] = None if keep == n else torch.randperm(n)[:keep].sort().values.to(hidden.device)
+        """A new forward of the transformer: no draws yet."""
+        self.keep, self.routing = {}, torch.is_grad_enabled()
+        self.txt = kwargs["encoder_hidden_states"].shape[1]
         return None
+
+    def ids(self, r: Route, n: int, device) -> torch.Tensor | None:
+        """The image tokens (of `n`) that route `r` keeps, sorted; None when it keeps them all."""
+        keep = max(1, n - int(n * r.ratio))
+        return None if keep == n else torch.randperm(n)[:keep].sort().values.to(device)
 
     def _enter(self, r: Route, first: bool):
         def hook(block, args, kwargs):
-            ids = self.keep.get(r)
-            if ids is None:
+            if not self.routing or (not first and self.keep.get(r) is None):
                 return None
             b = _bound(block, args, kwargs)
             joint = b.arguments.get("encoder_hidden_states") is not None
             if first:
                 hidden = b.arguments["hidden_states"]
-                self.full[r] = hidden if joint else hidden[:, self.txt:]
-                kept = self.full[r].index_select(1, ids)
+                image = hidden if joint else hidden[:, self.txt:]
+                if r not in self.keep:  # a checkpoint recomputation finds this forward's draw
+                    self.keep[r] = self.ids(r, image.shape[1], hidden.device)
+                if self.keep[r] is None:
+                    return None
+                self.full[r] = image
+                kept = image.index_select(1, self.keep[r])
                 b.arguments["hidden_states"] = kept if joint else torch.cat([hidden[:, :self.txt], kept], 1)
-            b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], self.txt, ids)
+            ids = self.keep[r]
+            if "image_rotary_emb" in b.arguments:  # SD3's blocks have none (positions are added before them)
+                b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], self.txt, ids)
             return b.args, b.kwargs
         return hook
 
     def _leave(self, r: Route):
         def hook(block, args, kwargs, output):
-            ids = self.keep.get(r)
+            ids = self.keep.get(r) if self.routing else None
             if ids is None:
                 return None
             if isinstance(output, tuple):  # joint: (encoder_hidden_states, hidden_states)
