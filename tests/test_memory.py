@@ -378,3 +378,17 @@ def test_checkpointing_interval_checkpoints_every_nth_block(plain, tiny_flux, tm
                         gradient_checkpointing_interval=2)
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
     assert "gradient checkpointing of one block in 2 (0, 2, 4, ...; the others keep their activations)" in capsys.readouterr().out
+
+
+def test_dry_run_notes_the_measured_slow_settings(tiny_flux, tmp_path, capsys):
+    from glancetune.train.memory import OFFLOAD_TRAINING
+    from glancetune.train.quantize import INT4_TRAINING
+
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_precision="int4-quanto")
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"  note: {INT4_TRAINING}" in out and OFFLOAD_TRAINING not in out
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, gradient_checkpointing=True, enable_group_offload=True)
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"  note: {OFFLOAD_TRAINING}" in out and INT4_TRAINING not in out

@@ -313,7 +313,15 @@ def memory_plan(plan, device, compute_bits: int, transformer_params: int | None)
             f"  encode (only on a cache miss; {order}; released before training): " + "; ".join(enc),
             f"  train: transformer {tp} ({_gib(transformer_params, tbits)}) {where(cfg.enable_group_offload)}; "
             "no text encoder or VAE loaded" + checkpoint_note(cfg),
-            "  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device))]
+            "  save: LoRA weights only (fp32)", *fit_lines(on_device, device_total(device)), *slow_notes(cfg)]
+
+
+def slow_notes(cfg) -> list[str]:
+    """The measured slow settings, said before a run (a CUDA run also logs them as warnings)."""
+    from .quantize import INT4_TRAINING
+
+    return [f"  note: {text}" for on, text in ((cfg.base_model_precision == "int4-quanto", INT4_TRAINING),
+                                               (cfg.enable_group_offload, OFFLOAD_TRAINING)) if on]
 
 
 def checkpoint_note(cfg) -> str:
