@@ -27,8 +27,9 @@ from .quantize import BITS, check_precision, library
 
 log = logging.getLogger(__name__)
 OFFLOAD_TRAINING = ("enable_group_offload: training through diffusers' offload hooks is slow (H200, full-size "
-                    "random models: Qwen-Image int8-torchao ~20-27 s/step against 1.9 without offload, FLUX.2-dev "
-                    "~30 s); a 4-bit base usually fits instead (Qwen-Image nf4-bnb: 17.6 GiB at 2.4 s/step)")
+                    "random models: Qwen-Image int8-torchao ~20-27 s/step, where int8-quanto without offload takes "
+                    "1.9; FLUX.2-dev ~30 s); a 4-bit base usually fits instead (Qwen-Image nf4-bnb: 17.6 GiB at "
+                    "2.4 s/step)")
 TEXT_ENCODER_KEYS = ("text_encoder_1_precision", "text_encoder_2_precision", "text_encoder_3_precision",
                      "text_encoder_4_precision")
 
