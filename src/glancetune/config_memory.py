@@ -1,6 +1,7 @@
 """The memory keys of the config (SimpleTuner's names): quantized weights, dtypes, diffusers' group offloading, VAE
-tiling and slicing, where gradient checkpointing keeps the block inputs. A pydantic base class of `config.TrainConfig`, kept apart like the validation keys;
-`train/quantize.py` and `train/memory.py` act on them. PLACEMENT_KEYS say where weights live, not what they are:
+tiling and slicing, which blocks gradient checkpointing covers and where it keeps their inputs. A pydantic base
+class of `config.TrainConfig`, kept apart like the validation keys; `train/quantize.py` and `train/memory.py` act
+on them. PLACEMENT_KEYS say where weights live, not what they are:
 they may differ between a checkpoint and the run resuming it.
 """
 from __future__ import annotations

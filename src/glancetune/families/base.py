@@ -247,7 +247,7 @@ class Family:
     def tread_blocks(self, transformer) -> list:
         """The transformer's blocks in execution order, each either joint (takes hidden_states and
         encoder_hidden_states, returns both) or concatenated (one [text | image] hidden_states with
-        encoder_hidden_states=None, returned as one tensor); each takes image_rotary_emb."""
+        encoder_hidden_states=None, returned as one tensor); each takes image_rotary_emb where the model has one."""
         raise NotImplementedError
 
     def tread_rope_rows(self, rope, text_tokens: int, keep: torch.Tensor):

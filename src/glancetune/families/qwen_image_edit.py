@@ -33,7 +33,7 @@ class QwenImageEdit(QwenImage):
     condition_area = 1024 * 1024
 
     def tread_blocks_count(self, transformer_config: dict) -> int | None:
-        return None  # the control image's tokens follow the target's in hidden_states (and Edit-2511 modulates per token)
+        return None  # the control image's tokens follow the target's in hidden_states; Edit-2511 modulates per token
 
     def pipeline_class(self):
         from diffusers import QwenImageEditPipeline

@@ -22,8 +22,8 @@ into the full sequence. Blocks come in two shapes and a window may span both: a 
 `hidden_states` (image) and `encoder_hidden_states` (text) apart and returns both (FLUX.1's double and single
 blocks, FLUX.2's double blocks); a concatenated block takes one [text | image] sequence with
 `encoder_hidden_states=None` and returns it (FLUX.2's single blocks); there the text rows pass whole and only the
-image rows are gathered and scattered. Gradient-checkpoint recomputation repeats the same gathers. A route that would keep every
-token routes nothing (no draw).
+image rows are gathered and scattered. Gradient-checkpoint recomputation repeats the same gathers. A route that
+would keep every token routes nothing.
 """
 from __future__ import annotations
 
