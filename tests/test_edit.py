@@ -23,6 +23,7 @@ from conftest import make_image, run_err
 from glancetune.cli import main
 from glancetune.config import build_config, load_config
 from glancetune.errors import GlanceError
+from glancetune.export import WEIGHT_NAME
 from glancetune.families import get_family, model_info
 from glancetune.sample import GlanceSampler, resolve_spec
 from glancetune.train.job import Job
@@ -391,3 +392,41 @@ def test_simpletuner_conditioning_json_trains_the_same_loras(edit_run, processor
     for role in ("slow", "fast"):
         assert (tmp_path / "output" / role / "pytorch_lora_weights.safetensors").read_bytes() == \
             (run / role / "pytorch_lora_weights.safetensors").read_bytes(), role
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_tread_routes_the_target_tokens_and_passes_the_control(name, tmp_path, processor, monkeypatch):
+    """TREAD on the edit models: a route keeping every token through the gather / rotary rows / scatter path gives
+    the plain bytes; a real route hands its window half the target's tokens and every control token, and trains."""
+    from glancetune.train import tread
+
+    model = tmp_path / "model"
+    assert main(["tiny", name, str(model)]) == 0
+    route = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 0}]}
+
+    def run(sub, **extra):
+        cfg = edit_config(tmp_path / sub, model, VARIANTS[name][0], steps=2, checkpointing_steps=0, **extra)
+        job = Job(load_config(cfg), "glance", components={"processor": processor})
+        out = job.run(quiet=True)
+        return {role: (out / role / WEIGHT_NAME).read_bytes() for role in ("slow", "fast")}, job
+
+    plain, _ = run("plain")
+    with monkeypatch.context() as m:
+        m.setattr(tread.Tread, "ids", lambda self, r, n, device: torch.arange(n, device=device))
+        assert run("all-kept", tread_config=route)[0] == plain
+    seen, build = [], Job.build_trainer
+
+    def hooked(self, *a, **k):
+        trainer = build(self, *a, **k)
+        self.transformer.transformer_blocks[0].register_forward_pre_hook(lambda mod, args, kw: seen.append((
+            torch.is_grad_enabled(), (kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])),
+            with_kwargs=True)
+        return trainer
+
+    monkeypatch.setattr(Job, "build_trainer", hooked)
+    routed, job = run("routed", tread_config=route)
+    target = (64 // 16) ** 2  # the 64x64 target: VAE /8, 2x2 packing
+    total = {n for g, n in seen if not g}  # unrouted eval forwards: target + control
+    assert len(total) == 1 and (total := total.pop()) > target
+    assert {n for g, n in seen if g} == {target // 2 + total - target}
+    assert routed != plain

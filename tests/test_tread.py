@@ -263,13 +263,18 @@ def test_dry_run_names_the_routed_blocks(tiny_flux, tmp_path, capsys):
             "tokens around blocks 1-1 of 0-1") in capsys.readouterr().out
 
 
-def test_tread_elsewhere_is_one_line(tmp_path, capsys):
-    """The Qwen-Image Edit models: their control image's tokens follow the target's in hidden_states."""
-    cfg = write_configs(tmp_path / "edit", "tiny:qwen_image_edit", steps=1, tread_config=ROUTE,
-                        **{"--model_family": "qwen_image", "model_flavour": "edit-v1"})
-    err = run_err(capsys, ["glance", "--config", str(cfg)])
-    assert err == ("error: tread_config: TREAD is built for FLUX.1, FLUX.2, SD3 and Qwen-Image so far, not for "
-                   "qwen_image_edit; remove tread_config")
+def test_tread_elsewhere_is_one_line():
+    """Qwen-Image-Edit-2511 (zero_cond_t: each token modulated by its image) is not routed; other models are."""
+    from glancetune.errors import GlanceError
+    from glancetune.families import get_family
+    from glancetune.train.tread import parse_routes
+
+    family = get_family("qwen_image_edit_plus")
+    assert len(parse_routes(ROUTE, family.tread_blocks_count({"num_layers": 2}), family.name)) == 1
+    with pytest.raises(GlanceError) as e:
+        parse_routes(ROUTE, family.tread_blocks_count({"num_layers": 2, "zero_cond_t": True}), family.name)
+    assert str(e.value) == ("tread_config: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit "
+                            "(not Edit-2511) so far, not for this qwen_image_edit_plus model; remove tread_config")
 
 
 def test_qwen_image_rotary_rows_follow_the_kept_tokens():

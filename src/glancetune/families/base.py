@@ -250,6 +250,11 @@ class Family:
         encoder_hidden_states=None, returned as one tensor); each takes image_rotary_emb where the model has one."""
         raise NotImplementedError
 
+    def tread_routable(self, transformer_kwargs: dict) -> int | None:
+        """How many leading image tokens TREAD may route (the rest always pass), from the transformer's call; None:
+        all of them."""
+        return None
+
     def tread_rope_rows(self, rope, text_tokens: int, keep: torch.Tensor):
         """The rotary embedding of the text tokens and of the kept image tokens `keep`."""
         raise NotImplementedError

@@ -33,7 +33,13 @@ class QwenImageEdit(QwenImage):
     condition_area = 1024 * 1024
 
     def tread_blocks_count(self, transformer_config: dict) -> int | None:
-        return None  # the control image's tokens follow the target's in hidden_states; Edit-2511 modulates per token
+        # Edit-2511 (zero_cond_t) modulates each token by its image (modulate_index): not routed yet
+        return None if transformer_config.get("zero_cond_t") else super().tread_blocks_count(transformer_config)
+
+    def tread_routable(self, transformer_kwargs: dict) -> int | None:
+        """TREAD routes the target's tokens; the control image's, appended after them, always pass."""
+        t, h, w = transformer_kwargs["img_shapes"][0][0]
+        return t * h * w
 
     def pipeline_class(self):
         from diffusers import QwenImageEditPipeline

@@ -8,8 +8,9 @@ keys with **SimpleTuner's meaning**: `selection_ratio` is the fraction of image 
 the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md and its router, so a config copied
 from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
 the 19 double blocks, then the 38 single blocks; FLUX.2: its 8 double then 48 single blocks, klein-9B 8 + 24),
-both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2, SD3 (its joint blocks, no rotary embedding)
-and Qwen-Image (60 blocks; not its Edit models, whose control tokens share the image sequence).
+both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2, SD3 (its joint blocks, no rotary embedding),
+Qwen-Image (60 blocks) and Qwen-Image-Edit / Edit-Plus, where only the target's tokens are routed and the control
+image's tokens, appended after them, always pass (not Edit-2511, whose blocks modulate each token by its image).
 
 How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
 starts each forward (routing only while gradients are enabled: eval losses, validation and sampling are unrouted).
@@ -71,8 +72,8 @@ def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
     if not value:
         return []
     if n_blocks is None:
-        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2, SD3 and Qwen-Image so far, not for "
-                          f"{family}; remove {KEY}")
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit "
+                          f"(not Edit-2511) so far, not for this {family} model; remove {KEY}")
     try:
         routes = check_structure(value)
     except ValueError as e:
@@ -103,11 +104,14 @@ def _bound(module, args, kwargs) -> inspect.BoundArguments:
 class Tread:
     """The hooks of one transformer's routes (`install` once, after the adapters exist)."""
 
-    def __init__(self, routes: list[Route], blocks: list, rope_rows):
-        self.routes, self.blocks, self.rope_rows = routes, blocks, rope_rows
-        self.keep: dict[Route, torch.Tensor | None] = {}  # this forward's draws (None: the route keeps all)
+    def __init__(self, routes: list[Route], blocks: list, rope_rows, routable=lambda kwargs: None):
+        self.routes, self.blocks, self.rope_rows, self.routable = routes, blocks, rope_rows, routable
+        # this forward's draws, as rows of the window's image sequence (the kept routable tokens, then the tokens
+        # that always pass); None: the route keeps everything
+        self.keep: dict[Route, torch.Tensor | None] = {}
         self.full: dict[Route, torch.Tensor] = {}  # the image tokens as the window received them
         self.txt = 0  # text tokens of this forward
+        self.prefix: int | None = None  # routable image tokens (the rest always pass); None: all
         self.routing = False
 
     def install(self, transformer) -> None:
@@ -120,13 +124,20 @@ class Tread:
     def _draw(self, module, args, kwargs):
         """A new forward of the transformer: no draws yet."""
         self.keep, self.routing = {}, torch.is_grad_enabled()
-        self.txt = kwargs["encoder_hidden_states"].shape[1]
+        self.txt, self.prefix = kwargs["encoder_hidden_states"].shape[1], self.routable(kwargs)
         return None
 
     def ids(self, r: Route, n: int, device) -> torch.Tensor | None:
-        """The image tokens (of `n`) that route `r` keeps, sorted; None when it keeps them all."""
+        """The image tokens (of the `n` routable ones) that route `r` keeps, sorted; None when it keeps them all."""
         keep = max(1, n - int(n * r.ratio))
         return None if keep == n else torch.randperm(n)[:keep].sort().values.to(device)
+
+    def rows(self, r: Route, n: int, device) -> torch.Tensor | None:
+        """The rows of an `n`-token image sequence that route `r` processes: its draw among the routable prefix,
+        then every token after the prefix (an edit model's control image)."""
+        m = n if self.prefix is None else self.prefix
+        ids = self.ids(r, m, device)
+        return ids if ids is None or m == n else torch.cat([ids, torch.arange(m, n, device=device)])
 
     def _enter(self, r: Route, first: bool):
         def hook(block, args, kwargs):
@@ -138,7 +149,7 @@ class Tread:
                 hidden = b.arguments["hidden_states"]
                 image = hidden if joint else hidden[:, self.txt:]
                 if r not in self.keep:  # a checkpoint recomputation finds this forward's draw
-                    self.keep[r] = self.ids(r, image.shape[1], hidden.device)
+                    self.keep[r] = self.rows(r, image.shape[1], hidden.device)
                 if self.keep[r] is None:
                     return None
                 self.full[r] = image
@@ -166,6 +177,6 @@ def install(transformer, family, value) -> Tread | None:
     routes = parse_routes(value, family.tread_blocks_count(transformer.config), family.name)
     if not routes:
         return None
-    tread = Tread(routes, family.tread_blocks(transformer), family.tread_rope_rows)
+    tread = Tread(routes, family.tread_blocks(transformer), family.tread_rope_rows, family.tread_routable)
     tread.install(transformer)
     return tread
