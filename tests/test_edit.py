@@ -394,14 +394,19 @@ def test_simpletuner_conditioning_json_trains_the_same_loras(edit_run, processor
             (run / role / "pytorch_lora_weights.safetensors").read_bytes(), role
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_tread_routes_the_target_tokens_and_passes_the_control(name, tmp_path, processor, monkeypatch):
+@pytest.mark.parametrize("name,zero_cond_t", [(n, False) for n in sorted(VARIANTS)] + [("qwen_image_edit_plus", True)])
+def test_tread_routes_the_target_tokens_and_passes_the_control(name, zero_cond_t, tmp_path, processor, monkeypatch):
     """TREAD on the edit models: a route keeping every token through the gather / rotary rows / scatter path gives
-    the plain bytes; a real route hands its window half the target's tokens and every control token, and trains."""
+    the plain bytes; a real route hands its window half the target's tokens and every control token, and trains.
+    zero_cond_t (Edit-2511's transformer: each token modulated by its image, `modulate_index`): the index follows
+    the rows (a routed block would fail on mismatched lengths otherwise)."""
     from glancetune.train import tread
 
     model = tmp_path / "model"
     assert main(["tiny", name, str(model)]) == 0
+    if zero_cond_t:  # the tiny transformer as Edit-2511's (the flag adds no weights)
+        config = model / "transformer" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "zero_cond_t": True}))
     route = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": 0}]}
 
     def run(sub, **extra):

@@ -264,17 +264,15 @@ def test_dry_run_names_the_routed_blocks(tiny_flux, tmp_path, capsys):
 
 
 def test_tread_elsewhere_is_one_line():
-    """Qwen-Image-Edit-2511 (zero_cond_t: each token modulated by its image) is not routed; other models are."""
+    """A family without TREAD support (the protocol's default) is refused in one line naming the key."""
     from glancetune.errors import GlanceError
-    from glancetune.families import get_family
+    from glancetune.families.base import Family
     from glancetune.train.tread import parse_routes
 
-    family = get_family("qwen_image_edit_plus")
-    assert len(parse_routes(ROUTE, family.tread_blocks_count({"num_layers": 2}), family.name)) == 1
     with pytest.raises(GlanceError) as e:
-        parse_routes(ROUTE, family.tread_blocks_count({"num_layers": 2, "zero_cond_t": True}), family.name)
-    assert str(e.value) == ("tread_config: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit "
-                            "(not Edit-2511) so far, not for this qwen_image_edit_plus model; remove tread_config")
+        parse_routes(ROUTE, Family().tread_blocks_count({"num_layers": 2}), "other")
+    assert str(e.value) == ("tread_config: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit so "
+                            "far, not for other; remove tread_config")
 
 
 def test_qwen_image_rotary_rows_follow_the_kept_tokens():

@@ -32,10 +32,6 @@ class QwenImageEdit(QwenImage):
     #: the area QwenImageEditPipeline.__call__ passes to calculate_dimensions for the control image (hard-coded there)
     condition_area = 1024 * 1024
 
-    def tread_blocks_count(self, transformer_config: dict) -> int | None:
-        # Edit-2511 (zero_cond_t) modulates each token by its image (modulate_index): not routed yet
-        return None if transformer_config.get("zero_cond_t") else super().tread_blocks_count(transformer_config)
-
     def tread_routable(self, transformer_kwargs: dict) -> int | None:
         """TREAD routes the target's tokens; the control image's, appended after them, always pass."""
         t, h, w = transformer_kwargs["img_shapes"][0][0]

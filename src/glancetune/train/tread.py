@@ -9,8 +9,9 @@ the seeds calls it "the fraction kept": that contradicts SimpleTuner's TREAD.md 
 from SimpleTuner behaves here as it does there. Layer indices count the family's blocks in execution order (FLUX.1:
 the 19 double blocks, then the 38 single blocks; FLUX.2: its 8 double then 48 single blocks, klein-9B 8 + 24),
 both ends inclusive, negative from the end. Built for FLUX.1, FLUX.2, SD3 (its joint blocks, no rotary embedding),
-Qwen-Image (60 blocks) and Qwen-Image-Edit / Edit-Plus, where only the target's tokens are routed and the control
-image's tokens, appended after them, always pass (not Edit-2511, whose blocks modulate each token by its image).
+Qwen-Image (60 blocks) and Qwen-Image-Edit / Edit-Plus / Edit-2511, where only the target's tokens are routed and
+the control image's tokens, appended after them, always pass (Edit-2511's per-token modulation index follows the
+rows).
 
 How, with diffusers' own transformer and no copy of its forward: forward hooks. A pre-hook on the transformer
 starts each forward (routing only while gradients are enabled: eval losses, validation and sampling are unrouted).
@@ -72,8 +73,8 @@ def parse_routes(value, n_blocks: int | None, family: str) -> list[Route]:
     if not value:
         return []
     if n_blocks is None:
-        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit "
-                          f"(not Edit-2511) so far, not for this {family} model; remove {KEY}")
+        raise GlanceError(f"{KEY}: TREAD is built for FLUX.1, FLUX.2, SD3, Qwen-Image and Qwen-Image-Edit so far, "
+                          f"not for {family}; remove {KEY}")
     try:
         routes = check_structure(value)
     except ValueError as e:
@@ -158,6 +159,8 @@ class Tread:
             ids = self.keep[r]
             if "image_rotary_emb" in b.arguments:  # SD3's blocks have none (positions are added before them)
                 b.arguments["image_rotary_emb"] = self.rope_rows(b.arguments["image_rotary_emb"], self.txt, ids)
+            if b.arguments.get("modulate_index") is not None:  # Edit-2511: each token's modulation, by its image
+                b.arguments["modulate_index"] = b.arguments["modulate_index"].index_select(1, ids)
             return b.args, b.kwargs
         return hook
 
