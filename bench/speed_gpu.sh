@@ -16,18 +16,30 @@
 set -u
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
+logs=/tmp/speed_logs; mkdir -p $logs; n=0
+
+step() {  # step LIMIT_S train_step.py args...: its JSON lines; a failed run's log goes to $OUT and its tail is printed
+  local limit=$1; shift; n=$((n + 1))
+  timeout $limit python3 bench/train_step.py "$@" > $logs/$n.log 2>&1
+  local rc=$?
+  grep '^{' $logs/$n.log
+  if [ $rc != 0 ]; then
+    echo "{\"failed\": \"train_step.py $*\", \"rc\": $rc, \"log\": \"step-$n.log\"}"
+    tail -n 8 $logs/$n.log
+    [ -n "${OUT:-}" ] && cp $logs/$n.log "$OUT/step-$n.log"
+  fi
+}
 case "${1:-train}" in
   train)
     timeout 150 python3 bench/anchor_loop.py --model flux1 --gc 1 --steps 6 2>&1 | grep --line-buffered '^{'
-    timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 2>&1 | grep --line-buffered '^{'
-    timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --tread 0.5 2>&1 | grep --line-buffered '^{'
+    step 200 --gc 1 --steps 6 --warmup 2
+    step 200 --gc 1 --steps 6 --warmup 2 --tread 0.5
     ;;
   tread2)  # TREAD on FLUX.2-klein-9B (its single blocks take one [text | image] sequence) and Qwen-Image, gc on,
     # without / with
     for m in flux2-klein-9b qwen; do
       for t in 0 0.5; do
-        timeout 150 python3 bench/train_step.py --model $m --gc 1 --steps 6 --warmup 2 --tread $t 2>&1 |
-          grep --line-buffered '^{'
+        step 150 --model $m --gc 1 --steps 6 --warmup 2 --tread $t
       done
     done
     ;;
@@ -35,13 +47,13 @@ case "${1:-train}" in
     # (gradient_checkpointing_interval), every block with its inputs in CPU memory (gradient_checkpointing_backend
     # unsloth); FLUX.1-dev full size
     for flags in "--gc 0" "--gc 1" "--gc 1 --gc-interval 2" "--gc 1 --gc-interval 4" "--gc 1 --gc-backend unsloth"; do
-      timeout 100 python3 bench/train_step.py --steps 6 --warmup 2 $flags 2>&1 | grep --line-buffered '^{'
+      step 100 --steps 6 --warmup 2 $flags
     done
     ;;
   fp8)  # torchao float8 training matmuls on the frozen base (bench/train_step.py --fp8): its backward also computes
     # the (unused) weight gradient, so measure before building; eager and with regional compile (casts fused), gc on
     for flags in "" "--fp8" "--compile" "--compile --fp8"; do
-      timeout 140 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 $flags 2>&1 | grep --line-buffered '^{'
+      step 140 --gc 1 --steps 6 --warmup 2 $flags
     done
     ;;
   compile)  # is regional compile worth a default? its cost cold, then with inductor's on-disk caches warm (a second
@@ -49,12 +61,11 @@ case "${1:-train}" in
     # PHASES=2: both adapters interleaved as a glance job (does switching the adapter recompile?)
     export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
     rm -rf "$TORCHINDUCTOR_CACHE_DIR"
-    for run in nocompile compile-cold compile-warm compile-tread; do
+    for run in ${RUNS:-nocompile compile-cold compile-warm compile-tread}; do
       flag=--compile; [ $run = nocompile ] && flag=
       [ $run = compile-tread ] && flag="--compile --tread 0.5"
       echo "{\"run\": \"$run\"}"
-      timeout 200 python3 bench/train_step.py --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag 2>&1 |
-        grep --line-buffered '^{'
+      step 200 --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag
     done
     ;;
   load)  # stock diffusers: from_pretrained + .to(cuda) vs device_map="cuda", fresh processes, alternating, twice each

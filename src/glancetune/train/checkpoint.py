@@ -31,10 +31,12 @@ STATE_NAME = "training_state.pt"
 MANIFEST = "checkpoint.json"
 NAME = re.compile(r"^checkpoint-(\d+)$")
 # keys that never change the trajectory: they may differ between a checkpoint and the resuming run
-# (validation images and where the weights are placed never change the trained LoRAs either)
+# (validation images and where the weights are placed never change the trained LoRAs either; the device and
+# compile_transformer change only the order of float operations)
 NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
                           "resume_allow_changes", "report_to", "logging_dir", "logging_steps",
-                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device"}
+                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device",
+                          "compile_transformer"}
                          ) | VALIDATION_KEYS | PLACEMENT_KEYS
 
 

@@ -28,6 +28,7 @@ from .plan import Plan
 from .memory import OFFLOAD_TRAINING, enable_checkpointing, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
+from .speed import compile_decision
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,11 @@ class Job(Plan, PhaseFiles):
         if resume is not None:
             self.load_loras(resume)
         tread.install(self.transformer, self.family, cfg.tread_config)  # training-only token routing
-        if cfg.compile_transformer:
-            self.transformer.compile_repeated_blocks(fullgraph=True)
         mine = [ph for ph in self.phases if rt.layout != "parallel-phases" or ph.name == self.phases[rt.rank].name]
+        on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine))
+        log.info("compile: %s", why)
+        if on:
+            self.transformer.compile_repeated_blocks(fullgraph=True)
         for ph in self.phases:  # DDP registers the parameters that require grad now
             for _, p in self.adapter_params(ph.name):
                 p.requires_grad_(ph in mine)

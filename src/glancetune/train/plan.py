@@ -130,10 +130,13 @@ class Plan:
         from .lora import count_params, meta_transformer
         from .memory import memory_plan
         from .runtime import select
+        from .speed import compile_decision
 
         device, mp = select(self.cfg.device, self.cfg.mixed_precision)
         n = count_params(meta_transformer(self.info.transformer_config).parameters())
-        return "\n".join(memory_plan(self, device, 16 if mp == "bf16" else 32, n))
+        on, why = compile_decision(self.cfg, device.type, self.steps,
+                                   1 if self.cfg.parallel_phases else len(self.phases))
+        return "\n".join([*memory_plan(self, device, 16 if mp == "bf16" else 32, n), f"compile: {why}"])
 
     def checkpoint_plan(self) -> str:
         """--dry-run: when checkpoints are written, what a rerun resumes from, and the process layout."""

@@ -1,0 +1,36 @@
+"""Settings that trade start-up time for step time, decided from GPU measurements (bench/RESULTS.md).
+
+`compile_transformer: auto` (the default) compiles the transformer's repeated blocks (diffusers'
+`compile_repeated_blocks`) only where it was measured to pay: on CUDA, an unquantized base without group offload or
+TREAD, and enough steps in the process to repay the compile. FLUX.1-dev on an H200 (session 12, `glance`, both
+adapters): 0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune
+keeps the cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is
+the cold figure. Quantized bases, group offload and TREAD under compile have no GPU figure yet (TREAD + compile
+failed its first GPU run), so auto leaves them eager; `compile_transformer: true` still forces it.
+"""
+from __future__ import annotations
+
+COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a glance job counted)
+
+
+def compile_decision(cfg, device_type: str, steps: int, phases_here: int) -> tuple[bool, str]:
+    """(compile?, why) for this process: `steps` per phase, `phases_here` phases trained by this process."""
+    if cfg.compile_transformer is True:
+        return True, "on (compile_transformer: true)"
+    if cfg.compile_transformer is False:
+        return False, "off (compile_transformer: false)"
+    total = steps * phases_here
+    if device_type != "cuda":
+        why = f"a {device_type} device; it is measured to pay on CUDA"
+    elif cfg.base_model_precision != "no_change":
+        why = f"base_model_precision {cfg.base_model_precision} is not measured compiled"
+    elif cfg.enable_group_offload:
+        why = "enable_group_offload is not measured compiled"
+    elif cfg.tread_config:
+        why = "tread_config under compile is not measured on a GPU yet"
+    elif total < COMPILE_PAYS_AFTER:
+        why = f"{total} steps in this process, under the {COMPILE_PAYS_AFTER} that repay ~70 s of compiling"
+    else:
+        return True, (f"on (auto: {total} steps >= {COMPILE_PAYS_AFTER}; ~70 s of compiling the first time, "
+                      "~10 s once inductor's cache is warm)")
+    return False, f"off (auto: {why})"

@@ -1,0 +1,66 @@
+"""`compile_transformer: auto` (train/speed.py): where regional compile is measured to pay, the job compiles; the
+dry-run says what it will do and why. The decision is the same function for the dry-run and the job."""
+import logging
+
+import pytest
+import torch
+
+from conftest import run_err, write_configs
+from glancetune.cli import main
+from glancetune.train.speed import COMPILE_PAYS_AFTER
+
+
+def compile_line(capsys, cfg) -> str:
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
+    return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compile: "))
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """The plan as it would be resolved on a CUDA machine (only the device's type is read)."""
+    from glancetune.train import runtime
+
+    monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
+
+
+def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, capsys, on_cuda):
+    half = COMPILE_PAYS_AFTER // 2  # glance trains both phases in one process: twice the steps
+    line = compile_line(capsys, write_configs(tmp_path / "a", tiny_flux, steps=half))
+    assert line.startswith(f"compile: on (auto: {2 * half} steps >= {COMPILE_PAYS_AFTER}")
+    line = compile_line(capsys, write_configs(tmp_path / "b", tiny_flux, steps=half - 1))
+    assert line == (f"compile: off (auto: {2 * half - 2} steps in this process, under the {COMPILE_PAYS_AFTER} "
+                    "that repay ~70 s of compiling)")
+    line = compile_line(capsys, write_configs(tmp_path / "c", tiny_flux, steps=half, parallel_phases=True))
+    assert line.startswith(f"compile: off (auto: {half} steps in this process")  # one phase per process
+
+
+@pytest.mark.parametrize("keys, why", [
+    ({"base_model_precision": "int8-quanto"}, "base_model_precision int8-quanto is not measured compiled"),
+    ({"enable_group_offload": True, "gradient_checkpointing": True}, "enable_group_offload is not measured compiled"),
+    ({"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}},
+     "tread_config under compile is not measured on a GPU yet"),
+])
+def test_auto_stays_eager_where_compile_is_not_measured(tiny_flux, tmp_path, capsys, on_cuda, keys, why):
+    line = compile_line(capsys, write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER, **keys))
+    assert line == f"compile: off (auto: {why})"
+    line = compile_line(capsys, write_configs(tmp_path / "forced", tiny_flux, steps=1, compile_transformer=True,
+                                              **keys))
+    assert line == "compile: on (compile_transformer: true)"  # an explicit setting is obeyed
+
+
+def test_auto_is_eager_on_the_cpu_and_the_job_follows_the_plan(tiny_flux, tmp_path, capsys, caplog):
+    cfg = write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER)
+    assert compile_line(capsys, cfg) == "compile: off (auto: a cpu device; it is measured to pay on CUDA)"
+    cfg = write_configs(tmp_path, tiny_flux, steps=1)
+    with caplog.at_level(logging.INFO, logger="glancetune.train.job"):
+        assert main(["glance", "--config", str(cfg)]) == 0
+    assert "compile: off (auto: a cpu device; it is measured to pay on CUDA)" in caplog.messages
+    assert compile_line(capsys, write_configs(tmp_path / "off", tiny_flux, steps=1, compile_transformer=False)) \
+        == "compile: off (compile_transformer: false)"
+
+
+def test_bad_compile_setting_is_one_line(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, compile_transformer="sometimes")
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "compile_transformer" in err and len(err.strip().splitlines()) == 1
