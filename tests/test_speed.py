@@ -49,6 +49,19 @@ def test_auto_stays_eager_where_compile_is_not_measured(tiny_flux, tmp_path, cap
     assert line == "compile: on (compile_transformer: true)"  # an explicit setting is obeyed
 
 
+def test_auto_stays_eager_for_ddp_and_fsdp():
+    """Multi-process runs under compile are not measured on GPUs (the job passes the runtime's layout)."""
+    from glancetune.config import build_config
+    from glancetune.train.speed import compile_decision
+
+    cfg = build_config({"data_backend_config": "d"}, "glance")
+    assert compile_decision(cfg, "cuda", COMPILE_PAYS_AFTER, 1, "single")[0]
+    assert compile_decision(cfg, "cuda", COMPILE_PAYS_AFTER, 1, "parallel-phases")[0]
+    for layout in ("ddp", "fsdp"):
+        assert compile_decision(cfg, "cuda", COMPILE_PAYS_AFTER, 1, layout) == (
+            False, f"off (auto: a {layout.upper()} run is not measured compiled)")
+
+
 def test_auto_is_eager_on_the_cpu_and_the_job_follows_the_plan(tiny_flux, tmp_path, capsys, caplog):
     cfg = write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER)
     assert compile_line(capsys, cfg) == "compile: off (auto: a cpu device; it is measured to pay on CUDA)"

@@ -164,7 +164,7 @@ class Job(Plan, PhaseFiles):
             self.load_loras(resume)
         tread.install(self.transformer, self.family, cfg.tread_config)  # training-only token routing
         mine = [ph for ph in self.phases if rt.layout != "parallel-phases" or ph.name == self.phases[rt.rank].name]
-        on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine))
+        on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine), rt.layout)
         log.info("compile: %s", why)
         if on:
             self.transformer.compile_repeated_blocks(fullgraph=True)

@@ -134,8 +134,9 @@ class Plan:
 
         device, mp = select(self.cfg.device, self.cfg.mixed_precision)
         n = count_params(meta_transformer(self.info.transformer_config).parameters())
-        on, why = compile_decision(self.cfg, device.type, self.steps,
-                                   1 if self.cfg.parallel_phases else len(self.phases))
+        split = self.cfg.parallel_phases  # as intended: one phase per process on 2 processes
+        on, why = compile_decision(self.cfg, device.type, self.steps, 1 if split else len(self.phases),
+                                   "parallel-phases" if split else "single")
         return "\n".join([*memory_plan(self, device, 16 if mp == "bf16" else 32, n), f"compile: {why}"])
 
     def checkpoint_plan(self) -> str:

@@ -5,16 +5,17 @@
 TREAD, and enough steps in the process to repay the compile. FLUX.1-dev on an H200 (session 12, `glance`, both
 adapters): 0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune
 keeps the cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is
-the cold figure. Quantized bases, group offload and TREAD under compile have no GPU figure yet (TREAD + compile
-failed its first GPU run), so auto leaves them eager; `compile_transformer: true` still forces it.
+the cold figure. Quantized bases, group offload, TREAD and DDP / FSDP runs under compile have no GPU figure yet
+(TREAD + compile failed its first GPU run), so auto leaves them eager; `compile_transformer: true` still forces it.
 """
 from __future__ import annotations
 
 COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a glance job counted)
 
 
-def compile_decision(cfg, device_type: str, steps: int, phases_here: int) -> tuple[bool, str]:
-    """(compile?, why) for this process: `steps` per phase, `phases_here` phases trained by this process."""
+def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str) -> tuple[bool, str]:
+    """(compile?, why) for this process: `steps` per phase, `phases_here` phases trained by this process, the
+    runtime's process `layout` (single | ddp | parallel-phases | fsdp)."""
     if cfg.compile_transformer is True:
         return True, "on (compile_transformer: true)"
     if cfg.compile_transformer is False:
@@ -28,6 +29,8 @@ def compile_decision(cfg, device_type: str, steps: int, phases_here: int) -> tup
         why = "enable_group_offload is not measured compiled"
     elif cfg.tread_config:
         why = "tread_config under compile is not measured on a GPU yet"
+    elif layout in ("ddp", "fsdp"):
+        why = f"a {layout.upper()} run is not measured compiled"
     elif total < COMPILE_PAYS_AFTER:
         why = f"{total} steps in this process, under the {COMPILE_PAYS_AFTER} that repay ~70 s of compiling"
     else:
