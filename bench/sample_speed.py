@@ -36,6 +36,7 @@ def sync():
 
 def warm() -> dict:
     from glancetune.sample import GlanceSampler, resolve_spec
+    from glancetune.train.speed import compile_blocks
 
     s = GlanceSampler.from_spec(resolve_spec(run=a.run), device=a.device)
     out = {}
@@ -44,7 +45,7 @@ def warm() -> dict:
         s.lora_mode = "fused" if mode == "fused" else "unfused"
         if mode == "compiled":  # measure before building: regional compile of the inference transformer
             t = time.perf_counter()
-            s.pipe.transformer.compile_repeated_blocks(fullgraph=True)
+            compile_blocks(s.pipe.transformer)  # as the training job compiles
             s([PROMPT], seed=0, output_type="np")  # compiles (one graph per adapter)
             sync()
             out["compile_first_images_s"] = round(time.perf_counter() - t, 2)

@@ -197,14 +197,16 @@ params = {"slow": params}
 if a.phases == 2:  # the glance job: both adapters on the transformer, interleaved
     params["fast"] = add_lora(transformer, "fast", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
                               targets=targets, seed=0)
-if a.compile:
-    transformer.compile_repeated_blocks(fullgraph=True)
-if a.tread:  # as Job.build_trainer: the routing hooks after the adapters
+if a.tread:  # as Job.build_trainer: the routing hooks after the adapters, compile after both
     from glancetune.train import tread
 
     n = family.tread_blocks_count(transformer.config)
     tread.install(transformer, family, {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
                                                      "end_layer_idx": -2 if n > 3 else -1}]})
+if a.compile:
+    from glancetune.train.speed import compile_blocks
+
+    compile_blocks(transformer)
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
 # guidance as Plan picks it: FLUX.1-dev and FLUX.2-dev 1.0 (their guidance embedding), None for the others
 guidance = family.training_guidance(dict(transformer.config), cfg)

@@ -28,7 +28,7 @@ from .plan import Plan
 from .memory import OFFLOAD_TRAINING, enable_checkpointing, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
-from .speed import compile_decision
+from .speed import compile_blocks, compile_decision
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class Job(Plan, PhaseFiles):
         on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine), rt.layout)
         log.info("compile: %s", why)
         if on:
-            self.transformer.compile_repeated_blocks(fullgraph=True)
+            compile_blocks(self.transformer)
         for ph in self.phases:  # DDP registers the parameters that require grad now
             for _, p in self.adapter_params(ph.name):
                 p.requires_grad_(ph in mine)

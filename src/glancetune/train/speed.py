@@ -11,6 +11,19 @@ the cold figure. Quantized bases, group offload, TREAD and DDP / FSDP runs under
 from __future__ import annotations
 
 COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a glance job counted)
+# graphs one block function may compile: each adapter (peft's set_adapter flips requires_grad, which dynamo guards)
+# x grad mode (eval losses, validation) x input layout x TREAD's routed / whole token counts x bucket shapes. torch's
+# default (8) with fullgraph=True is a hard error mid-run (FailOnRecompileLimitHit: a glance job with TREAD on a
+# 10-block FLUX.1 on the CPU hit it, and so did the H200 run of session 12)
+RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(transformer) -> None:
+    """Regional compile (diffusers' `compile_repeated_blocks`, fullgraph) with room for the graphs a job makes."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    transformer.compile_repeated_blocks(fullgraph=True)
 
 
 def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str) -> tuple[bool, str]:
