@@ -19,9 +19,10 @@ def compile_line(capsys, cfg) -> str:
 @pytest.fixture
 def on_cuda(monkeypatch):
     """The plan as it would be resolved on a CUDA machine (only the device's type is read)."""
-    from glancetune.train import runtime
+    from glancetune.train import runtime, speed
 
     monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
+    monkeypatch.setattr(speed, "triton_available", lambda: True)
 
 
 def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, capsys, on_cuda):
@@ -33,6 +34,14 @@ def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, caps
                     "that repay ~70 s of compiling)")
     line = compile_line(capsys, write_configs(tmp_path / "c", tiny_flux, steps=half, parallel_phases=True))
     assert line.startswith(f"compile: off (auto: {half} steps in this process")  # one phase per process
+
+
+def test_auto_needs_triton_on_cuda(tiny_flux, tmp_path, capsys, on_cuda, monkeypatch):
+    from glancetune.train import speed
+
+    monkeypatch.setattr(speed, "triton_available", lambda: False)
+    line = compile_line(capsys, write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER))
+    assert line == "compile: off (auto: Triton is not installed (inductor compiles CUDA kernels with it))"
 
 
 @pytest.mark.parametrize("keys, why", [
@@ -49,10 +58,13 @@ def test_auto_stays_eager_where_compile_is_not_measured(tiny_flux, tmp_path, cap
     assert line == "compile: on (compile_transformer: true)"  # an explicit setting is obeyed
 
 
-def test_auto_stays_eager_for_ddp_and_fsdp():
+def test_auto_stays_eager_for_ddp_and_fsdp(monkeypatch):
     """Multi-process runs under compile are not measured on GPUs (the job passes the runtime's layout)."""
     from glancetune.config import build_config
+    from glancetune.train import speed
     from glancetune.train.speed import compile_decision
+
+    monkeypatch.setattr(speed, "triton_available", lambda: True)
 
     cfg = build_config({"data_backend_config": "d"}, "glance")
     assert compile_decision(cfg, "cuda", COMPILE_PAYS_AFTER, 1, "single")[0]

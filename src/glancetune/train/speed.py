@@ -26,6 +26,13 @@ def compile_blocks(transformer) -> None:
     transformer.compile_repeated_blocks(fullgraph=True)
 
 
+def triton_available() -> bool:
+    """inductor's CUDA code is Triton; torch's Linux CUDA wheels bring it, others (Windows) may not."""
+    from torch.utils._triton import has_triton
+
+    return has_triton()
+
+
 def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str) -> tuple[bool, str]:
     """(compile?, why) for this process: `steps` per phase, `phases_here` phases trained by this process, the
     runtime's process `layout` (single | ddp | parallel-phases | fsdp)."""
@@ -36,6 +43,8 @@ def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout
     total = steps * phases_here
     if device_type != "cuda":
         why = f"a {device_type} device; it is measured to pay on CUDA"
+    elif not triton_available():
+        why = "Triton is not installed (inductor compiles CUDA kernels with it)"
     elif cfg.base_model_precision != "no_change":
         why = f"base_model_precision {cfg.base_model_precision} is not measured compiled"
     elif cfg.enable_group_offload:
