@@ -9,6 +9,8 @@
 #   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
 #                                    blocks 2..-2 (~5 min)
 #   bash bench/speed_gpu.sh gc       our step: gc off / every block / interval 2, 4 / unsloth backend (~4 min)
+#   bash bench/speed_gpu.sh cudagraphs  our step compiled with torch.compile's default / reduce-overhead (CUDA graphs)
+#                                    / max-autotune-no-cudagraphs modes, gc on (~5 min; GCS="1 0" adds gc off)
 #   bash bench/speed_gpu.sh fp8      our step gc on: bf16 vs torchao float8 matmuls, eager and compiled (~6 min)
 #   bash bench/speed_gpu.sh compile  our step gc on without compile, with compile cold, with compile and inductor's
 #                                    caches warm (a second process): compile cost and pay-off; then compile with
@@ -48,6 +50,17 @@ case "${1:-train}" in
     # unsloth); FLUX.1-dev full size
     for flags in "--gc 0" "--gc 1" "--gc 1 --gc-interval 2" "--gc 1 --gc-interval 4" "--gc 1 --gc-backend unsloth"; do
       step 100 --steps 6 --warmup 2 $flags
+    done
+    ;;
+  cudagraphs)  # torch.compile modes for the regional compile, FLUX.1-dev gc on and off, one adapter: default,
+    # reduce-overhead (CUDA graphs of each block: one-image Glance runs have static shapes), and (GCS="1 0": gc off too)
+    # max-autotune-no-cudagraphs; cold inductor caches each (a fresh folder per run), read s/step and to_steady_s
+    for gc in ${GCS:-1}; do
+      for mode in default reduce-overhead max-autotune-no-cudagraphs; do
+        export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-$mode-$gc
+        flag=; [ $mode = default ] || flag="--compile-mode $mode"
+        step 200 --gc $gc --steps 6 --warmup 2 --compile $flag
+      done
     done
     ;;
   fp8)  # torchao float8 training matmuls on the frozen base (bench/train_step.py --fp8): its backward also computes

@@ -47,6 +47,8 @@ p.add_argument("--phases", type=int, choices=(1, 2), default=1, help="2: slow an
 p.add_argument("--group-offload", action="store_true", help="variant: enable_group_offload (block_level, one "
                "block per group, no stream), applied after quantizing and before the adapters, as the job does")
 p.add_argument("--compile", action="store_true", help="variant: regional compile (compile_repeated_blocks)")
+p.add_argument("--compile-mode", default=None, help="with --compile: torch.compile mode (reduce-overhead: CUDA "
+               "graphs of each block; max-autotune-no-cudagraphs)")
 p.add_argument("--fp8", action="store_true", help="variant: torchao float8 training matmuls for the frozen base "
                "linears (convert_to_float8_training before the adapters; dynamic scaling): measure before building")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
@@ -206,7 +208,7 @@ if a.tread:  # as Job.build_trainer: the routing hooks after the adapters, compi
 if a.compile:
     from glancetune.train.speed import compile_blocks
 
-    compile_blocks(transformer)
+    compile_blocks(transformer, a.compile_mode)
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
 # guidance as Plan picks it: FLUX.1-dev and FLUX.2-dev 1.0 (their guidance embedding), None for the others
 guidance = family.training_guidance(dict(transformer.config), cfg)
@@ -225,7 +227,8 @@ s_per_step = (t[-1] - t[a.warmup - 1]) / a.steps / a.phases
 losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
-           phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile, tread=a.tread,
+           phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile,
+           compile_mode=a.compile_mode, tread=a.tread,
            fp8=a.fp8, gc_backend=a.gc_backend, gc_interval=a.gc_interval,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),

@@ -18,12 +18,13 @@ COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a gla
 RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(transformer) -> None:
-    """Regional compile (diffusers' `compile_repeated_blocks`, fullgraph) with room for the graphs a job makes."""
+def compile_blocks(transformer, mode: str | None = None) -> None:
+    """Regional compile (diffusers' `compile_repeated_blocks`, fullgraph) with room for the graphs a job makes;
+    `mode`: torch.compile's (bench/train_step.py measures `reduce-overhead`, CUDA graphs, with it)."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    transformer.compile_repeated_blocks(fullgraph=True)
+    transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
 
 
 def triton_available() -> bool:
