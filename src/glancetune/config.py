@@ -151,7 +151,7 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     tread_config: dict | None = Field(None, description="TREAD token routing while training: {\"routes\": "
                                       "[{\"selection_ratio\", \"start_layer_idx\", \"end_layer_idx\"}]}; "
                                       "selection_ratio is the fraction of image tokens routed around (SimpleTuner's "
-                                      "meaning); FLUX.1 only so far (train/tread.py)")
+                                      "meaning); every family (train/tread.py)")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
     @field_validator("tread_config")
@@ -162,6 +162,16 @@ class TrainConfig(ValidationKeys, MemoryKeys):
 
             check_structure(v)
         return v
+
+    @field_validator("compile_transformer", mode="before")
+    @classmethod
+    def _compile_choice(cls, v):  # one message, not one per member of the union
+        words = {"auto": "auto", "true": True, "false": False}
+        if isinstance(v, bool) or v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().lower() in words:
+            return words[v.strip().lower()]
+        raise ValueError("expected true, false or auto")
 
     @field_validator("optimizer", mode="before")
     @classmethod
