@@ -46,6 +46,9 @@ def test_command_line_values_are_named_as_such(tiny_flux, tmp_path, capsys):
     ("lr_scheduler", "sine", "lr_scheduler"),
     ("optimizer", "sgd", "optimizer"),
     ("resume_allow_changes", ["no_such_key"], "no_such_key"),
+    # a key of several types: one problem saying what it may be, not one per type
+    ("validation_prompts", 5, "key 'validation_prompts': expected str or dict[str,str] or list[str] (got 5)"),
+    ("flow_custom_timesteps", [1, "x"], "key 'flow_custom_timesteps': expected str or list[float] (got [1, 'x'])"),
 ])
 def test_bad_values_before_any_weights_load(tiny_flux, tmp_path, capsys, key, value, named):
     cfg = write_configs(tmp_path, tiny_flux, **{key: value})

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,9 +329,19 @@ def _key_problem(key: str, value: Any, origin: str) -> str | None:
     return None
 
 
+def _union_member(loc: tuple) -> bool:
+    """A loc naming one member of a union-typed key: pydantic reports each member ('str', 'list[float]', ...)."""
+    field = TrainConfig.model_fields.get(str(loc[0])) if len(loc) > 1 and isinstance(loc[1], str) else None
+    return field is not None and typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+
+
 def _validation_problems(e: ValidationError, origins: dict[str, str]) -> list[str]:
-    out = []
+    out, unions = [], {}
     for err in e.errors():
+        if _union_member(err["loc"]):  # one line per key: what it may be
+            tag = re.sub(r"^literal\[(.*)\]$", r"\1", err["loc"][1])
+            unions.setdefault(str(err["loc"][0]), (err, []))[1].append(tag)
+            continue
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if not key:  # a check across keys: its message starts with the key
@@ -336,6 +349,9 @@ def _validation_problems(e: ValidationError, origins: dict[str, str]) -> list[st
             continue
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
         out.append(f"key {key!r}{origins.get(str(err['loc'][0]), '')}: {msg}{got}")
+    for key, (err, tags) in unions.items():
+        got = f" (got {err['input']!r})" if "input" in err else ""
+        out.append(f"key {key!r}{origins.get(key, '')}: expected {' or '.join(dict.fromkeys(tags))}{got}")
     return out
 
 
