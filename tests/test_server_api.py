@@ -70,6 +70,14 @@ def test_form_is_the_config_schema(server):
         assert f'data-key="{key}"' in page
     assert 'data-key="optimizer" data-default="adamw"' in page and '<option value="prodigy">' in page
     assert 'data-key="data_backend_config"' not in page
+    # a key that is a name or a bool is a menu of both, and what it sends reads back as the config's type
+    assert ('<select name="compile_transformer" id="f-compile_transformer" data-key="compile_transformer" '
+            'data-default="auto"><option value="true">true</option><option value="false">false</option>'
+            '<option value="auto" selected>auto</option></select>') in page
+    from glancetune.server.forms import parse_settings
+
+    assert parse_settings('{"compile_transformer": "false"}') == {"compile_transformer": False}
+    assert parse_settings('{"compile_transformer": "auto"}') == {"compile_transformer": "auto"}
 
 
 def test_plan_is_the_dry_run(server, capsys):

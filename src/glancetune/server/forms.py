@@ -35,8 +35,9 @@ def _variants(prop: dict) -> list[dict]:
 
 def field_kind(prop: dict) -> str:
     """bool | choice | number | text (text only) | value (anything else: read as YAML, like --set)."""
-    types = {v.get("type") for v in _variants(prop) if "enum" not in v} - {"null"}
-    if any("enum" in v for v in _variants(prop)) and not types:
+    listed = [v for v in _variants(prop) if "enum" in v or "const" in v]
+    types = {v.get("type") for v in _variants(prop) if v not in listed} - {"null"}
+    if listed and types <= {"boolean"}:  # named values, or named values and true / false (compile_transformer)
         return "choice"
     if types == {"boolean"}:
         return "bool"
@@ -50,7 +51,8 @@ def field_kind(prop: dict) -> str:
 def choices(prop: dict) -> list:
     out = []
     for v in _variants(prop):
-        out += v.get("enum", [])
+        out += v.get("enum", []) + ([v["const"]] if "const" in v else []) + (
+            ["true", "false"] if v.get("type") == "boolean" else [])
     return out
 
 
