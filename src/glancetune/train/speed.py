@@ -6,7 +6,7 @@ TREAD, and enough steps in the process to repay the compile. FLUX.1-dev on an H2
 adapters): 0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune
 keeps the cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is
 the cold figure. Quantized bases, group offload, TREAD and DDP / FSDP runs under compile have no GPU figure yet
-(TREAD + compile failed its first GPU run), so auto leaves them eager; `compile_transformer: true` still forces it.
+(TREAD's first compiled GPU run stopped on the recompile limit below), so auto leaves them eager; `compile_transformer: true` still forces it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a gla
 # graphs one block function may compile: each adapter (peft's set_adapter flips requires_grad, which dynamo guards)
 # x grad mode (eval losses, validation) x input layout x TREAD's routed / whole token counts x bucket shapes. torch's
 # default (8) with fullgraph=True is a hard error mid-run (FailOnRecompileLimitHit: a glance job with TREAD on a
-# 10-block FLUX.1 on the CPU hit it, and so did the H200 run of session 12)
+# 10-block FLUX.1 on the CPU hit it, as did a tiny glance job with validation images; the failed H200 run of
+# session 12, compile + TREAD with two adapters, most likely too: its error was not kept)
 RECOMPILE_LIMIT = 64
 
 
