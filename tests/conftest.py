@@ -100,16 +100,11 @@ def run_ladder(run: Path):
     return read_record(run / "slow")[0].ladder
 
 
-def stock_glance(family: str, model, run: Path, seed: int, width: int, height: int, **guidance):
-    """Stock diffusers only: the folder's pipeline class, both adapters, an identity scheduler, the ladder as
-    `sigmas=`, and the adapter switched in `callback_on_step_end` after the last slow step."""
-    import torch
+def stock_chain(pipe, run: Path) -> dict:
+    """Stock diffusers only: both adapters on `pipe`, an identity scheduler, the ladder as `sigmas=`, and the adapter
+    switched in `callback_on_step_end` after the last slow step; returns those keywords of the pipeline call."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from glancetune.families import model_info
-
-    adapter = model_info(str(model), family).family  # the adapter for the folder's pipeline class
-    pipe = adapter.pipeline_class().from_pretrained(str(model))
     pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
     pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
@@ -122,6 +117,16 @@ def stock_glance(family: str, model, run: Path, seed: int, width: int, height: i
             p.set_adapters("fast")
         return {}
 
-    return pipe(prompt=PROMPT, sigmas=list(lad.sigmas), num_inference_steps=len(lad.sigmas), width=width,
-                height=height, generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb,
-                output_type="np", **guidance).images[0]
+    return dict(sigmas=list(lad.sigmas), num_inference_steps=len(lad.sigmas), callback_on_step_end=cb)
+
+
+def stock_glance(family: str, model, run: Path, seed: int, width: int, height: int, **guidance):
+    """The folder's pipeline class through `stock_chain`."""
+    import torch
+
+    from glancetune.families import model_info
+
+    adapter = model_info(str(model), family).family  # the adapter for the folder's pipeline class
+    pipe = adapter.pipeline_class().from_pretrained(str(model))
+    return pipe(prompt=PROMPT, width=width, height=height, generator=torch.Generator().manual_seed(seed),
+                output_type="np", **stock_chain(pipe, run), **guidance).images[0]

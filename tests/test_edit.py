@@ -221,26 +221,11 @@ def test_control_sizing_matches_the_pipeline_at_full_size(edit_run, processor, m
 
 
 def stock_edit(name, model, processor, run, control, seed):
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from conftest import run_ladder
+    from conftest import stock_chain
 
     pipe = stock_pipe(name, model, processor)
-    pipe.load_lora_weights(str(run / "slow"), adapter_name="slow")
-    pipe.load_lora_weights(str(run / "fast"), adapter_name="fast")
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
-                                                                 shift=1.0, shift_terminal=None)
-    lad = run_ladder(run)
-    pipe.set_adapters("slow")
-
-    def cb(p, i, t, kw):
-        if i == len(lad.slow) - 1:
-            p.set_adapters("fast")
-        return {}
-
-    return pipe(image=control, prompt=CAPTION, sigmas=list(lad.sigmas), num_inference_steps=len(lad.sigmas),
-                width=64, height=64, generator=torch.Generator().manual_seed(seed), callback_on_step_end=cb,
-                true_cfg_scale=4.0, negative_prompt=" ", output_type="np").images[0]
+    return pipe(image=control, prompt=CAPTION, width=64, height=64, generator=torch.Generator().manual_seed(seed),
+                true_cfg_scale=4.0, negative_prompt=" ", output_type="np", **stock_chain(pipe, run)).images[0]
 
 
 def test_generate_equals_stock_and_sees_trained_timesteps(edit_run, processor):
