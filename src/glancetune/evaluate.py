@@ -30,6 +30,7 @@ import numpy as np
 
 from .config_validation import BASE_REFERENCE_STEPS
 from .errors import GlanceError
+from .export import replace_folder
 
 log = logging.getLogger(__name__)
 REPORT = "eval.json"
@@ -223,13 +224,7 @@ def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) 
                           [f"{pr['prompt']}-{pr['seed']}" for pr in shown])], tmp / "grid.png", {"grid": names})
         (tmp / "eval.md").write_text(markdown(report), encoding="utf-8")
         (tmp / REPORT).write_text(json.dumps(_json(report), indent=2) + "\n", encoding="utf-8")
-        old = None
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -87,6 +87,18 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise GlanceError(f"{f}: not a readable safetensors file ({e})") from None
 
 
+def replace_folder(built: Path, target: Path) -> None:
+    """Put the folder `built` at `target` (on the same file system), replacing what is there: the old folder is
+    renamed aside first and removed after, so an interruption leaves one whole folder at `target` or beside it."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(built, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -194,13 +206,7 @@ class OutputDir:
     def replace_dir(self, built: Path, name: str) -> Path:
         """Move a folder built inside the output folder to `<output_dir>/<name>` atomically."""
         target = self.final / name
-        old = None
-        if target.exists():
-            old = target.with_name(f".{name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(built, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(built, target)
         return target
 
     def staging(self) -> Path:
