@@ -10,7 +10,9 @@ the cold figure. Quantized bases, group offload, TREAD and DDP / FSDP runs under
 """
 from __future__ import annotations
 
-COMPILE_PAYS_AFTER = 250  # optimizer steps in one process (both phases of a glance job counted)
+# optimizer steps in one process (both phases of a glance job counted); a resumed run counts all its steps, not the
+# ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
+COMPILE_PAYS_AFTER = 250
 # graphs one block function may compile: each adapter (peft's set_adapter flips requires_grad, which dynamo guards)
 # x grad mode (eval losses, validation) x input layout x TREAD's routed / whole token counts x bucket shapes. torch's
 # default (8) with fullgraph=True is a hard error mid-run (FailOnRecompileLimitHit: a glance job with TREAD on a
