@@ -1,7 +1,9 @@
 """FLUX.2-dev's 24B text encoder on a 24 GB budget (issue 10): `glancetune cache` on a FLUX.2-dev-layout folder whose
 text encoder is the full-size Mistral-Small-3.1-24B text model (random weights), one process per memory setting.
 
-    python bench/encoder_24b.py --build DIR [--tiny]           write the folder (--tiny: a small encoder, CPU check)
+    python bench/encoder_24b.py --build DIR [--tiny|--narrow]  write the folder (--tiny: a small encoder, CPU check;
+                                                               --narrow: the real width and depth with an MLP of 4096,
+                                                               5.9B, 11 GiB: placement checks without 44 GiB of disk)
     python bench/encoder_24b.py --measure NAME --model DIR     one `glancetune cache` under `timeout`: one JSON line
     python bench/encoder_24b.py --probe-int4                   quanto int4 made on the CPU, moved to CUDA: timing
 
@@ -41,6 +43,8 @@ MISTRAL_SMALL_31_TEXT = dict(
     hidden_size=5120, intermediate_size=32768, num_hidden_layers=40, num_attention_heads=32, num_key_value_heads=8,
     head_dim=128, vocab_size=131072, max_position_embeddings=131072, rms_norm_eps=1e-5, hidden_act="silu",
     rope_parameters={"rope_type": "default", "rope_theta": 1000000000.0}, tie_word_embeddings=False)
+# --narrow: the real encoder with a 4096-wide MLP (5.9B; a layer 0.21 GiB, embeddings + lm_head 2.5 GiB)
+NARROW_TEXT = dict(MISTRAL_SMALL_31_TEXT, intermediate_size=4096)
 # --tiny: same layout, 31 layers so hidden states 10/20/30 exist
 TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=31, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16)
@@ -70,6 +74,12 @@ CONFIGS = {
     # peaks at bf16; after it, one int8 layer at a time. ~60-90 s.
     "int8-quanto+group-offload": ({"text_encoder_1_precision": "int8-quanto", "quantize_via": "accelerator",
                                    "group_offload_text_encoder": True, "group_offload_type": "block_level"}, 150),
+    # (f) session 13: quanto + group offload crashed (the hooks leave quanto weights on the CPU) and is now refused;
+    # the quantized forms that may pass the hooks: torchao int8 quantized block by block on the GPU, and NF4
+    "int8-torchao+group-offload": ({"text_encoder_1_precision": "int8-torchao", "quantize_via": "accelerator",
+                                    "group_offload_text_encoder": True, "group_offload_type": "block_level"}, 150),
+    "nf4-bnb+group-offload": ({"text_encoder_1_precision": "nf4-bnb", "group_offload_text_encoder": True,
+                               "group_offload_type": "block_level"}, 150),
 }
 
 
@@ -78,11 +88,11 @@ def emit(row: dict) -> None:
 
 
 # --- the folder -------------------------------------------------------------------------------------------------
-def text_encoder_config(tiny: bool, tok, vision):
+def text_encoder_config(tiny: bool, tok, vision, narrow: bool = False):
     from transformers import Mistral3Config
 
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>", "[IMG]")}
-    text = dict(TINY_TEXT, vocab_size=len(tok)) if tiny else dict(MISTRAL_SMALL_31_TEXT)
+    text = dict(TINY_TEXT, vocab_size=len(tok)) if tiny else dict(NARROW_TEXT if narrow else MISTRAL_SMALL_31_TEXT)
     text.update(model_type="mistral", sliding_window=None, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
                 pad_token_id=ids["<pad>"])
     return Mistral3Config(text_config=text, vision_config=vision, image_token_index=ids["[IMG]"], spatial_merge_size=2,
@@ -104,7 +114,7 @@ def random_text_encoder(cfg, device):
         torch.set_default_dtype(torch.float32)
 
 
-def build(directory: Path, tiny: bool) -> dict:
+def build(directory: Path, tiny: bool, narrow: bool = False) -> dict:
     import diffusers
     import torch
     import transformers
@@ -118,7 +128,7 @@ def build(directory: Path, tiny: bool) -> dict:
         raise SystemExit(f"--build: {directory} exists and is not empty")
     t0 = time.perf_counter()
     small = build_flux2_dev()  # tokenizer, VAE, scheduler, transformer config; its text encoder is replaced
-    cfg = text_encoder_config(tiny, small.tokenizer, small.text_encoder.config.vision_config)
+    cfg = text_encoder_config(tiny, small.tokenizer, small.text_encoder.config.vision_config, narrow)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = random_text_encoder(cfg, device)
     with torch.random.fork_rng(devices=[]):
@@ -132,7 +142,7 @@ def build(directory: Path, tiny: bool) -> dict:
     params = sum(p.numel() for p in encoder.parameters())
     text = sum(p.numel() for n, p in encoder.named_parameters() if "vision_tower" not in n)
     files = sum(f.stat().st_size for f in (directory / "text_encoder").glob("*.safetensors"))
-    return {"build": str(directory), "tiny": tiny, "device": device, "torch": torch.__version__,
+    return {"build": str(directory), "tiny": tiny, "narrow": narrow, "device": device, "torch": torch.__version__,
             "transformers": transformers.__version__, "diffusers": diffusers.__version__, "text_encoder_params": params,
             "params_outside_vision_tower": text, "text_encoder_disk_gib": round(files / 2**30, 3),
             "build_s": round(built, 1), "save_s": round(time.perf_counter() - t0 - built, 1)}
@@ -239,6 +249,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--build", metavar="DIR", help="write the FLUX.2-dev-layout folder")
     ap.add_argument("--tiny", action="store_true", help="with --build: a small text encoder (CPU check)")
+    ap.add_argument("--narrow", action="store_true", help="with --build: the real width and depth, a 4096 MLP")
     ap.add_argument("--measure", metavar="NAME", choices=list(CONFIGS), help="one memory setting")
     ap.add_argument("--model", help="the folder --build wrote")
     ap.add_argument("--work", default="/tmp/te24work", help="dataset, configs and caches")
@@ -249,7 +260,7 @@ def main() -> None:
     ap.add_argument("--probe-int4", action="store_true", help="time an int4 layer made on the CPU moved to CUDA")
     a = ap.parse_args()
     if a.build:
-        emit(build(Path(a.build), a.tiny))
+        emit(build(Path(a.build), a.tiny, a.narrow))
     elif a.measure:
         if not a.model:
             ap.error("--measure needs --model")

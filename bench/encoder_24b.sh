@@ -7,6 +7,7 @@
 # they come; each cache command's full output to $OUT/encoder_24b_NAME.log ('+' written as '_').
 #   run(carry=[".whl"], command="bash bench/encoder_24b.sh")      [settings...]  BUDGET=530  TE24_DIR=folder
 # A dry run of the whole script with the small encoder: TINY=1 NO_PIP=1 PY=.venv/bin/python OUT=... bash ...sh
+# NARROW=1: the real width and depth with a 4096 MLP (11 GiB): placement checks (the load peak) in ~2 minutes
 # Time plan (estimates, H200 machine, 16 cores): pip ~15 s; build ~100-140 s (random init on the GPU, 44 GiB of
 # 5 GB safetensors shards written; the FLUX.1-dev full build, 33 GiB, took 79 s); then the settings, estimated in
 # bench/encoder_24b.py CONFIGS: bf16+group-offload 60-90, nf4-bnb 60-90, int8-quanto (quantized on the CPU)
@@ -33,7 +34,7 @@ free="{\"/tmp\": $(free_gib /tmp), \"/dev/shm\": $(free_gib /dev/shm)}"
 ram=$(free -g | awk '/Mem:/{print $2}')
 emit "{\"free_gib\": $free, \"dir\": \"$DIR\", \"ram_gib\": $ram, \"cores\": $(nproc --all)}"
 [ -n "$DIR" ] || { emit '{"error": "no folder with 50 GiB free for the 44 GiB text encoder; set TE24_DIR"}'; exit 1; }
-$PY bench/encoder_24b.py --build "$DIR" ${TINY:+--tiny} 2>"$OUT/encoder_24b_build.err" | json_lines
+$PY bench/encoder_24b.py --build "$DIR" ${TINY:+--tiny} ${NARROW:+--narrow} 2>"$OUT/encoder_24b_build.err" | json_lines
 [ -f "$DIR/model_index.json" ] || { tail -5 "$OUT/encoder_24b_build.err"; exit 1; }
 emit "{\"after_build_s\": $SECONDS, \"free_gib_after\": $(free_gib "$(dirname "$DIR")")}"
 

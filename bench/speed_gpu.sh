@@ -39,7 +39,7 @@ case "${1:-train}" in
     ;;
   tread2)  # TREAD on FLUX.2-klein-9B (its single blocks take one [text | image] sequence) and Qwen-Image, gc on,
     # without / with
-    for m in flux2-klein-9b qwen; do
+    for m in ${MODELS:-flux2-klein-9b qwen}; do
       for t in 0 0.5; do
         step 150 --model $m --gc 1 --steps 6 --warmup 2 --tread $t
       done
@@ -78,7 +78,7 @@ case "${1:-train}" in
       flag=--compile; [ $run = nocompile ] && flag=
       [ $run = compile-tread ] && flag="--compile --tread 0.5"
       echo "{\"run\": \"$run\"}"
-      step 200 --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag
+      step ${LIMIT:-200} --gc 1 --steps 6 --warmup 2 --phases ${PHASES:-1} $flag
     done
     ;;
   load)  # stock diffusers: from_pretrained + .to(cuda) vs device_map="cuda", fresh processes, alternating, twice each

@@ -173,3 +173,29 @@ def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component,
 
     assert a.keys() == b.keys() and all(torch.equal(plain(a[k]), plain(b[k])) for k in a)
     assert any(quantized(m) for m in blockwise.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("precision", ["no_change", "int8-torchao"])
+def test_an_offloaded_model_visits_the_device_one_block_at_a_time(monkeypatch, precision):
+    """Group-offloaded components stay in CPU memory (`home`): unquantized, they never go to the device; quantized
+    there (`quantize_via: accelerator`), one block at a time. (On the H200 a bf16 24B text encoder with
+    group_offload_text_encoder went to the GPU whole first: a 44 GiB peak.) torch.device("cpu", 0) stands for the
+    accelerator here: every move to it is recorded with the size of what moves."""
+    from glancetune import tiny
+    from glancetune.train.quantize import parts, place_and_quantize
+
+    model = tiny.build_flux().text_encoder_2
+    device, home = torch.device("cpu", 0), torch.device("cpu")
+    largest = max(sum(p.numel() for p in piece.parameters()) for _, _, piece in parts(model))
+    moves, original = [], torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        target = args[0] if args else kwargs.get("device")
+        if target == device:
+            moves.append(sum(p.numel() for p in self.parameters()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    place_and_quantize(model, precision, "accelerator", device, "text_encoder_2_precision", home=home)
+    assert (moves == []) if precision == "no_change" else (len(moves) > 1 and max(moves) <= largest)
+    assert all(t.device == home for t in model.state_dict().values())

@@ -179,3 +179,25 @@ def test_delete_keeps_a_server_data_folder(server, tmp_path):
     assert "1 sample(s) at 64x64" in r.json()["plan"]["text"]
     assert client.delete(f"/api/runs/{run_id}?confirm={run_id}").status_code == 200
     assert sorted(p.name for p in data.iterdir()) == ["a.png", "a.txt"]
+
+
+def test_server_compile_compiles_each_loaded_run_once(glance_run, tmp_path, monkeypatch):
+    """`glancetune server --compile`: the Generate page's sampler is compiled when it loads a run (the compile
+    itself: test_fused), once per load, not per request."""
+    from glancetune.sample import GlanceSampler
+    from glancetune.server import add_parser
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["server", "--compile"]).compile and not parser.parse_args(["server"]).compile
+    compiled = []
+    monkeypatch.setattr(GlanceSampler, "compile", lambda self: compiled.append(self))
+    _, srv = create_app(tmp_path / "runs", hosts={"127.0.0.1:8001"}, start_queue=False, compile_sampler=True)
+    for seed in (1, 2):
+        paths, _, _ = srv.warm.generate("r1", glance_run, tmp_path / "gen", ["a dog"], seed, None, None, None)
+        assert paths[0].is_file()
+    assert len(compiled) == 1 and compiled[0] is srv.warm.sampler
+    _, plain = create_app(tmp_path / "runs2", hosts={"127.0.0.1:8001"}, start_queue=False)
+    plain.warm.generate("r1", glance_run, tmp_path / "gen2", ["a dog"], 1, None, None, None)
+    assert len(compiled) == 1

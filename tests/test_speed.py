@@ -7,7 +7,9 @@ import torch
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
-from glancetune.train.speed import COMPILE_PAYS_AFTER
+from glancetune.train.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD
+
+TREAD = {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}}
 
 
 def compile_line(capsys, cfg) -> str:
@@ -36,6 +38,16 @@ def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, caps
     assert line.startswith(f"compile: off (auto: {half} steps in this process")  # one phase per process
 
 
+def test_auto_with_tread_needs_more_steps(tiny_flux, tmp_path, capsys, on_cuda):
+    """TREAD's compile costs more (~125 s: routed and whole-token graphs per block) for a smaller saving."""
+    half = COMPILE_PAYS_AFTER_TREAD // 2
+    line = compile_line(capsys, write_configs(tmp_path / "a", tiny_flux, steps=half, **TREAD))
+    assert line.startswith(f"compile: on (auto: {2 * half} steps >= {COMPILE_PAYS_AFTER_TREAD}; ~125 s of compiling")
+    line = compile_line(capsys, write_configs(tmp_path / "b", tiny_flux, steps=COMPILE_PAYS_AFTER, **TREAD))
+    assert line == (f"compile: off (auto: {2 * COMPILE_PAYS_AFTER} steps in this process, under the "
+                    f"{COMPILE_PAYS_AFTER_TREAD} that repay ~125 s of compiling)")
+
+
 def test_auto_needs_triton_on_cuda(tiny_flux, tmp_path, capsys, on_cuda, monkeypatch):
     from glancetune.train import speed
 
@@ -47,8 +59,6 @@ def test_auto_needs_triton_on_cuda(tiny_flux, tmp_path, capsys, on_cuda, monkeyp
 @pytest.mark.parametrize("keys, why", [
     ({"base_model_precision": "int8-quanto"}, "base_model_precision int8-quanto is not measured compiled"),
     ({"enable_group_offload": True, "gradient_checkpointing": True}, "enable_group_offload is not measured compiled"),
-    ({"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}},
-     "tread_config under compile is not measured on a GPU yet"),
 ])
 def test_auto_stays_eager_where_compile_is_not_measured(tiny_flux, tmp_path, capsys, on_cuda, keys, why):
     line = compile_line(capsys, write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER, **keys))

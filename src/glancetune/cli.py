@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="as-trained: all LoRA keys, the training alpha (default); stock: exactly what "
                    "pipe.load_lora_weights does")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
+    g.add_argument("--compile", action="store_true", help="compile the transformer's blocks first: ~20 s once, then "
+                   "~0.76x per image (FLUX.1-dev, H200); pays after ~40 images")
     from .train.quantize import PRECISIONS
 
     g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",

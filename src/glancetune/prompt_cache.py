@@ -57,6 +57,14 @@ class PromptCache:
         return self.info.family.prompt_call_kwargs(tensors, negative=negative)
 
 
+def prepared(sampler, args):
+    """The sampler as `generate`'s options set it up: `--lora-mode`, `--compile`."""
+    sampler.lora_mode = args.lora_mode
+    if args.compile:
+        sampler.compile()
+    return sampler
+
+
 def sample_with_cache(args, spec, info, dtype, control):
     """`glancetune generate`'s sampling, `args` its parsed arguments: (sampler, images, load seconds). Every prompt
     is one call (image k seeded `seed + k`, as in a batch)."""
@@ -70,8 +78,7 @@ def sample_with_cache(args, spec, info, dtype, control):
               base_model_precision=args.base_model_precision)
     fam = info.family
     if not usable(info):
-        sampler = GlanceSampler.from_spec(spec, **kw)
-        sampler.lora_mode = args.lora_mode
+        sampler = prepared(GlanceSampler.from_spec(spec, **kw), args)
         load = time.perf_counter() - t0
         return sampler, sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt), load
@@ -80,8 +87,7 @@ def sample_with_cache(args, spec, info, dtype, control):
     texts = args.prompt + ([negative] if fam.true_cfg else [])
     cache = PromptCache(info, texts, dtype or compute_dtype(mp),
                         spec.max_sequence_length or fam.default_max_sequence_length)
-    sampler = GlanceSampler.from_spec(spec, components=cache.without_encoders(), **kw)
-    sampler.lora_mode = args.lora_mode
+    sampler = prepared(GlanceSampler.from_spec(spec, components=cache.without_encoders(), **kw), args)
     if not cache.complete:
         cache.fill(sampler.pipe, device)
     load = time.perf_counter() - t0

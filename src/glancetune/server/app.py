@@ -64,10 +64,11 @@ def add_error_handlers(app: FastAPI) -> None:
 class Server:
     """The state behind the routes: store, queue, sampler."""
 
-    def __init__(self, runs_dir, max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None):
+    def __init__(self, runs_dir, max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None,
+                 compile_sampler: bool = False):
         self.store = RunStore(runs_dir)
         self.jobs = Manager(self.store, max_jobs)
-        self.warm = WarmSampler(idle_s, device)
+        self.warm = WarmSampler(idle_s, device, compile_sampler)
         self.jobs.device_busy = lambda: self.warm.busy
         self.jobs.before_start.append(self.warm.release)
         self.jobs.periodic.append(self.warm.release_if_idle)
@@ -337,9 +338,10 @@ def add_pages(app: FastAPI, srv: Server) -> None:
 
 
 def create_app(runs_dir, token: str | None = None, hosts: set[str] | None = None, max_body: int = 64 * 2**20,
-               max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None, start_queue: bool = True):
+               max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None, start_queue: bool = True,
+               compile_sampler: bool = False):
     """The ASGI app. `hosts`: the Host headers accepted (loopback binds); `token`: required on every request."""
-    srv = Server(runs_dir, max_jobs, idle_s, device)
+    srv = Server(runs_dir, max_jobs, idle_s, device, compile_sampler)
     app = FastAPI(title="glancetune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
     add_error_handlers(app)

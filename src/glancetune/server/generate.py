@@ -17,8 +17,9 @@ MAX_PROMPTS = 8
 
 
 class WarmSampler:
-    def __init__(self, idle_s: float = 300.0, device: str | None = None):
-        self.idle_s, self.device = idle_s, device
+    def __init__(self, idle_s: float = 300.0, device: str | None = None, compile_blocks: bool = False):
+        """`compile_blocks`: regional compile of each loaded run's transformer (`GlanceSampler.compile`)."""
+        self.idle_s, self.device, self.compile_blocks = idle_s, device, compile_blocks
         self.sampler = None
         self.spec = None
         self.key: str | None = None
@@ -73,6 +74,8 @@ class WarmSampler:
                     spec = resolve_spec(run=run_output)
                     check_size(model_info(spec.base_model), width or spec.width, height or spec.height)
                     self.sampler = GlanceSampler.from_spec(spec, device=self.device)
+                    if self.compile_blocks:
+                        self.sampler.compile()
                     self.spec, self.key = spec, key
                     log.info("generate: loaded %s (%s)", key, spec.base_model)
                 else:

@@ -160,8 +160,7 @@ def _place(job, module, name: str, precision: str, key: str, device, offload: bo
     via = job.cfg.quantize_via
     if not offload:
         return place_and_quantize(module, precision, via, device, key)
-    cpu = torch.device("cpu")
-    module = place_and_quantize(module, precision, via, device if via == "accelerator" else cpu, key)
+    module = place_and_quantize(module, precision, via, device, key, home=torch.device("cpu"))
     check_disk_offload(module, job.cfg)
     d = offload_dir(job.cfg, name)
     if d:

@@ -133,8 +133,8 @@ class Job(Plan, PhaseFiles):
             **self.components, **{c: None for c in self.family.encoder_components}, **extra})
         via = cfg.quantize_via
         if cfg.enable_group_offload:  # quantized where asked, then diffusers' hooks keep it on the CPU
-            transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via,
-                                             self.rt.device if via == "accelerator" else torch.device("cpu"))
+            transformer = place_and_quantize(pipe.transformer, cfg.base_model_precision, via, self.rt.device,
+                                             home=torch.device("cpu"))
             group_offload(transformer, cfg, self.rt.device)
             if self.rt.device.type == "cuda":
                 log.warning(OFFLOAD_TRAINING)

@@ -3,7 +3,9 @@ memory plan `--dry-run` prints.
 
 Phases and components:
   encode  (only on a cache miss) the text encoders, each at its `text_encoder_N_precision`, on the device or
-          group-offloaded (`group_offload_text_encoder`); then the VAE, on the device or group-offloaded
+          group-offloaded (`group_offload_text_encoder`: its weights stay in CPU memory, quantized on the device a
+          block at a time; quanto and nf4-bnb weights fail in the hooks and are refused, OFFLOAD_FAILS); then the
+          VAE, on the device or group-offloaded
           (`group_offload_vae`), with tiling/slicing if asked. `offload_during_startup`: the text encoders leave
           the device before the VAE arrives (else all encoders are placed at once). Everything is released
           before the transformer loads.
@@ -58,6 +60,9 @@ def check(cfg, family, device, compute_dtype) -> None:
     check_precision("base_model_precision", cfg.base_model_precision, device)
     for key, p in zip(TEXT_ENCODER_KEYS, encoder_precisions(cfg, family).values()):
         check_precision(key, p, device)
+        if cfg.group_offload_text_encoder and library(p) in OFFLOAD_FAILS:
+            raise GlanceError(f"group_offload_text_encoder: not with {key} {p}: {OFFLOAD_FAILS[library(p)]}; use "
+                              f"{key} int8-torchao or no_change with group offload, or {p} without it")
     import torch
 
     if cfg.base_model_default_dtype == "bf16" and compute_dtype != torch.bfloat16:
@@ -116,12 +121,19 @@ def enable_checkpointing(transformer, backend: str, device, interval: int | None
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
 
 
+# precision libraries whose weights fail in diffusers' offload hooks, measured on the H200 (bench/offload_probe.py:
+# the trained transformer; bench/encoder_24b.py: a text encoder); torchao weights pass
+OFFLOAD_FAILS = {
+    "quanto": "the offload hooks cannot move optimum-quanto weights (training: torch \"Couldn't swap QLinear.weight\"; "
+              "encoding: they stay on the CPU, \"Expected all tensors to be on the same device\")",
+    "bitsandbytes": "bitsandbytes NF4 weights through the offload hooks crashed on CUDA with an illegal memory access "
+                    "(training and encoding)",
+}
+
+
 def check_offload_base(precision: str) -> None:
-    """The quantized bases the trained transformer's offload hooks fail with (measured, bench/offload_probe.py)."""
-    why = {"quanto": "the offload hooks cannot move optimum-quanto weights that backward still holds (torch: "
-                     "\"Couldn't swap QLinear.weight\")",
-           "bitsandbytes": "training through the offload hooks on a bitsandbytes NF4 base crashed on CUDA with an "
-                           "illegal memory access (H200, bench/offload_probe.py)"}.get(library(precision))
+    """The quantized bases the trained transformer's offload hooks fail with."""
+    why = OFFLOAD_FAILS.get(library(precision))
     if why:
         raise GlanceError(f"enable_group_offload: not with base_model_precision {precision}: {why}; use "
                           "int8-torchao or no_change with group offload, or nf4-bnb without it")

@@ -135,19 +135,22 @@ def load_config(precisions: dict[str, str], dtype):
                                                     "bnb_4bit_compute_dtype": dtype})
 
 
-def place_and_quantize(model, precision: str, via: str, device, key: str = "base_model_precision"):
-    """Move to `device` and quantize, in the order `quantize_via` asks for (a model loaded with a bitsandbytes
-    config quantizes as it moves to the GPU)."""
+def place_and_quantize(model, precision: str, via: str, device, key: str = "base_model_precision", home=None):
+    """Quantize in the order `quantize_via` asks for and leave the model on `home` (default `device`): a model
+    that diffusers' hooks group-offload stays in CPU memory (`home` cpu) and, quantized on the accelerator, visits
+    it one block at a time, so the device never holds the whole unquantized model (it did: 44 GiB of a 24B text
+    encoder's bf16 weights, H200). A model loaded with a bitsandbytes config is already quantized and placed."""
+    home = home or device
     if at_load(precision):
         return model.to(device)
-    if via == "cpu":
+    if precision == "no_change" or via == "cpu":
         quantize_model(model, precision, key)
-        if precision == "int4-quanto" and getattr(device, "type", str(device)) != "cpu":
+        if precision == "int4-quanto" and getattr(home, "type", str(home)) != "cpu":
             log.warning("%s: int4-quanto with quantize_via cpu: optimum-quanto packs int4 weights for the CPU and "
                         "re-packs them for %s through one identity matmul per layer on the CPU, which can take "
                         "minutes per billion parameters; quantize_via accelerator (one block at a time on the GPU) or "
-                        "int8-quanto avoid it", key, device)
-        return model.to(device)
+                        "int8-quanto avoid it", key, home)
+        return model.to(home)
     import torch
 
     for parent, name, part in parts(model):  # one block at a time: the device holds one unquantized block at most
@@ -155,10 +158,11 @@ def place_and_quantize(model, precision: str, via: str, device, key: str = "base
         if next(part.children(), None) is None:  # a bare layer: quantized inside a holder, which can replace it
             holder = torch.nn.ModuleDict({name: part})
             quantize_model(holder, precision, key)
-            setattr(parent, name, holder[name])
+            setattr(parent, name, holder[name].to(home))
         else:
             quantize_model(part, precision, key)
-    return model.to(device)  # what lies outside the parts (the model's own parameters, if any)
+            part.to(home)
+    return model.to(home)  # what lies outside the parts (the model's own parameters, if any)
 
 
 def parts(module):

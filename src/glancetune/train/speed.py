@@ -1,18 +1,25 @@
 """Settings that trade start-up time for step time, decided from GPU measurements (bench/RESULTS.md).
 
 `compile_transformer: auto` (the default) compiles the transformer's repeated blocks (diffusers'
-`compile_repeated_blocks`) only where it was measured to pay: on CUDA, an unquantized base without group offload or
-TREAD, and enough steps in the process to repay the compile. FLUX.1-dev on an H200 (session 12, `glance`, both
-adapters): 0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune
-keeps the cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is
-the cold figure. Quantized bases, group offload, TREAD and DDP / FSDP runs under compile have no GPU figure yet
-(TREAD's first compiled GPU run stopped on the recompile limit below), so auto leaves them eager; `compile_transformer: true` still forces it.
+`compile_repeated_blocks`) only where it was measured to pay: on CUDA, an unquantized base without group offload,
+and enough steps in the process to repay the compile. FLUX.1-dev on an H200 (session 12, `glance`, both adapters):
+0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune keeps the
+cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is the cold
+figure. With TREAD (session 13, same run, routes 0.5 over blocks 2..-2): 0.62 s/step compiled for 124 s of
+compiling (each block compiles its routed and whole-token graphs), against ~0.81 eager (TREAD's -16% of session 9
+on 0.96): ~0.2 s saved per step, so it pays after ~600 steps. Quantized bases, group offload and DDP / FSDP runs
+under compile have no GPU figure yet, so auto leaves them eager; `compile_transformer: true` still forces it.
+CUDA graphs (`mode="reduce-overhead"`) failed in the first forward: every block replays the one graph of the block
+function, and a replay overwrites the previous block's output still in use ("accessing tensor output of CUDAGraphs
+that has been overwritten by a subsequent run"); `max-autotune-no-cudagraphs` autotuned for over 200 s. Neither is
+offered (session 13).
 """
 from __future__ import annotations
 
 # optimizer steps in one process (both phases of a glance job counted); a resumed run counts all its steps, not the
 # ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
 COMPILE_PAYS_AFTER = 250
+COMPILE_PAYS_AFTER_TREAD = 600  # with tread_config: ~125 s of compiling for ~0.2 s per step
 # graphs one block function may compile: each adapter (peft's set_adapter flips requires_grad, which dynamo guards)
 # x grad mode (eval losses, validation) x input layout x TREAD's routed / whole token counts x bucket shapes. torch's
 # default (8) with fullgraph=True is a hard error mid-run (FailOnRecompileLimitHit: a glance job with TREAD on a
@@ -53,13 +60,16 @@ def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout
         why = f"base_model_precision {cfg.base_model_precision} is not measured compiled"
     elif cfg.enable_group_offload:
         why = "enable_group_offload is not measured compiled"
-    elif cfg.tread_config:
-        why = "tread_config under compile is not measured on a GPU yet"
     elif layout in ("ddp", "fsdp"):
         why = f"a {layout.upper()} run is not measured compiled"
-    elif total < COMPILE_PAYS_AFTER:
-        why = f"{total} steps in this process, under the {COMPILE_PAYS_AFTER} that repay ~70 s of compiling"
+    elif total < (need := COMPILE_PAYS_AFTER_TREAD if cfg.tread_config else COMPILE_PAYS_AFTER):
+        why = f"{total} steps in this process, under the {need} that repay {cost(cfg)} of compiling"
     else:
-        return True, (f"on (auto: {total} steps >= {COMPILE_PAYS_AFTER}; ~70 s of compiling the first time, "
+        return True, (f"on (auto: {total} steps >= {need}; {cost(cfg)} of compiling the first time, "
                       "~10 s once inductor's cache is warm)")
     return False, f"off (auto: {why})"
+
+
+def cost(cfg) -> str:
+    """The measured cold compile time (FLUX.1-dev, both adapters, H200)."""
+    return "~125 s" if cfg.tread_config else "~70 s"
