@@ -8,6 +8,8 @@
 #                                    with and without the text encoders (bench/load_speed.py) (~4 min)
 #   bash bench/speed_gpu.sh tread2   FLUX.2-klein-9B and Qwen-Image steps gc on, without and with TREAD 0.5 over
 #                                    blocks 2..-2 (~5 min)
+#   bash bench/speed_gpu.sh qwen     Qwen-Image step: caption mask kept / dropped (training_text), TREAD, compile,
+#                                    and a torch.profiler split of device-busy vs wall time (~7 min)
 #   bash bench/speed_gpu.sh gc       our step: gc off / every block / interval 2, 4 / unsloth backend (~4 min)
 #   bash bench/speed_gpu.sh cudagraphs  our step compiled with torch.compile's default / reduce-overhead (CUDA graphs)
 #                                    / max-autotune-no-cudagraphs modes, gc on (~5 min; GCS="1 0" adds gc off)
@@ -44,6 +46,16 @@ case "${1:-train}" in
         step 150 --model $m --gc 1 --steps 6 --warmup 2 --tread $t
       done
     done
+    ;;
+  qwen)  # Qwen-Image's step (session 13: TREAD 0.5 gained nothing, 1.53 -> 1.62 s/step): the caption mask as cached
+    # (--keep-mask, glancetune before session 13) against the job's now (a mask of ones dropped, as the pipeline does:
+    # SDPA's flash kernel instead of the masked one), TREAD and compile on top; then both mask forms under
+    # torch.profiler: device-busy s/step against the wall s/step (launch-bound or not), top kernels to $OUT (~7 min)
+    for flags in "--keep-mask" "" "--tread 0.5" "--keep-mask --tread 0.5" "--compile"; do
+      step 200 --model qwen --gc 1 --steps 6 --warmup 2 $flags
+    done
+    step 150 --model qwen --gc 1 --steps 3 --warmup 2 --keep-mask --profile "${OUT:-/tmp}/qwen-profile-mask.txt"
+    step 150 --model qwen --gc 1 --steps 3 --warmup 2 --profile "${OUT:-/tmp}/qwen-profile-nomask.txt"
     ;;
   gc)  # the memory/speed curve of gradient checkpointing: off, every block, every 2nd / 4th block
     # (gradient_checkpointing_interval), every block with its inputs in CPU memory (gradient_checkpointing_backend

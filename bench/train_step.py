@@ -53,6 +53,10 @@ p.add_argument("--fp8", action="store_true", help="variant: torchao float8 train
                "linears (convert_to_float8_training before the adapters; dynamic scaling): measure before building")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
                "2..-2 (0: off)")
+p.add_argument("--keep-mask", action="store_true", help="Qwen-Image: the caption mask of ones as cached (the "
+               "masked attention of glancetune before session 13); default: as the job, Family.training_text")
+p.add_argument("--profile", metavar="FILE", help="torch.profiler over the timed steps: the top kernels by device "
+               "time to FILE, and device-busy seconds per step (kernel time) and launches per step in the JSON line")
 p.add_argument("--optimizer", default="adamw", help="optimizer key (adamw, adamw8bit, ...)")
 p.add_argument("--sync", choices=("step", "ends"), default="step",
                help="step: synchronize after every step (per-step times); ends: only at the timing boundaries")
@@ -183,6 +187,8 @@ class Timing(Hook):
         if a.sync == "step" or step in (a.warmup, total_steps):
             sync()
         marks.setdefault("t", []).append(time.perf_counter())
+        if a.profile and step in (a.warmup, total_steps):
+            profile_edge(step == a.warmup)
         if step == a.warmup and cuda:
             marks["peak_warmup_gib"] = torch.cuda.max_memory_allocated() / 2**30
             marks["resident_gib"] = torch.cuda.memory_allocated() / 2**30  # weights, LoRA, optimizer states
@@ -194,6 +200,29 @@ class Timing(Hook):
         marks.setdefault("losses", []).extend(r.loss for r in records)
 
 
+def profile_edge(start: bool) -> None:
+    """Start torch.profiler after the warm-up; at the end, sum the kernels' device time (is the step bound by the
+    device's work, or by launching it?) and write the top kernels to --profile."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if start:
+        marks["prof"] = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else
+                                [ProfilerActivity.CPU])
+        marks["prof"].start()
+        return
+    prof = marks.pop("prof")
+    prof.stop()
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6  # microseconds -> s
+    marks["profile"] = {"device_busy_s_per_step": round(busy / a.steps / a.phases, 4),
+                        "kernel_launches_per_step": sum(e.count for e in kernels) // (a.steps * a.phases)}
+    Path(a.profile).write_text(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
+                                            row_limit=25))
+
+
+if not a.keep_mask:  # as Job.prepared: the family's training inputs (Qwen-Image: a mask of ones is dropped)
+    sample.text = family.training_text(sample.text)
 rt = make_runtime(cfg, "glance")
 params = {"slow": params}
 if a.phases == 2:  # the glance job: both adapters on the transformer, interleaved
@@ -228,7 +257,7 @@ losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile,
-           compile_mode=a.compile_mode, tread=a.tread,
+           compile_mode=a.compile_mode, tread=a.tread, keep_mask=a.keep_mask, **marks.get("profile", {}),
            fp8=a.fp8, gc_backend=a.gc_backend, gc_interval=a.gc_interval,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),

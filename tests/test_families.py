@@ -164,3 +164,33 @@ def check_resume_latents(sampler, lad):
     naive = pipe(sigmas=list(lad.fast), num_inference_steps=len(lad.fast), output_type="np",
                  latents=fam.resume_latents(pipe, jumped, 128, 128), **kw).images[0]
     assert np.abs(naive - one).max() > 1 / 255  # so the check can fail
+
+
+def test_qwen_training_attends_without_a_mask_like_the_pipeline():
+    """QwenImagePipeline.encode_prompt drops a prompt mask of all ones before its transformer; training does the
+    same (`training_text`, once per sample), so SDPA may use its flash kernel. No value changes: the transformer's
+    output with a mask of ones equals the output without, bit for bit (CPU, fp32). A padded caption keeps its
+    mask, and a batch mixing the two gets padded masks again (ones for the unmasked sample)."""
+    from glancetune import tiny
+    from glancetune.families.qwen_image import QwenImage
+
+    fam, t = QwenImage(), tiny.build_qwen_image().transformer.eval()
+    g = torch.Generator().manual_seed(0)
+    x, e = torch.randn(1, 64, t.config.in_channels, generator=g), torch.randn(1, 7, t.config.joint_attention_dim,
+                                                                               generator=g)
+    ones, padded = torch.ones(1, 7, dtype=torch.long), torch.tensor([[1, 1, 1, 1, 1, 0, 0]])
+    assert fam.training_text({"encoder_hidden_states": e, "encoder_hidden_states_mask": ones}) == {
+        "encoder_hidden_states": e, "encoder_hidden_states_mask": None}
+    kept = fam.training_text({"encoder_hidden_states": e, "encoder_hidden_states_mask": padded})
+    assert kept["encoder_hidden_states_mask"] is padded
+    with torch.no_grad():
+        def out(mask):
+            return t(hidden_states=x, encoder_hidden_states=e, encoder_hidden_states_mask=mask,
+                     timestep=torch.tensor([0.5]), img_shapes=[[(1, 8, 8)]], return_dict=False)[0]
+        assert torch.equal(out(ones), out(None))
+    short = {"encoder_hidden_states": e[:, :4], "encoder_hidden_states_mask": None}
+    same = fam.collate([{"encoder_hidden_states": e, "encoder_hidden_states_mask": None}] * 2)
+    assert same["encoder_hidden_states_mask"] is None and same["encoder_hidden_states"].shape == (2, 7, e.shape[2])
+    mixed = fam.collate([short, kept])
+    assert mixed["encoder_hidden_states_mask"].tolist() == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]]
+    assert torch.equal(mixed["encoder_hidden_states"][0, 4:], torch.zeros(3, e.shape[2]))

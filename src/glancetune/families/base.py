@@ -230,6 +230,11 @@ class Family:
             return {"guidance": value.to(device=device, dtype=torch.float32)}
         return {"guidance": torch.full([batch], float(value), device=device, dtype=torch.float32)}
 
+    def training_text(self, text: dict[str, Any]) -> dict[str, Any]:
+        """A cached caption's transformer inputs as training gives them, once per sample (on the CPU, before the
+        run's device): as cached unless the family's pipeline changes them before its transformer sees them."""
+        return text
+
     def predict(self, transformer, noisy: torch.Tensor, timestep: torch.Tensor, text: dict, image: dict,
                 guidance: float | None) -> torch.Tensor:
         kwargs = dict(text)

@@ -68,14 +68,26 @@ class QwenImage(Family):
         b, c, _, h, w = z.shape
         return pipe._pack_latents(z, b, c, h, w), {"img_shapes": [[(1, h // 2, w // 2)]] * b}
 
+    def training_text(self, text):
+        """As the pipeline's `encode_prompt`: a mask without padding (every token attended) is dropped, so the
+        joint attention runs without a mask (torch's SDPA can then use its flash kernel) during training as in
+        sampling. The same values: a mask of ones changes nothing (bit-identical on the CPU, tested)."""
+        mask = text.get("encoder_hidden_states_mask")
+        return {**text, "encoder_hidden_states_mask": None} if mask is not None and bool(mask.all()) else text
+
     def collate(self, items):
-        """Captions of different lengths: pad embeddings with zeros and masks with 0 (as the pipeline does)."""
+        """Captions of different lengths: pad embeddings with zeros and masks with 0 (as the pipeline does); a
+        sample without a mask (`training_text`) attends to all its tokens."""
         if "encoder_hidden_states" not in items[0]:
             return super().collate(items)
         n = max(it["encoder_hidden_states"].shape[1] for it in items)
+        if all(it["encoder_hidden_states_mask"] is None and it["encoder_hidden_states"].shape[1] == n for it in items):
+            return super().collate(items)
         padded = []
         for it in items:
             e, m = it["encoder_hidden_states"], it["encoder_hidden_states_mask"]
+            if m is None:
+                m = torch.ones(e.shape[:2], dtype=torch.long, device=e.device)
             pad = n - e.shape[1]
             padded.append({**it, "encoder_hidden_states": torch.nn.functional.pad(e, (0, 0, 0, pad)),
                            "encoder_hidden_states_mask": torch.nn.functional.pad(m, (0, pad))})

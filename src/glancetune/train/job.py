@@ -115,7 +115,8 @@ class Job(Plan, PhaseFiles):
         for t, i in encoded:
             i = dict(i)
             x0 = i.pop("x0")
-            out.append(Prepared(x0.float().to(self.rt.device), _to(t, self.rt.device), _to(i, self.rt.device)))
+            out.append(Prepared(x0.float().to(self.rt.device), _to(self.family.training_text(t), self.rt.device),
+                                _to(i, self.rt.device)))
         if self.cfg.train_batch_size > 1 and len(out) > 1:
             self.family.collate([p.image for p in out])  # samples that cannot share a batch fail here
         return out
