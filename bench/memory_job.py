@@ -105,6 +105,9 @@ def job(name: str) -> dict:
             k, v = part.rsplit(" ", 4)[0], part.rsplit(" ", 4)[1:]
             row[f"peak_{k}"] = {"allocated": float(v[0]),
                                                                      "reserved": float(v[2])}
+    m = re.search(r"allocator \(train\): (.*)", text)  # the caching allocator's split / segment counts
+    if m:
+        row["allocator_train"] = m.group(1)
     row["phases"] = phase_stats(d / "out" / "train_log.jsonl")
     if p.returncode:
         row["tail"] = text.strip().splitlines()[-3:]

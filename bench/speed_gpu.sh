@@ -10,6 +10,8 @@
 #                                    blocks 2..-2 (~5 min)
 #   bash bench/speed_gpu.sh qwen     Qwen-Image step: caption mask kept / dropped (training_text), TREAD, compile,
 #                                    and a torch.profiler split of device-busy vs wall time (~7 min)
+#   bash bench/speed_gpu.sh attention  FLUX.1-dev and Qwen-Image steps with diffusers' _native_flash / _native_efficient
+#                                    attention backends against native SDPA (~6 min)
 #   bash bench/speed_gpu.sh gc       our step: gc off / every block / interval 2, 4 / unsloth backend (~4 min)
 #   bash bench/speed_gpu.sh cudagraphs  our step compiled with torch.compile's default / reduce-overhead (CUDA graphs)
 #                                    / max-autotune-no-cudagraphs modes, gc on (~5 min; GCS="1 0" adds gc off)
@@ -56,6 +58,15 @@ case "${1:-train}" in
     done
     step 150 --model qwen --gc 1 --steps 3 --warmup 2 --keep-mask --profile "${OUT:-/tmp}/qwen-profile-mask.txt"
     step 150 --model qwen --gc 1 --steps 3 --warmup 2 --profile "${OUT:-/tmp}/qwen-profile-nomask.txt"
+    ;;
+  attention)  # diffusers' attention dispatcher backends against the native SDPA the job uses (no flash-attn /
+    # sageattention packages on the machine: torch's own kernels), FLUX.1-dev and Qwen-Image, gc on (~6 min); a
+    # failed backend prints its log tail
+    for m in flux1 qwen; do
+      for b in "" _native_flash _native_efficient; do
+        step 150 --model $m --gc 1 --steps 6 --warmup 2 ${b:+--attention-backend $b}
+      done
+    done
     ;;
   gc)  # the memory/speed curve of gradient checkpointing: off, every block, every 2nd / 4th block
     # (gradient_checkpointing_interval), every block with its inputs in CPU memory (gradient_checkpointing_backend

@@ -53,6 +53,9 @@ p.add_argument("--fp8", action="store_true", help="variant: torchao float8 train
                "linears (convert_to_float8_training before the adapters; dynamic scaling): measure before building")
 p.add_argument("--tread", type=float, default=0.0, help="variant: TREAD route with this selection_ratio over blocks "
                "2..-2 (0: off)")
+p.add_argument("--attention-backend", metavar="NAME", help="variant: diffusers' attention dispatcher backend "
+               "(transformer.set_attention_backend: _native_flash, _native_efficient, _native_math, flash, ...); "
+               "default: diffusers' native SDPA, as the job")
 p.add_argument("--keep-mask", action="store_true", help="Qwen-Image: the caption mask of ones as cached (the "
                "masked attention of glancetune before session 13); default: as the job, Family.training_text")
 p.add_argument("--profile", metavar="FILE", help="torch.profiler over the timed steps: the top kernels by device "
@@ -221,6 +224,8 @@ def profile_edge(start: bool) -> None:
                                             row_limit=25))
 
 
+if a.attention_backend:  # measure before building a config key (issue 12: attention backend choice)
+    transformer.set_attention_backend(a.attention_backend)
 if not a.keep_mask:  # as Job.prepared: the family's training inputs (Qwen-Image: a mask of ones is dropped)
     sample.text = family.training_text(sample.text)
 rt = make_runtime(cfg, "glance")
@@ -257,7 +262,8 @@ losses = marks["losses"]
 losses_ok = all(map(lambda v: v == v and abs(v) < 1e6, losses))
 out = dict(bench="glancetune", model=a.model + ("-tiny" if a.tiny else ""), res=res, gc=a.gc, rank=a.rank,
            phases=a.phases, precision=a.precision, group_offload=a.group_offload, compile=a.compile,
-           compile_mode=a.compile_mode, tread=a.tread, keep_mask=a.keep_mask, **marks.get("profile", {}),
+           compile_mode=a.compile_mode, tread=a.tread, keep_mask=a.keep_mask,
+           attention_backend=a.attention_backend, **marks.get("profile", {}),
            fp8=a.fp8, gc_backend=a.gc_backend, gc_interval=a.gc_interval,
            sync=a.sync, warmup=a.warmup, steps=a.steps,
            train_s_per_step=round(s_per_step, 4), median_s_per_step=round(statistics.median(per_step), 4),

@@ -112,11 +112,13 @@ def test_simpletuner_feature_off_defaults_are_accepted():
                             "group_offload_blocks_per_group": 1, "use_ema": False, "enable_group_offload": False,
                             "push_to_hub": False, "hub_model_id": None, "snr_gamma": None, "noise_offset": 0,
                             "report_to": "none", "optimizer": "bnb-adamw8bit", "num_train_epochs": 0,
-                            "resume_from_checkpoint": "latest", "checkpointing_steps": 500}
+                            "resume_from_checkpoint": "latest", "checkpointing_steps": 500,
+                            "attention_mechanism": "diffusers", "sageattention_usage": "inference"}
     assert set(ACCEPTED_DEFAULTS) <= NOT_IMPLEMENTED
     c = build_config({"data_backend_config": "d", **{f"--{k}": v for k, v in simpletuner_defaults.items()}}, "c")
     assert c.optimizer == "adamw8bit" and c.num_train_epochs is None and c.checkpointing_steps == 500
-    for key, value in (("noise_offset", 0.1), ("caption_dropout_probability", 0.1), ("lora_type", "lycoris")):
+    for key, value in (("noise_offset", 0.1), ("caption_dropout_probability", 0.1), ("lora_type", "lycoris"),
+                       ("attention_mechanism", "sageattention")):
         with pytest.raises(GlanceError, match=f"'{key}' is a SimpleTuner option"):
             build_config({"data_backend_config": "d", key: value}, "c")
 

@@ -406,3 +406,14 @@ def test_dry_run_notes_the_measured_slow_settings(tiny_flux, tmp_path, capsys):
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"  note: {OFFLOAD_TRAINING}" in out and INT4_TRAINING not in out
+
+
+def test_allocator_note_names_what_reserved_memory_holds():
+    """After training on CUDA the job logs the caching allocator's counters (torch.cuda.memory_stats) next to the
+    peaks: the line for a given set of counters (a CPU run has none to read)."""
+    from glancetune.train.memory import allocator_note
+
+    stats = {"reserved_bytes.all.peak": 19.5 * 2**30, "inactive_split_bytes.all.peak": 5 * 2**29,
+             "segment.all.peak": 412, "num_alloc_retries": 3, "num_ooms": 0}
+    assert allocator_note(stats) == ("allocator (train): reserved peak 19.50 GiB, inactive split blocks peak 2.50 "
+                                     "GiB, 412 segments at most, 3 cudaMalloc retries, 0 out-of-memory")

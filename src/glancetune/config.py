@@ -28,7 +28,7 @@ from .schedule import LADDER_STEPS
 NOT_IMPLEMENTED = {
     "caption_dropout_probability", "use_ema", "lora_type",
     "push_to_hub", "hub_model_id", "aspect_bucket_rounding", "train_text_encoder", "noise_offset", "snr_gamma",
-    "lora_init_type",
+    "lora_init_type", "attention_mechanism", "sageattention_usage",
 }
 # Values that mean "feature off" for every key of NOT_IMPLEMENTED.
 NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
@@ -38,6 +38,9 @@ NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
 # lora_init_type "default").
 ACCEPTED_DEFAULTS: dict[str, tuple] = {
     "lora_type": ("standard",),
+    # torch's SDPA through diffusers (glancetune's only attention; other backends: bench/speed_gpu.sh attention);
+    # sageattention_usage only acts with a sageattention mechanism
+    "attention_mechanism": ("diffusers",), "sageattention_usage": ("inference",),
 }
 # SimpleTuner optimizer names that are the same class as ours.
 OPTIMIZER_ALIASES = {"torch-adamw": "adamw", "optimi-adamw": "adamw_bf16", "bnb-adamw8bit": "adamw8bit"}

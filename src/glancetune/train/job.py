@@ -25,7 +25,7 @@ from .loop import Prepared, Trainer
 from .optim import resolve_train_steps
 from .files import PhaseFiles
 from .plan import Plan
-from .memory import OFFLOAD_TRAINING, enable_checkpointing, group_offload, peak_memory
+from .memory import OFFLOAD_TRAINING, allocator_note, enable_checkpointing, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
 from .speed import compile_blocks, compile_decision
@@ -83,10 +83,12 @@ class Job(Plan, PhaseFiles):
             if resume is not None and rt.is_main:
                 log.info("resuming from %s (step %d of %d)", resume, start, self.steps)
             summary = self.trainer.run(self.trainer_states, hooks, run, time.perf_counter() - t_start)
+            stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}
             peaks["train"] = peak_memory(rt.device)
             if rt.is_main and rt.device.type == "cuda" and not quiet:
                 log.info("peak GPU memory (allocated / reserved): " + "; ".join(
                     f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
+                log.info(allocator_note(stats))
             hooks.on_train_end(run, summary)
         finally:
             hooks.close()
