@@ -58,6 +58,8 @@ case "${1:-train}" in
     done
     step 150 --model qwen --gc 1 --steps 3 --warmup 2 --keep-mask --profile "${OUT:-/tmp}/qwen-profile-mask.txt"
     step 150 --model qwen --gc 1 --steps 3 --warmup 2 --profile "${OUT:-/tmp}/qwen-profile-nomask.txt"
+    # FLUX.1-dev for comparison (where its step goes: device-busy vs wall; ~800 LoRA layers' small kernels)
+    step 150 --gc 1 --steps 3 --warmup 2 --profile "${OUT:-/tmp}/flux1-profile.txt"
     ;;
   attention)  # diffusers' attention dispatcher backends against the native SDPA the job uses (no flash-attn /
     # sageattention packages on the machine: torch's own kernels), FLUX.1-dev and Qwen-Image, gc on (~6 min); a
