@@ -7,6 +7,7 @@ import torch
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
+from glancetune.errors import GlanceError
 from glancetune.train.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD
 
 TREAD = {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}}
@@ -99,3 +100,31 @@ def test_bad_compile_setting_is_one_line(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=1, compile_transformer="sometimes")
     err = run_err(capsys, ["glance", "--config", str(cfg)])
     assert err.endswith("key 'compile_transformer': expected true, false or auto (got 'sometimes')"), err
+
+
+def test_a_compile_that_cannot_run_is_one_line(tiny_flux, glance_run, tmp_path, capsys, monkeypatch):
+    """A compile that was asked for (compile_transformer: true, generate --compile) checks what inductor needs on
+    the device before any weights load: a C++ compiler on the CPU, Triton on CUDA."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor import cpp_builder
+
+    from glancetune.train import speed
+
+    cpp_builder.cpp_compiler_search.cache_clear()
+    try:
+        with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+            cfg = write_configs(tmp_path, tiny_flux, steps=1, compile_transformer=True)
+            assert run_err(capsys, ["glance", "--config", str(cfg)]) == (
+                "error: compile_transformer: compiling on cpu needs a C++ compiler (g++; or set CXX) and none was "
+                "found, or leave compiling off")
+            assert not (tmp_path / "output").exists()
+            err = run_err(capsys, ["generate", "--run", str(glance_run), "--prompt", "a dog", "--compile",
+                                   "--output", str(tmp_path / "x.png")])
+            assert err.startswith("error: --compile: compiling on cpu needs a C++ compiler")
+            assert not (tmp_path / "x.png").exists()
+    finally:
+        cpp_builder.cpp_compiler_search.cache_clear()  # its result is cached: searched again as torch has it
+    monkeypatch.setattr(speed, "triton_available", lambda: False)
+    with pytest.raises(GlanceError, match="^--compile: compiling for CUDA needs Triton"):
+        speed.check_compile("cuda", "--compile")
+    speed.check_compile("cpu", "--compile")  # g++ is back: no error

@@ -107,9 +107,13 @@ def cmd_generate(args) -> int:
     # every argument is checked before any weights load
     check_request(args.prompt, args.seed, args.width, args.height, args.guidance)
     try:
-        select(args.device)  # the device rule of training; from_spec applies it again
+        device, _ = select(args.device)  # the device rule of training; from_spec applies it again
     except GlanceError as e:
         raise GlanceError(f"--{e}") from None  # its message names the config key `device`
+    if args.compile:
+        from .train.speed import check_compile
+
+        check_compile(device.type, "--compile")
     output_paths(args.output, len(args.prompt))
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,

@@ -51,6 +51,15 @@ def cmd_server(args) -> int:
         raise GlanceError(f"--port: {args.port} is not a port number")
     if args.jobs < 1 or args.max_upload_mb < 1:
         raise GlanceError("--jobs and --max-upload-mb: must be at least 1")
+    if args.compile:  # what compiling needs on the Generate page's device, before the server starts
+        from ..train.runtime import select
+        from ..train.speed import check_compile
+
+        try:
+            device, _ = select(args.device)
+        except GlanceError as e:
+            raise GlanceError(f"--{e}") from None
+        check_compile(device.type, "--compile")
     token = server_token(args.host, args.token)
     hosts = loopback_hosts(args.host, args.port) if is_loopback(args.host) else set()
     app, srv = create_app(args.runs_dir, token, hosts, args.max_upload_mb * 2**20, args.jobs, args.idle_release,

@@ -64,6 +64,10 @@ class Plan:
         self.info = model_info(cfg.model_ref, family.name, flavour)
         self.family = self.info.family
         memory.check(cfg, self.family, device, compute_dtype(mp))  # precisions and offload, before any weights
+        if cfg.compile_transformer is True:
+            from .speed import check_compile
+
+            check_compile(device.type, "compile_transformer")
         from .tread import parse_routes
 
         self.tread_routes = parse_routes(cfg.tread_config, self.family.tread_blocks_count(

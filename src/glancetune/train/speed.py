@@ -16,6 +16,8 @@ offered (session 13).
 """
 from __future__ import annotations
 
+from ..errors import GlanceError
+
 # optimizer steps in one process (both phases of a glance job counted); a resumed run counts all its steps, not the
 # ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
 COMPILE_PAYS_AFTER = 250
@@ -42,6 +44,26 @@ def triton_available() -> bool:
     from torch.utils._triton import has_triton
 
     return has_triton()
+
+
+def check_compile(device_type: str, key: str) -> None:
+    """Before any weights load, for a compile that was asked for: what inductor needs on this device (without it the
+    first compiled call fails deep in inductor). CUDA: Triton; CPU: a C++ compiler (inductor's own search: g++ by
+    default, or `torch._inductor.config.cpp.cxx`)."""
+    if device_type == "cuda":
+        if not triton_available():
+            raise GlanceError(f"{key}: compiling for CUDA needs Triton, which this torch install lacks (pip install "
+                              "triton), or leave compiling off")
+    if device_type != "cpu":
+        return
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise GlanceError(f"{key}: compiling on {device_type} needs a C++ compiler (g++; or set CXX) and none was "
+                          "found, or leave compiling off") from None
 
 
 def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str) -> tuple[bool, str]:
