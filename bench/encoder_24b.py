@@ -55,7 +55,8 @@ TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=31, nu
 # (~30-60 s from the page cache the build leaves).
 CONFIGS = {
     # (d) no quantization library: diffusers block-level group offload, one decoder layer (1.04 GiB) on the GPU at a
-    # time plus embed/lm_head (2.5 GiB); one forward moves ~44 GiB over PCIe (~5 s). ~60-90 s.
+    # time plus embed/lm_head (2.5 GiB); one forward moves ~44 GiB over PCIe (~5 s). ~60-90 s. Session 13: the load
+    # peaked at 43.96 GiB (the whole encoder went to the GPU first); fixed, the narrow build then peaked at 3.02.
     "bf16+group-offload": ({"group_offload_text_encoder": True, "group_offload_type": "block_level"}, 150),
     # (c) bitsandbytes NF4 while loading, straight onto the GPU (~12-14 GiB resident: 4-bit linears with fp32
     # absmax per 64 weights; transformers keeps lm_head in bf16). ~60-90 s.
@@ -70,8 +71,8 @@ CONFIGS = {
     # times it on the GPU machine). On the GPU the load peaks at bf16 (~44 GiB); "after loading" is the int4 figure
     # (~12.6 GiB: 10.7 int4 + 0.7 group scales/shifts + the 1.25 bf16 embedding). ~60-90 s.
     "int4-quanto": ({"text_encoder_1_precision": "int4-quanto", "quantize_via": "accelerator"}, 150),
-    # (e) int8 + group offload, quantized on the GPU for time (on the CPU it is (a)'s quantization again): the load
-    # peaks at bf16; after it, one int8 layer at a time. ~60-90 s.
+    # (e) int8 + group offload, quantized on the GPU for time (on the CPU it is (a)'s quantization again). Session 13:
+    # crashed in the first forward (the hooks leave quanto weights on the CPU); glancetune now refuses it in one line.
     "int8-quanto+group-offload": ({"text_encoder_1_precision": "int8-quanto", "quantize_via": "accelerator",
                                    "group_offload_text_encoder": True, "group_offload_type": "block_level"}, 150),
     # (f) session 13: quanto + group offload crashed (the hooks leave quanto weights on the CPU) and is now refused;
