@@ -118,8 +118,9 @@ case "${1:-train}" in
   sample)
     [ -f /tmp/fluxfull/model_index.json ] || python3 bench/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
     python3 bench/memory_job.py --model /tmp/fluxfull --steps 2 --only bf16 --anchor 0 --work /tmp/sp 2>&1 | grep --line-buffered '^{'
-    # SAMPLE_ARGS="--fp8 --warm-only": the compiled fp8-matmul warm image too, without the cold processes
-    timeout 400 python3 bench/sample_speed.py --run /tmp/sp/bf16/out --model /tmp/fluxfull ${SAMPLE_ARGS:-} 2>&1 |
-      grep --line-buffered '^{'
+    # SAMPLE_ARGS="--fp8 --warm-only": the compiled fp8-matmul warm image too, without the cold processes. Lines also
+    # go to $OUT/sample.jsonl as they come (session 14 lost a timed-out call's lines behind a `| tail`)
+    timeout ${LIMIT:-400} python3 bench/sample_speed.py --run /tmp/sp/bf16/out --model /tmp/fluxfull ${SAMPLE_ARGS:-} 2>&1 |
+      grep --line-buffered '^{' | tee -a "${OUT:-/tmp}/sample.jsonl"
     ;;
 esac

@@ -215,9 +215,13 @@ def profile_edge(start: bool) -> None:
         return
     prof = marks.pop("prof")
     prof.stop()
+    from torch.autograd import DeviceType
+
     events = prof.key_averages()
-    kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
-    busy = sum(e.self_device_time_total for e in kernels) / 1e6  # microseconds -> s
+    # a kernel's time shows twice: on its own (device) event and as the self device time of the operator that
+    # launched it; the table's "Self CUDA time total" counts the operators (session 14's first figures summed both)
+    busy = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CPU) / 1e6  # us -> s
+    kernels = [e for e in events if e.device_type != DeviceType.CPU and e.self_device_time_total > 0]
     marks["profile"] = {"device_busy_s_per_step": round(busy / a.steps / a.phases, 4),
                         "kernel_launches_per_step": sum(e.count for e in kernels) // (a.steps * a.phases)}
     Path(a.profile).write_text(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total",
