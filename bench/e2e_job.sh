@@ -4,6 +4,7 @@
 # what is left without encoding), and the anchor in the same call: the seeds' two separate `train` runs (their
 # flow_custom_timesteps ladders; what ../shared/bench/e2e_probe2.sh timed as 145 s). Each is a whole process timed from
 # outside; the job's own split (`time: start-up, encode, load, train, save`) is printed next to it. JSON to $OUT/e2e_job.json.
+#   bash bench/e2e_job.sh [anchor]   the table above        bash bench/e2e_job.sh warm   a job's second run (compile)
 set -u
 cd "$(dirname "$0")/.."
 source bench/gpu_env.sh
@@ -37,6 +38,21 @@ timed() {  # timed NAME command...: whole-process wall seconds, rc and the job's
   echo "{\"run\": \"$name\", \"wall_s\": $wall, \"rc\": $rc, \"split\": \"$split\"}" | tee -a "$R"
   [ $rc = 0 ] || { tail -n 6 /tmp/job/$name.log; cp /tmp/job/$name.log "${OUT:-/tmp}/"; }
 }
+if [ "${1:-anchor}" = warm ]; then  # does the second run of a job compile, and pay? (~7 min) A fresh inductor cache;
+  # the eager job; the same job with compile_transformer forced (cold compile; it marks its graphs); the same job on
+  # `auto` again, which now finds the mark and compiles with the cache warm (train/speed.py COMPILE_PAYS_AFTER_WARM)
+  export TORCHINDUCTOR_CACHE_DIR=/tmp/job/inductor
+  timed glance_eager python3 -m glancetune glance --config /tmp/job/glance.json
+  timed glance_compile_cold python3 -m glancetune glance --config /tmp/job/glance.json --overwrite --compile_transformer=true
+  timed glance_auto_after python3 -m glancetune glance --config /tmp/job/glance.json --overwrite
+  grep -h 'compile: ' /tmp/job/glance_*.log
+  python3 - "$R" <<'PY'
+import json, sys
+rows = {r["run"]: r["wall_s"] for r in map(json.loads, open(sys.argv[1]))}
+print(json.dumps({**rows, "second_run_ratio": round(rows["glance_auto_after"] / rows["glance_eager"], 3)}))
+PY
+  exit
+fi
 timed glance_cold python3 -m glancetune glance --config /tmp/job/glance.json
 timed glance_warm_caches python3 -m glancetune glance --config /tmp/job/glance.json --overwrite
 timed seeds_slow python3 -m glancetune train --config /tmp/job/slow.json

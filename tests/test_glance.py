@@ -163,9 +163,16 @@ def test_compiled_transformer_trains_the_same(tiny_flux, glance_run, tmp_path):
     mid-run unless the job raises it (train/speed.py RECOMPILE_LIMIT)."""
     import torch._dynamo
 
+    from test_speed import plan_key
+
+    from glancetune.train.speed import compiled_before
+
     cfg = write_configs(tmp_path, tiny_flux, steps=8, compile_transformer=True)
+    key = plan_key(cfg, device="cpu")
+    assert not compiled_before(key)
     with torch._dynamo.config.patch(recompile_limit=2):
         assert main(["glance", "--config", str(cfg)]) == 0
+    assert compiled_before(key)  # a rerun's `compile_transformer: auto` counts inductor's cache as warm
     for role in ("slow", "fast"):
         a = load_file(str(glance_run / role / WEIGHT_NAME))
         b = load_file(str(tmp_path / "output" / role / WEIGHT_NAME))

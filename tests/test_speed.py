@@ -8,7 +8,7 @@ import torch
 from conftest import run_err, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.train.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD
+from glancetune.train.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD, COMPILE_PAYS_AFTER_WARM
 
 TREAD = {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}}
 
@@ -26,6 +26,7 @@ def on_cuda(monkeypatch):
 
     monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
     monkeypatch.setattr(speed, "triton_available", lambda: True)
+    monkeypatch.setattr(speed, "device_name", lambda d: "NVIDIA H200" if d.type == "cuda" else d.type)
 
 
 def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, capsys, on_cuda):
@@ -47,6 +48,39 @@ def test_auto_with_tread_needs_more_steps(tiny_flux, tmp_path, capsys, on_cuda):
     line = compile_line(capsys, write_configs(tmp_path / "b", tiny_flux, steps=COMPILE_PAYS_AFTER, **TREAD))
     assert line == (f"compile: off (auto: {2 * COMPILE_PAYS_AFTER} steps in this process, under the "
                     f"{COMPILE_PAYS_AFTER_TREAD} that repay ~125 s of compiling)")
+
+
+def plan_key(cfg_path, device="cuda", phases=("slow", "fast")) -> str:
+    from glancetune.config import build_config, read_config_file
+    from glancetune.train.plan import Plan
+
+    plan = Plan(build_config(read_config_file(cfg_path), str(cfg_path)), "glance")
+    return plan.graph_key(torch.device(device), list(phases))
+
+
+def test_auto_compiles_sooner_once_the_same_graphs_were_compiled(tiny_flux, tmp_path, capsys, on_cuda):
+    """A process that trained compiled marks its graphs' key next to inductor's cache; the same job again (or one
+    differing only in steps, paths, learning rate) starts warm and compiles from COMPILE_PAYS_AFTER_WARM steps; a
+    setting that changes the graphs (rank, TREAD, the image size) does not."""
+    from glancetune.train.speed import mark_compiled
+
+    half = COMPILE_PAYS_AFTER_WARM // 2
+    cfg = write_configs(tmp_path / "a", tiny_flux, steps=half)
+    cold = f"compile: off (auto: {2 * half} steps in this process, under the {COMPILE_PAYS_AFTER} that repay ~70 s"
+    assert compile_line(capsys, cfg).startswith(cold)
+    mark_compiled(plan_key(cfg))
+    again = write_configs(tmp_path / "b", tiny_flux, steps=half, learning_rate=1e-3)
+    assert compile_line(capsys, again) == (f"compile: on (auto: {2 * half} steps >= {COMPILE_PAYS_AFTER_WARM}; "
+                                           "inductor's cache is warm from an earlier run: ~10 s)")
+    fewer = write_configs(tmp_path / "c", tiny_flux, steps=half - 1)
+    assert compile_line(capsys, fewer) == (f"compile: off (auto: {2 * half - 2} steps in this process, under the "
+                                           f"{COMPILE_PAYS_AFTER_WARM} that repay ~10 s of compiling)")
+    for keys in ({"lora_rank": 8}, {"resolution": 64}, TREAD):
+        other = write_configs(tmp_path / "d", tiny_flux, steps=half, **keys)
+        assert plan_key(other) != plan_key(cfg), keys
+        assert compile_line(capsys, other).startswith("compile: off (auto: "), keys
+    assert plan_key(cfg, device="cpu") != plan_key(cfg)  # the device is part of the key
+    assert plan_key(cfg, phases=("slow",)) != plan_key(cfg)
 
 
 def test_auto_needs_triton_on_cuda(tiny_flux, tmp_path, capsys, on_cuda, monkeypatch):

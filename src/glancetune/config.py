@@ -103,7 +103,8 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     gradient_checkpointing: bool = False
     compile_transformer: bool | Literal["auto"] = Field(
         "auto", description="regional torch.compile of the transformer blocks (H200 FLUX.1: -30..37% s/step for "
-        "~70 s of compiling, ~10 s with a warm cache); auto: on CUDA when the steps repay it (train/speed.py)")
+        "~70 s of compiling, ~10 s with a warm cache); auto: on CUDA when the steps repay it, from 250 steps, or 40 "
+        "when an earlier run compiled the same graphs (train/speed.py)")
     mixed_precision: Literal["auto", "bf16", "no", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 "
                                                                    "on CPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -28,7 +28,7 @@ from .plan import Plan
 from .memory import OFFLOAD_TRAINING, allocator_note, enable_checkpointing, group_offload, peak_memory
 from .quantize import INT4_TRAINING, load_config, place_and_quantize
 from .runtime import make_runtime
-from .speed import compile_blocks, compile_decision
+from .speed import compile_blocks, compile_decision, compiled_before, mark_compiled
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class Job(Plan, PhaseFiles):
             if resume is not None and rt.is_main:
                 log.info("resuming from %s (step %d of %d)", resume, start, self.steps)
             summary = self.trainer.run(self.trainer_states, hooks, run, time.perf_counter() - t_start)
+            if self.compiled_key is not None and start < self.steps:  # inductor's cache holds these graphs now
+                mark_compiled(self.compiled_key)
             stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}
             peaks["train"] = peak_memory(rt.device)
             if rt.is_main and rt.device.type == "cuda" and not quiet:
@@ -167,8 +169,10 @@ class Job(Plan, PhaseFiles):
             self.load_loras(resume)
         tread.install(self.transformer, self.family, cfg.tread_config)  # training-only token routing
         mine = [ph for ph in self.phases if rt.layout != "parallel-phases" or ph.name == self.phases[rt.rank].name]
-        on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine), rt.layout)
+        key = self.graph_key(rt.device, [ph.name for ph in mine])
+        on, why = compile_decision(cfg, rt.device.type, self.steps, len(mine), rt.layout, compiled_before(key))
         log.info("compile: %s", why)
+        self.compiled_key = key if on else None
         if on:
             compile_blocks(self.transformer)
         for ph in self.phases:  # DDP registers the parameters that require grad now

@@ -129,18 +129,26 @@ class Plan:
             d["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         return d
 
+    def graph_key(self, device, phases: list[str]) -> str:
+        """The key of a process's compiled graphs (train/speed.py `graph_key`): phases trained by that process."""
+        from .speed import graph_key
+
+        return graph_key(self.cfg, self.info.transformer_config, self.targets, phases,
+                         [f"{s.width}x{s.height}" for s in self.samples], device)
+
     def memory_plan(self) -> str:
         """--dry-run: what is quantized and offloaded, and where each component is in each phase."""
         from .lora import count_params, meta_transformer
         from .memory import memory_plan
         from .runtime import select
-        from .speed import compile_decision
+        from .speed import compile_decision, compiled_before
 
         device, mp = select(self.cfg.device, self.cfg.mixed_precision)
         n = count_params(meta_transformer(self.info.transformer_config).parameters())
         split = self.cfg.parallel_phases  # as intended: one phase per process on 2 processes
-        on, why = compile_decision(self.cfg, device.type, self.steps, 1 if split else len(self.phases),
-                                   "parallel-phases" if split else "single")
+        mine = [p.name for p in self.phases][:1 if split else None]  # the first process's (its key)
+        on, why = compile_decision(self.cfg, device.type, self.steps, len(mine), "parallel-phases" if split else
+                                   "single", compiled_before(self.graph_key(device, mine)))
         return "\n".join([*memory_plan(self, device, 16 if mp == "bf16" else 32, n), f"compile: {why}"])
 
     def checkpoint_plan(self) -> str:

@@ -13,8 +13,16 @@ CUDA graphs (`mode="reduce-overhead"`) failed in the first forward: every block 
 function, and a replay overwrites the previous block's output still in use ("accessing tensor output of CUDAGraphs
 that has been overwritten by a subsequent run"); `max-autotune-no-cudagraphs` autotuned for over 200 s. Neither is
 offered (session 13).
+A process that trained compiled leaves a mark next to inductor's cache (`mark_compiled`), keyed by what shapes the
+compiled graphs (`graph_key`); a later run with the same key starts with the cache warm and compiles from
+COMPILE_PAYS_AFTER_WARM steps (the same job run twice: the second compiles).
 """
 from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
 
 from ..errors import GlanceError
 
@@ -22,6 +30,10 @@ from ..errors import GlanceError
 # ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
 COMPILE_PAYS_AFTER = 250
 COMPILE_PAYS_AFTER_TREAD = 600  # with tread_config: ~125 s of compiling for ~0.2 s per step
+COMPILE_PAYS_AFTER_WARM = 40  # the same graphs compiled before: ~10 s for ~0.28 s per step (TREAD: not measured warm)
+# the settings besides the model, the adapters' layers and the image shapes that change a compiled block's graphs
+GRAPH_KEYS = ("mixed_precision", "lora_rank", "lora_alpha", "lora_dropout", "train_batch_size", "gradient_checkpointing",
+              "gradient_checkpointing_interval", "gradient_checkpointing_backend", "tread_config")
 # graphs one block function may compile: each adapter (peft's set_adapter flips requires_grad, which dynamo guards)
 # x grad mode (eval losses, validation) x input layout x TREAD's routed / whole token counts x bucket shapes. torch's
 # default (8) with fullgraph=True is a hard error mid-run (FailOnRecompileLimitHit: a glance job with TREAD on a
@@ -66,9 +78,48 @@ def check_compile(device_type: str, key: str) -> None:
                           "found, or leave compiling off") from None
 
 
-def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str) -> tuple[bool, str]:
+def device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
+def graph_key(cfg, transformer_config: dict, targets, phases: list[str], shapes: list[str], device) -> str:
+    """What the compiled block graphs of one process depend on: torch, the device, the transformer's config, the
+    adapters (names, layers, settings), the image shapes and GRAPH_KEYS."""
+    import torch
+
+    parts = {"torch": torch.__version__, "device": device_name(device), "transformer": transformer_config,
+             "targets": targets, "phases": phases, "shapes": sorted(set(shapes)),
+             **{k: getattr(cfg, k) for k in GRAPH_KEYS}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def marks_dir() -> Path:
+    """Next to inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR, or inductor's default): removing it removes them."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or cache_dir()) / "glancetune-compiled"
+
+
+def compiled_before(key: str) -> bool:
+    return (marks_dir() / key).is_file()
+
+
+def mark_compiled(key: str) -> None:
+    """After a compiled process trained: inductor's cache holds its graphs (a file written whole, or not at all)."""
+    d = marks_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{key}.tmp"
+    tmp.write_text("compiled\n")
+    tmp.replace(d / key)
+
+
+def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str,
+                     warm: bool = False) -> tuple[bool, str]:
     """(compile?, why) for this process: `steps` per phase, `phases_here` phases trained by this process, the
-    runtime's process `layout` (single | ddp | parallel-phases | fsdp)."""
+    runtime's process `layout` (single | ddp | parallel-phases | fsdp); `warm`: the same graphs were compiled by an
+    earlier run (`compiled_before`)."""
     if cfg.compile_transformer is True:
         return True, "on (compile_transformer: true)"
     if cfg.compile_transformer is False:
@@ -84,14 +135,22 @@ def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout
         why = "enable_group_offload is not measured compiled"
     elif layout in ("ddp", "fsdp"):
         why = f"a {layout.upper()} run is not measured compiled"
-    elif total < (need := COMPILE_PAYS_AFTER_TREAD if cfg.tread_config else COMPILE_PAYS_AFTER):
-        why = f"{total} steps in this process, under the {need} that repay {cost(cfg)} of compiling"
+    elif total < (need := threshold(cfg, warm)):
+        why = f"{total} steps in this process, under the {need} that repay {cost(cfg, warm)} of compiling"
+    elif warm and not cfg.tread_config:
+        return True, f"on (auto: {total} steps >= {need}; inductor's cache is warm from an earlier run: ~10 s)"
     else:
-        return True, (f"on (auto: {total} steps >= {need}; {cost(cfg)} of compiling the first time, "
+        return True, (f"on (auto: {total} steps >= {need}; {cost(cfg, False)} of compiling the first time, "
                       "~10 s once inductor's cache is warm)")
     return False, f"off (auto: {why})"
 
 
-def cost(cfg) -> str:
-    """The measured cold compile time (FLUX.1-dev, both adapters, H200)."""
-    return "~125 s" if cfg.tread_config else "~70 s"
+def threshold(cfg, warm: bool) -> int:
+    if cfg.tread_config:
+        return COMPILE_PAYS_AFTER_TREAD
+    return COMPILE_PAYS_AFTER_WARM if warm else COMPILE_PAYS_AFTER
+
+
+def cost(cfg, warm: bool) -> str:
+    """The measured compile time (FLUX.1-dev, both adapters, H200): cold, or with inductor's cache warm."""
+    return "~125 s" if cfg.tread_config else "~10 s" if warm else "~70 s"
