@@ -27,6 +27,16 @@ def _isolated_home(tmp_path_factory):
     os.environ["GLANCETUNE_HOME"] = str(tmp_path_factory.mktemp("home"))
 
 
+@pytest.fixture(autouse=True)
+def _compile_marks(tmp_path_factory, monkeypatch):
+    """Each test its own marks of compiled graphs (train/speed.py): a compiled job of one test does not make
+    another test's `compile_transformer: auto` count inductor's cache as warm."""
+    from glancetune.train import speed
+
+    d = tmp_path_factory.mktemp("compile-marks")
+    monkeypatch.setattr(speed, "marks_dir", lambda: d)
+
+
 def make_image(path: Path, size=(128, 128), seed=0, mode="RGB"):
     import numpy as np
 

@@ -162,3 +162,21 @@ def test_a_compile_that_cannot_run_is_one_line(tiny_flux, glance_run, tmp_path, 
     with pytest.raises(GlanceError, match="^--compile: compiling for CUDA needs Triton"):
         speed.check_compile("cuda", "--compile")
     speed.check_compile("cpu", "--compile")  # g++ is back: no error
+
+
+def test_the_final_report_times_each_part(tiny_flux, tmp_path, caplog):
+    """The job's last line books each part once: imports (a process's first job only: from glancetune's import to
+    the plan), plan, encode, load, train, save; the parts after the imports add up to at most the command's wall."""
+    import time
+
+    cfg = write_configs(tmp_path, tiny_flux, steps=1)
+    with caplog.at_level(logging.INFO, logger="glancetune.train.job"):
+        t0 = time.perf_counter()
+        assert main(["glance", "--config", str(cfg)]) == 0
+        wall = time.perf_counter() - t0
+    line = next(m for m in caplog.messages if m.startswith("time: "))
+    secs = {name: float(v.rstrip("s")) for name, v in (p.rsplit(" ", 1) for p in line[len("time: "):].split(", "))}
+    names = [n for n in secs if n != "imports"]
+    assert names == ["plan", "encode", "load", "train", "save"], line
+    assert all(v >= 0 for v in secs.values()), line
+    assert sum(secs[n] for n in names) <= wall + 0.1, (line, wall)

@@ -6,4 +6,4 @@ from .errors import GlanceError  # noqa: E402,F401
 
 import time as _time
 
-IMPORTED_AT = _time.perf_counter()  # the job's time report counts start-up (imports, plan) from here
+IMPORTED_AT = _time.perf_counter()  # the job's time report counts imports from here (Job.clock)

@@ -239,22 +239,7 @@ def _config_args(s: argparse.ArgumentParser) -> None:
                    "--KEY=VALUE works too (SimpleTuner's command line)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
-                                "chained sampling for flow-matching text-to-image models.")
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("train", "train one LoRA (SimpleTuner-style config, flow_custom_timesteps)"),
-                        ("glance", "train the slow and fast LoRAs in one process")):
-        from .config import config_help
-
-        s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
-                           allow_abbrev=False)
-        _config_args(s)
-        s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")
-        s.add_argument("--dry-run", action="store_true", help="print the plan (data, ladder) and exit")
-    c = sub.add_parser("cache", help="pre-compute the VAE latent and text embedding caches of a config",
-                       allow_abbrev=False)
-    _config_args(c)
+def _generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder")
     g.add_argument("--run", help="folder written by `glancetune glance` (holds slow/ and fast/)")
     g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
@@ -294,6 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",
                    help="sample on a quantized transformer (as the config key of train/glance)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
+                                "chained sampling for flow-matching text-to-image models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("train", "train one LoRA (SimpleTuner-style config, flow_custom_timesteps)"),
+                        ("glance", "train the slow and fast LoRAs in one process")):
+        from .config import config_help
+
+        s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
+        _config_args(s)
+        s.add_argument("--overwrite", action="store_true", help="replace an output_dir holding a different run")
+        s.add_argument("--dry-run", action="store_true", help="print the plan (data, ladder) and exit")
+    c = sub.add_parser("cache", help="pre-compute the VAE latent and text embedding caches of a config",
+                       allow_abbrev=False)
+    _config_args(c)
+    _generate_parser(sub)
     s = sub.add_parser("schedule", help="print the model's Glance ladder at a resolution")
     s.add_argument("--model", required=True, help="hub id, diffusers folder or tiny:<family>")
     s.add_argument("--resolution", type=int, default=1024)

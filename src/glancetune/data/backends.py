@@ -189,6 +189,49 @@ def _simple(where: str, b: dict, index: int) -> DatasetSpec:
         shuffle=_flag(where, "shuffle", b.get("shuffle", True)))
 
 
+def _crop_keys(where: str, b: dict, spec: DatasetSpec) -> None:
+    """crop, crop_style / aspect / buckets, maximum_image_size + target_downsample_size (SimpleTuner's semantics)."""
+    spec.crop = _flag(where, "crop", b.get("crop", False))
+    spec.crop_style = _choice(where, "crop_style", b.get("crop_style", "random"), CROP_STYLES, ("face",))
+    spec.crop_aspect = _choice(where, "crop_aspect", b.get("crop_aspect", "square"), CROP_ASPECTS)
+    spec.crop_aspect_buckets = _aspect_buckets(where, b.get("crop_aspect_buckets"))
+    if spec.crop and spec.crop_aspect in ("closest", "random") and not spec.crop_aspect_buckets:
+        raise GlanceError(f"{where}: crop_aspect {spec.crop_aspect!r} needs crop_aspect_buckets (a list of aspect "
+                          "ratios, width/height)")
+    if not spec.crop and any(k in b for k in ("crop_style", "crop_aspect", "crop_aspect_buckets")):
+        spec.notices.append(f"{where}: crop is false, so crop_style / crop_aspect / crop_aspect_buckets have no "
+                            "effect (the image keeps its aspect ratio)")
+    mx = _number(where, "maximum_image_size", b.get("maximum_image_size"), optional=True)
+    td = _number(where, "target_downsample_size", b.get("target_downsample_size"), optional=True)
+    if (mx is not None or td is not None) and (mx is None or td is None or not spec.crop):
+        spec.notices.append(f"{where}: maximum_image_size / target_downsample_size act only together and with "
+                            "crop: true (SimpleTuner semantics); here they have no effect")
+        mx = td = None
+    spec.maximum_image_size, spec.target_downsample_size = mx, td
+
+
+def _caption_keys(where: str, b: dict, spec: DatasetSpec) -> None:
+    """caption_strategy, caption_extension and the instance prompt keys of an image dataset."""
+    spec.caption_strategy_given = "caption_strategy" in b
+    spec.caption_strategy = _choice(where, "caption_strategy", b.get("caption_strategy", "filename"),
+                                    CAPTION_STRATEGIES, LATER_STRATEGIES)
+    ext = _text(where, "caption_extension", b.get("caption_extension", ".txt"))
+    spec.caption_extension = ext if ext.startswith(".") else "." + ext
+    spec.instance_prompt = _text(where, "instance_prompt", b.get("instance_prompt"))
+    spec.prepend_instance_prompt = _flag(where, "prepend_instance_prompt", b.get("prepend_instance_prompt", False))
+    only = _flag(where, "only_instance_prompt", b.get("only_instance_prompt", False))
+    _flag(where, "disable_multiline_split", b.get("disable_multiline_split", False))
+    if only:
+        spec.caption_strategy = "instanceprompt"
+    if (spec.caption_strategy == "instanceprompt" or spec.prepend_instance_prompt) and not spec.instance_prompt:
+        what = "caption_strategy 'instanceprompt'" if spec.caption_strategy == "instanceprompt" and not only \
+            else ("only_instance_prompt" if only else "prepend_instance_prompt")
+        raise GlanceError(f"{where}: {what} needs a non-empty 'instance_prompt'")
+    if spec.instance_prompt and spec.caption_strategy != "instanceprompt" and not spec.prepend_instance_prompt:
+        spec.notices.append(f"{where}: instance_prompt is not used with caption_strategy {spec.caption_strategy!r} "
+                            "(set prepend_instance_prompt or only_instance_prompt to use it)")
+
+
 def _local(where: str, b: dict) -> DatasetSpec:
     dtype = b.get("dataset_type", "image")
     _choice(where, "dataset_type", dtype, ("image", "conditioning", "text_embeds"), LATER_DATASET_TYPES)
@@ -208,23 +251,7 @@ def _local(where: str, b: dict) -> DatasetSpec:
     spec.root = Path(root)
     spec.resolution = _number(where, "resolution", b.get("resolution", 1024))
     spec.resolution_type = _choice(where, "resolution_type", b.get("resolution_type", "pixel_area"), RESOLUTION_TYPES)
-    spec.crop = _flag(where, "crop", b.get("crop", False))
-    spec.crop_style = _choice(where, "crop_style", b.get("crop_style", "random"), CROP_STYLES, ("face",))
-    spec.crop_aspect = _choice(where, "crop_aspect", b.get("crop_aspect", "square"), CROP_ASPECTS)
-    spec.crop_aspect_buckets = _aspect_buckets(where, b.get("crop_aspect_buckets"))
-    if spec.crop and spec.crop_aspect in ("closest", "random") and not spec.crop_aspect_buckets:
-        raise GlanceError(f"{where}: crop_aspect {spec.crop_aspect!r} needs crop_aspect_buckets (a list of aspect "
-                          "ratios, width/height)")
-    if not spec.crop and any(k in b for k in ("crop_style", "crop_aspect", "crop_aspect_buckets")):
-        spec.notices.append(f"{where}: crop is false, so crop_style / crop_aspect / crop_aspect_buckets have no "
-                            "effect (the image keeps its aspect ratio)")
-    mx = _number(where, "maximum_image_size", b.get("maximum_image_size"), optional=True)
-    td = _number(where, "target_downsample_size", b.get("target_downsample_size"), optional=True)
-    if (mx is not None or td is not None) and (mx is None or td is None or not spec.crop):
-        spec.notices.append(f"{where}: maximum_image_size / target_downsample_size act only together and with "
-                            "crop: true (SimpleTuner semantics); here they have no effect")
-        mx = td = None
-    spec.maximum_image_size, spec.target_downsample_size = mx, td
+    _crop_keys(where, b, spec)
     spec.cache_dir_vae = _text(where, "cache_dir_vae", b.get("cache_dir_vae"))
     _choice(where, "metadata_backend", b.get("metadata_backend", "discovery"), ("discovery",),
             ("parquet", "huggingface", "webshart", "json"))
@@ -245,24 +272,7 @@ def _local(where: str, b: dict) -> DatasetSpec:
     if isinstance(reps, (int, float)) and not isinstance(reps, bool) and reps < 0:
         raise GlanceError(f"{where}: key 'repeats' must be >= 0 (0 = each image once per epoch), got {reps!r}")
     spec.repeats = _number(where, "repeats", reps, positive=False, integer=True)
-    spec.caption_strategy_given = "caption_strategy" in b
-    spec.caption_strategy = _choice(where, "caption_strategy", b.get("caption_strategy", "filename"),
-                                    CAPTION_STRATEGIES, LATER_STRATEGIES)
-    ext = _text(where, "caption_extension", b.get("caption_extension", ".txt"))
-    spec.caption_extension = ext if ext.startswith(".") else "." + ext
-    spec.instance_prompt = _text(where, "instance_prompt", b.get("instance_prompt"))
-    spec.prepend_instance_prompt = _flag(where, "prepend_instance_prompt", b.get("prepend_instance_prompt", False))
-    only = _flag(where, "only_instance_prompt", b.get("only_instance_prompt", False))
-    _flag(where, "disable_multiline_split", b.get("disable_multiline_split", False))
-    if only:
-        spec.caption_strategy = "instanceprompt"
-    if (spec.caption_strategy == "instanceprompt" or spec.prepend_instance_prompt) and not spec.instance_prompt:
-        what = "caption_strategy 'instanceprompt'" if spec.caption_strategy == "instanceprompt" and not only \
-            else ("only_instance_prompt" if only else "prepend_instance_prompt")
-        raise GlanceError(f"{where}: {what} needs a non-empty 'instance_prompt'")
-    if spec.instance_prompt and spec.caption_strategy != "instanceprompt" and not spec.prepend_instance_prompt:
-        spec.notices.append(f"{where}: instance_prompt is not used with caption_strategy {spec.caption_strategy!r} "
-                            "(set prepend_instance_prompt or only_instance_prompt to use it)")
+    _caption_keys(where, b, spec)
     cond = b.get("conditioning_data", [])
     cond = [cond] if isinstance(cond, str) else cond
     if not isinstance(cond, list) or not all(isinstance(c, str) and c for c in cond):

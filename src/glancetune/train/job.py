@@ -37,6 +37,16 @@ def _to(d: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
 
 
+_JOBS_RUN: list = []  # jobs run in this process (Job.clock)
+
+
+def log_memory(peaks: dict, stats: dict) -> None:
+    """After training on CUDA: each part's peak, and the caching allocator's counters (memory.allocator_note)."""
+    log.info("peak GPU memory (allocated / reserved): " + "; ".join(
+        f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
+    log.info(allocator_note(stats))
+
+
 class Job(Plan, PhaseFiles):
     """A planned job that can run. `components`: pipeline components handed to the family's `load_pipeline`."""
 
@@ -47,27 +57,20 @@ class Job(Plan, PhaseFiles):
             raise GlanceError(f"enable_group_offload: one process only (this run is {rt.layout} on {rt.world})")
         if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             self.steps, self.steps_note = resolve_train_steps(cfg, self.batches_per_epoch(rt.world))
-        self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
-                                   tuple(cfg.resume_allow_changes), cfg.logging_dir)
-        resume = None if out.overwrite else checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
-        if resume is not None:  # names the keys and files that differ, before the folder check does less well
-            checkpoint.check_compatible(resume, checkpoint.read_manifest(resume), self.identity, self.files,
-                                        self.layout(), cfg.resume_allow_changes)
-        out.check()  # fail before loading weights
+        out, resume = self.open_output(overwrite)
         hooks = Hooks(self.hooks(quiet))  # a tracker that is not installed fails here
-        from .. import IMPORTED_AT
-
-        times = {"start-up": time.perf_counter() - IMPORTED_AT}  # imports, plan, checks
+        times, lap = self.clock()
+        lap("plan")  # data discovery, model config, checks
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(self, rt.device, rt.dtype)
             hooks.before_load(self)  # validation prompts are encoded here, before the transformer loads
         peaks = {"encode": peak_memory(rt.device)}
-        times["encode"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
+        lap("encode")
         samples = self.prepared(encoded)
         self.pipe, self.transformer = self.load_transformer()
         self.trainer = self.build_trainer(samples, resume)
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
-        times["load"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
+        lap("load")
         if resume is not None:
             saved = checkpoint.load_states(resume, rt.rank)
             for ph in self.trainer_states:
@@ -85,28 +88,52 @@ class Job(Plan, PhaseFiles):
             summary = self.trainer.run(self.trainer_states, hooks, run, time.perf_counter() - t_start)
             if self.compiled_key is not None and start < self.steps:  # inductor's cache holds these graphs now
                 mark_compiled(self.compiled_key)
-            stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}
+            stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}  # before the reset:
             peaks["train"] = peak_memory(rt.device)
             if rt.is_main and rt.device.type == "cuda" and not quiet:
-                log.info("peak GPU memory (allocated / reserved): " + "; ".join(
-                    f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
-                log.info(allocator_note(stats))
+                log_memory(peaks, stats)
             hooks.on_train_end(run, summary)
         finally:
             hooks.close()
         for ph in self.trainer_states:  # every process its own phases (FSDP: all take part in the forward)
             ph.eval_after = self.trainer.eval_loss(ph.name, ph.sampler.sigmas.tolist())
-        times["train"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
+        lap("train")
         states = self.gather_states()
         if rt.is_main:
             self.finish(states)
         rt.accelerator.wait_for_everyone()
-        times["save"] = time.perf_counter() - IMPORTED_AT - sum(times.values())
+        lap("save")
         if rt.is_main and not quiet:
             log.info("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
         return out.final
 
     # --- the steps ----------------------------------------------------------------------------------------
+    def clock(self):
+        """The final report's times: `lap(name)` books the time since the last lap. A process's first job starts
+        with its imports (from glancetune's own import to this plan); a later one in the same process from its plan."""
+        from .. import IMPORTED_AT
+
+        first = not _JOBS_RUN
+        _JOBS_RUN.append(self)
+        times = {"imports": self.created_at - IMPORTED_AT} if first else {}
+        origin = IMPORTED_AT if first else self.created_at
+
+        def lap(name: str) -> None:
+            times[name] = time.perf_counter() - origin - sum(times.values())
+        return times, lap
+
+    def open_output(self, overwrite: bool) -> tuple[OutputDir, Path | None]:
+        """The output folder (checked, nothing written yet) and the checkpoint a rerun resumes from, if any."""
+        cfg = self.cfg
+        self.out = out = OutputDir(cfg.output_dir, self.identity, overwrite or cfg.overwrite_output_dir,
+                                   tuple(cfg.resume_allow_changes), cfg.logging_dir)
+        resume = None if out.overwrite else checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
+        if resume is not None:  # names the keys and files that differ, before the folder check does less well
+            checkpoint.check_compatible(resume, checkpoint.read_manifest(resume), self.identity, self.files,
+                                        self.layout(), cfg.resume_allow_changes)
+        out.check()  # fail before loading weights
+        return out, resume
+
     def manifest(self) -> dict:
         """What a checkpoint records about the run, for the resume check."""
         return {"identity": self.identity, "files": self.files, "layout": self.layout()}

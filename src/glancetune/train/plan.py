@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class Plan:
 
     def __init__(self, cfg, command: str, components: dict | None = None):
         self.cfg, self.command, self.components = cfg, command, components or {}
+        self.created_at = time.perf_counter()  # the job's time report: imports before it, the plan after
         from . import memory
         from .runtime import compute_dtype, select
 
