@@ -180,3 +180,30 @@ def test_the_final_report_times_each_part(tiny_flux, tmp_path, caplog):
     assert names == ["plan", "encode", "load", "train", "save"], line
     assert all(v >= 0 for v in secs.values()), line
     assert sum(secs[n] for n in names) <= wall + 0.1, (line, wall)
+
+
+def test_commands_import_only_what_they_use(tmp_path):
+    """`--help` and `validate-dataset` (folder or dataloader JSON) load no model, so they import neither torch nor
+    diffusers (seconds each on a GPU machine): checked in a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data")
+    backend = tmp_path / "backend.json"
+    backend.write_text(json.dumps([{"id": "a", "type": "local", "instance_data_dir": str(data),
+                                    "caption_strategy": "textfile"}]))
+    code = """if True:
+        import contextlib, io, sys
+        from glancetune.cli import build_parser, main
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_parser().format_help()
+            assert main(["validate-dataset", "--path", sys.argv[1]]) == 0
+            assert main(["validate-dataset", "--data-backend-config", sys.argv[2]]) == 0
+        print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules))"""
+    out = subprocess.run([sys.executable, "-c", code, str(data), str(backend)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch_defaults()
     try:
-        quiet_libraries()
+        quiet_libraries(models=args.command != "validate-dataset")
         setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)

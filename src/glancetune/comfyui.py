@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import GlanceError
 from .export import WEIGHT_NAME, read_metadata
+
+if TYPE_CHECKING:
+    import torch
 
 FOLDER = "comfyui"
 QWEN = ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus")
@@ -95,6 +97,8 @@ def targets(family: str, config: dict) -> dict[str, tuple]:
 
 
 def _swap(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
     shift, scale = t.chunk(2, dim=0)
     return torch.cat([scale, shift], dim=0)
 
@@ -116,6 +120,8 @@ def _keys(family: str, comfy: str) -> tuple[str, str]:
 
 def to_comfyui(sd: dict, family: str, config: dict, alpha: float) -> tuple[dict, dict]:
     """(ComfyUI state dict, {fused ComfyUI module: [its diffusers modules present]})."""
+    import torch  # here, not at the module's top: the CLI's parser imports this module for every command
+
     mods = _modules(sd)
     if family in QWEN:
         table = {m: (m, 0, (m,), (0,), False) for m in mods}

@@ -22,7 +22,9 @@ def torch_defaults() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(models: bool = True) -> None:
+    """Warnings and library loggers down to errors; `models`: also transformers' and diffusers' own verbosity and
+    progress bars, which imports both (and torch): a command that loads no model (validate-dataset) skips it."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
     import warnings
@@ -31,6 +33,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
     for name in ("diffusers", "transformers", "peft", "bitsandbytes"):  # bnb warns about an optional CPU kernel
         logging.getLogger(name).setLevel(logging.ERROR)
+    if not models:
+        return
     try:
         from transformers.utils import logging as tlog
 

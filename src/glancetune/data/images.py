@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import GlanceError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,8 @@ def to_rgb(im, path: Path):
 
 
 def to_tensor(im) -> torch.Tensor:
+    import torch  # here: validate-dataset reads images without torch
+
     arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()) / 127.5 - 1.0
     return arr.permute(2, 0, 1).unsqueeze(0)
 

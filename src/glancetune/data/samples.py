@@ -11,14 +11,16 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import GlanceError
 from .backends import DatasetSpec
 from .buckets import file_rng, measure, plan_crop, plan_target, snap, strict_crop, target_area
 from .discovery import Found, Problems, discover, pair_by_key
 from .images import Crop, load_pixels
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
