@@ -158,6 +158,25 @@ def _types(modules) -> str:
     return ", ".join(sorted({re.sub(r"^[^.]+\.\d+\.", "", m) for m in modules}))
 
 
+def _stock_note(transformer, path: Path, lay, adapter_name: str) -> str:
+    """After stock loading of one of our files: which modules diffusers skipped (their lora_B is not the file's)."""
+    import torch
+    from safetensors import safe_open
+
+    skipped = []
+    with safe_open(str(path), framework="pt") as f:
+        for m, parts in lay.modules.items():
+            got = getattr(transformer.get_submodule(m), "lora_B", {})
+            if adapter_name not in got or not torch.equal(
+                    got[adapter_name].weight.detach().cpu().float(), f.get_tensor(parts[".lora_B.weight"]).float()):
+                skipped.append(m)
+    cfg = transformer.peft_config[adapter_name]
+    what = f"skipped {len(skipped)} of {len(lay.modules)} modules ({_types(skipped)})" if skipped else \
+        f"loaded all {len(lay.modules)} modules"
+    return (f"notice: {path.name}: stock diffusers loading {what}, alpha {cfg.lora_alpha:g} "
+            f"(scale {cfg.lora_alpha / cfg.r:g})")
+
+
 def load_adapter(pipe, path: Path, adapter_name: str, alpha_per_rank: float | None = None,
                  stock: bool = False) -> str | None:
     """Load one LoRA file into `pipe` as `adapter_name`; returns a one-line notice, or None.
@@ -165,8 +184,6 @@ def load_adapter(pipe, path: Path, adapter_name: str, alpha_per_rank: float | No
     `alpha_per_rank`: alpha to use (times the rank) when the file stores none (a published pair's training alpha).
     `stock`: load exactly as `pipe.load_lora_weights(file)` does (no key renaming, no alpha), after the key check.
     """
-    import torch
-
     transformer = pipe.transformer
     lay = read_layout(path)
     ours = lay.diffusers_layout({n for n, _ in transformer.named_children()})
@@ -174,23 +191,7 @@ def load_adapter(pipe, path: Path, adapter_name: str, alpha_per_rank: float | No
         check_layout(lay, {n for n, _ in transformer.named_modules()})
     if stock or not ours or lay.header.get(ADAPTER_METADATA_KEY):
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
-        if not (stock and ours):
-            return None
-        from safetensors import safe_open
-
-        skipped = []
-        with safe_open(str(path), framework="pt") as f:
-            for m, parts in lay.modules.items():
-                layer = transformer.get_submodule(m)
-                got = getattr(layer, "lora_B", {})
-                if adapter_name not in got or not torch.equal(
-                        got[adapter_name].weight.detach().cpu().float(), f.get_tensor(parts[".lora_B.weight"]).float()):
-                    skipped.append(m)
-        cfg = transformer.peft_config[adapter_name]
-        what = f"skipped {len(skipped)} of {len(lay.modules)} modules ({_types(skipped)})" if skipped else \
-            f"loaded all {len(lay.modules)} modules"
-        return (f"notice: {path.name}: stock diffusers loading {what}, alpha {cfg.lora_alpha:g} "
-                f"(scale {cfg.lora_alpha / cfg.r:g})")
+        return _stock_note(transformer, path, lay, adapter_name) if stock and ours else None
 
     from safetensors import safe_open
 

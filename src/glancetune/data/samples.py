@@ -219,6 +219,31 @@ def _conditioning(target: Found, crop: Crop, cond: DatasetSpec, partner: Found, 
     return ConditioningImage(partner.image, partner.key, cond.id, ccrop, cond.cache_dir_vae, cond.conditioning_type)
 
 
+def _sample(spec: DatasetSpec, f: Found, partners: dict, by_id: dict, align: int, seed: int, problems: Problems,
+            notes: dict[str, list[str]]) -> Sample | None:
+    """One kept image: its crop, conditioning images and bucket; None when a problem was reported (collected)."""
+    rng = file_rng(seed, spec.id, f.key)
+    crop = plan_crop(spec, f.size, plan_target(spec, f.size, align, rng), rng)
+    if not _sizing(f, crop, problems, notes):
+        return None
+    conds = []
+    for cid in spec.conditioning_data:
+        if f.key in partners[cid]:
+            c = _conditioning(f, crop, by_id[cid], partners[cid][f.key], align, seed, problems)
+            if c is not None:
+                conds.append(c)
+    if len(conds) != len(spec.conditioning_data):
+        return None  # reported above (only reachable when problems are collected)
+    bucket = f"{crop.size[0]}x{crop.size[1]}"
+    loose = [c for c in conds if c.conditioning_type == "reference_loose"]
+    if loose:
+        bucket += "|" + ",".join(f"{c.width}x{c.height}" for c in loose)
+    caption, source = _caption(spec, f)
+    text_dir = by_id[spec.text_embeds].cache_dir if spec.text_embeds else None
+    return Sample(f.image, f.key, spec.id, crop, spec.cache_dir_vae, caption, source, bucket, spec.repeats,
+                  tuple(conds), spec.text_embeds, text_dir)
+
+
 def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Problems | None = None) -> DataPlan:
     """Discover, filter, size and bucket every image dataset, pairing conditioning images by file name.
 
@@ -246,27 +271,10 @@ def build_plan(specs: list[DatasetSpec], align: int, seed: int = 0, problems: Pr
             if why:
                 excluded.append((f.image, f"{f.size[0]}x{f.size[1]}, {why}"))
                 continue
-            rng = file_rng(seed, spec.id, f.key)
-            crop = plan_crop(spec, f.size, plan_target(spec, f.size, align, rng), rng)
-            if not _sizing(f, crop, problems, notes):
-                continue
-            conds = []
-            for cid in spec.conditioning_data:
-                if f.key in partners[cid]:
-                    c = _conditioning(f, crop, by_id[cid], partners[cid][f.key], align, seed, problems)
-                    if c is not None:
-                        conds.append(c)
-            if len(conds) != len(spec.conditioning_data):
-                continue  # reported above (only reachable when problems are collected)
-            bucket = f"{crop.size[0]}x{crop.size[1]}"
-            loose = [c for c in conds if c.conditioning_type == "reference_loose"]
-            if loose:
-                bucket += "|" + ",".join(f"{c.width}x{c.height}" for c in loose)
-            caption, source = _caption(spec, f)
-            text_dir = by_id[spec.text_embeds].cache_dir if spec.text_embeds else None
-            samples.append(Sample(f.image, f.key, spec.id, crop, spec.cache_dir_vae, caption, source, bucket,
-                                  spec.repeats, tuple(conds), spec.text_embeds, text_dir))
-            kept += 1
+            sample = _sample(spec, f, partners, by_id, align, seed, problems, notes)
+            if sample is not None:
+                samples.append(sample)
+                kept += 1
         _flush(spec, notes, notices)
         if kept == 0 and len(excluded) > first_excluded:
             problems.add(spec.root, "no_images", f"every image of dataset {spec.id!r} was excluded by the size / "

@@ -15,8 +15,12 @@ weights). nf4-bnb quantizes while loading, onto the GPU, whatever `quantize_via`
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..errors import GlanceError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 # precision -> (library, what that library calls it)
