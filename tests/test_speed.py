@@ -207,3 +207,16 @@ def test_commands_import_only_what_they_use(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_mark_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch, caplog):
+    """The mark is written after training, before the LoRAs are saved: a folder that cannot take it must not cost
+    the run (its parent here is a file)."""
+    from glancetune.train import speed
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(speed, "marks_dir", lambda: tmp_path / "file" / "marks")
+    with caplog.at_level(logging.WARNING, logger="glancetune.train.speed"):
+        speed.mark_compiled("abc")
+    assert not speed.compiled_before("abc")
+    assert any("could not mark the compiled graphs" in m for m in caplog.messages)

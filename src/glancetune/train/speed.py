@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
 
 # optimizer steps in one process (both phases of a glance job counted); a resumed run counts all its steps, not the
 # ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
@@ -107,12 +110,16 @@ def compiled_before(key: str) -> bool:
 
 
 def mark_compiled(key: str) -> None:
-    """After a compiled process trained: inductor's cache holds its graphs (a file written whole, or not at all)."""
+    """After a compiled process trained: inductor's cache holds its graphs (a file written whole, or not at all).
+    A folder that cannot be written costs the next run its warm start, never this run: a warning."""
     d = marks_dir()
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{key}.tmp"
-    tmp.write_text("compiled\n")
-    tmp.replace(d / key)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{key}.tmp"
+        tmp.write_text("compiled\n")
+        tmp.replace(d / key)
+    except OSError as e:
+        log.warning("compile: could not mark the compiled graphs in %s (%s); a rerun compiles as if cold", d, e)
 
 
 def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout: str,
