@@ -8,12 +8,15 @@ import sys
 # PyTorch's CUDA allocator grows segments instead of reserving new fixed ones: on the H200 the nf4-bnb FLUX.1 job
 # reserved 13.4 GiB with it against 18.1 without, for the same 11.7 GiB allocated and no slower (bench/RESULTS.md)
 ALLOC_CONF = "expandable_segments:True"
+COMMAND_LINE = False  # set by `torch_defaults` (cli.main): a job's time report then counts this process's imports
 
 
 def torch_defaults() -> None:
     """Set before torch touches CUDA; a value the user set is kept. The allocator (either of torch's two names);
     inductor's on-disk cache (`compile_transformer`) under glancetune's cache folder instead of /tmp, where a reboot
     or a container restart loses it: on the H200 a warm cache cut regional compile from 54 s to 7.5 s."""
+    global COMMAND_LINE
+    COMMAND_LINE = True
     if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):

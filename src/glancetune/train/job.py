@@ -109,11 +109,12 @@ class Job(Plan, PhaseFiles):
 
     # --- the steps ----------------------------------------------------------------------------------------
     def clock(self):
-        """The final report's times: `lap(name)` books the time since the last lap. A process's first job starts
-        with its imports (from glancetune's own import to this plan); a later one in the same process from its plan."""
-        from .. import IMPORTED_AT
+        """The final report's times: `lap(name)` books the time since the last lap. The first job of a command-line
+        process starts with its imports (from glancetune's own import to this plan); any other (a later job, a job
+        run from Python, where the import may be long past) from its plan."""
+        from .. import IMPORTED_AT, process
 
-        first = not _JOBS_RUN
+        first = not _JOBS_RUN and process.COMMAND_LINE
         _JOBS_RUN.append(self)
         times = {"imports": self.created_at - IMPORTED_AT} if first else {}
         origin = IMPORTED_AT if first else self.created_at
