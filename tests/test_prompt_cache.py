@@ -1,6 +1,7 @@
 """`generate` through the prompt cache (prompt_cache.py): the first call encodes and caches, a repeated prompt
 loads no text encoder, and the images equal those of the stock diffusers chain (the pipeline encoding the prompt
 itself), for FLUX.1 and a true-CFG family with a negative prompt; edit models are not cached."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def loaded_encoders(monkeypatch) -> list:
     ("flux", None, []),
     ("sd3", "tiny:sd3", ["--negative-prompt", "smudged (cache test)"]),  # true CFG: the negative is cached too
 ])
-def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatch, family, model, extra):
+def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatch, capsys, family, model, extra):
     cfg = write_configs(tmp_path, model or tiny_flux, steps=2, model_family=family, checkpointing_steps=0)
     assert main(["glance", "--config", str(cfg)]) == 0
     run = tmp_path / "output"
@@ -52,8 +53,14 @@ def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatc
     gen = ["generate", "--run", str(run), "--prompt", prompt, "--seed", "3", *extra]
     assert main([*gen, "--output", str(tmp_path / "a.png")]) == 0
     assert len(text_entries() - before) == (2 if extra else 1)
+    capsys.readouterr()
     assert main([*gen, "--output", str(tmp_path / "b.png")]) == 0
     assert seen == [True, False]
+    # the final line splits the load into its parts, which add up to it
+    m = re.search(r"load ([\d.]+)s \(pipeline ([\d.]+), to device ([\d.]+), adapters ([\d.]+), prompts ([\d.]+)\)",
+                  capsys.readouterr().out)
+    assert m, "generate's load split"
+    assert abs(sum(map(float, m.groups()[1:])) - float(m.group(1))) <= 0.25
     a, b = pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png")
     assert np.array_equal(a, b)
     # the sampler with the pipeline encoding the prompt itself (the path tested against the stock chain)

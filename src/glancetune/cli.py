@@ -143,8 +143,17 @@ def cmd_generate(args) -> int:
     print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
           f"{len(spec.ladder.fast)} fast), "
           f"{sampler.nfe(args.cfg_phases)} transformer passes per image, guidance {sampler.guidance}, "
-          f"load {t1 - t0:.1f}s, sample {t2 - t1:.1f}s")
+          f"load {t1 - t0:.1f}s{_load_parts(sampler.load_parts, load_s)}, sample {t2 - t1:.1f}s")
     return 0
+
+
+def _load_parts(parts: dict[str, float], load_s: float) -> str:
+    """generate's load split, e.g. " (pipeline 3.1, to device 2.0, adapters 1.2, prompts 0.4)": what is left of
+    the load after from_spec's parts is the prompt cache (its lookup, and encoding a missed prompt)."""
+    if not parts:
+        return ""
+    rest = {"prompts": load_s - sum(parts.values())}
+    return " (" + ", ".join(f"{k} {v:.1f}" for k, v in {**parts, **rest}.items()) + ")"
 
 
 def cmd_schedule(args) -> int:

@@ -10,6 +10,7 @@ ladder, guidance and training alpha.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,7 @@ class GlanceSampler:
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
         self.adapters = Unfused(pipe)  # fused.py: `lora_mode`
+        self.load_parts: dict[str, float] = {}  # seconds of from_spec's parts (pipeline, to device, adapters)
 
     @property
     def lora_mode(self) -> str:
@@ -214,10 +216,13 @@ class GlanceSampler:
             check_sampling_precision(base_model_precision, device)
         configure_backends(device)
         dtype = dtype or compute_dtype(precision)
+        clock = [time.perf_counter()]  # the load's parts, for generate's final line
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {}))
+        clock.append(time.perf_counter())
         for name, module in pipe.components.items():  # a transformer to quantize reaches the device block by block
             if isinstance(module, torch.nn.Module) and (name != "transformer" or base_model_precision == "no_change"):
                 module.to(device)
+        clock.append(time.perf_counter())
         if pub is not None:
             log.info("notice: using the published %s recipe (%s): ladder %s, guidance %g", pub.name, pub.source,
                      spec.ladder.to_dict(), spec.guidance)
@@ -231,8 +236,11 @@ class GlanceSampler:
             from .train.quantize import place_and_quantize
 
             place_and_quantize(pipe.transformer, base_model_precision, "accelerator", device, "--base-model-precision")
+        clock.append(time.perf_counter())
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
-        return cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
+        sampler = cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
+        sampler.load_parts = dict(zip(("pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
+        return sampler
 
     CFG_PHASES = ("both", "slow", "fast", "none")
     SAMPLERS = ("exact", "official-compat")
