@@ -57,10 +57,11 @@ def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatc
     assert main([*gen, "--output", str(tmp_path / "b.png")]) == 0
     assert seen == [True, False]
     # the final line splits the load into its parts, which add up to it
-    m = re.search(r"load ([\d.]+)s \(pipeline ([\d.]+), to device ([\d.]+), adapters ([\d.]+), prompts ([\d.]+)\)",
+    num = r"([\d.]+)"
+    m = re.search(rf"load {num}s \(imports {num}, pipeline {num}, to device {num}, adapters {num}, prompts {num}\)",
                   capsys.readouterr().out)
     assert m, "generate's load split"
-    assert abs(sum(map(float, m.groups()[1:])) - float(m.group(1))) <= 0.25
+    assert abs(sum(map(float, m.groups()[1:])) - float(m.group(1))) <= 0.35  # six parts rounded to 0.1
     a, b = pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png")
     assert np.array_equal(a, b)
     # the sampler with the pipeline encoding the prompt itself (the path tested against the stock chain)

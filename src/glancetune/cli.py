@@ -148,7 +148,7 @@ def cmd_generate(args) -> int:
 
 
 def _load_parts(parts: dict[str, float], load_s: float) -> str:
-    """generate's load split, e.g. " (pipeline 3.1, to device 2.0, adapters 1.2, prompts 0.4)": what is left of
+    """generate's load split, e.g. " (imports 4.4, pipeline 3.1, to device 2.0, adapters 1.2, prompts 0.4)": what is left of
     the load after from_spec's parts is the prompt cache (its lookup, and encoding a missed prompt)."""
     if not parts:
         return ""

@@ -171,7 +171,7 @@ class GlanceSampler:
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
         self.adapters = Unfused(pipe)  # fused.py: `lora_mode`
-        self.load_parts: dict[str, float] = {}  # seconds of from_spec's parts (pipeline, to device, adapters)
+        self.load_parts: dict[str, float] = {}  # seconds of from_spec's parts (imports, pipeline, ...)
 
     @property
     def lora_mode(self) -> str:
@@ -217,6 +217,8 @@ class GlanceSampler:
         configure_backends(device)
         dtype = dtype or compute_dtype(precision)
         clock = [time.perf_counter()]  # the load's parts, for generate's final line
+        info.family.pipeline_class()  # diffusers' pipeline module and what it imports (transformers' models, ...)
+        clock.append(time.perf_counter())
         pipe = info.family.load_pipeline(info.path, dtype, **(components or {}))
         clock.append(time.perf_counter())
         for name, module in pipe.components.items():  # a transformer to quantize reaches the device block by block
@@ -239,7 +241,7 @@ class GlanceSampler:
         clock.append(time.perf_counter())
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         sampler = cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
-        sampler.load_parts = dict(zip(("pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
+        sampler.load_parts = dict(zip(("imports", "pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
         return sampler
 
     CFG_PHASES = ("both", "slow", "fast", "none")
