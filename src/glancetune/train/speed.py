@@ -4,8 +4,8 @@
 `compile_repeated_blocks`) only where it was measured to pay: on CUDA, an unquantized base without group offload,
 and enough steps in the process to repay the compile. FLUX.1-dev on an H200 (session 12, `glance`, both adapters):
 0.96 -> 0.68 s/step for 70 s of compiling with a cold inductor cache, 10 s with a warm one (glancetune keeps the
-cache under its home folder, process.py), so it pays after ~250 steps cold and ~40 warm; the threshold is the cold
-figure. With TREAD (session 13, same run, routes 0.5 over blocks 2..-2): 0.62 s/step compiled for 124 s of
+cache under its home folder, process.py), so it pays after ~250 steps cold; the threshold is the cold figure. In a
+whole job warm compiling costs more (~28 s, session 15), so a warm run compiles from 100 steps. With TREAD (session 13, same run, routes 0.5 over blocks 2..-2): 0.62 s/step compiled for 124 s of
 compiling (each block compiles its routed and whole-token graphs), against ~0.81 eager (TREAD's -16% of session 9
 on 0.96): ~0.2 s saved per step, so it pays after ~600 steps. Quantized bases, group offload and DDP / FSDP runs
 under compile have no GPU figure yet, so auto leaves them eager; `compile_transformer: true` still forces it.
@@ -30,10 +30,12 @@ from ..errors import GlanceError
 log = logging.getLogger(__name__)
 
 # optimizer steps in one process (both phases of a glance job counted); a resumed run counts all its steps, not the
-# ones left: the run compiled the same graphs before, so inductor's cache is warm (~10 s, repaid in ~40 steps)
+# ones left: the run compiled the same graphs before, so inductor's cache is warm (~30 s in a whole job, repaid in ~100 steps)
 COMPILE_PAYS_AFTER = 250
 COMPILE_PAYS_AFTER_TREAD = 600  # with tread_config: ~125 s of compiling for ~0.2 s per step
-COMPILE_PAYS_AFTER_WARM = 40  # the same graphs compiled before: ~10 s for ~0.28 s per step (TREAD: not measured warm)
+# the same graphs compiled before: the 60+60-step job's second run trained 5.8 s faster compiled than eager (120 steps
+# x ~0.28 s saved, so ~28 s of warm compiling; bench/RESULTS.md, session 15). TREAD: not measured warm
+COMPILE_PAYS_AFTER_WARM = 100
 # the settings besides the model, the adapters' layers and the image shapes that change a compiled block's graphs
 GRAPH_KEYS = ("mixed_precision", "lora_rank", "lora_alpha", "lora_dropout", "train_batch_size", "gradient_checkpointing",
               "gradient_checkpointing_interval", "gradient_checkpointing_backend", "tread_config")
@@ -145,10 +147,11 @@ def compile_decision(cfg, device_type: str, steps: int, phases_here: int, layout
     elif total < (need := threshold(cfg, warm)):
         why = f"{total} steps in this process, under the {need} that repay {cost(cfg, warm)} of compiling"
     elif warm and not cfg.tread_config:
-        return True, f"on (auto: {total} steps >= {need}; inductor's cache is warm from an earlier run: ~10 s)"
+        return True, (f"on (auto: {total} steps >= {need}; inductor's cache is warm from an earlier run: "
+                      f"{cost(cfg, True)})")
     else:
         return True, (f"on (auto: {total} steps >= {need}; {cost(cfg, False)} of compiling the first time, "
-                      "~10 s once inductor's cache is warm)")
+                      f"{cost(cfg, True)} once inductor's cache is warm)")
     return False, f"off (auto: {why})"
 
 
@@ -160,4 +163,4 @@ def threshold(cfg, warm: bool) -> int:
 
 def cost(cfg, warm: bool) -> str:
     """The measured compile time (FLUX.1-dev, both adapters, H200): cold, or with inductor's cache warm."""
-    return "~125 s" if cfg.tread_config else "~10 s" if warm else "~70 s"
+    return "~125 s" if cfg.tread_config else "~30 s" if warm else "~70 s"
