@@ -16,8 +16,8 @@ import traceback
 import torch
 from diffusers import FluxTransformer2DModel
 
-from glancetune.train.lora import add_lora
-from glancetune.train.quantize import quantize_model
+from glancetune.engine.adapters import add_lora
+from glancetune.engine.quantize import quantize_model
 
 dev = torch.device("cuda")
 torch.backends.cuda.enable_cudnn_sdp(False)

@@ -49,8 +49,8 @@ def fp8_base(transformer) -> None:
 
 
 def warm() -> dict:
-    from glancetune.sample import GlanceSampler, resolve_spec
-    from glancetune.train.speed import compile_blocks
+    from glancetune.sampling.sampler import GlanceSampler, resolve_spec
+    from glancetune.engine.speed import compile_blocks
 
     s = GlanceSampler.from_spec(resolve_spec(run=a.run), device=a.device)
     out = {}

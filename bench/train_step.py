@@ -67,11 +67,11 @@ a = p.parse_args()
 
 import diffusers, peft, transformers  # noqa: E402
 
-from glancetune.config import TrainConfig  # noqa: E402
+from glancetune.config.schema import TrainConfig  # noqa: E402
 from glancetune.train.hooks import Hook, Hooks, RunInfo  # noqa: E402
-from glancetune.train.lora import add_lora, lora_targets  # noqa: E402
+from glancetune.engine.adapters import add_lora, lora_targets  # noqa: E402
 from glancetune.train.loop import Trainer  # noqa: E402
-from glancetune.train.runtime import make_runtime  # noqa: E402
+from glancetune.engine.runtime import make_runtime  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_models import MODELS, build  # noqa: E402
@@ -107,7 +107,7 @@ print(f"built {model.label} arch {'(tiny) ' if a.tiny else ''}{nparam / 1e9:.3f}
       f"{tokens} image + {txt} text tokens", flush=True)
 
 # as Job.load_transformer: quantized base (base_model_precision), frozen, then gradient checkpointing, then adapters
-from glancetune.train.quantize import quantize_model  # noqa: E402
+from glancetune.engine.quantize import quantize_model  # noqa: E402
 
 
 
@@ -147,7 +147,7 @@ if cuda:
     print(f"after quantize: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated (quantize "
           f"{time.time() - t0:.1f}s)", flush=True)
 if a.group_offload:  # Job.load_transformer: quantized, then diffusers' hooks keep the blocks on the CPU
-    from glancetune.train.memory import group_offload  # noqa: E402
+    from glancetune.engine.memory import group_offload  # noqa: E402
 
     group_offload(transformer, cfg, dev)
     if cuda:
@@ -161,7 +161,7 @@ if a.fp8:  # every base nn.Linear whose sizes fp8 matmuls take becomes a torchao
     print(f"fp8 linears: {sum(type(m).__name__ == 'Float8Linear' for m in transformer.modules())}", flush=True)
 transformer.requires_grad_(False)
 if a.gc:
-    from glancetune.train.memory import enable_checkpointing  # noqa: E402
+    from glancetune.engine.memory import enable_checkpointing  # noqa: E402
 
     enable_checkpointing(transformer, a.gc_backend, dev, a.gc_interval)
 params = add_lora(transformer, "slow", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
@@ -238,13 +238,13 @@ if a.phases == 2:  # the glance job: both adapters on the transformer, interleav
     params["fast"] = add_lora(transformer, "fast", rank=a.rank, alpha=float(a.rank), dropout=0.0, init="gaussian",
                               targets=targets, seed=0)
 if a.tread:  # as Job.build_trainer: the routing hooks after the adapters, compile after both
-    from glancetune.train import tread
+    from glancetune.engine import tread
 
     n = family.tread_blocks_count(transformer.config)
     tread.install(transformer, family, {"routes": [{"selection_ratio": a.tread, "start_layer_idx": min(2, n - 1),
                                                      "end_layer_idx": -2 if n > 3 else -1}]})
 if a.compile:
-    from glancetune.train.speed import compile_blocks
+    from glancetune.engine.speed import compile_blocks
 
     compile_blocks(transformer, a.compile_mode)
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)

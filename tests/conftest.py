@@ -31,7 +31,7 @@ def _isolated_home(tmp_path_factory):
 def _compile_marks(tmp_path_factory, monkeypatch):
     """Each test its own marks of compiled graphs (train/speed.py): a compiled job of one test does not make
     another test's `compile_transformer: auto` count inductor's cache as warm."""
-    from glancetune.train import speed
+    from glancetune.engine import speed
 
     d = tmp_path_factory.mktemp("compile-marks")
     monkeypatch.setattr(speed, "marks_dir", lambda: d)

@@ -8,7 +8,7 @@ import torch
 from conftest import make_dataset, make_image, write_configs, run_err
 from glancetune.cli import main
 from glancetune.data import Problems, build_plan, load_backends
-from glancetune.data.dataset import load_image
+from helpers import load_image
 from glancetune.errors import GlanceError
 
 

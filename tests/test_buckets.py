@@ -59,7 +59,7 @@ def test_phase_state_carries_the_sampler():
     rt = SimpleNamespace(accelerator=None, device=torch.device("cpu"), dtype=torch.float32, layout="single", rank=0,
                          world=1)
     plan = SimpleNamespace(groups=[[0, 1], [2]], shuffle=True)
-    trainer = Trainer(cfg, None, None, None, [None] * 3, rt, 1.0, plan)
+    trainer = Trainer(cfg, None, None, [None] * 3, rt, 1.0, plan, None)
     params = [torch.nn.Parameter(torch.zeros(2))]
     state = trainer.new_phase("lora", (1.0, 0.5), params, 10)
     for _ in range(3):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_err, write_configs
 from glancetune.cli import load_train_config, main, parse_args
-from glancetune.config import ACCEPTED_DEFAULTS, NOT_IMPLEMENTED, build_config
+from glancetune.config.schema import ACCEPTED_DEFAULTS, NOT_IMPLEMENTED, build_config
 from glancetune.errors import GlanceError
 
 

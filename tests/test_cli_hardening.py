@@ -21,8 +21,8 @@ from conftest import PROMPT, run_err
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.record import read_record
-from glancetune.images import read_parameters
-from glancetune.sample import GlanceSampler, check_request, resolve_spec
+from glancetune.sampling.images import read_parameters
+from glancetune.sampling.sampler import GlanceSampler, check_request, resolve_spec
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -60,7 +60,7 @@ def test_cuda_without_cuda(glance_run, tmp_path, capsys, no_load, monkeypatch, d
 
 def test_select_is_the_one_rule(monkeypatch, tiny_flux, tmp_path, capsys):
     from conftest import write_configs
-    from glancetune.train.runtime import select
+    from glancetune.engine.runtime import select
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert select("cpu") == (torch.device("cpu"), "no") and select(None)[0].type == "cpu"
@@ -411,7 +411,7 @@ def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeyp
 def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_flux, tmp_path, monkeypatch):
     """The README's "ladder without LoRAs" instruction (the stock block without load_lora_weights, set_adapters and
     the callback) samples what `glancetune eval` calls base-L-ladder (the Glance sampler with the adapters off)."""
-    from glancetune.compare import base_on_ladder
+    from glancetune.sampling.compare import base_on_ladder
 
     lines = [ln for ln in README_SNIPPET.splitlines()
              if "load_lora_weights" not in ln and "set_adapters" not in ln and "def switch" not in ln

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
-from glancetune.comfyui import from_comfyui
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.comfyui import from_comfyui
+from glancetune.export.files import WEIGHT_NAME
 from glancetune.families import model_info
 
 PROMPT = "a red gradient with speckles"
@@ -68,7 +68,7 @@ def test_back_conversion_gives_the_same_tensors(runs, fam):
         path = run / "comfyui" / f"glance-{role}.safetensors"
         comfy = load_file(str(path))
         meta = header(path)
-        back = from_comfyui(comfy, family, config, json.loads(meta["glancetune.comfyui.parts"]), ALPHA[fam])
+        back = from_comfyui(comfy, family, config, json.loads(meta["glancetune.export.files.comfyui.parts"]), ALPHA[fam])
         assert back.keys() == original.keys()
         assert all(torch.equal(back[k], original[k]) for k in original)
         assert all(k.startswith("diffusion_model.") for k in comfy)
@@ -117,7 +117,7 @@ def test_diffusers_reads_the_flux_double_blocks_back(runs):
 @pytest.mark.parametrize("fam", ["qwen_image", "flux2-klein"])
 def test_stock_diffusers_loads_the_copies_and_samples_the_same_image(runs, tmp_path, fam):
     from glancetune.record import read_record
-    from glancetune.sample import GlanceSampler
+    from glancetune.sampling.sampler import GlanceSampler
 
     run = runs[fam]
     info = model_info(f"tiny:{fam}")
@@ -135,7 +135,7 @@ def test_stock_diffusers_loads_the_copies_and_samples_the_same_image(runs, tmp_p
 
 
 def test_sd3_last_block_modulation_is_swapped():
-    from glancetune.comfyui import to_comfyui
+    from glancetune.export.comfyui import to_comfyui
 
     config = model_info("tiny:sd3").transformer_config
     a, b = torch.randn(4, 8), torch.randn(2 * 32, 4)

@@ -10,10 +10,12 @@ from PIL import Image
 
 from conftest import make_dataset, write_configs
 from glancetune.cli import main
-from glancetune.config import build_config, load_config
-from glancetune.data.dataset import discover_pairs, load_image, read_caption, target_size
+from glancetune.config.schema import build_config, load_config
+from glancetune.data.buckets import target_size
+from glancetune.data.discovery import read_caption
+from helpers import discover_pairs, load_image
 from glancetune.errors import GlanceError
-from glancetune.export import read_metadata
+from glancetune.export.files import read_metadata
 from glancetune.record import read_record
 
 
@@ -168,7 +170,7 @@ def test_flavours_are_checked():
 
 def test_help_lists_every_schema_key(capsys):
     """`train --help` is generated from the schema: every key, its allowed values and defaults."""
-    from glancetune.config import NOT_IMPLEMENTED, TrainConfig
+    from glancetune.config.schema import NOT_IMPLEMENTED, TrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import make_dataset, make_image, run_err, write_configs
 from glancetune.cli import main
 from glancetune.data import build_plan, load_backends, load_plan
-from glancetune.data.dataset import open_image
+from glancetune.data.images import open_image
 from glancetune.data.edit import load_job_plan
 from glancetune.data.images import Crop, load_pixels, to_rgb
 from glancetune.errors import GlanceError

@@ -21,11 +21,11 @@ from PIL import Image
 
 from conftest import make_image, run_err
 from glancetune.cli import main
-from glancetune.config import build_config, load_config
+from glancetune.config.schema import build_config, load_config
 from glancetune.errors import GlanceError
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.files import WEIGHT_NAME
 from glancetune.families import get_family, model_info
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.train.job import Job
 
 CAPTION = "make the gradient blue"
@@ -120,7 +120,7 @@ def edit_run(request, tmp_path_factory, processor):
     cls.forward = forward
     try:
         job = Job(load_config(cfg), "glance", components={"processor": processor})
-        assert job.family.name == name
+        assert job.plan.family.name == name
         job.run(quiet=True)
     finally:
         cls.forward = orig
@@ -372,7 +372,7 @@ def test_simpletuner_conditioning_json_trains_the_same_loras(edit_run, processor
     cfg = edit_config(tmp_path, model, VARIANTS[name][0], timestep_sampling="round-robin",
                       data_backend_config=str(backend))
     job = Job(load_config(cfg), "glance", components={"processor": processor})
-    assert [s.control_path for s in job.samples] == [data / "control" / "img0.jpg"]
+    assert [s.control_path for s in job.plan.samples] == [data / "control" / "img0.jpg"]
     job.run(quiet=True)
     for role in ("slow", "fast"):
         assert (tmp_path / "output" / role / "pytorch_lora_weights.safetensors").read_bytes() == \
@@ -385,7 +385,7 @@ def test_tread_routes_the_target_tokens_and_passes_the_control(name, zero_cond_t
     the plain bytes; a real route hands its window half the target's tokens and every control token, and trains.
     zero_cond_t (Edit-2511's transformer: each token modulated by its image, `modulate_index`): the index follows
     the rows (a routed block would fail on mismatched lengths otherwise)."""
-    from glancetune.train import tread
+    from glancetune.engine import tread
 
     model = tmp_path / "model"
     assert main(["tiny", name, str(model)]) == 0
@@ -406,9 +406,9 @@ def test_tread_routes_the_target_tokens_and_passes_the_control(name, zero_cond_t
         assert run("all-kept", tread_config=route)[0] == plain
     seen, build = [], Job.build_trainer
 
-    def hooked(self, *a, **k):
-        trainer = build(self, *a, **k)
-        self.transformer.transformer_blocks[0].register_forward_pre_hook(lambda mod, args, kw: seen.append((
+    def hooked(self, plan, rt, transformer, *a, **k):
+        trainer = build(self, plan, rt, transformer, *a, **k)
+        transformer.transformer_blocks[0].register_forward_pre_hook(lambda mod, args, kw: seen.append((
             torch.is_grad_enabled(), (kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])),
             with_kwargs=True)
         return trainer

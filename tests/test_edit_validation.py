@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, run_err, write_configs
+from glancetune.plan.describe import describe
 from glancetune.cli import main
-from glancetune.config import load_config
+from glancetune.config.schema import load_config
 from glancetune.errors import GlanceError
 from glancetune.families import get_family
-from glancetune.images import read_parameters
+from glancetune.sampling.images import read_parameters
 from glancetune.train.job import Job
 from test_edit import VARIANTS, edit_config, processor, small_control_sizes  # noqa: F401 (fixtures)
 
@@ -54,7 +55,7 @@ def val_run(request, tmp_path_factory, processor):  # noqa: F811
     cfg = edit_config(root, model, VARIANTS[name][0], steps=STEPS, validation_prompt=PROMPT, validation_seed=7,
                       validation_num_inference_steps=3, learning_rate=0.05, **extra)
     job = Job(load_config(cfg), "glance", components={"processor": processor})
-    assert "control image " in job.describe()
+    assert "control image " in describe(job.plan)
     job.run(quiet=True)
     control = extra.get("validation_image") or str(root / "data" / "control" / "img0.jpg")
     return name, root / "output", control, root / "data" / "control" / "img0.jpg", job
@@ -63,11 +64,14 @@ def val_run(request, tmp_path_factory, processor):  # noqa: F811
 def cached_prompt(job, control) -> bool:
     """Whether the text cache holds PROMPT encoded with this control image (the key validation computes)."""
     from glancetune.data.cache import digest, file_digest
-    from glancetune.train.encode import default_caches, text_description
+    from glancetune.engine.encode import default_caches, text_description
 
-    desc = text_description(job.info, PROMPT, job.rt.dtype, job.max_sequence_length, file_digest(control),
-                            cfg=job.cfg)
-    return default_caches(job.cfg)[0].get(digest(desc)) is not None
+    from glancetune.engine.runtime import compute_dtype, select
+
+    plan = job.plan
+    dtype = compute_dtype(select(plan.cfg.device, plan.cfg.mixed_precision)[1])
+    desc = text_description(plan.info, PROMPT, dtype, plan.max_sequence_length, file_digest(control), cfg=plan.cfg)
+    return default_caches(plan.cfg)[0].get(digest(desc)) is not None
 
 
 def generate(run, control, out, seed=7, prompt=PROMPT):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_image, write_configs, run_err
 from glancetune.cli import main
-from glancetune.export import read_metadata
+from glancetune.export.files import read_metadata
 
 
 def no_output(root: Path):

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
-from glancetune.evaluate import scores, win_rate
-from glancetune.prompts import eval_prompts
-from glancetune.images import read_parameters
+from glancetune.evaluation.evaluate import scores, win_rate
+from glancetune.sampling.prompts import eval_prompts
+from glancetune.sampling.images import read_parameters
 
 PROMPTS = {"fox": "a red fox in the snow", "city": "a city street at night"}
 

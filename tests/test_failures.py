@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import make_dataset, run_err, write_configs
 from glancetune.cli import main
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.files import WEIGHT_NAME
 
 
 def glance(cfg, *extra):
@@ -115,12 +115,12 @@ def test_output_dir_dot_needs_no_rename(tiny_flux, tmp_path, monkeypatch):
 
 
 def test_failure_after_training_keeps_the_loras(tiny_flux, tmp_path, capsys, monkeypatch):
-    from glancetune.train import files
+    from glancetune.train import store
 
-    def disk_full(self, states):
+    def disk_full(self, out, states):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files.PhaseFiles, "write_outputs", disk_full)
+    monkeypatch.setattr(store.LoraStore, "write_outputs", disk_full)
     cfg = write_configs(tmp_path, tiny_flux, steps=2)
     err = run_err(capsys, glance(cfg))
     assert "could not be written there ([Errno 28] No space left on device); they are in " in err

@@ -7,9 +7,9 @@ import torch
 
 from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
-from glancetune.export import read_metadata
+from glancetune.export.files import read_metadata
 from glancetune.families import model_info
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder
 
 

@@ -10,7 +10,7 @@ from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.record import read_record
 from glancetune.families import get_family, model_info
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
 
 @pytest.fixture(scope="module")

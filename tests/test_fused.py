@@ -8,7 +8,7 @@ import torch
 from conftest import PROMPT, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
 
 def base_weights(sampler) -> dict:

@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
-from glancetune.export import WEIGHT_NAME, read_metadata
+from glancetune.export.files import WEIGHT_NAME, read_metadata
 from glancetune.record import read_record
 from glancetune.families.flux import Flux1
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder, identity_scheduler_config
 
 
@@ -165,7 +165,7 @@ def test_compiled_transformer_trains_the_same(tiny_flux, glance_run, tmp_path):
 
     from test_speed import plan_key
 
-    from glancetune.train.speed import compiled_before
+    from glancetune.engine.speed import compiled_before
 
     cfg = write_configs(tmp_path, tiny_flux, steps=8, compile_transformer=True)
     key = plan_key(cfg, device="cpu")

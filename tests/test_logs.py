@@ -12,7 +12,8 @@ import pytest
 
 from glancetune.errors import GlanceError
 from glancetune.train.hooks import Hooks, RunInfo, StepRecord, TrainSummary
-from glancetune.train.logs import (JSONL_NAME, WARMUP_STEPS, JsonlLog, Progress, TensorBoardLog, WandbLog,
+from glancetune.export.files import JSONL_NAME
+from glancetune.train.logs import (WARMUP_STEPS, JsonlLog, Progress, TensorBoardLog, WandbLog,
                                    make_hooks)
 
 

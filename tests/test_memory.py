@@ -59,17 +59,18 @@ def same_entries(a: Path, b: Path, kind: str):
 def test_group_offload_everywhere_gives_the_same_run(plain, tiny_flux, tmp_path, monkeypatch):
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
-    from glancetune.train import encode, job
+    from glancetune.train import job
+    from glancetune.engine import encode
 
     hooked = []
     orig_build, orig_fill = job.Job.build_trainer, encode._fill
 
-    def build(self, *a, **k):
-        hooked.append(("transformer", _is_group_offload_enabled(self.transformer)))
-        return orig_build(self, *a, **k)
+    def build(self, plan, rt, transformer, *a, **k):
+        hooked.append(("transformer", _is_group_offload_enabled(transformer)))
+        return orig_build(self, plan, rt, transformer, *a, **k)
 
-    def fill(j, pipe, *a, **k):
-        orig_fill(j, pipe, *a, **k)
+    def fill(src, cfg, pipe, *a, **k):
+        orig_fill(src, cfg, pipe, *a, **k)
         hooked.extend((n, _is_group_offload_enabled(getattr(pipe, n))) for n in ("text_encoder", "text_encoder_2",
                                                                                   "vae"))
 
@@ -151,15 +152,15 @@ def test_stream_needs_cuda(tiny_flux, tmp_path, capsys):
 def test_text_encoder_precision_quantizes_and_keys_the_cache(plain, tiny_flux, tmp_path, monkeypatch):
     from optimum.quanto import QLinear
 
-    from glancetune.train import encode
+    from glancetune.engine import encode
 
     seen = {}
     orig = encode._fill
 
-    def fill(j, pipe, *a, **k):
+    def fill(src, cfg, pipe, *a, **k):
         seen["t5"] = any(isinstance(m, QLinear) for m in pipe.text_encoder_2.modules())
         seen["clip"] = any(isinstance(m, QLinear) for m in pipe.text_encoder.modules())
-        orig(j, pipe, *a, **k)
+        orig(src, cfg, pipe, *a, **k)
 
     monkeypatch.setattr(encode, "_fill", fill)
     root = run(tmp_path, tiny_flux, "te", text_encoder_2_precision="int8-quanto")
@@ -185,21 +186,21 @@ def test_text_encoder_key_the_family_lacks_is_one_line(tiny_flux, tmp_path, caps
 
 
 def test_offload_during_startup_releases_text_encoders_before_the_vae(plain, tiny_flux, tmp_path, monkeypatch):
-    from glancetune.train import encode
+    from glancetune.engine import encode
 
     states = []
     orig = encode._place
 
-    def place(job, module, name, *a, **k):
+    def place(cfg, module, name, *a, **k):
         if name == "vae":
-            states.append(job.cfg.offload_during_startup)
-        return orig(job, module, name, *a, **k)
+            states.append(cfg.offload_during_startup)
+        return orig(cfg, module, name, *a, **k)
 
     real_fill = encode._fill
 
-    def fill(j, pipe, *a, **k):
+    def fill(src, cfg, pipe, *a, **k):
         states.append(("text encoders at start", pipe.text_encoder is not None))
-        real_fill(j, pipe, *a, **k)
+        real_fill(src, cfg, pipe, *a, **k)
         states.append(("text encoders at end", pipe.text_encoder is not None))
 
     monkeypatch.setattr(encode, "_place", place)
@@ -212,14 +213,14 @@ def test_offload_during_startup_releases_text_encoders_before_the_vae(plain, tin
 
 
 def test_vae_tiling_keys_the_latents(plain, tiny_flux, tmp_path, monkeypatch):
-    from glancetune.train import encode
+    from glancetune.engine import encode
 
     seen = []
     orig = encode._fill
 
-    def fill(j, pipe, *a, **k):
+    def fill(src, cfg, pipe, *a, **k):
         seen.append((pipe.vae.use_tiling, pipe.vae.use_slicing))
-        orig(j, pipe, *a, **k)
+        orig(src, cfg, pipe, *a, **k)
 
     monkeypatch.setattr(encode, "_fill", fill)
     root = run(tmp_path, tiny_flux, "tiles", vae_enable_tiling=True, vae_enable_slicing=True)
@@ -234,9 +235,9 @@ def test_base_model_default_dtype(tiny_flux, tmp_path, capsys, monkeypatch):
     dtypes = []
     orig = job.Job.build_trainer
 
-    def build(self, *a, **k):
-        dtypes.append(self.transformer.transformer_blocks[0].attn.to_q.weight.dtype)
-        return orig(self, *a, **k)
+    def build(self, plan, rt, transformer, *a, **k):
+        dtypes.append(transformer.transformer_blocks[0].attn.to_q.weight.dtype)
+        return orig(self, plan, rt, transformer, *a, **k)
 
     monkeypatch.setattr(job.Job, "build_trainer", build)
     cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_default_dtype="fp32")
@@ -266,7 +267,7 @@ def test_dry_run_prints_the_memory_plan(tiny_flux, tmp_path, capsys):
 def test_dry_run_compares_the_plan_with_the_gpu(tiny_flux, tmp_path, capsys, monkeypatch):
     """On a GPU the plan says whether each phase's weights fit its memory (faked here: the CPU has none to compare);
     the encode phase counts only encoders on the device, the train phase nothing when the transformer is offloaded."""
-    from glancetune.train import memory
+    from glancetune.engine import memory
 
     cfg = write_configs(tmp_path, tiny_flux, steps=1)
     monkeypatch.setattr(memory, "device_total", lambda device: 10**12)
@@ -296,7 +297,7 @@ def test_dry_run_compares_the_plan_with_the_gpu(tiny_flux, tmp_path, capsys, mon
 def test_block_parents():
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from glancetune.train.memory import block_parents
+    from glancetune.engine.memory import block_parents
 
     t5 = T5EncoderModel(T5Config(vocab_size=10, d_model=8, d_kv=4, d_ff=8, num_layers=2, num_heads=2))
     clip = CLIPTextModel(CLIPTextConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_attention_heads=2,
@@ -317,7 +318,7 @@ def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
     from diffusers.hooks.group_offloading import ModuleGroup
 
     from glancetune import tiny
-    from glancetune.train.memory import group_offload
+    from glancetune.engine.memory import group_offload
 
     encoder = getattr(tiny, build)().text_encoder
     resident = {id(p) for p in encoder.parameters()}  # a weight no group holds never leaves the device
@@ -395,8 +396,8 @@ def test_checkpointing_interval_checkpoints_every_nth_block(plain, tiny_flux, tm
 
 
 def test_dry_run_notes_the_measured_slow_settings(tiny_flux, tmp_path, capsys):
-    from glancetune.train.memory import OFFLOAD_TRAINING
-    from glancetune.train.quantize import INT4_TRAINING
+    from glancetune.engine.memory import OFFLOAD_TRAINING
+    from glancetune.engine.quantize import INT4_TRAINING
 
     cfg = write_configs(tmp_path, tiny_flux, steps=1, base_model_precision="int4-quanto")
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
@@ -411,7 +412,7 @@ def test_dry_run_notes_the_measured_slow_settings(tiny_flux, tmp_path, capsys):
 def test_allocator_note_names_what_reserved_memory_holds():
     """After training on CUDA the job logs the caching allocator's counters (torch.cuda.memory_stats) next to the
     peaks: the line for a given set of counters (a CPU run has none to read)."""
-    from glancetune.train.memory import allocator_note
+    from glancetune.engine.memory import allocator_note
 
     stats = {"reserved_bytes.all.peak": 19.5 * 2**30, "inactive_split_bytes.all.peak": 5 * 2**29,
              "segment.all.peak": 412, "num_alloc_retries": 3, "num_ooms": 0}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import write_configs
 from glancetune.cli import main
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.files import WEIGHT_NAME
 
 
 def launch(*args):

@@ -11,8 +11,8 @@ import torch
 
 from glancetune.cli import main
 from glancetune.families.flux import Flux1
-from glancetune.train.lora import add_lora
-from glancetune.train.objectives import Objective
+from glancetune.engine.adapters import add_lora
+from glancetune.train.objectives import objective
 
 from conftest import run_err, write_configs
 
@@ -77,7 +77,7 @@ def v(model, x, s, st):
 
 
 def test_next_sigma_walks_the_ladder():
-    obj = Objective("trajectory", SLOW, FAST)
+    obj = objective("trajectory", SLOW, FAST)
     got = obj.next_sigma(torch.tensor([1.0, 0.8, 0.6, 0.3]))
     assert got.tolist() == pytest.approx([0.9, 0.6, 0.3, 0.0])
 
@@ -86,7 +86,7 @@ def test_next_sigma_walks_the_ladder():
 def test_trajectory_target_is_the_base_models_own_euler_solution(setup, substeps):
     st, trainer = setup, FakeTrainer(setup.tr)
     trainer.activate("fast")
-    obj = Objective("trajectory", SLOW, FAST, substeps=substeps)
+    obj = objective("trajectory", SLOW, FAST, substeps=substeps)
     s, s_next = 0.6, 0.3
     x_s = 0.4 * st.x0 + 0.6 * st.noise
     got = obj.trajectory_target(trainer, x_s, torch.tensor([s]), torch.tensor([s_next]), st.text, st.image, 1.0)
@@ -106,7 +106,7 @@ def test_trajectory_target_is_the_base_models_own_euler_solution(setup, substeps
 def test_trajectory_loss_is_mse_to_that_target(setup):
     st, trainer = setup, FakeTrainer(setup.tr)
     trainer.activate("slow")
-    obj = Objective("trajectory", SLOW, FAST, substeps=2)
+    obj = objective("trajectory", SLOW, FAST, substeps=2)
     ph = SimpleNamespace(name="slow", generator=torch.Generator().manual_seed(0))
     before = ph.generator.get_state()
     loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.9]), st.noise, 1.0)
@@ -131,7 +131,7 @@ def _rollout_by_hand(st, upto: float):
 
 def test_rollout_inputs_come_from_the_chained_sampler(setup):
     st, trainer = setup, FakeTrainer(setup.tr)
-    obj = Objective("rollout", SLOW, FAST)
+    obj = objective("rollout", SLOW, FAST)
     for upto in (0.6, 0.3):
         trainer.active = None
         trainer.activate("fast")
@@ -167,7 +167,7 @@ def test_rollout_inputs_come_from_the_chained_sampler(setup):
 def test_rollout_loss_targets_the_training_image(setup):
     st, trainer = setup, FakeTrainer(setup.tr)
     trainer.activate("fast")
-    obj = Objective("rollout", SLOW, FAST)
+    obj = objective("rollout", SLOW, FAST)
     loss = obj.loss(trainer, SimpleNamespace(name="fast"), st.x0, st.text, st.image, torch.tensor([0.3]), st.noise,
                     1.0)
     x_s = _rollout_by_hand(st, 0.3)
@@ -205,7 +205,7 @@ def test_objective_needs_glance(tiny_flux, tmp_path, capsys):
 def test_base_state_is_the_base_models_own_ode_from_noise(setup):
     st, trainer = setup, FakeTrainer(setup.tr)
     trainer.activate("slow")
-    obj = Objective("trajectory", [0.95, 0.8], FAST, substeps=2)  # first ladder sigma < 1: starts at 1 anyway
+    obj = objective("trajectory", [0.95, 0.8], FAST, substeps=2)  # first ladder sigma < 1: starts at 1 anyway
     got = obj.base_state(trainer, st.noise, torch.tensor([0.8]), st.text, st.image, 1.0)
     x = st.noise
     for a in (1.0, 0.975, 0.95, 0.875):  # 1 -> 0.95 -> 0.8, two equal sub-steps each
@@ -223,7 +223,7 @@ def test_trajectory_with_an_extra_prompt_is_data_free(setup):
     gen = torch.Generator().manual_seed(0)
     extra = {**st.text, "encoder_hidden_states": torch.randn(1, 8, 32, generator=gen),
              "pooled_projections": torch.randn(1, 32, generator=gen)}
-    obj = Objective("trajectory", SLOW, FAST, substeps=1, extra=[extra])
+    obj = objective("trajectory", SLOW, FAST, substeps=1, extra=[extra])
     seed = next(k for k in range(100) if int(torch.randint(2, (1,), generator=torch.Generator().manual_seed(k))))
     ph = SimpleNamespace(name="fast", generator=torch.Generator().manual_seed(seed))
     loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.6]), st.noise, 1.0)
@@ -257,7 +257,7 @@ def test_prior_adds_the_base_prediction_loss_on_an_extra_prompt(setup):
     trainer.activate("slow")
     gen = torch.Generator().manual_seed(1)
     extra = [{**st.text, "encoder_hidden_states": torch.randn(1, 8, 32, generator=gen)} for _ in range(3)]
-    obj = Objective("flow", SLOW, FAST, substeps=1, extra=extra, prior_weight=0.5)
+    obj = objective("flow", SLOW, FAST, substeps=1, extra=extra, prior_weight=0.5)
     ph = SimpleNamespace(name="slow", generator=torch.Generator().manual_seed(3))
     j = int(torch.randint(3, (1,), generator=torch.Generator().manual_seed(3)))
     loss = obj.loss(trainer, ph, st.x0, st.text, st.image, torch.tensor([0.9]), st.noise, 1.0)
@@ -268,9 +268,9 @@ def test_prior_adds_the_base_prediction_loss_on_an_extra_prompt(setup):
     assert float(prior) > 0
     assert float(loss) == pytest.approx(float(flow) + 0.5 * float(prior), rel=1e-5)
     with pytest.raises(Exception, match="glance_prior_weight"):
-        Objective("trajectory", SLOW, FAST, extra=extra, prior_weight=0.5)
+        objective("trajectory", SLOW, FAST, extra=extra, prior_weight=0.5)
     with pytest.raises(Exception, match="glance_prior_weight"):
-        Objective("rollout", SLOW, FAST, prior_weight=0.5)
+        objective("rollout", SLOW, FAST, prior_weight=0.5)
 
 
 def test_glance_trains_with_the_prior(tiny_flux, tmp_path, capsys):

@@ -5,10 +5,11 @@ import pytest
 import torch
 from diffusers.optimization import get_scheduler
 
-from glancetune.config import DEFAULT_TRAIN_STEPS, build_config
+from glancetune.config.schema import DEFAULT_TRAIN_STEPS, build_config
 from glancetune.errors import GlanceError
 from glancetune.train import optim
-from glancetune.train.optim import build_lr_scheduler, build_optimizer, describe, resolve_train_steps
+from glancetune.plan.steps import describe, resolve_train_steps
+from glancetune.train.optim import build_lr_scheduler, build_optimizer
 
 
 def cfg(**kw):

@@ -25,7 +25,7 @@ def text_entries() -> set[Path]:
 
 def loaded_encoders(monkeypatch) -> list:
     """Records, per generate call, whether the sampler's pipeline has its text encoders."""
-    from glancetune import sample
+    from glancetune.sampling import sampler as sample
 
     seen = []
     orig = sample.GlanceSampler.from_spec.__func__
@@ -65,7 +65,7 @@ def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatc
     a, b = pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png")
     assert np.array_equal(a, b)
     # the sampler with the pipeline encoding the prompt itself (the path tested against the stock chain)
-    from glancetune.sample import GlanceSampler, resolve_spec
+    from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
     ref = GlanceSampler.from_spec(resolve_spec(run=run))([prompt], seed=3, output_type="np",
                                                         negative_prompt=extra[1] if extra else None)[0]
@@ -74,7 +74,7 @@ def test_a_repeated_prompt_loads_no_text_encoder(tiny_flux, tmp_path, monkeypatc
 
 def test_edit_models_are_not_cached(tmp_path):
     from glancetune.families import model_info
-    from glancetune.prompt_cache import usable
+    from glancetune.sampling.prompt_cache import usable
 
     assert not usable(model_info("tiny:qwen_image_edit"))
     assert usable(model_info("tiny:qwen_image"))

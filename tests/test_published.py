@@ -16,7 +16,7 @@ from PIL import Image
 
 from glancetune.cli import main
 from glancetune.families import get_family
-from glancetune.sample import GlanceSampler, resolve_spec
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder
 
 QWEN = get_family("qwen_image")
@@ -263,7 +263,7 @@ def test_unprefixed_keys_with_alpha_tensors(pair, tmp_path):
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from glancetune.lora_files import load_adapter
+    from glancetune.sampling.lora_files import load_adapter
 
     model = pair[0]
     tr = lora_transformer(model, 5, alpha=48)

@@ -26,9 +26,9 @@ def test_quantized_base_trains_and_loads_into_the_plain_base(tiny_flux, tmp_path
     seen = []
     orig = job.Job.build_trainer
 
-    def spy(self, *a, **k):
-        seen.append(quantized(self.transformer.transformer_blocks[0].attn.to_q))
-        return orig(self, *a, **k)
+    def spy(self, plan, rt, transformer, *a, **k):
+        seen.append(quantized(transformer.transformer_blocks[0].attn.to_q))
+        return orig(self, plan, rt, transformer, *a, **k)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(job.Job, "build_trainer", spy)
@@ -85,7 +85,7 @@ def test_missing_quanto_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
 
 
 def test_generate_on_a_quantized_base(glance_run, tmp_path):
-    from glancetune.sample import GlanceSampler, resolve_spec
+    from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
     spec = resolve_spec(run=glance_run)
     plain = GlanceSampler.from_spec(spec, device="cpu")([PROMPT], seed=1, output_type="np")[0]
@@ -95,7 +95,7 @@ def test_generate_on_a_quantized_base(glance_run, tmp_path):
     quant = q([PROMPT], seed=1, output_type="np")[0]
     assert 0 < np.abs(quant - plain).max() < 0.25  # the same picture, int8 weights
     # the transformer reached the device block by block, quantized: the same as quantizing it whole once there
-    from glancetune.train.quantize import quantize_model
+    from glancetune.engine.quantize import quantize_model
 
     whole = GlanceSampler.from_spec(spec, device="cpu")
     quantize_model(whole.pipe.transformer, "int8-quanto")
@@ -132,10 +132,10 @@ class _StaysPut(torch.nn.Sequential):
 def test_int4_quantized_on_the_cpu_for_a_gpu_warns(caplog, precision, device, warns):
     """quanto packs bf16 int4 weights made on the CPU for the CPU (tinygemm) and re-packs them through an identity
     matmul when they change device type: with quantize_via cpu and a GPU target that is said, once, naming the key."""
-    from glancetune.train.quantize import place_and_quantize
+    from glancetune.engine.quantize import place_and_quantize
 
     model = _StaysPut(torch.nn.Linear(256, 256, dtype=torch.bfloat16))
-    with caplog.at_level("WARNING", logger="glancetune.train.quantize"):
+    with caplog.at_level("WARNING", logger="glancetune.engine.quantize"):
         out = place_and_quantize(model, precision, "cpu", torch.device(device), "text_encoder_2_precision")
     assert out.moved_to == torch.device(device)
     hits = [r.getMessage() for r in caplog.records if "identity matmul" in r.getMessage()]
@@ -155,7 +155,7 @@ def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component,
     import copy
 
     from glancetune import tiny
-    from glancetune.train.quantize import parts, place_and_quantize, quantize_model
+    from glancetune.engine.quantize import parts, place_and_quantize, quantize_model
 
     model = getattr(getattr(tiny, build)(), component)
     pieces = [piece for _, _, piece in parts(model)]
@@ -182,7 +182,7 @@ def test_an_offloaded_model_visits_the_device_one_block_at_a_time(monkeypatch, p
     group_offload_text_encoder went to the GPU whole first: a 44 GiB peak.) torch.device("cpu", 0) stands for the
     accelerator here: every move to it is recorded with the size of what moves."""
     from glancetune import tiny
-    from glancetune.train.quantize import parts, place_and_quantize
+    from glancetune.engine.quantize import parts, place_and_quantize
 
     model = tiny.build_flux().text_encoder_2
     device, home = torch.device("cpu", 0), torch.device("cpu")

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import make_image, run_err, write_configs
 from glancetune.cli import main
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.files import WEIGHT_NAME
 
 DRIVER = Path(__file__).with_name("kill_driver.py")
 STEPS = 8

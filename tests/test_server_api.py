@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient  # the [server] extra; the test extra installs it
 
 from glancetune.cli import main
-from glancetune.config import TrainConfig
-from glancetune.export import WEIGHT_NAME
+from glancetune.config.schema import TrainConfig
+from glancetune.export.files import WEIGHT_NAME
 from glancetune.server.app import create_app
 from glancetune.server.forms import SERVER_KEYS
 
@@ -184,7 +184,7 @@ def test_delete_keeps_a_server_data_folder(server, tmp_path):
 def test_server_compile_compiles_each_loaded_run_once(glance_run, tmp_path, monkeypatch):
     """`glancetune server --compile`: the Generate page's sampler is compiled when it loads a run (the compile
     itself: test_fused), once per load, not per request."""
-    from glancetune.sample import GlanceSampler
+    from glancetune.sampling.sampler import GlanceSampler
     from glancetune.server import add_parser
     import argparse
 

@@ -8,7 +8,7 @@ import torch
 from conftest import run_err, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.train.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD, COMPILE_PAYS_AFTER_WARM
+from glancetune.engine.speed import COMPILE_PAYS_AFTER, COMPILE_PAYS_AFTER_TREAD, COMPILE_PAYS_AFTER_WARM
 
 TREAD = {"tread_config": {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}}
 
@@ -22,7 +22,8 @@ def compile_line(capsys, cfg) -> str:
 @pytest.fixture
 def on_cuda(monkeypatch):
     """The plan as it would be resolved on a CUDA machine (only the device's type is read)."""
-    from glancetune.train import runtime, speed
+    from glancetune.engine import runtime
+    from glancetune.engine import speed
 
     monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
     monkeypatch.setattr(speed, "triton_available", lambda: True)
@@ -51,10 +52,10 @@ def test_auto_with_tread_needs_more_steps(tiny_flux, tmp_path, capsys, on_cuda):
 
 
 def plan_key(cfg_path, device="cuda", phases=("slow", "fast")) -> str:
-    from glancetune.config import build_config, read_config_file
-    from glancetune.train.plan import Plan
+    from glancetune.config.schema import build_config, read_config_file
+    from glancetune.plan.build import Plan
 
-    plan = Plan(build_config(read_config_file(cfg_path), str(cfg_path)), "glance")
+    plan = Plan.build(build_config(read_config_file(cfg_path), str(cfg_path)), "glance")
     return plan.graph_key(torch.device(device), list(phases))
 
 
@@ -62,7 +63,7 @@ def test_auto_compiles_sooner_once_the_same_graphs_were_compiled(tiny_flux, tmp_
     """A process that trained compiled marks its graphs' key next to inductor's cache; the same job again (or one
     differing only in steps, paths, learning rate) starts warm and compiles from COMPILE_PAYS_AFTER_WARM steps; a
     setting that changes the graphs (rank, TREAD, the image size) does not."""
-    from glancetune.train.speed import mark_compiled
+    from glancetune.engine.speed import mark_compiled
 
     half = COMPILE_PAYS_AFTER_WARM // 2
     cfg = write_configs(tmp_path / "a", tiny_flux, steps=half)
@@ -84,7 +85,7 @@ def test_auto_compiles_sooner_once_the_same_graphs_were_compiled(tiny_flux, tmp_
 
 
 def test_auto_needs_triton_on_cuda(tiny_flux, tmp_path, capsys, on_cuda, monkeypatch):
-    from glancetune.train import speed
+    from glancetune.engine import speed
 
     monkeypatch.setattr(speed, "triton_available", lambda: False)
     line = compile_line(capsys, write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER))
@@ -105,9 +106,9 @@ def test_auto_stays_eager_where_compile_is_not_measured(tiny_flux, tmp_path, cap
 
 def test_auto_stays_eager_for_ddp_and_fsdp(monkeypatch):
     """Multi-process runs under compile are not measured on GPUs (the job passes the runtime's layout)."""
-    from glancetune.config import build_config
-    from glancetune.train import speed
-    from glancetune.train.speed import compile_decision
+    from glancetune.config.schema import build_config
+    from glancetune.engine import speed
+    from glancetune.engine.speed import compile_decision
 
     monkeypatch.setattr(speed, "triton_available", lambda: True)
 
@@ -142,7 +143,7 @@ def test_a_compile_that_cannot_run_is_one_line(tiny_flux, glance_run, tmp_path, 
     import torch._inductor.config as inductor_config
     from torch._inductor import cpp_builder
 
-    from glancetune.train import speed
+    from glancetune.engine import speed
 
     cpp_builder.cpp_compiler_search.cache_clear()
     try:
@@ -176,7 +177,7 @@ def test_the_final_report_times_each_part(tiny_flux, tmp_path, caplog, monkeypat
     import time
 
     from glancetune import process
-    from glancetune.config import build_config, read_config_file
+    from glancetune.config.schema import build_config, read_config_file
     from glancetune.train import job
 
     cfg = write_configs(tmp_path, tiny_flux, steps=1)
@@ -229,11 +230,11 @@ def test_commands_import_only_what_they_use(tmp_path):
 def test_a_mark_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch, caplog):
     """The mark is written after training, before the LoRAs are saved: a folder that cannot take it must not cost
     the run (its parent here is a file)."""
-    from glancetune.train import speed
+    from glancetune.engine import speed
 
     (tmp_path / "file").write_text("x")
     monkeypatch.setattr(speed, "marks_dir", lambda: tmp_path / "file" / "marks")
-    with caplog.at_level(logging.WARNING, logger="glancetune.train.speed"):
+    with caplog.at_level(logging.WARNING, logger="glancetune.engine.speed"):
         speed.mark_compiled("abc")
     assert not speed.compiled_before("abc")
     assert any("could not mark the compiled graphs" in m for m in caplog.messages)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
-from glancetune.export import WEIGHT_NAME
+from glancetune.export.files import WEIGHT_NAME
 
 ROUTE = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 0, "end_layer_idx": -1}]}
 
@@ -40,7 +40,7 @@ def test_a_route_that_routes_nothing_is_no_route(plain, tiny_flux, tmp_path):
 
 def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
     """Every token kept, but through the whole gather / rotary rows / scatter path: the same bytes."""
-    from glancetune.train import tread
+    from glancetune.engine import tread
 
     monkeypatch.setattr(tread.Tread, "ids", lambda self, r, n, device: torch.arange(n, device=device))
     assert lora_bytes(run(tmp_path, tiny_flux, tread_config=ROUTE)) == lora_bytes(plain)
@@ -52,10 +52,10 @@ def test_a_route_processes_fewer_tokens_while_training(plain, tiny_flux, tmp_pat
     seen = []
     orig = job.Job.build_trainer
 
-    def build(self, *a, **k):
-        trainer = orig(self, *a, **k)
-        for name, blocks in (("double", self.transformer.transformer_blocks),
-                             ("single", self.transformer.single_transformer_blocks)):
+    def build(self, plan, rt, transformer, *a, **k):
+        trainer = orig(self, plan, rt, transformer, *a, **k)
+        for name, blocks in (("double", transformer.transformer_blocks),
+                             ("single", transformer.single_transformer_blocks)):
             blocks[0].register_forward_pre_hook(
                 lambda m, args, kw, name=name: seen.append((name, torch.is_grad_enabled(), (
                     kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])), with_kwargs=True)
@@ -133,7 +133,8 @@ def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, mon
     keeping every token through the gather / rotary rows / scatter path gives the plain bytes, with and without
     gradient checkpointing; a real route over blocks 0..-2 hands its blocks half the image tokens (the text whole),
     leaves the last block whole, and trains to other bytes."""
-    from glancetune.train import job, tread
+    from glancetune.train import job
+    from glancetune.engine import tread
 
     def routed_run(name, **keys):
         cfg = write_configs(tmp_path / name, model, steps=3, checkpointing_steps=0, learning_rate=5e-3,
@@ -151,9 +152,9 @@ def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, mon
 
     seen, orig = [], job.Job.build_trainer
 
-    def build(self, *a, **k):
-        trainer = orig(self, *a, **k)
-        for i, block in enumerate(self.family.tread_blocks(self.transformer)):
+    def build(self, plan, rt, transformer, *a, **k):
+        trainer = orig(self, plan, rt, transformer, *a, **k)
+        for i, block in enumerate(plan.family.tread_blocks(transformer)):
             block.register_forward_pre_hook(lambda mod, args, kw, i=i: seen.append((i, torch.is_grad_enabled(), (
                 kw["hidden_states"] if "hidden_states" in kw else args[0]).shape[1])), with_kwargs=True)
         return trainer
@@ -179,7 +180,7 @@ def test_the_hooks_gather_and_scatter_both_block_shapes():
     token's rotary row (a distinct value per position): routed-around image tokens skip the window unchanged, kept
     ones get their own rows in both shapes, text tokens always pass, and everything lands back in its place."""
     from glancetune.families.base import DoubleSingleTread
-    from glancetune.train.tread import Route, Tread
+    from glancetune.engine.tread import Route, Tread
 
     class Joint(torch.nn.Module):
         def forward(self, hidden_states, encoder_hidden_states, image_rotary_emb):
@@ -267,7 +268,7 @@ def test_tread_elsewhere_is_one_line():
     """A family without TREAD support (the protocol's default) is refused in one line naming the key."""
     from glancetune.errors import GlanceError
     from glancetune.families.base import Family
-    from glancetune.train.tread import parse_routes
+    from glancetune.engine.tread import parse_routes
 
     with pytest.raises(GlanceError) as e:
         parse_routes(ROUTE, Family().tread_blocks_count({"num_layers": 2}), "other")

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import run_err, write_configs
 from glancetune.cli import main
-from glancetune.config import build_config
-from glancetune.export import WEIGHT_NAME
-from glancetune.images import read_parameters
+from glancetune.config.schema import build_config
+from glancetune.export.files import WEIGHT_NAME
+from glancetune.sampling.images import read_parameters
 
 PROMPT = "a blue square on grey"
 RES = 32

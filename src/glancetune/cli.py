@@ -19,7 +19,7 @@ ASSETS = Path(__file__).parent / "assets"
 def load_train_config(args):
     """The config of train / glance / cache: --config PATH, else SimpleTuner's places (config/config.json,
     .toml, .yaml; --env NAME: config/NAME/...), then --set items, then the positional key=value items."""
-    from .config import build_config, find_config, normalise_key, parse_overrides, read_config_file
+    from .config.schema import build_config, find_config, normalise_key, parse_overrides, read_config_file
 
     if args.config and args.env:
         raise GlanceError(f"--config {args.config} and --env {args.env}: give one of them")
@@ -36,24 +36,16 @@ def cmd_train(args, command: str) -> int:
     from .train.job import Job
     from .train.loop import Interrupted
 
-    from .train.runtime import process_state
+    from .engine.runtime import process_state
+    from .plan.describe import describe, details
 
     cfg = load_train_config(args)
     job = Job(cfg, command)
     main_process = process_state(cfg).is_main_process
     if main_process:
-        print(job.describe())
+        print(describe(job.plan))
     if args.dry_run:
-        from .train import optim
-        from .train.lora import count_trainable
-
-        n = count_trainable(job.info.transformer_config, cfg, job.targets)
-        print(f"trainable LoRA parameters per phase: {n:,}")
-        print(f"steps: {job.steps_note}")
-        print(optim.describe(cfg, job.steps))
-        print(job.checkpoint_plan())
-        print(job.memory_plan())
-        print("resolved config: " + json.dumps(cfg.model_dump(), default=str))
+        print(details(job.plan))
         return 0
     try:
         out = job.run(overwrite=args.overwrite)
@@ -71,16 +63,16 @@ def cmd_train(args, command: str) -> int:
 
 def cmd_cache(args) -> int:
     """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
-    from .train.encode import encode, sample_caches
-    from .train.memory import peak_memory
-    from .train.plan import Plan
-    from .train.runtime import compute_dtype, select
+    from .engine.encode import encode, sample_caches
+    from .engine.memory import peak_memory
+    from .plan.build import Plan
+    from .engine.runtime import compute_dtype, select
 
     cfg = load_train_config(args)
-    job = Plan(cfg, "cache")
+    job = Plan.build(cfg, "cache")
     device, precision = select(cfg.device, cfg.mixed_precision)
     t0 = time.perf_counter()
-    _, computed = encode(job, device, compute_dtype(precision))
+    _, computed = encode(job.model, cfg, job.samples, device, compute_dtype(precision))
     dt = time.perf_counter() - t0
     caches = sample_caches(cfg, job.samples)
     n = len(job.samples)
@@ -97,12 +89,12 @@ def cmd_cache(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from .data.dataset import open_image
+    from .data.images import open_image
     from .families import model_info
-    from .prompt_cache import sample_with_cache
-    from .images import image_info, output_paths, save_images
-    from .sample import check_image_arg, check_request, check_size, resolve_spec
-    from .train.runtime import select
+    from .sampling.prompt_cache import sample_with_cache
+    from .sampling.images import image_info, output_paths, save_images
+    from .sampling.sampler import check_image_arg, check_request, check_size, resolve_spec
+    from .engine.runtime import select
 
     # every argument is checked before any weights load
     check_request(args.prompt, args.seed, args.width, args.height, args.guidance)
@@ -111,7 +103,7 @@ def cmd_generate(args) -> int:
     except GlanceError as e:
         raise GlanceError(f"--{e}") from None  # its message names the config key `device`
     if args.compile:
-        from .train.speed import check_compile
+        from .engine.speed import check_compile
 
         check_compile(device.type, "--compile")
     output_paths(args.output, len(args.prompt))
@@ -203,9 +195,10 @@ def cmd_quickstart(args) -> int:
     """Copy the bundled sample, write the configs, train Glance on tiny:flux, generate an image."""
     import torch
 
-    from .config import build_config
-    from .images import image_info, save_images
-    from .sample import GlanceSampler, resolve_spec
+    from .config.schema import build_config
+    from .sampling.images import image_info, save_images
+    from .sampling.sampler import GlanceSampler, resolve_spec
+    from .plan.describe import describe
     from .train.job import Job
 
     if args.model.startswith("tiny:"):
@@ -225,7 +218,7 @@ def cmd_quickstart(args) -> int:
     (root / "config" / "glance.json").write_text(json.dumps(cfg, indent=2) + "\n")
     t0 = time.perf_counter()
     job = Job(build_config(cfg, str(root / "config" / "glance.json")), "glance")
-    print(job.describe())
+    print(describe(job.plan))
     out = job.run()
     t1 = time.perf_counter()
     spec = resolve_spec(run=out)
@@ -238,7 +231,7 @@ def cmd_quickstart(args) -> int:
 
 
 def _config_args(s: argparse.ArgumentParser) -> None:
-    from .config import CONFIG_NAMES
+    from .config.schema import CONFIG_NAMES
 
     s.add_argument("--config", help="JSON / YAML / TOML config (default: the first of "
                    + ", ".join(f"config/{n}" for n in CONFIG_NAMES) + ", as SimpleTuner)")
@@ -283,7 +276,7 @@ def _generate_parser(sub) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
     g.add_argument("--compile", action="store_true", help="compile the transformer's blocks first: ~20 s once, then "
                    "~0.76x per image (FLUX.1-dev, H200); pays after ~40 images")
-    from .train.quantize import PRECISIONS
+    from .engine.quantize import PRECISIONS
 
     g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",
                    help="sample on a quantized transformer (as the config key of train/glance)")
@@ -296,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("train", "train one LoRA (SimpleTuner-style config, flow_custom_timesteps)"),
                         ("glance", "train the slow and fast LoRAs in one process")):
-        from .config import config_help
+        from .config.schema import config_help
 
         s = sub.add_parser(name, help=help_, epilog=config_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
                            allow_abbrev=False)
@@ -322,10 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
     t.add_argument("family")
     t.add_argument("dir")
-    from .evaluate import add_parser as add_eval
+    from .evaluation.evaluate import add_parser as add_eval
 
     add_eval(sub)
-    from .comfyui import add_parser as add_export
+    from .export.comfyui import add_parser as add_export
 
     add_export(sub)
     from .server import add_parser as add_server
@@ -358,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         if args.command in ("train", "glance"):
             return cmd_train(args, args.command)
-        from .comfyui import cmd_export
-        from .evaluate import cmd_eval
+        from .export.comfyui import cmd_export
+        from .evaluation.evaluate import cmd_eval
         from .server import cmd_server
 
         return {"generate": cmd_generate, "eval": cmd_eval, "export": cmd_export, "cache": cmd_cache,

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # PyTorch's CUDA allocator grows segments instead of reserving new fixed ones: on the H200 the nf4-bnb FLUX.1 job
 # reserved 13.4 GiB with it against 18.1 without, for the same 11.7 GiB allocated and no slower (bench/RESULTS.md)
 ALLOC_CONF = "expandable_segments:True"
 COMMAND_LINE = False  # set by `torch_defaults` (cli.main): a job's time report then counts this process's imports
+
+
+def cache_root() -> Path:
+    """Where glancetune keeps its own files (caches, tiny models, compile marks, rescued LoRAs): $GLANCETUNE_HOME,
+    default ~/.cache/glancetune."""
+    return Path(os.environ.get("GLANCETUNE_HOME", Path.home() / ".cache" / "glancetune"))
 
 
 def torch_defaults() -> None:
@@ -20,8 +27,6 @@ def torch_defaults() -> None:
     if not (os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")):
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOC_CONF
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        from .tiny import cache_root
-
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
 
 

@@ -83,6 +83,6 @@ def from_header(meta: dict[str, str]) -> tuple[RunRecord, str] | None:
 
 def read_record(path) -> tuple[RunRecord, str] | None:
     """(record, role) of a LoRA folder or file."""
-    from .export import read_metadata
+    from .export.files import read_metadata
 
     return from_header(read_metadata(path))

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import GlanceError
+from .process import cache_root
 
 # FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
 FLUX1_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
@@ -28,10 +29,6 @@ QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shi
                             use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
 
 TINY_VERSION = "2"  # 2: FLUX.2-dev's Mistral-3 lm_head untied, as in the real model
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GLANCETUNE_HOME", Path.home() / ".cache" / "glancetune"))
 
 
 def _byte_symbols() -> list[str]:

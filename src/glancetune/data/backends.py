@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import NEUTRAL
+from ..config.schema import NEUTRAL
 from ..errors import GlanceError
 
 SIMPLE_KEYS = {"backend", "image_dir", "caption_extension", "resolution", "shuffle", "id", "disabled"}

@@ -33,13 +33,6 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def tensor_digest(t: torch.Tensor) -> str:
-    t = t.detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (an image's identity: renaming or touching it does not invalidate its entry)."""
     h = hashlib.sha256()

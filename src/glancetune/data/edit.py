@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import GlanceError
-from .dataset import open_image
+from .images import open_image
 from .discovery import CONTROL_SUBDIR, IMAGE_SUBDIRS, Problems, discover_edit, target_dirs  # noqa: F401
 from .samples import DataPlan, Sample, load_plan
 
@@ -44,12 +44,6 @@ def target_dir(root: Path) -> Path | None:
 
 def is_edit_layout(root: Path) -> bool:
     return (root / CONTROL_SUBDIR).is_dir() and target_dir(root) is not None
-
-
-def discover_edit_pairs(root: Path, caption_ext: str = ".txt") -> list[tuple[Path, Path, Path]]:
-    """(target image, caption, control image) triples of an edit dataset; anything unpaired is an error naming it."""
-    ed = discover_edit(Path(root), Problems(), caption_ext=caption_ext)
-    return [(t.image, t.image.with_name(t.caption_source), ed.pairs[t.key].image) for t in ed.targets]
 
 
 def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:

@@ -154,6 +154,11 @@ def probe_image(path: Path) -> tuple[int, int]:
     return size
 
 
+def open_image(path: Path):
+    """Open as an RGB PIL image: EXIF orientation honoured, alpha flattened onto white (with a notice)."""
+    return to_rgb(_open(Path(path)), Path(path))
+
+
 def to_rgb(im, path: Path):
     """Alpha flattened onto white (with a notice), then RGB; 16-bit greyscale scaled to 8 bits first.
 

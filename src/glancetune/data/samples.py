@@ -2,7 +2,7 @@
 
 A `Sample` holds paths, the caption, and an exact crop description; `load_pixels()` decodes on demand, so a
 dataset of hundreds of 1024^2 images costs no memory until it is encoded (or read from a cache keyed by
-`cache_record()`). Conditioning images (edit / reference pairs) hang off their target sample.
+`crop.to_dict()`). Conditioning images (edit / reference pairs) hang off their target sample.
 """
 from __future__ import annotations
 
@@ -54,11 +54,6 @@ class ImageRef:
         """[1, 3, H, W] in [-1, 1], decoded now (nothing is kept)."""
         return load_pixels(self.image_path, self.crop)
 
-    def cache_record(self) -> dict:
-        """Everything that determines the pixels (the file's identity and the crop) as plain JSON data."""
-        st = self.image_path.stat()
-        return {"path": str(self.image_path.resolve()), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                **self.crop.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -299,7 +294,3 @@ def load_plan(specs: list[DatasetSpec], align: int, seed: int = 0) -> DataPlan:
     for n in plan.notices:
         log.info("notice: %s", n)
     return plan
-
-
-def load_samples(specs: list[DatasetSpec], align: int, seed: int = 0) -> list[Sample]:
-    return load_plan(specs, align, seed).samples

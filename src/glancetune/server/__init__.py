@@ -52,8 +52,8 @@ def cmd_server(args) -> int:
     if args.jobs < 1 or args.max_upload_mb < 1:
         raise GlanceError("--jobs and --max-upload-mb: must be at least 1")
     if args.compile:  # what compiling needs on the Generate page's device, before the server starts
-        from ..train.runtime import select
-        from ..train.speed import check_compile
+        from ..engine.runtime import select
+        from ..engine.speed import check_compile
 
         try:
             device, _ = select(args.device)

@@ -15,7 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse
 
 from ..errors import GlanceError
-from ..export import CONFIG_NAME, WEIGHT_NAME
+from ..export.files import CONFIG_NAME, WEIGHT_NAME
 from . import progress
 from .runs import Conflict, NotFound, RunStore
 
@@ -35,7 +35,7 @@ def _members(store: RunStore, run_id: str, kind: str) -> list[tuple[Path, str]]:
     if kind == "diffusers":
         return [(out / r / WEIGHT_NAME, f"{r}/{WEIGHT_NAME}") for r in ("slow", "fast")] + [
             (out / CONFIG_NAME, CONFIG_NAME)]
-    from ..comfyui import export_run
+    from ..export.comfyui import export_run
 
     files = [out / "comfyui" / f"glance-{r}.safetensors" for r in ("slow", "fast")]
     newest = max((out / r / WEIGHT_NAME).stat().st_mtime for r in ("slow", "fast"))

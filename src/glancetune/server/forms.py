@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config import TrainConfig
+from ..config.schema import TrainConfig
 from ..errors import GlanceError
 
 # set by the server for every run: where the data and the outputs live, and resuming by re-running

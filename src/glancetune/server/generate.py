@@ -59,8 +59,8 @@ class WarmSampler:
         """Sample `prompts` with the run's pair into `out_dir` (PNG with parameters); returns (paths, the
         parameters, seconds). The pipeline is loaded on first use of a run and kept."""
         from ..families import model_info
-        from ..images import image_info, save_images
-        from ..sample import GlanceSampler, check_request, check_size, resolve_spec
+        from ..sampling.images import image_info, save_images
+        from ..sampling.sampler import GlanceSampler, check_request, check_size, resolve_spec
 
         if not prompts or len(prompts) > MAX_PROMPTS:
             raise GlanceError(f"prompts: give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 
-from ..config import load_config
+from ..config.schema import load_config
 from ..schedule import timestep
 
 _lock = threading.Lock()  # one plan at a time: planning imports and builds meta models
@@ -15,17 +15,13 @@ _lock = threading.Lock()  # one plan at a time: planning imports and builds meta
 
 def make_plan(config_path) -> dict:
     """{"text": the dry-run report, "steps": steps per phase, "ladder": {slow, fast, size}} for a config file."""
-    from ..train import optim
-    from ..train.lora import count_trainable
-    from ..train.plan import Plan
+    from ..plan.build import Plan
+    from ..plan.describe import report
 
     with _lock:
         cfg = load_config(config_path)
-        job = Plan(cfg, "glance")
-        n = count_trainable(job.info.transformer_config, cfg, job.targets)
-        text = "\n".join([job.describe(), f"trainable LoRA parameters per phase: {n:,}", f"steps: {job.steps_note}",
-                          optim.describe(cfg, job.steps), job.checkpoint_plan(), job.memory_plan(),
-                          "resolved config: " + json.dumps(cfg.model_dump(), default=str)])
+        job = Plan.build(cfg, "glance")
+        text = report(job)
     ladder = {"slow": list(job.ladder.slow), "fast": list(job.ladder.fast), "size": [job.width, job.height]}
     return {"text": text, "steps": job.steps, "ladder": ladder}
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..export import WEIGHT_NAME
-from ..train.checkpoint import complete_checkpoints
-from ..train.logs import JSONL_NAME
+from ..export.files import JSONL_NAME, WEIGHT_NAME, complete_checkpoints
 
 LOSS_POINTS = 300  # per phase, at most, sent to the page
 LOG_LINES = 80

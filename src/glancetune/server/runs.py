@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..config import build_config
+from ..config.schema import build_config
 from ..errors import GlanceError
 from .forms import SERVER_KEYS
 

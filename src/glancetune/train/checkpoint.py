@@ -15,40 +15,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 
 import torch
 
-from ..config_memory import PLACEMENT_KEYS
-from ..config_validation import VALIDATION_KEYS
 from ..errors import GlanceError
+from ..export.files import MANIFEST, STATE_NAME, complete_checkpoints
+from ..plan.build import NEUTRAL_KEYS
 from .hooks import Hook
+from .store import LoraStore
 
 log = logging.getLogger(__name__)
-STATE_NAME = "training_state.pt"
-MANIFEST = "checkpoint.json"
-NAME = re.compile(r"^checkpoint-(\d+)$")
-# keys that never change the trajectory: they may differ between a checkpoint and the resuming run
-# (validation images and where the weights are placed never change the trained LoRAs either; the device and
-# compile_transformer change only the order of float operations)
-NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "resume_from_checkpoint",
-                          "resume_allow_changes", "report_to", "logging_dir", "logging_steps",
-                          "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device",
-                          "compile_transformer"}
-                         ) | VALIDATION_KEYS | PLACEMENT_KEYS
-
-
-def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
-    found = []
-    if Path(output_dir).is_dir():
-        for p in Path(output_dir).iterdir():
-            m = NAME.match(p.name)
-            if m and (p / MANIFEST).is_file() and (p / STATE_NAME).is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
 
 
 def resume_path(setting: str | None, output_dir: Path) -> Path | None:
@@ -113,10 +91,13 @@ def _remove(p: Path) -> None:
 
 class Checkpoints(Hook):
     """Writes a checkpoint every `every` steps (not at the last step: the final LoRAs are written then) and on
-    SIGINT/SIGTERM; keeps the newest `limit` complete ones. `job` writes the LoRA files and gathers the states."""
+    SIGINT/SIGTERM; keeps the newest `limit` complete ones. `store` gathers `phase_states` and writes the LoRA
+    files; `manifest`: what the checkpoint records about the run (identity, data files, process layout) for the
+    resume check."""
 
-    def __init__(self, job, every: int, limit: int | None):
-        self.job, self.every, self.limit = job, every, limit
+    def __init__(self, store: LoraStore, phase_states: list, manifest: dict, every: int, limit: int | None):
+        self.store, self.phase_states, self.manifest = store, list(phase_states), dict(manifest)
+        self.every, self.limit = every, limit
         self.saved_step = -1
 
     def due(self, run, step) -> bool:
@@ -134,7 +115,7 @@ class Checkpoints(Hook):
             self.save(run, step)
 
     def save(self, run, step: int) -> None:
-        states = self.job.gather_states()  # every process takes part; the main one gets all
+        states = self.store.gather(self.phase_states)  # every process takes part; the main one gets all
         self.saved_step = step
         if not run.is_main:
             return
@@ -143,11 +124,11 @@ class Checkpoints(Hook):
         tmp = out / f".checkpoint-{step}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.job.write_loras(tmp, states, step)
+        self.store.write(tmp, states, step)
         # the LoRA weights are kept once, in the LoRA files; the state holds everything else
         lean = [{name: {k: v for k, v in st.items() if k != "params"} for name, st in r.items()} for r in states]
         torch.save({"step": step, "ranks": lean}, tmp / STATE_NAME)
-        manifest = {"step": step, **self.job.manifest()}
+        manifest = {"step": step, **self.manifest}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():

@@ -1,9 +1,11 @@
 """The training loop's extension points: a capability (logs, progress, checkpoints, validation) is a `Hook`.
 
 The job and the loop call, in order:
-  before_load(job)               once, before the transformer loads (main process first): encoders may be loaded
-                                 and released here (validation prompts); job: the Job (plan, runtime)
-  on_train_start(run)            once, after the model is loaded and both adapters exist (run: RunInfo)
+  before_load()                  once, before the transformer loads (main process first): encoders may be loaded
+                                 and released here (validation prompts); a hook holds what it needs from its
+                                 constructor
+  on_train_start(run)            once, after the model is loaded and both adapters exist (run: RunInfo; its
+                                 `trainer` holds the transformer and the active adapter)
   on_step_end(run, step)         after job step `step` (1-based) advanced every phase of this process
   on_log(run, records)           every `logging_steps` job steps, at the end, and at any step where a hook's
                                  `wants_log(run, step)` is true (a checkpoint is due): the StepRecords since the
@@ -18,7 +20,10 @@ generator).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import Trainer
 
 
 @dataclass
@@ -51,8 +56,7 @@ class RunInfo:
     num_processes: int = 1
     logging_steps: int = 10
     config: dict = field(default_factory=dict)  # the resolved config (JSON-able)
-    job: Any = None  # the Job (family, model info, ladder) for hooks that need it (validation)
-    trainer: Any = None  # the Trainer (transformer, phase states) for hooks that need it (checkpoints)
+    trainer: Trainer | None = None  # the transformer and its active adapter, for hooks that read the model
 
 
 @dataclass
@@ -66,7 +70,7 @@ class TrainSummary:
 class Hook:
     """Base class: every method is a no-op, so a hook overrides only what it needs."""
 
-    def before_load(self, job) -> None:
+    def before_load(self) -> None:
         pass
 
     def on_train_start(self, run: RunInfo) -> None:
@@ -101,9 +105,9 @@ class Hooks(Hook):
     def add(self, hook: Hook) -> None:
         self.hooks.append(hook)
 
-    def before_load(self, job):
+    def before_load(self):
         for h in self.hooks:
-            h.before_load(job)
+            h.before_load()
 
     def on_train_start(self, run):
         for h in self.hooks:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from ..errors import GlanceError
+from ..export.files import JSONL_NAME
 from .hooks import Hook, RunInfo, StepRecord, TrainSummary
 
 log = logging.getLogger(__name__)
 
-JSONL_NAME = "train_log.jsonl"
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 WARMUP_STEPS = 2  # first steps of a process (compile, first allocation) left out of s/step and the ETA
 

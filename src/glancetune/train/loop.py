@@ -21,10 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ..data.buckets import BatchSampler
+from ..data.samples import DataPlan
+from ..engine.runtime import Runtime
 from .hooks import Hooks, RunInfo, StepRecord, TrainSummary
+from .objectives.base import Objective, flow_loss
 
 log = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_003
@@ -156,9 +158,11 @@ class Trainer:
     """Runs the phases of one process. `family` supplies the transformer call; the loop never looks at the
     family's name. `model` is the transformer as prepared by the accelerator (DDP-wrapped or the same object)."""
 
-    def __init__(self, cfg, family, transformer, model, samples: list[Prepared], runtime, guidance, plan):
-        self.cfg, self.family, self.transformer, self.model = cfg, family, transformer, model
-        self.samples, self.rt, self.guidance, self.plan = samples, runtime, guidance, plan
+    def __init__(self, cfg, family, transformer, samples: list[Prepared], runtime: Runtime, guidance, data: DataPlan,
+                 objective: Objective):
+        self.cfg, self.family, self.transformer, self.model = cfg, family, transformer, transformer
+        self.samples, self.rt, self.guidance, self.data = samples, runtime, guidance, data
+        self.objective = objective
         self.acc, self.device, self.dtype = runtime.accelerator, runtime.device, runtime.dtype
         # ddp: each process takes its slice of a batch of train_batch_size x processes
         data_parallel = runtime.layout in ("ddp", "fsdp")
@@ -166,7 +170,16 @@ class Trainer:
         self.seed = cfg.seed + (RANK_SEED_OFFSET * runtime.rank if data_parallel else 0)
         self.stop_signal: int | None = None
         self.active: str | None = None
-        self.objective = None  # objectives.Objective for glance_objective != flow; None: the flow loss below
+
+    def prepare(self, phase_states: list[PhaseState], params_of) -> None:
+        """The model for the process layout: DDP-wrapped, or sharded in place by FSDP2 (accelerate then points the
+        optimizers at the sharded parameters, so each phase's parameters are looked up again: `params_of(name)`)."""
+        if self.rt.layout == "ddp":
+            self.model = self.acc.prepare(self.transformer)
+        elif self.rt.layout == "fsdp":
+            self.model = self.acc.prepare(self.transformer, *[s.optimizer for s in phase_states])[0]
+            for s in phase_states:
+                s.params = params_of(s.name)
 
     def activate(self, name: str) -> None:
         """Make `name` the only active adapter. peft's set_adapter walks every LoRA layer (~27 ms per call on
@@ -183,8 +196,8 @@ class Trainer:
         opt = build_optimizer(params, c)
         sched = build_lr_scheduler(opt, c, num_steps)
         gen = torch.Generator("cpu").manual_seed(self.seed)
-        choices = self.plan.conditioning_choices() if c.conditioning_multidataset_sampling == "random" else None
-        batches = BatchSampler(self.plan.groups, c.train_batch_size * self.slices, c.seed, self.plan.shuffle,
+        choices = self.data.conditioning_choices() if c.conditioning_multidataset_sampling == "random" else None
+        batches = BatchSampler(self.data.groups, c.train_batch_size * self.slices, c.seed, self.data.shuffle,
                                choices)
         with torch.random.fork_rng(devices=self._cuda_devices()):
             torch.manual_seed(self.seed)
@@ -222,16 +235,6 @@ class Trainer:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
-    def loss(self, x0, text, image, sigmas: torch.Tensor, noise: torch.Tensor, guidance, model=None):
-        sigmas = self.to_device(sigmas)
-        s = sigmas.view(-1, *([1] * (x0.ndim - 1)))
-        noisy = (1.0 - s) * x0 + s * noise
-        target = noise - x0
-        t = self.family.transformer_timestep(sigmas, self.dtype)
-        with self.acc.autocast():
-            pred = self.family.predict(model or self.model, noisy.to(self.dtype), t, text, image, guidance)
-        return F.mse_loss(pred.float(), target.float())
-
     def draw_guidance(self, n: int, gen: torch.Generator):
         """The constant, or one value per sample uniform in the (min, max) range."""
         if not isinstance(self.guidance, tuple):
@@ -258,10 +261,7 @@ class Trainer:
             for _ in range(c.gradient_accumulation_steps):
                 with self.acc.accumulate(self.model):
                     x0, text, image, sig, noise, guidance = self._micro_batch(ph)
-                    if self.objective is None:
-                        loss = self.loss(x0, text, image, sig, noise, guidance)
-                    else:
-                        loss = self.objective.loss(self, ph, x0, text, image, sig, noise, guidance)
+                    loss = self.objective.loss(self, ph, x0, text, image, sig, noise, guidance)
                     self.acc.backward(loss)  # divides by gradient_accumulation_steps
                     total = total + loss.detach() / c.gradient_accumulation_steps
                     sigmas += sig.tolist()
@@ -288,7 +288,7 @@ class Trainer:
         noise = self.to_device(torch.randn(x0.shape, generator=gen, dtype=torch.float32))
         g = self.guidance
         g = (g[0] + g[1]) / 2 if isinstance(g, tuple) else g
-        value = float(self.loss(x0, text, image, sig, noise, g, model=self.transformer))
+        value = float(flow_loss(self, x0, text, image, sig, noise, g, model=self.transformer))
         self.transformer.train(was_training)
         return value
 

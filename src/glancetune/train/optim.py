@@ -10,8 +10,8 @@ from typing import Iterable
 
 import torch
 
-from ..config import DEFAULT_NUM_CYCLES, DEFAULT_TRAIN_STEPS
 from ..errors import GlanceError
+from ..plan.steps import num_cycles
 
 log = logging.getLogger(__name__)
 
@@ -21,28 +21,6 @@ OPTIONAL = {
     "adamw8bit": ("bitsandbytes.optim", "AdamW8bit", "bitsandbytes", "bitsandbytes"),
     "prodigy": ("prodigyopt", "Prodigy", "prodigyopt", "prodigy"),
 }
-
-
-def resolve_train_steps(cfg, batches_per_epoch: int) -> tuple[int, str]:
-    """Optimizer steps of a phase and why: max_train_steps, num_train_epochs x steps per epoch (steps per epoch =
-    ceil(micro-batches per epoch / gradient_accumulation_steps)), the smaller of both, or DEFAULT_TRAIN_STEPS."""
-    steps, epochs = cfg.max_train_steps, cfg.num_train_epochs
-    if epochs is None:
-        if steps is None:
-            return DEFAULT_TRAIN_STEPS, f"{DEFAULT_TRAIN_STEPS} steps (default: neither max_train_steps nor " \
-                                        "num_train_epochs is set)"
-        return steps, f"{steps} steps (max_train_steps)"
-    if batches_per_epoch < 1:
-        raise GlanceError(f"num_train_epochs: an epoch has {batches_per_epoch} batches; nothing to train on")
-    per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
-    by_epochs = epochs * per_epoch
-    what = (f"num_train_epochs {epochs} x {per_epoch} steps per epoch ({batches_per_epoch} batches / "
-            f"gradient_accumulation_steps {cfg.gradient_accumulation_steps})")
-    if steps is None:
-        return by_epochs, f"{by_epochs} steps ({what})"
-    if steps <= by_epochs:
-        return steps, f"{steps} steps (max_train_steps {steps} ends first; {what} = {by_epochs})"
-    return by_epochs, f"{by_epochs} steps ({what} ends before max_train_steps {steps})"
 
 
 def optional_class(name: str):
@@ -78,11 +56,6 @@ def build_optimizer(params: Iterable, cfg) -> torch.optim.Optimizer:
     return cls(params, **kw)
 
 
-def _num_cycles(cfg) -> float | int:
-    n = cfg.lr_num_cycles if cfg.lr_num_cycles is not None else DEFAULT_NUM_CYCLES.get(cfg.lr_scheduler, 1)
-    return int(n) if cfg.lr_scheduler == "cosine_with_restarts" else n
-
-
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg, num_steps: int):
     """diffusers' `get_scheduler(lr_scheduler, ...)` with lr_warmup_steps, lr_num_cycles and lr_power."""
     from diffusers.optimization import get_scheduler
@@ -91,20 +64,5 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg, num_steps: int):
         raise GlanceError(f"lr_warmup_steps: {cfg.lr_warmup_steps} warmup steps leave nothing of the {num_steps} "
                           "training steps")
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                         num_training_steps=num_steps, num_cycles=_num_cycles(cfg), power=cfg.lr_power)
+                         num_training_steps=num_steps, num_cycles=num_cycles(cfg), power=cfg.lr_power)
 
-
-def describe(cfg, num_steps: int) -> str:
-    """One line for --dry-run: the optimizer with its settings and the schedule."""
-    if cfg.optimizer == "prodigy":
-        knobs = f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), wd {cfg.adam_weight_decay}"
-    else:
-        knobs = f"betas ({cfg.adam_beta1}, {cfg.adam_beta2}), wd {cfg.adam_weight_decay}, eps {cfg.adam_epsilon}"
-    sched = f"lr_scheduler {cfg.lr_scheduler}"
-    if cfg.lr_scheduler != "constant":
-        sched += f", warmup {cfg.lr_warmup_steps} of {num_steps} steps"
-    if cfg.lr_scheduler in DEFAULT_NUM_CYCLES:
-        sched += f", num_cycles {_num_cycles(cfg)}"
-    if cfg.lr_scheduler == "polynomial":
-        sched += f", power {cfg.lr_power}"
-    return f"optimizer {cfg.optimizer} lr {cfg.learning_rate:g} ({knobs}); {sched}"

@@ -37,7 +37,11 @@ from pathlib import Path
 
 import torch
 
+from ..engine.encode import ModelSource
+from ..engine.runtime import Runtime
 from ..errors import GlanceError
+from ..plan.describe import control_path
+from ..record import RunRecord
 from .hooks import Hook
 
 log = logging.getLogger(__name__)
@@ -46,26 +50,32 @@ STEP = re.compile(r"^step-(\d+)$")
 
 
 class Validation(Hook):
-    def __init__(self, job, hooks: list):
-        from ..prompts import validation_prompts
+    """`source`: the model's parts (family, folder, components, text length); `record`: the run record (ladder,
+    guidance, base model) the images are made and labelled with; `size`: the training size (the default);
+    `samples`: the training samples (an edit family's default control image); `runtime`: device, dtype, layout;
+    `logs`: the run's log hooks (the JSONL log and TensorBoard receive the images)."""
+
+    def __init__(self, cfg, source: ModelSource, record: RunRecord, size: tuple[int, int], samples, runtime: Runtime,
+                 logs: list):
+        from ..sampling.prompts import validation_prompts
         from .logs import JsonlLog, TensorBoardLog
 
-        cfg, fam = job.cfg, job.family
-        self.job, self.cfg, self.family = job, cfg, fam
+        fam = source.family
+        self.cfg, self.source, self.family, self.record, self.rt = cfg, source, fam, record, runtime
         self.prompts = validation_prompts(cfg)  # a bad prompt file fails before any weights load
-        self.jsonl = next((h for h in hooks if isinstance(h, JsonlLog)), None)
-        self.tb = next((h for h in hooks if isinstance(h, TensorBoardLog)), None)
-        self.size = cfg.validation_size or (job.width, job.height)
-        align = fam.alignment(job.info)
+        self.jsonl = next((h for h in logs if isinstance(h, JsonlLog)), None)
+        self.tb = next((h for h in logs if isinstance(h, TensorBoardLog)), None)
+        self.size = cfg.validation_size or tuple(size)
+        align = fam.alignment(source.info)
         if self.size[0] % align or self.size[1] % align:
             raise GlanceError(f"validation_resolution: {self.size[0]}x{self.size[1]} must be multiples of {align} "
                               f"for {fam.name}")
         self.seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
         self.seeds = [self.seed + j for j in range(cfg.num_validation_images)]
         self.negative = cfg.validation_negative_prompt
-        self.control_path = control_path(cfg, fam, job.samples)  # edit models; a bad path fails here
+        self.control_path = control_path(cfg, fam, samples)  # edit models; a bad path fails here
         self.control = None
-        self.off = self._why_off(job)
+        self.off = self._why_off()
         if self.off:
             log.info("notice: no validation images: %s", self.off)
         if self.negative is not None and not fam.true_cfg:
@@ -74,11 +84,11 @@ class Validation(Hook):
         self.embeds: dict[str, dict] = {}
         self.done_step = -1
 
-    def _why_off(self, job) -> str | None:
-        if job.ladder is None or {p.name for p in job.phases} != {"slow", "fast"}:
+    def _why_off(self) -> str | None:
+        if self.record.ladder is None or set(self.record.phases) != {"slow", "fast"}:
             return "`train` trains one LoRA; validation images need the slow and fast adapters of `glance`"
-        if job.rt.layout in ("fsdp", "parallel-phases"):
-            return f"not built for the {job.rt.layout} layout yet"
+        if self.rt.layout in ("fsdp", "parallel-phases"):
+            return f"not built for the {self.rt.layout} layout yet"
         return None
 
     # --- before the transformer loads: the prompts, encoded once (text cache) -----------------------------------
@@ -88,41 +98,18 @@ class Validation(Hook):
             out.append(self.negative if self.negative is not None else self.family.negative_prompt)
         return list(dict.fromkeys(out))
 
-    def before_load(self, job) -> None:
-        if self.off or not job.rt.is_main:
+    def before_load(self) -> None:
+        if self.off or not self.rt.is_main:
             return
-        from ..data.cache import digest
-        from .encode import default_caches, load_encoders, text_description
+        from ..data.cache import file_digest
+        from ..data.images import open_image
+        from ..engine.encode import encode_texts
 
-        cache, dev, dtype = default_caches(job.cfg)[0], job.rt.device, job.rt.dtype
-        control = None
+        key = None
         if self.control_path is not None:  # keyed by the file's content, as a training pair's caption
-            from ..data.cache import file_digest
-            from ..data.dataset import open_image
-
-            self.control, control = open_image(self.control_path), file_digest(self.control_path)
-        keys = {t: text_description(job.info, t, dtype, job.max_sequence_length, control, cfg=job.cfg)
-                for t in self.texts()}
-        self.embeds = {t: cache.get(digest(d)) for t, d in keys.items()}
-        missing = [t for t, v in self.embeds.items() if v is None]
-        if not missing:
-            return
-        cache.check_writable()
-        fam, dirs = self.family, []
-        try:  # the text encoders as the captions' (text_encoder_N_precision, group_offload_text_encoder)
-            pipe = load_encoders(job, dev, dtype, True, dirs, vae=False)
-            with torch.no_grad():
-                for t in missing:
-                    self.embeds[t] = fam.encode_prompts(pipe, [t], dev, job.max_sequence_length,
-                                                        **self._control())
-                    cache.put(digest(keys[t]), self.embeds[t], keys[t])
-            del pipe
-        finally:
-            for d in dirs:
-                shutil.rmtree(d, ignore_errors=True)
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+            self.control, key = open_image(self.control_path), file_digest(self.control_path)
+        self.embeds = encode_texts(self.source, self.cfg, self.texts(), self.rt.device, self.rt.dtype, self.control,
+                                   key)
 
     # --- when -------------------------------------------------------------------------------------------------
     def on_train_start(self, run):
@@ -159,13 +146,12 @@ class Validation(Hook):
         if self.off or not run.is_main:
             return
         t0 = time.perf_counter()
-        job = self.job
-        sampler = self._sampler()
+        sampler = self._sampler(run.trainer.transformer)
         tmp = self.root / f".step-{step}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            with untouched(job.transformer, job.trainer, job.rt.device):
+            with untouched(run.trainer.transformer, run.trainer, self.rt.device):
                 rows = self._images(sampler, step, tmp)
             self._grid(rows, step, tmp)
             final = self.root / f"step-{step}"
@@ -177,32 +163,26 @@ class Validation(Hook):
             sampler.pipe = None
             del sampler
             gc.collect()
-            if job.rt.device.type == "cuda":
+            if self.rt.device.type == "cuda":
                 torch.cuda.empty_cache()
         self.done_step = step
         self._report(run, step, rows, final, time.perf_counter() - t0)
 
-    def _sampler(self):
+    def _sampler(self, transformer):
         """A stock pipeline around the training transformer (both adapters), its VAE loaded now, no text
         encoders; the GlanceSampler of `generate` on it, with the run record's ladder, guidance and length."""
-        from ..sample import GlanceSampler
+        from ..sampling.sampler import GlanceSampler
 
-        job, fam = self.job, self.family
+        fam, rec = self.family, self.record
         none = {c: None for c in fam.encoder_components if c != "vae"}
-        pipe = fam.load_pipeline(job.info.path, job.rt.dtype, **{**job.components, **none,
-                                                                  "transformer": job.transformer})
-        pipe.vae.to(job.rt.device)
-        rec = job.record()
+        pipe = self.source.load_pipeline(self.rt.dtype, **none, transformer=transformer)
+        pipe.vae.to(self.rt.device)
         g = self.cfg.validation_guidance
         guidance = g if g is not None else fam.inference_guidance(rec.guidance)
-        return GlanceSampler(pipe, job.info, rec.ladder, guidance, rec.max_sequence_length, self.size)
-
-    def _control(self) -> dict:
-        """`control=` for the family's encode_prompts (edit families only, as the trainer passes it)."""
-        return {"control": self.control} if self.control is not None else {}
+        return GlanceSampler(pipe, self.source.info, rec.ladder, guidance, rec.max_sequence_length, self.size)
 
     def _kwargs(self, text: str) -> dict:
-        dev, fam = self.job.rt.device, self.family
+        dev, fam = self.rt.device, self.family
         pos = fam.prompt_call_kwargs({k: v.to(dev) for k, v in self.embeds[text].items()
                                       if isinstance(v, torch.Tensor)})
         kw = {"prompt_embeds": pos, "negative_prompt": self.negative}
@@ -217,7 +197,7 @@ class Validation(Hook):
     def _images(self, sampler, step: int, folder: Path) -> list[tuple[str, list, Path]]:
         """Every prompt x seed: (label, [base-N, base-ladder, Glance@step], Glance file) with the base images made
         now at step 0, else read back from step-0 (None when absent)."""
-        from ..compare import base_on_ladder, base_own_schedule
+        from ..sampling.compare import base_on_ladder, base_own_schedule
 
         w, h = self.size
         n_base, n_lad = self.cfg.validation_num_inference_steps, len(sampler.ladder.sigmas)
@@ -244,9 +224,9 @@ class Validation(Hook):
         return rows
 
     def _save(self, image, path: Path, prompt: str, seed: int, step: int, sampler, kind: str) -> None:
-        from ..images import save_images
+        from ..sampling.images import save_images
 
-        rec = self.job.record()
+        rec = self.record
         info = {"prompt": prompt, "seed": seed, "step": step, "image": kind, "base_model": rec.base_model,
                 "ladder": rec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(self.size),
                 "sampler": "exact" if kind != f"base-{self.cfg.validation_num_inference_steps}" else "base",
@@ -255,10 +235,10 @@ class Validation(Hook):
         save_images([image], path, info)
 
     def _grid(self, rows, step: int, folder: Path) -> None:
-        from ..compare import grid
-        from ..images import save_images
+        from ..sampling.compare import grid
+        from ..sampling.images import save_images
 
-        n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.job.record().ladder.sigmas)
+        n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.record.ladder.sigmas)
         first = ["control"] if self.control is not None else []
         im = grid([r[1] for r in rows], first + [f"base-{n_base}", f"base-ladder-{n_lad}", f"Glance@{step}"],
                   [r[0] for r in rows])
@@ -282,42 +262,6 @@ class Validation(Hook):
                 writer.add_image("validation/grid", np.asarray(g.convert("RGB")), step, dataformats="HWC")
             writer.flush()
         log.info("validation step %d: %d image(s) in %s (%.1fs)", step, len(rows), final, seconds)
-
-
-def control_path(cfg, family, samples) -> Path | None:
-    """The control image validation edits (edit families): `validation_image`, else the control image of the first
-    training pair (data-plan order: datasets as configured, files as discovered). None for other families."""
-    given = cfg.validation_image
-    if not family.needs_control_image:
-        if given is not None and cfg.validation_enabled:
-            raise GlanceError(f"validation_image: {family.name} is not an edit model; the key is only for edit "
-                              "models (Qwen-Image-Edit / Edit-Plus)")
-        return None
-    if given is None:
-        return samples[0].control_path
-    path = Path(given).expanduser()
-    if not path.is_file():
-        raise GlanceError(f"validation_image: {given}: file not found")
-    from ..data.dataset import open_image
-
-    open_image(path)  # not an image: one line naming it, before any weights load
-    return path
-
-
-def describe(plan) -> str:
-    """--dry-run: what validation will write (the prompt files are read, so a bad one fails here too)."""
-    from ..prompts import validation_prompts
-
-    cfg = plan.cfg
-    prompts = validation_prompts(cfg)
-    w, h = cfg.validation_size or (plan.width, plan.height)
-    seed = cfg.seed if cfg.validation_seed is None else cfg.validation_seed
-    control = control_path(cfg, plan.family, plan.samples)
-    return (f"validation: {len(prompts)} prompt(s) ({', '.join(p.name for p in prompts[:4])}"
-            f"{', ...' if len(prompts) > 4 else ''}) x {cfg.num_validation_images} seed(s) from {seed} at {w}x{h}, "
-            f"at step 0, every {cfg.validation_steps} steps and the end, into {cfg.output_dir}/{FOLDER}/; base "
-            f"reference {cfg.validation_num_inference_steps} steps"
-            + (f"; control image {control}" if control is not None else ""))
 
 
 @contextmanager

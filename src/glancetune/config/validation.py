@@ -11,7 +11,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from .schedule import LADDER_STEPS
+from ..schedule import LADDER_STEPS
 
 #: the base model's reference image: its own N-step schedule (the one the Glance ladder is cut from)
 BASE_REFERENCE_STEPS = LADDER_STEPS

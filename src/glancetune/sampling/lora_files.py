@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 PREFIX = "transformer."
 # suffix in the file -> peft suffix
@@ -112,7 +112,7 @@ def check_layout(lay: LoraLayout, modules: set[str]) -> None:
 
 # --- published pairs ------------------------------------------------------------------------------------------
 def all_published():
-    from .families import FAMILIES
+    from ..families import FAMILIES
 
     return [(fam, p) for fam in FAMILIES.values() for p in fam.published]
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config_validation import BASE_REFERENCE_STEPS
-from .errors import GlanceError
-from .export import replace_folder
+from ..config.validation import BASE_REFERENCE_STEPS
+from ..errors import GlanceError
+from ..export.files import replace_folder
 
 log = logging.getLogger(__name__)
 REPORT = "eval.json"
@@ -100,7 +100,7 @@ class PassCounter:
 
 def sample_all(sampler, prompts, seeds, steps_base: int, image=None) -> tuple[list[dict], dict]:
     """Every prompt x seed through the four samplers: (pairs, per-sampler cost)."""
-    from .compare import base_on_ladder, base_own_schedule
+    from ..sampling.compare import base_on_ladder, base_own_schedule
 
     w, h = sampler.size
     n_lad = len(sampler.ladder.sigmas)
@@ -204,8 +204,8 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) -> None:
     """All files into a temporary sibling folder, then renamed into `output` (an earlier report is replaced)."""
-    from .compare import grid
-    from .images import save_images
+    from ..sampling.compare import grid
+    from ..sampling.images import save_images
 
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -232,7 +232,7 @@ def write_report(report: dict, pairs: list[dict], output: Path, grid_rows: int) 
 def check_output(output: Path) -> None:
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / REPORT).is_file())):
         raise GlanceError(f"--output: {output} exists and is not an earlier eval report; choose another folder")
-    from .export import nearest_existing
+    from ..export.files import nearest_existing
 
     base = nearest_existing(output.parent)
     if not base.is_dir() or not os.access(base, os.W_OK):
@@ -240,10 +240,10 @@ def check_output(output: Path) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .data.dataset import open_image
-    from .families import model_info
-    from .prompts import eval_prompts
-    from .sample import GlanceSampler, check_image_arg, check_request, resolve_spec
+    from ..data.images import open_image
+    from ..families import model_info
+    from ..sampling.prompts import eval_prompts
+    from ..sampling.sampler import GlanceSampler, check_image_arg, check_request, resolve_spec
 
     if args.seeds < 1 or args.steps_base < 1 or args.grid_rows < 0:
         raise GlanceError("--seeds / --steps-base: must be at least 1 (--grid-rows at least 0)")

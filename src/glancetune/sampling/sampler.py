@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from .errors import GlanceError
-from .export import WEIGHT_NAME, lora_file
-from .families import ModelInfo, model_info
-from .families.base import PublishedLoras
+from ..errors import GlanceError
+from ..export.files import WEIGHT_NAME, lora_file
+from ..families import ModelInfo, model_info
+from ..families.base import PublishedLoras
 from .fused import MODES, Fused, Unfused
-from .train.runtime import compute_dtype, configure_backends, select
+from ..engine.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
-from .record import RunRecord, read_record
-from .schedule import Ladder, identity_scheduler_config, parse_sigma_list
+from ..record import RunRecord, read_record
+from ..schedule import Ladder, identity_scheduler_config, parse_sigma_list
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class GlanceSampler:
         (0.76x) for ~21 s of compiling in the first call (one graph per adapter); the image differs from the eager
         one by at most 6.5/255 in bf16 (fused weights: 6.0). It pays after ~40 images: a warm sampler's option
         (`glancetune server --compile`, `generate --compile` with many prompts), not one image's."""
-        from .train.speed import compile_blocks
+        from ..engine.speed import compile_blocks
 
         compile_blocks(self.pipe.transformer)
 
@@ -211,7 +211,7 @@ class GlanceSampler:
                               f"{spec.base_model} is a {info.family.name} model (--preset none loads them as is)")
         device, precision = select(device)
         if base_model_precision != "no_change":
-            from .train.quantize import check_sampling_precision
+            from ..engine.quantize import check_sampling_precision
 
             check_sampling_precision(base_model_precision, device)
         configure_backends(device)
@@ -235,7 +235,7 @@ class GlanceSampler:
                 log.info("%s", note)
         pipe.transformer.eval()  # the LoRA layers peft adds are in training mode: LoRA dropout would sample noise
         if base_model_precision != "no_change":  # after the LoRAs: diffusers' FLUX loader reads plain weights
-            from .train.quantize import place_and_quantize
+            from ..engine.quantize import place_and_quantize
 
             place_and_quantize(pipe.transformer, base_model_precision, "accelerator", device, "--base-model-precision")
         clock.append(time.perf_counter())

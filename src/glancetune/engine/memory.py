@@ -304,9 +304,9 @@ def component_params(path, component: str) -> int | None:
     return total
 
 
-def memory_plan(plan, device, compute_bits: int, transformer_params: int | None) -> list[str]:
-    """Lines of `--dry-run`: per phase, each component's precision, estimated weight size and placement."""
-    cfg, fam, path = plan.cfg, plan.family, plan.info.path
+def memory_plan(cfg, fam, path, device, compute_bits: int, transformer_params: int | None) -> list[str]:
+    """Lines of `--dry-run`: per phase, each component's precision, estimated weight size and placement
+    (`path`: the model folder)."""
     dev = device.type
 
     def where(offloaded: bool) -> str:

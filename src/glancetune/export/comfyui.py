@@ -25,8 +25,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import GlanceError
-from .export import WEIGHT_NAME, read_metadata
+from ..errors import GlanceError
+from .files import WEIGHT_NAME, read_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -190,8 +190,8 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
     """(ComfyUI state dict, header) of one LoRA of a glance run."""
     from safetensors.torch import load_file
 
-    from .families import model_info
-    from .record import read_record
+    from ..families import model_info
+    from ..record import read_record
 
     found = read_record(run / role)
     if found is None:
@@ -208,7 +208,7 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
     other = "fast" if role == "slow" else "slow"
     header = {k: v for k, v in meta.items() if k != "lora_adapter_metadata"}
     header.update({"glancetune.partner": f"glance-{other}.safetensors", "glancetune.format": "comfyui",
-                   "glancetune.comfyui.parts": json.dumps(parts, sort_keys=True),
+                   "glancetune.export.files.comfyui.parts": json.dumps(parts, sort_keys=True),
                    "modelspec.implementation": "comfyui"})
     return sd, dict(sorted(header.items()))
 

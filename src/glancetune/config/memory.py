@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .train.quantize import PRECISIONS
+from ..engine.quantize import PRECISIONS
 
 PLACEMENT_KEYS = frozenset({
     "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",

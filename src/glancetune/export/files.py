@@ -16,11 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CONFIG_NAME = "glancetune_config.json"
 META_PREFIX = "glancetune."
+JSONL_NAME = "train_log.jsonl"  # the training log, one JSON line per record
+# a checkpoint: `checkpoint-<step>/` holding the LoRA files, the training state and the manifest (written last)
+STATE_NAME = "training_state.pt"
+MANIFEST = "checkpoint.json"
+NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _jsonable(value: Any) -> Any:
@@ -112,6 +117,17 @@ OWN_DIRS = ("slow", "fast")
 # siblings of a whole output folder
 OWN_PATTERN = re.compile(r"^(checkpoint-\d+|validation|comfyui|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|"
                          r"\.(slow|fast)\.old-\d+)$")
+
+
+def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint, oldest first."""
+    found = []
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            m = NAME.match(p.name)
+            if m and (p / MANIFEST).is_file() and (p / STATE_NAME).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 def nearest_existing(path: Path) -> Path:

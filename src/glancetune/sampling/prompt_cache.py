@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ class PromptCache:
     """The cached embeddings of `texts` for one model, dtype and text length."""
 
     def __init__(self, info, texts: list[str], dtype: torch.dtype, max_sequence_length: int):
-        from .data.cache import digest
-        from .train.encode import default_caches, text_description
+        from ..data.cache import digest
+        from ..engine.encode import default_caches, text_description
 
         self.info, self.texts = info, list(dict.fromkeys(texts))
         self.max_sequence_length = max_sequence_length
@@ -70,8 +70,8 @@ def sample_with_cache(args, spec, info, dtype, control):
     is one call (image k seeded `seed + k`, as in a batch)."""
     import time
 
-    from .sample import GlanceSampler
-    from .train.runtime import compute_dtype, select
+    from .sampler import GlanceSampler
+    from ..engine.runtime import compute_dtype, select
 
     t0 = time.perf_counter()
     kw = dict(device=args.device, dtype=dtype, lora_load=args.lora_load,

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .schedule import LADDER_STEPS, Ladder, timestep
+from ..schedule import LADDER_STEPS, Ladder, timestep
 
 
 def conditioning_timesteps(sigmas) -> list[float]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 
 class Unfused:

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config_memory import MemoryKeys
-from .config_validation import ValidationKeys
-from .errors import GlanceError
-from .schedule import LADDER_STEPS
+from .memory import MemoryKeys
+from .validation import ValidationKeys
+from ..errors import GlanceError
+from ..schedule import LADDER_STEPS
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
@@ -165,7 +165,7 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     @classmethod
     def _tread_structure(cls, v):
         if v:
-            from .train.tread import check_structure
+            from ..engine.tread import check_structure
 
             check_structure(v)
         return v
@@ -217,14 +217,14 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     @property
     def family(self):
         """The family that trains this model: model_family, or the one a model_flavour selects (qwen_image edit)."""
-        from .families import resolve_family
+        from ..families import resolve_family
 
         return resolve_family(self.model_family, self.model_flavour)[0]
 
     @property
     def model_ref(self) -> str:
         """The model to load: the explicit path/id, else the flavour's hub id (the flavour is checked either way)."""
-        from .families import resolve_family
+        from ..families import resolve_family
 
         family, flavour = resolve_family(self.model_family, self.model_flavour)
         if self.pretrained_model_name_or_path:

@@ -14,10 +14,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
-DEFAULT_EVAL_PROMPTS = Path(__file__).parent / "assets" / "eval_prompts.json"
+DEFAULT_EVAL_PROMPTS = Path(__file__).parent.parent / "assets" / "eval_prompts.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _PLACEHOLDER = re.compile(r"<[A-Za-z_][A-Za-z0-9_ -]*>")
 

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
 

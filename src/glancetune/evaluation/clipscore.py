@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import GlanceError
+from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
 
