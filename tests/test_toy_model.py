@@ -1,5 +1,5 @@
-"""The toy model of issue 13 (bench/toy_model.py) at micro scale on the CPU: its data, its saved diffusers folder,
-and glancetune's own `glance` and `eval` on it (the path the GPU run takes at full scale, bench/toy_gpu.sh)."""
+"""The toy model of issue 13 (bench/toy/toy_model.py) at micro scale on the CPU: its data, its saved diffusers folder,
+and glancetune's own `glance` and `eval` on it (the path the GPU run takes at full scale, bench/toy/toy_gpu.sh)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import torch
 
 from glancetune.cli import main
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "toy"
 sys.path.insert(0, str(BENCH))
 import toy_data as td  # noqa: E402
 import toy_model  # noqa: E402
