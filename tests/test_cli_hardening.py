@@ -1,5 +1,6 @@
 """Bad `generate` / `tiny` inputs: one line, exit 2, checked before any weights load; image formats and their
-parameters; killed `tiny` writes; incomplete model folders; offline hub ids; the README's stock-diffusers snippet."""
+parameters; killed `tiny` writes; incomplete model folders; offline hub ids; docs/export.md's stock-diffusers
+snippet."""
 from __future__ import annotations
 
 import json
@@ -378,11 +379,11 @@ def test_sampler_defaults_to_the_trained_size(glance_run):
         sampler([PROMPT], seed=-5)
 
 
-# --- 8. the README snippet ---------------------------------------------------------------------------------------
+# --- 8. the stock-diffusers snippet of docs/export.md -------------------------------------------------------------
 def readme_snippet() -> str:
-    """The README's "Reproducing our images with stock diffusers" code block, as written there."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Reproducing our images with stock diffusers", 1)[1]
+    """docs/export.md's "Reproducing our images with stock diffusers" code block, as written there."""
+    readme = (Path(__file__).parents[1] / "docs" / "export.md").read_text(encoding="utf-8")
+    section = readme.split("## Reproducing our images with stock diffusers", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
@@ -409,8 +410,8 @@ def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeyp
 
 
 def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_flux, tmp_path, monkeypatch):
-    """The README's "ladder without LoRAs" instruction (the stock block without load_lora_weights, set_adapters and
-    the callback) samples what `glancetune eval` calls base-L-ladder (the Glance sampler with the adapters off)."""
+    """docs/export.md's "ladder without LoRAs" instruction (the stock block without load_lora_weights, set_adapters
+    and the callback) samples what `glancetune eval` calls base-L-ladder (the Glance sampler with the adapters off)."""
     from glancetune.sampling.compare import base_on_ladder
 
     lines = [ln for ln in README_SNIPPET.splitlines()

@@ -9,7 +9,7 @@ Two test-only measures keep this offline and fast:
   processor is built here with video_processor=None while ProcessorMixin's class check accepts None, and handed to
   `load_pipeline` / `Job` / `GlanceSampler.from_spec` as `components={"processor": ...}` (tiny folders are saved
   without one where torchvision is missing; with torchvision they carry a stock processor and load as they are,
-  checked once on a GPU machine, see README "Pointing at a real model").
+  checked once on a GPU machine, see docs/models.md "Edit models and torchvision").
 """
 import functools
 import json

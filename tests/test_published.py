@@ -101,7 +101,7 @@ def test_official_layout(pair):
 
 
 def test_stock_diffusers_mis_loads_them(pair):
-    """What `QwenImagePipeline.load_lora_weights(file)` does with that layout (README claims this): alpha = rank
+    """What `QwenImagePipeline.load_lora_weights(file)` does with that layout (docs/export.md claims this): alpha = rank
     (scale 1 instead of 4) and the 4 lora.down/lora.up module types silently not loaded."""
     from diffusers import QwenImagePipeline
 

@@ -5,7 +5,7 @@ downloads the LoRA pair.
 
 Chromium missing is a failure, not a skip (CI installs it: .ci/run). GLANCETUNE_NO_BROWSER=1 skips this file on
 a machine without a browser. GLANCETUNE_SCREENSHOTS=DIR also saves the pages' screenshots there (docs/ holds
-the README's).
+the ones docs/server.md shows).
 """
 from __future__ import annotations
 

@@ -1,0 +1,133 @@
+"""The user documentation: README.md is a short front door, docs/*.md hold the rest.
+
+Checks that can fail: the README's length, every relative link (and its #anchor) in README.md and docs/*.md, every
+config key of the schema documented in docs/configuration.md (and no key there that the schema lacks), and no
+internal tracker numbers ("issue 12", "session 15", "run 4") in the pages.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def prose(text: str) -> str:
+    """The text without fenced code blocks and inline code, where brackets are not links."""
+    return INLINE_CODE.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to -."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for line in FENCE.sub("", path.read_text(encoding="utf-8")).splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        base = slug(m.group(1))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def links(path: Path) -> list[str]:
+    return LINK.findall(prose(path.read_text(encoding="utf-8")))
+
+
+def test_the_pages_exist():
+    assert README.is_file()
+    names = {p.name for p in DOCS.glob("*.md")}
+    for page in ("configuration.md", "benchmarks.md", "export.md", "memory.md", "method.md"):
+        assert page in names
+
+
+def test_readme_is_a_front_door():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines (at most 200: move details to docs/)"
+
+
+def test_readme_keeps_the_two_commands():
+    text = README.read_text(encoding="utf-8")
+    assert ("python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install -e . && "
+            "glancetune quickstart") in text
+    assert 'pip install -e ".[test]" && python -m pytest' in text
+    assert (ROOT / ".ci" / "run").read_text(encoding="utf-8").rstrip().endswith("python -m pytest")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_relative_links_resolve(page):
+    broken = []
+    for target in links(page):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path_part, _, anchor = target.partition("#")
+        dest = page if not path_part else (page.parent / path_part).resolve()
+        if not dest.exists():
+            broken.append(f"{target} (no file {dest})")
+            continue
+        if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target} (no heading #{anchor} in {dest.name})")
+    assert not broken, f"{page.name}: broken links: " + "; ".join(broken)
+
+
+def test_the_link_checker_catches_a_broken_link(tmp_path):
+    page = tmp_path / "p.md"
+    page.write_text("# Title\n\n[ok](p.md#title) [bad](missing.md) `[code](not-a-link.md)`\n", encoding="utf-8")
+    found = links(page)
+    assert found == ["p.md#title", "missing.md"]
+    assert "title" in anchors(page)
+    assert not (tmp_path / "missing.md").exists()
+
+
+def test_every_config_key_is_documented():
+    from glancetune.config import TrainConfig
+
+    doc = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    missing = [k for k in TrainConfig.model_fields if f"`{k}`" not in doc]
+    assert not missing, ("docs/configuration.md lacks these config keys (python tools/config_reference.py --write): "
+                         + ", ".join(missing))
+
+
+def test_the_reference_names_no_key_the_schema_lacks():
+    from glancetune.config import TrainConfig
+
+    doc = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    begin, end = "<!-- BEGIN generated", "<!-- END generated -->"
+    assert begin in doc and end in doc
+    table = doc.split(begin, 1)[1].split(end, 1)[0]
+    keys = re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M)
+    assert len(keys) >= len(TrainConfig.model_fields)
+    stale = sorted(set(keys) - set(TrainConfig.model_fields))
+    assert not stale, f"docs/configuration.md documents keys the schema does not have: {stale}"
+
+
+INTERNAL = re.compile(r"\b(issue|session)s? [0-9]+|\b(run|call)s? [0-9]+\b(?! (processes|steps|images|GPUs))", re.I)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_no_internal_tracker_numbers(page):
+    hits = [f"{page.name}:{i}: {line.strip()}" for i, line in
+            enumerate(page.read_text(encoding="utf-8").splitlines(), 1) if INTERNAL.search(line)]
+    assert not hits, "internal issue/session/run numbers (say what was measured instead): " + " | ".join(hits)
+
+
+def test_the_tracker_check_catches_them():
+    for text in ("as issue 12 asked", "Session 15 measured", "run 4 figures", "(sessions 13, 15)"):
+        assert INTERNAL.search(text), text
+    assert not INTERNAL.search("a run killed at step 5 and resumed from checkpoint-3")
