@@ -105,7 +105,7 @@ def default_text(field) -> str:
 
 
 def tables() -> str:
-    from glancetune.config import TrainConfig
+    from glancetune.config.schema import TrainConfig
 
     fields = TrainConfig.model_fields
     placed = [k for _, _, keys in SECTIONS for k in keys]
