@@ -105,7 +105,7 @@ def run_err(capsys, argv):
 
 
 def run_ladder(run: Path):
-    from glancetune.record import read_record
+    from glancetune.export.files import read_record
 
     return read_record(run / "slow")[0].ladder
 

@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import PROMPT, run_err
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 from glancetune.sampling.images import read_parameters
 from glancetune.sampling.sampler import GlanceSampler, check_request, resolve_spec
 

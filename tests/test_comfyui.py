@@ -116,7 +116,7 @@ def test_diffusers_reads_the_flux_double_blocks_back(runs):
 
 @pytest.mark.parametrize("fam", ["qwen_image", "flux2-klein"])
 def test_stock_diffusers_loads_the_copies_and_samples_the_same_image(runs, tmp_path, fam):
-    from glancetune.record import read_record
+    from glancetune.export.files import read_record
     from glancetune.sampling.sampler import GlanceSampler
 
     run = runs[fam]

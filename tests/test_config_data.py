@@ -16,7 +16,7 @@ from glancetune.data.discovery import read_caption
 from helpers import discover_pairs, load_image
 from glancetune.errors import GlanceError
 from glancetune.export.files import read_metadata
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 
 
 def test_keys_with_and_without_dashes_and_string_numbers():

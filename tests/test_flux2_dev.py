@@ -8,7 +8,7 @@ import torch
 from conftest import PROMPT, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 from glancetune.families import get_family, model_info
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 

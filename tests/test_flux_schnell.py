@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from glancetune.cli import main
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from conftest import write_configs, PROMPT, run_ladder as ladder_of, stock_glance
 

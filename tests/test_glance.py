@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import PROMPT, run_ladder, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export.files import WEIGHT_NAME, read_metadata
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 from glancetune.families.flux import Flux1
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.schedule import Ladder, identity_scheduler_config

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from glancetune.cli import main
-from glancetune.record import read_record
+from glancetune.export.files import read_record
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "glancetune" / "assets"
 SLOW = "1000,979.1915,957.5157,934.9171,911.3354"

@@ -268,7 +268,7 @@ def test_tread_elsewhere_is_one_line():
     """A family without TREAD support (the protocol's default) is refused in one line naming the key."""
     from glancetune.errors import GlanceError
     from glancetune.families.base import Family
-    from glancetune.engine.tread import parse_routes
+    from glancetune.config.tread import parse_routes
 
     with pytest.raises(GlanceError) as e:
         parse_routes(ROUTE, Family().tread_blocks_count({"num_layers": 2}), "other")

@@ -276,7 +276,7 @@ def _generate_parser(sub) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda if available)")
     g.add_argument("--compile", action="store_true", help="compile the transformer's blocks first: ~20 s once, then "
                    "~0.76x per image (FLUX.1-dev, H200); pays after ~40 images")
-    from .engine.quantize import PRECISIONS
+    from .config.memory import PRECISIONS
 
     g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",
                    help="sample on a quantized transformer (as the config key of train/glance)")

@@ -79,10 +79,3 @@ def from_header(meta: dict[str, str]) -> tuple[RunRecord, str] | None:
     if raw is None:
         return None
     return RunRecord.from_dict(json.loads(raw)), meta[META_PREFIX + "role"]
-
-
-def read_record(path) -> tuple[RunRecord, str] | None:
-    """(record, role) of a LoRA folder or file."""
-    from .export.files import read_metadata
-
-    return from_header(read_metadata(path))

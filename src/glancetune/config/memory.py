@@ -1,6 +1,6 @@
 """The memory keys of the config (SimpleTuner's names): quantized weights, dtypes, diffusers' group offloading, VAE
 tiling and slicing, which blocks gradient checkpointing covers and where it keeps their inputs. A pydantic base
-class of `config.TrainConfig`, kept apart like the validation keys; `train/quantize.py` and `train/memory.py` act
+class of `config.TrainConfig`, kept apart like the validation keys; `engine/quantize.py` and `engine/memory.py` act
 on them. PLACEMENT_KEYS say where weights live, not what they are:
 they may differ between a checkpoint and the run resuming it.
 """
@@ -10,7 +10,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..engine.quantize import PRECISIONS
+# the weight precisions a config may name: precision -> (library, what that library calls it)
+TABLE = {
+    "int8-quanto": ("quanto", "qint8"), "int4-quanto": ("quanto", "qint4"), "int2-quanto": ("quanto", "qint2"),
+    "fp8-quanto": ("quanto", "qfloat8"),
+    "int8-torchao": ("torchao", "Int8WeightOnlyConfig"), "fp8-torchao": ("torchao", "Float8WeightOnlyConfig"),
+    "nf4-bnb": ("bitsandbytes", "nf4"),
+}
+PRECISIONS = ("no_change", *TABLE)
+# bits per weight of the stored form (scales and zero points not counted): the --dry-run memory plan
+BITS = {"no_change": None, "int8-quanto": 8, "int4-quanto": 4, "int2-quanto": 2, "fp8-quanto": 8,
+        "int8-torchao": 8, "fp8-torchao": 8, "nf4-bnb": 4}
 
 PLACEMENT_KEYS = frozenset({
     "enable_group_offload", "group_offload_type", "group_offload_blocks_per_group", "group_offload_use_stream",

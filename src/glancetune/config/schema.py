@@ -158,14 +158,14 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     tread_config: dict | None = Field(None, description="TREAD token routing while training: {\"routes\": "
                                       "[{\"selection_ratio\", \"start_layer_idx\", \"end_layer_idx\"}]}; "
                                       "selection_ratio is the fraction of image tokens routed around (SimpleTuner's "
-                                      "meaning); every family (train/tread.py)")
+                                      "meaning); every family (engine/tread.py)")
     parallel_phases: bool = Field(False, description="glance: train the slow and fast phases on two processes")
 
     @field_validator("tread_config")
     @classmethod
     def _tread_structure(cls, v):
         if v:
-            from ..engine.tread import check_structure
+            from .tread import check_structure
 
             check_structure(v)
         return v

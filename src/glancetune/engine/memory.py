@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 
 from ..errors import GlanceError
-from .quantize import BITS, check_precision, library
+from ..config.memory import BITS
+from .quantize import check_precision, library
 
 log = logging.getLogger(__name__)
 OFFLOAD_TRAINING = ("enable_group_offload: training through diffusers' offload hooks is slow (H200, full-size "

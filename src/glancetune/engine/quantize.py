@@ -17,24 +17,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ..config.memory import PRECISIONS, TABLE
 from ..errors import GlanceError
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-# precision -> (library, what that library calls it)
-TABLE = {
-    "int8-quanto": ("quanto", "qint8"), "int4-quanto": ("quanto", "qint4"), "int2-quanto": ("quanto", "qint2"),
-    "fp8-quanto": ("quanto", "qfloat8"),
-    "int8-torchao": ("torchao", "Int8WeightOnlyConfig"), "fp8-torchao": ("torchao", "Float8WeightOnlyConfig"),
-    "nf4-bnb": ("bitsandbytes", "nf4"),
-}
-PRECISIONS = ("no_change", *TABLE)
 PACKAGE = {"quanto": "optimum-quanto", "torchao": "torchao", "bitsandbytes": "bitsandbytes"}
-# bits per weight of the stored form (scales and zero points not counted): the --dry-run memory plan
-BITS = {"no_change": None, "int8-quanto": 8, "int4-quanto": 4, "int2-quanto": 2, "fp8-quanto": 8,
-        "int8-torchao": 8, "fp8-torchao": 8, "nf4-bnb": 4}
 LORA_LAYERS = ["*lora_A*", "*lora_B*"]
 # measured on the H200 (bench/RESULTS.md, "Memory: the other families"): full-size FLUX.2-dev, 1024², gc on
 INT4_TRAINING = ("base_model_precision: int4-quanto trains very slowly on CUDA with optimum-quanto 0.2.7 (FLUX.2-dev "

@@ -191,7 +191,7 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     from ..families import model_info
-    from ..record import read_record
+    from .files import read_record
 
     found = read_record(run / role)
     if found is None:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GlanceError
+from ..record import RunRecord, from_header
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CONFIG_NAME = "glancetune_config.json"
-META_PREFIX = "glancetune."
 JSONL_NAME = "train_log.jsonl"  # the training log, one JSON line per record
 # a checkpoint: `checkpoint-<step>/` holding the LoRA files, the training state and the manifest (written last)
 STATE_NAME = "training_state.pt"
@@ -237,3 +237,8 @@ class OutputDir:
         for p in parent.glob(f".{self.final.name}.tmp-*"):
             if p.is_dir() and (p / CONFIG_NAME).is_file():
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def read_record(path) -> tuple[RunRecord, str] | None:
+    """(record, role) of a LoRA folder or file."""
+    return from_header(read_metadata(path))

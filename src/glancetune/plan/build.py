@@ -123,7 +123,7 @@ class Plan:
             from ..engine.speed import check_compile
 
             check_compile(device.type, "compile_transformer")
-        from ..engine.tread import parse_routes
+        from ..config.tread import parse_routes
 
         tread_routes = parse_routes(cfg.tread_config, family.tread_blocks_count(info.transformer_config),
                                     family.name)

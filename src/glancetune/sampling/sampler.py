@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from ..errors import GlanceError
-from ..export.files import WEIGHT_NAME, lora_file
+from ..export.files import WEIGHT_NAME, lora_file, read_record
 from ..families import ModelInfo, model_info
 from ..families.base import PublishedLoras
 from .fused import MODES, Fused, Unfused
 from ..engine.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
-from ..record import RunRecord, read_record
+from ..record import RunRecord
 from ..schedule import Ladder, identity_scheduler_config, parse_sigma_list
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,7 @@ generator).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .loop import Trainer
+from typing import Any, Protocol
 
 
 @dataclass
@@ -43,6 +40,14 @@ class StepRecord:
         return dict(self.__dict__)
 
 
+class TrainingModel(Protocol):
+    """What a hook may read of the model being trained (the Trainer is one): the transformer holding the adapters,
+    and the name of the adapter training has active (to restore it after sampling)."""
+
+    transformer: Any
+    active: str | None
+
+
 @dataclass
 class RunInfo:
     """What hooks may read about the run."""
@@ -56,7 +61,7 @@ class RunInfo:
     num_processes: int = 1
     logging_steps: int = 10
     config: dict = field(default_factory=dict)  # the resolved config (JSON-able)
-    trainer: Trainer | None = None  # the transformer and its active adapter, for hooks that read the model
+    trainer: TrainingModel | None = None  # the transformer and its active adapter, for hooks that read the model
 
 
 @dataclass
