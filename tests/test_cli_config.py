@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from conftest import run_err, write_configs
-from glancetune.cli import load_train_config, main, parse_args
+from glancetune.cli import main, parse_args
+from glancetune.train.commands import load_train_config
 from glancetune.config.schema import ACCEPTED_DEFAULTS, NOT_IMPLEMENTED, build_config
 from glancetune.errors import GlanceError
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from . import __version__
-from .schedule import Ladder, f32
+from .schedule import LADDER_STEPS, Ladder, f32
 
 META_PREFIX = "glancetune."
 FORMAT_VERSION = "2"
@@ -29,6 +29,7 @@ class RunRecord:
     train_steps: int = 0
     learning_rate: float = 0.0
     guidance_range: list[float] | None = None  # training drew guidance uniformly in this range
+    ladder_steps: int = LADDER_STEPS  # N of the N-step schedule the ladder was cut from (glance_ladder_steps)
     version: str = field(default=__version__)
 
     @property
@@ -40,6 +41,8 @@ class RunRecord:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["resolution"] = list(self.resolution)
+        if d["ladder_steps"] == LADDER_STEPS:  # written only when not the default: earlier files read back alike
+            del d["ladder_steps"]
         return d
 
     @classmethod

@@ -383,3 +383,15 @@ def resolve_tiny(ref: str) -> Path:
             if not (path / "model_index.json").exists():  # a concurrent builder did not win the race either
                 raise
     return path
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("tiny", help="write a tiny random pipeline folder (offline tests, demos)")
+    t.add_argument("family")
+    t.add_argument("dir")
+    t.set_defaults(handler=cmd_tiny)
+
+
+def cmd_tiny(args) -> int:
+    print(f"wrote {write_tiny(args.family, args.dir)}")
+    return 0

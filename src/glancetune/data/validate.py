@@ -104,3 +104,13 @@ def run(path: str | None, config: str | None, resolution: int | None, caption_ex
         mode = "edit" if any(k.startswith("control") for k in counts) else "folder"
     print(report(problems, counts, resolution, mode))
     return 1 if problems.items else 0
+
+
+def add_parser(sub) -> None:
+    v = sub.add_parser("validate-dataset", help="list every problem of a dataset (exit 0 clean, 1 problems found)")
+    v.add_argument("--path", help="folder of image + caption pairs (or image/ + control/ edit layout)")
+    v.add_argument("--data-backend-config", help="dataloader JSON: check every dataset as train/glance read them")
+    v.add_argument("--resolution", type=int, help="also report images with an area below RESOLUTION^2")
+    v.add_argument("--caption-extension", default=".txt")
+    v.set_defaults(handler=lambda args: run(args.path, args.data_backend_config, args.resolution,
+                                            args.caption_extension), loads_models=False)

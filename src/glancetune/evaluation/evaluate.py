@@ -49,6 +49,7 @@ def add_parser(sub) -> None:
     e.add_argument("--guidance", type=float, help="override the stored guidance (>= 0)")
     e.add_argument("--grid-rows", type=int, default=8, help="prompt x seed rows shown in grid.png")
     e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    e.set_defaults(handler=cmd_eval)
     e.add_argument("--clip-model", metavar="PATH", help="CLIP score with this local CLIP model folder (or a hub id "
                    "already in the local cache); nothing is downloaded")
 

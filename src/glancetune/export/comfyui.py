@@ -239,6 +239,7 @@ def add_parser(sub) -> None:
     x = sub.add_parser("export", help="write ComfyUI copies of a slow+fast pair (RUN/comfyui/)")
     x.add_argument("--run", required=True, help="folder written by `glancetune glance`")
     x.add_argument("--format", choices=["comfyui"], default="comfyui")
+    x.set_defaults(handler=cmd_export)
 
 
 def cmd_export(args) -> int:

@@ -181,7 +181,8 @@ class Plan:
                          self.inference_guidance, self.max_sequence_length,
                          {p.name: list(p.sigmas) for p in self.phases}, seed=self.cfg.seed, train_steps=self.steps,
                          learning_rate=self.cfg.learning_rate,
-                         guidance_range=list(g) if isinstance(g, tuple) else None)
+                         guidance_range=list(g) if isinstance(g, tuple) else None,
+                         ladder_steps=self.cfg.glance_ladder_steps)
 
     def run_config(self) -> dict:
         """glancetune_config.json: the run record plus what was trained on (captions, buckets, targets)."""

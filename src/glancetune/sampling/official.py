@@ -35,11 +35,13 @@ def conditioning_timesteps(sigmas) -> list[float]:
     return [float(x) for x in t.float().tolist()]
 
 
-def step_grids(info, ladder: Ladder, width: int, height: int) -> tuple[list[float], list[float]]:
+def step_grids(info, ladder: Ladder, width: int, height: int, ladder_steps: int = LADDER_STEPS
+               ) -> tuple[list[float], list[float]]:
     """The sigmas the official pipelines take Euler steps on: slow = the first len(slow)+1 entries of the model's
-    50-step schedule, fast = the model's len(fast)-step schedule (the scheduler appends the final 0)."""
+    N-step schedule (N = `ladder_steps`, the run record's glance_ladder_steps; the official pipelines' 50),
+    fast = the model's len(fast)-step schedule (the scheduler appends the final 0)."""
     fam = info.family
-    slow = list(fam.own_schedule(info, width, height, LADDER_STEPS)[:len(ladder.slow) + 1])
+    slow = list(fam.own_schedule(info, width, height, ladder_steps)[:len(ladder.slow) + 1])
     fast = list(fam.own_schedule(info, width, height, len(ladder.fast)))
     return slow, fast
 
@@ -58,7 +60,7 @@ def sample(sampler, common: dict, ladder: Ladder, output_type: str, phases: str,
     """Two stock pipeline calls on the official grids (see the module docstring). `sampler`: a GlanceSampler."""
     pipe, n_slow = sampler.pipe, len(ladder.slow)
     width, height = common["width"], common["height"]
-    slow_grid, fast_grid = step_grids(sampler.info, ladder, width, height)
+    slow_grid, fast_grid = step_grids(sampler.info, ladder, width, height, sampler.ladder_steps)
     slow_t = conditioning_timesteps(ladder.slow) + [timestep(slow_grid[-1])]  # the last one is never run
 
     def stop(p, i, t, kwargs):

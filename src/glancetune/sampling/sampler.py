@@ -24,7 +24,7 @@ from .fused import MODES, Fused, Unfused
 from ..engine.runtime import compute_dtype, configure_backends, select
 from .lora_files import detect_published, load_adapter, published_by_name
 from ..record import RunRecord
-from ..schedule import Ladder, identity_scheduler_config, parse_sigma_list
+from ..schedule import LADDER_STEPS, Ladder, identity_scheduler_config, parse_sigma_list
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class GlanceSpec:
     guidance_explicit: bool = False
     published: PublishedLoras | None = None  # a recognised published pair (its alpha is applied when loading)
     train_steps: int | None = None  # the training step the LoRAs are of (image metadata)
+    ladder_steps: int = LADDER_STEPS  # N of the N-step schedule the ladder was cut from (official-compat's grid)
 
 
 def _record(path: Path) -> RunRecord | None:
@@ -113,7 +114,8 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
         guidance, explicit = pub.guidance, True  # the published recipe's value, as if given
     msl = known[0].max_sequence_length if known else None
     steps = known[0].train_steps if known else None
-    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps)
+    n = known[0].ladder_steps if known else LADDER_STEPS
+    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps, n)
 
 
 def check_image_arg(family, image) -> None:
@@ -161,9 +163,12 @@ class GlanceSampler:
     """Holds one pipeline with the two adapters loaded; call it with prompts to sample on the ladder."""
 
     def __init__(self, pipe, info: ModelInfo, ladder: Ladder, guidance: float | None,
-                 max_sequence_length: int | None = None, size: tuple[int, int] | None = None):
-        """`size`: (width, height) used when a call gives none: the trained size (`from_spec` passes the spec's)."""
+                 max_sequence_length: int | None = None, size: tuple[int, int] | None = None,
+                 ladder_steps: int = LADDER_STEPS):
+        """`size`: (width, height) used when a call gives none: the trained size (`from_spec` passes the spec's);
+        `ladder_steps`: N of the N-step schedule the ladder was cut from (the official-compat slow grid)."""
         self.pipe, self.info, self.family, self.ladder = pipe, info, info.family, ladder
+        self.ladder_steps = ladder_steps
         self.size = size
         self.guidance = guidance
         self.max_sequence_length = max_sequence_length or info.family.default_max_sequence_length
@@ -240,7 +245,8 @@ class GlanceSampler:
             place_and_quantize(pipe.transformer, base_model_precision, "accelerator", device, "--base-model-precision")
         clock.append(time.perf_counter())
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
-        sampler = cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height))
+        sampler = cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height),
+                      spec.ladder_steps)
         sampler.load_parts = dict(zip(("imports", "pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
         return sampler
 

@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
     s.add_argument("--device", help="device of the Generate page: auto | cpu | cuda | cuda:N")
     s.add_argument("--compile", action="store_true", help="compile the Generate page's transformer blocks when it "
                    "loads a run: ~20 s on its first images, then ~0.76x per image (FLUX.1-dev, H200)")
+    s.set_defaults(handler=cmd_server)
 
 
 def loopback_hosts(host: str, port: int) -> set[str]:

@@ -179,7 +179,8 @@ class Validation(Hook):
         pipe.vae.to(self.rt.device)
         g = self.cfg.validation_guidance
         guidance = g if g is not None else fam.inference_guidance(rec.guidance)
-        return GlanceSampler(pipe, self.source.info, rec.ladder, guidance, rec.max_sequence_length, self.size)
+        return GlanceSampler(pipe, self.source.info, rec.ladder, guidance, rec.max_sequence_length, self.size,
+                             rec.ladder_steps)
 
     def _kwargs(self, text: str) -> dict:
         dev, fam = self.rt.device, self.family
