@@ -68,7 +68,7 @@ def test_back_conversion_gives_the_same_tensors(runs, fam):
         path = run / "comfyui" / f"glance-{role}.safetensors"
         comfy = load_file(str(path))
         meta = header(path)
-        back = from_comfyui(comfy, family, config, json.loads(meta["glancetune.export.files.comfyui.parts"]), ALPHA[fam])
+        back = from_comfyui(comfy, family, config, json.loads(meta["glancetune.comfyui.parts"]), ALPHA[fam])
         assert back.keys() == original.keys()
         assert all(torch.equal(back[k], original[k]) for k in original)
         assert all(k.startswith("diffusion_model.") for k in comfy)

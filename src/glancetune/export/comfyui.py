@@ -208,7 +208,7 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
     other = "fast" if role == "slow" else "slow"
     header = {k: v for k, v in meta.items() if k != "lora_adapter_metadata"}
     header.update({"glancetune.partner": f"glance-{other}.safetensors", "glancetune.format": "comfyui",
-                   "glancetune.export.files.comfyui.parts": json.dumps(parts, sort_keys=True),
+                   "glancetune.comfyui.parts": json.dumps(parts, sort_keys=True),
                    "modelspec.implementation": "comfyui"})
     return sd, dict(sorted(header.items()))
 
