@@ -3,7 +3,8 @@ and `glance-fast.safetensors` in the key layout ComfyUI's LoRA loader reads nati
 
 Keys: `diffusion_model.<module>.lora_down.weight` / `.lora_up.weight` / `.alpha` (ComfyUI's "regular" LoRA names,
 comfy/lora.py; its generic key map turns every model weight `diffusion_model.<module>.weight` into the LoRA key
-`diffusion_model.<module>`), with the ORIGINAL model's module names. Sources of the name tables:
+`diffusion_model.<module>`), with the ORIGINAL model's module names, from each family's key map
+(`Family.comfyui_targets`, families/). Sources of the name tables:
   - Qwen-Image (Edit, Edit-Plus): the diffusers names (ComfyUI's QwenImage key map, comfy/lora.py; diffusers'
     `_convert_non_diffusers_qwen_lora_to_diffusers` reads `diffusion_model.` + these names);
   - FLUX.1 and FLUX.2: BFL names, ComfyUI's `comfy.utils.flux_to_diffusers` (for FLUX.1 also diffusers'
@@ -32,68 +33,20 @@ if TYPE_CHECKING:
     import torch
 
 FOLDER = "comfyui"
-QWEN = ("qwen_image", "qwen_image_edit", "qwen_image_edit_plus")
-# comfy.utils.flux_to_diffusers: diffusers name inside transformer_blocks.N -> name inside double_blocks.N
-FLUX_DOUBLE = {"flux": {"attn.to_out.0": "img_attn.proj", "norm1.linear": "img_mod.lin",
-                        "norm1_context.linear": "txt_mod.lin", "attn.to_add_out": "txt_attn.proj",
-                        "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0",
-                        "ff_context.net.2": "txt_mlp.2"},
-               "flux2": {"attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
-                         "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
-                         "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2"}}
-QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-       "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
-FLUX_SINGLE = {"flux": {"norm.linear": "modulation.lin", "proj_out": "linear2"},
-               "flux2": {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"}}
-FLUX_SINGLE_FUSED = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}  # FLUX.1
-# comfy.utils.mmdit_to_diffusers (MMDIT_MAP_BLOCK): diffusers name inside transformer_blocks.N -> joint_blocks.N
-SD3_BLOCK = {"norm1_context.linear": "context_block.adaLN_modulation.1", "attn.to_add_out": "context_block.attn.proj",
-             "ff_context.net.0.proj": "context_block.mlp.fc1", "ff_context.net.2": "context_block.mlp.fc2",
-             "norm1.linear": "x_block.adaLN_modulation.1", "attn.to_out.0": "x_block.attn.proj",
-             "ff.net.0.proj": "x_block.mlp.fc1", "ff.net.2": "x_block.mlp.fc2"}
-SD3_QKV = {"x_block.attn.qkv": QKV["img_attn.qkv"], "context_block.attn.qkv": QKV["txt_attn.qkv"]}
-#: families whose copies use lora_A / lora_B with alpha folded into lora_B and no `.alpha` keys: diffusers' reader
-#: of `diffusion_model.` FLUX.2 files (`_convert_non_diffusers_flux2_lora_to_diffusers`) refuses `.alpha` keys
-FOLDED = ("flux2",)
-SWAP = "swap_scale_shift"  # ComfyUI stores the last SD3 block's context modulation with its two halves swapped
 
 
-def _one(out: dict, d: str, c: str, swap: bool = False) -> None:
-    out[d] = (c, 0, (d,), (0,), swap)
+def _family(name: str):
+    """The family whose ComfyUI key map (`Family.comfyui_targets`) and key style (`comfyui_folded`) apply."""
+    from ..families import get_family
+
+    return get_family(name)
 
 
-def _fused(out: dict, block: str, c: str, parts: tuple[str, ...], rows: tuple[int, ...]) -> None:
-    names = tuple(f"{block}.{p}" for p in parts)
-    for k, n in enumerate(names):
-        out[n] = (c, k, names, rows, False)
-
-
-def targets(family: str, config: dict) -> dict[str, tuple]:
-    """diffusers module -> (ComfyUI module, part index, the fused module's parts, their rows, swap halves)."""
-    out: dict[str, tuple] = {}
-    h = config["num_attention_heads"] * config["attention_head_dim"]
-    if family in ("flux", "flux2"):
-        for i in range(config["num_layers"]):
-            b = f"transformer_blocks.{i}"
-            for d, c in FLUX_DOUBLE[family].items():
-                _one(out, f"{b}.{d}", f"double_blocks.{i}.{c}")
-            for c, parts in QKV.items():
-                _fused(out, b, f"double_blocks.{i}.{c}", parts, (h, h, h))
-        for i in range(config["num_single_layers"]):
-            b = f"single_transformer_blocks.{i}"
-            for d, c in FLUX_SINGLE[family].items():
-                _one(out, f"{b}.{d}", f"single_blocks.{i}.{c}")
-            if family == "flux":  # FluxSingleTransformerBlock: mlp_ratio 4
-                _fused(out, b, f"single_blocks.{i}.linear1", FLUX_SINGLE_FUSED["linear1"], (h, h, h, 4 * h))
-    elif family == "sd3":
-        n = config["num_layers"]
-        for i in range(n):
-            b = f"transformer_blocks.{i}"
-            for d, c in SD3_BLOCK.items():
-                _one(out, f"{b}.{d}", f"joint_blocks.{i}.{c}", swap=i == n - 1 and d == "norm1_context.linear")
-            for c, parts in SD3_QKV.items():
-                _fused(out, b, f"joint_blocks.{i}.{c}", parts, (h, h, h))
-    return out
+def targets(family: str, config: dict, modules=()) -> dict[str, tuple]:
+    """diffusers module -> (ComfyUI module, part index, the fused module's parts, their rows, swap halves): the
+    family's key map, or the diffusers names themselves (`modules`) where ComfyUI reads those."""
+    table = _family(family).comfyui_targets(config)
+    return {m: (m, 0, (m,), (0,), False) for m in modules} if table is None else table
 
 
 def _swap(t: torch.Tensor) -> torch.Tensor:
@@ -114,7 +67,7 @@ def _modules(sd: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _keys(family: str, comfy: str) -> tuple[str, str]:
-    down, up = ("lora_A", "lora_B") if family in FOLDED else ("lora_down", "lora_up")
+    down, up = ("lora_A", "lora_B") if _family(family).comfyui_folded else ("lora_down", "lora_up")
     return f"diffusion_model.{comfy}.{down}.weight", f"diffusion_model.{comfy}.{up}.weight"
 
 
@@ -123,12 +76,7 @@ def to_comfyui(sd: dict, family: str, config: dict, alpha: float) -> tuple[dict,
     import torch  # here, not at the module's top: the CLI's parser imports this module for every command
 
     mods = _modules(sd)
-    if family in QWEN:
-        table = {m: (m, 0, (m,), (0,), False) for m in mods}
-    elif family in ("flux", "flux2", "sd3"):
-        table = targets(family, config)
-    else:
-        raise GlanceError(f"export: the ComfyUI layout is not built for {family}")
+    table = targets(family, config, mods)
     groups: dict[str, list[str]] = {}
     for m in mods:
         if m not in table:
@@ -149,7 +97,7 @@ def to_comfyui(sd: dict, family: str, config: dict, alpha: float) -> tuple[dict,
                 b[sum(rows[:k]):sum(rows[:k + 1]), j * r:(j + 1) * r] = mods[n][1]
             parts[comfy] = present
         down, up = _keys(family, comfy)
-        if family in FOLDED:
+        if _family(family).comfyui_folded:
             b = b * (float(alpha) / r)  # scale alpha / rank folded in (no .alpha key: diffusers reads scale 1)
         else:
             out[f"diffusion_model.{comfy}.alpha"] = torch.tensor(float(alpha) * len(present))
@@ -161,17 +109,19 @@ def from_comfyui(sd: dict, family: str, config: dict, parts: dict, alpha: float 
     """The inverse of `to_comfyui`: the diffusers LoRA state dict (`alpha`: the LoRA's, needed where it was
     folded into lora_B)."""
     out = {}
-    table = targets(family, config) if family not in QWEN else {}
+    folded = _family(family).comfyui_folded
+    down_name = ".lora_A.weight" if folded else ".lora_down.weight"
+    comfy_names = [k.removeprefix("diffusion_model.").removesuffix(down_name) for k in sd if k.endswith(down_name)]
+    table = targets(family, config, comfy_names)  # where ComfyUI reads diffusers names, each is its own module
     by_comfy = {t[0]: d for d, t in table.items()}
-    down_name = ".lora_A.weight" if family in FOLDED else ".lora_down.weight"
     for k, a in sd.items():
         if not k.endswith(down_name):
             continue
         comfy = k.removeprefix("diffusion_model.").removesuffix(down_name)
         b = sd[_keys(family, comfy)[1]]
-        present = parts.get(comfy) or [comfy if family in QWEN else by_comfy[comfy]]
+        present = parts.get(comfy) or [by_comfy[comfy]]
         r = a.shape[0] // len(present)
-        if family in FOLDED:
+        if folded:
             b = b / (float(alpha) / r)
         if comfy not in parts:
             swap = table.get(present[0], (None,) * 5)[4]

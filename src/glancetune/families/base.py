@@ -79,6 +79,17 @@ class Family:
     needs_control_image: bool = False
     #: published Glance LoRA pairs for this family that carry no glancetune metadata (see PublishedLoras)
     published: tuple[PublishedLoras, ...] = ()
+    #: true CFG scale of `generate` when the run stores none (families with true CFG; None: no true CFG)
+    default_cfg: float | None = None
+    #: ComfyUI copies (`glancetune export`): lora_A / lora_B with alpha / rank folded into lora_B and no `.alpha`
+    #: keys (False: ComfyUI's "regular" lora_down / lora_up + `.alpha`)
+    comfyui_folded: bool = False
+
+    def comfyui_targets(self, transformer_config: dict) -> dict[str, tuple] | None:
+        """ComfyUI's LoRA key map: diffusers module -> (ComfyUI module in the original model's names, part index,
+        the fused module's parts, their rows, swap halves) (`comfy_one` / `comfy_fused` build it); None: ComfyUI
+        reads the diffusers module names as they are. A family without a ComfyUI layout refuses."""
+        raise GlanceError(f"export: the ComfyUI layout is not built for {self.name}")
 
     def flavour_model(self, flavour: str | None) -> str:
         if flavour in self.unsupported_flavours:
@@ -322,6 +333,23 @@ class Family:
         return out
 
 
+def comfy_one(out: dict, d: str, c: str, swap: bool = False) -> None:
+    """ComfyUI key map entry: diffusers module `d` is ComfyUI module `c` (`swap`: stored with its halves swapped)."""
+    out[d] = (c, 0, (d,), (0,), swap)
+
+
+def comfy_fused(out: dict, block: str, c: str, parts: tuple[str, ...], rows: tuple[int, ...]) -> None:
+    """ComfyUI key map entries of a fused module `c` made of the diffusers modules `block.<part>` (`rows` each)."""
+    names = tuple(f"{block}.{p}" for p in parts)
+    for k, n in enumerate(names):
+        out[n] = (c, k, names, rows, False)
+
+
+#: the fused attention projections of a joint block (ComfyUI / BFL name -> diffusers modules, in order)
+COMFY_QKV = {"img_attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+             "txt_attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}
+
+
 class DoubleSingleTread:
     """TREAD (train/tread.py) for the transformers that run `transformer_blocks` then `single_transformer_blocks`
     (FLUX.1, FLUX.2) with one (cos, sin) rotary pair over the text tokens followed by the image tokens. Put before
@@ -336,6 +364,30 @@ class DoubleSingleTread:
     def tread_rope_rows(self, rope, text_tokens: int, keep):
         rows = torch.cat([torch.arange(text_tokens, device=keep.device), keep + text_tokens])
         return tuple(t.index_select(0, rows) for t in rope)
+
+    # ComfyUI (comfy.utils.flux_to_diffusers): diffusers name inside transformer_blocks.N -> inside double_blocks.N,
+    # inside single_transformer_blocks.N -> inside single_blocks.N; fused single-block modules -> their parts
+    comfyui_double: dict[str, str] = {}
+    comfyui_single: dict[str, str] = {}
+    comfyui_single_fused: dict[str, tuple[str, ...]] = {}
+    comfyui_single_fused_rows: tuple[int, ...] = ()  # multiples of the hidden size, per part
+
+    def comfyui_targets(self, transformer_config: dict) -> dict[str, tuple]:
+        out: dict[str, tuple] = {}
+        h = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+        for i in range(transformer_config["num_layers"]):
+            b = f"transformer_blocks.{i}"
+            for d, c in self.comfyui_double.items():
+                comfy_one(out, f"{b}.{d}", f"double_blocks.{i}.{c}")
+            for c, parts in COMFY_QKV.items():
+                comfy_fused(out, b, f"double_blocks.{i}.{c}", parts, (h, h, h))
+        for i in range(transformer_config["num_single_layers"]):
+            b = f"single_transformer_blocks.{i}"
+            for d, c in self.comfyui_single.items():
+                comfy_one(out, f"{b}.{d}", f"single_blocks.{i}.{c}")
+            for c, parts in self.comfyui_single_fused.items():
+                comfy_fused(out, b, f"single_blocks.{i}.{c}", parts, tuple(r * h for r in self.comfyui_single_fused_rows))
+        return out
 
 
 class FamilyGroup(Family):
@@ -363,6 +415,14 @@ class FamilyGroup(Family):
     def flavour_adapter(self, flavour):
         self.flavour_model(flavour)
         return next(m for m in self.members if flavour in m.flavours).flavour_adapter(flavour)
+
+    # the ComfyUI layout is a family-level fact (its members share the transformer)
+    @property
+    def comfyui_folded(self):
+        return self.members[0].comfyui_folded
+
+    def comfyui_targets(self, transformer_config):
+        return self.members[0].comfyui_targets(transformer_config)
 
     def pipeline_class(self):
         raise TypeError(f"{self.name}: the pipeline class depends on the model folder "

@@ -22,6 +22,13 @@ class Flux1(DoubleSingleTread, Family):
     encoder_components = ("text_encoder", "text_encoder_2", "vae")
     shared_keys = frozenset({"txt_ids", "img_ids"})
     default_guidance = 1.0  # the official Glance FLUX recipe trains with guidance embed 1
+    comfyui_double = {"attn.to_out.0": "img_attn.proj", "norm1.linear": "img_mod.lin",
+                      "norm1_context.linear": "txt_mod.lin", "attn.to_add_out": "txt_attn.proj",
+                      "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2", "ff_context.net.0.proj": "txt_mlp.0",
+                      "ff_context.net.2": "txt_mlp.2"}
+    comfyui_single = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
+    comfyui_single_fused = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
+    comfyui_single_fused_rows = (1, 1, 1, 4)  # FluxSingleTransformerBlock: mlp_ratio 4
 
     def pipeline_class(self):
         from diffusers import FluxPipeline

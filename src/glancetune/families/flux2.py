@@ -26,6 +26,13 @@ class _Flux2(DoubleSingleTread, Family):
     lora_presets = {"all": _attention + _mlp, "attention": _attention, "mlp": _mlp,
                     "tiny": ("attn.to_q", "attn.to_k", "attn.to_v")}
     encoder_components = ("text_encoder", "vae")
+    comfyui_double = {"attn.to_out.0": "img_attn.proj", "attn.to_add_out": "txt_attn.proj",
+                      "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+                      "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2"}
+    comfyui_single = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2"}
+    # diffusers' reader of `diffusion_model.` FLUX.2 files (`_convert_non_diffusers_flux2_lora_to_diffusers`)
+    # refuses `.alpha` keys; ComfyUI reads lora_A / lora_B as well
+    comfyui_folded = True
     #: the diffusers module whose `compute_empirical_mu` the pipeline calls
     _pipeline_module = ""
 

@@ -27,6 +27,10 @@ class QwenImage(Family):
     encoder_components = ("text_encoder", "vae")
     default_cfg = 5.0  # true_cfg_scale of the official Glance Qwen recipe (both phases)
     negative_prompt = " "
+
+    def comfyui_targets(self, transformer_config):
+        return None  # ComfyUI's QwenImage key map reads the diffusers module names
+
     # CSU-JPG/Glance train_Glance_qwen.py: LoraConfig(r=rank, lora_alpha=rank*4, the 12 targets above), saved by
     # QwenImagePipeline.save_lora_weights without adapter metadata; timesteps from its custom_timesteps lists
     published = (PublishedLoras(

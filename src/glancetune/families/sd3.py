@@ -1,7 +1,7 @@
 """SD3 / SD3.5: StableDiffusion3Pipeline, 2x CLIP + T5, 16-channel latents NOT packed, timestep 0-1000, true CFG."""
 from __future__ import annotations
 
-from .base import Family
+from .base import COMFY_QKV, Family, comfy_fused, comfy_one
 
 
 class SD3(Family):
@@ -23,6 +23,26 @@ class SD3(Family):
     encoder_components = ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")
     default_max_sequence_length = 256
     default_cfg = 7.0  # StableDiffusion3Pipeline's default guidance_scale
+    # ComfyUI (comfy.utils.mmdit_to_diffusers, MMDIT_MAP_BLOCK): diffusers name inside transformer_blocks.N ->
+    # inside joint_blocks.N; the last block's context modulation is stored with its two halves swapped
+    comfyui_block = {"norm1_context.linear": "context_block.adaLN_modulation.1",
+                     "attn.to_add_out": "context_block.attn.proj", "ff_context.net.0.proj": "context_block.mlp.fc1",
+                     "ff_context.net.2": "context_block.mlp.fc2", "norm1.linear": "x_block.adaLN_modulation.1",
+                     "attn.to_out.0": "x_block.attn.proj", "ff.net.0.proj": "x_block.mlp.fc1",
+                     "ff.net.2": "x_block.mlp.fc2"}
+    comfyui_qkv = {"x_block.attn.qkv": COMFY_QKV["img_attn.qkv"], "context_block.attn.qkv": COMFY_QKV["txt_attn.qkv"]}
+
+    def comfyui_targets(self, transformer_config):
+        out: dict[str, tuple] = {}
+        h = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+        n = transformer_config["num_layers"]
+        for i in range(n):
+            b = f"transformer_blocks.{i}"
+            for d, c in self.comfyui_block.items():
+                comfy_one(out, f"{b}.{d}", f"joint_blocks.{i}.{c}", swap=i == n - 1 and d == "norm1_context.linear")
+            for c, parts in self.comfyui_qkv.items():
+                comfy_fused(out, b, f"joint_blocks.{i}.{c}", parts, (h, h, h))
+        return out
 
     true_cfg = True
 
