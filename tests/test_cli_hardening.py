@@ -219,7 +219,7 @@ def killed_write(target: Path, home: Path | None = None) -> None:
     """A `tiny` write (write_tiny, or resolve_tiny under `home`) killed with SIGKILL in the middle of saving."""
     import inspect
 
-    code = ("import json, time\nfrom pathlib import Path\nfrom glancetune import tiny\n" + inspect.getsource(FakePipe)
+    code = ("import json, time\nfrom pathlib import Path\nfrom glancetune.families import tiny\n" + inspect.getsource(FakePipe)
             + "tiny.BUILDERS['flux'] = lambda: FakePipe(60)\n"
             + ("tiny.resolve_tiny('tiny:flux')" if home else f"tiny.write_tiny('flux', {str(target)!r})"))
     env = {**os.environ, "PYTHONPATH": SRC, **({"GLANCETUNE_HOME": str(home)} if home else {})}
@@ -239,7 +239,7 @@ def killed_write(target: Path, home: Path | None = None) -> None:
 
 @pytest.mark.parametrize("where", ["beside", "home"])
 def test_killed_tiny_write_leaves_nothing_loadable_and_is_cleaned(tmp_path, monkeypatch, capsys, where):
-    from glancetune import tiny
+    from glancetune.families import tiny
     from glancetune.families import model_info
 
     home = tmp_path / "home" if where == "home" else None

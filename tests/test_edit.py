@@ -60,7 +60,7 @@ def processor():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.processing_utils import ProcessorMixin
 
-    from glancetune.tiny import qwen2_tokenizer
+    from glancetune.families.tiny_parts import qwen2_tokenizer
 
     orig = ProcessorMixin.check_argument_for_proper_class
     with pytest.MonkeyPatch.context() as mp:  # TEST-ONLY: accept the missing video processor
@@ -137,9 +137,9 @@ def control_image(path):
 
 def test_tiny_pipeline_reloads_and_needs_a_processor(edit_run, processor):
     name, model, _, _, _ = edit_run
-    from glancetune.tiny import BUILDERS
+    from glancetune.families.tiny import BUILDERS
 
-    from glancetune.tiny import qwen2_tokenizer, qwen2vl_processor
+    from glancetune.families.tiny_parts import qwen2_tokenizer, qwen2vl_processor
 
     index = json.loads((model / "model_index.json").read_text())
     assert index["_class_name"] == VARIANTS[name][1]

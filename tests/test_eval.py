@@ -111,7 +111,7 @@ def tiny_clip(tmp_path_factory):
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-    from glancetune.tiny import clip_tokenizer
+    from glancetune.families.tiny_parts import clip_tokenizer
 
     tok = clip_tokenizer()
     torch.manual_seed(1)  # a draw whose image and prompt embeddings have positive cosines (the score clamps at 0)

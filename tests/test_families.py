@@ -171,10 +171,10 @@ def test_qwen_training_attends_without_a_mask_like_the_pipeline():
     same (`training_text`, once per sample), so SDPA may use its flash kernel. No value changes: the transformer's
     output with a mask of ones equals the output without, bit for bit (CPU, fp32). A padded caption keeps its
     mask, and a batch mixing the two gets padded masks again (ones for the unmasked sample)."""
-    from glancetune import tiny
+    from glancetune.families import tiny
     from glancetune.families.qwen_image import QwenImage
 
-    fam, t = QwenImage(), tiny.build_qwen_image().transformer.eval()
+    fam, t = QwenImage(), tiny.BUILDERS["qwen_image"]().transformer.eval()
     g = torch.Generator().manual_seed(0)
     x, e = torch.randn(1, 64, t.config.in_channels, generator=g), torch.randn(1, 7, t.config.joint_attention_dim,
                                                                                generator=g)

@@ -307,7 +307,7 @@ def test_block_parents():
     assert block_parents(clip) == lists[0].split(".")[:-1]
 
 
-@pytest.mark.parametrize("build", ["build_qwen_image", "build_flux2_dev"])
+@pytest.mark.parametrize("build", ["qwen_image", "flux2-dev"])
 def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
     """Each leaf that runs in a block-level offloaded text encoder has its weights onloaded at that moment. On the
     H200 the 24B Mistral-3 failed here: Mistral3Model (and Qwen2.5-VL's model) call language_model.embed_tokens
@@ -317,10 +317,10 @@ def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
 
     from diffusers.hooks.group_offloading import ModuleGroup
 
-    from glancetune import tiny
+    from glancetune.families import tiny
     from glancetune.engine.memory import group_offload
 
-    encoder = getattr(tiny, build)().text_encoder
+    encoder = tiny.BUILDERS[build]().text_encoder
     resident = {id(p) for p in encoder.parameters()}  # a weight no group holds never leaves the device
 
     def tensors(group):

@@ -145,8 +145,8 @@ def test_int4_quantized_on_the_cpu_for_a_gpu_warns(caplog, precision, device, wa
         assert type(out[0].weight).__name__.startswith("TinyGemm")  # the CPU packing the warning is about
 
 
-@pytest.mark.parametrize("build,component", [("build_flux", "transformer"), ("build_flux", "text_encoder_2"),
-                                             ("build_qwen_image", "text_encoder")])
+@pytest.mark.parametrize("build,component", [("flux", "transformer"), ("flux", "text_encoder_2"),
+                                             ("qwen_image", "text_encoder")])
 @pytest.mark.parametrize("precision", ["int8-quanto", "int8-torchao"])
 def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component, precision):
     """`quantize_via: accelerator` moves and quantizes one block at a time (the device never holds the whole
@@ -154,10 +154,10 @@ def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component,
     the whole model: the same module types and the same stored values."""
     import copy
 
-    from glancetune import tiny
+    from glancetune.families import tiny
     from glancetune.engine.quantize import parts, place_and_quantize, quantize_model
 
-    model = getattr(getattr(tiny, build)(), component)
+    model = getattr(tiny.BUILDERS[build](), component)
     pieces = [piece for _, _, piece in parts(model)]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     covered = [m for piece in pieces for m in piece.modules() if isinstance(m, torch.nn.Linear)]
@@ -181,10 +181,10 @@ def test_an_offloaded_model_visits_the_device_one_block_at_a_time(monkeypatch, p
     there (`quantize_via: accelerator`), one block at a time. (On the H200 a bf16 24B text encoder with
     group_offload_text_encoder went to the GPU whole first: a 44 GiB peak.) torch.device("cpu", 0) stands for the
     accelerator here: every move to it is recorded with the size of what moves."""
-    from glancetune import tiny
+    from glancetune.families import tiny
     from glancetune.engine.quantize import parts, place_and_quantize
 
-    model = tiny.build_flux().text_encoder_2
+    model = tiny.BUILDERS["flux"]().text_encoder_2
     device, home = torch.device("cpu", 0), torch.device("cpu")
     largest = max(sum(p.numel() for p in piece.parameters()) for _, _, piece in parts(model))
     moves, original = [], torch.nn.Module.to

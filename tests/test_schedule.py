@@ -9,7 +9,8 @@ from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.schedule import (FAST_INDICES, SLOW_INDICES, base_sigmas, cut_ladder, identity_scheduler_config,
                                  parse_sigma_list, schedule_sigmas, timestep)
-from glancetune.tiny import FLUX1_DEV_SCHEDULER, QWEN_IMAGE_SCHEDULER
+from glancetune.families.flux import FLUX1_DEV_SCHEDULER
+from glancetune.families.qwen_image import QWEN_IMAGE_SCHEDULER
 
 FLUX_NOTES = [1000, 986.9786, 973.2042, 958.6094, 943.1188, 926.6473, 825.7016, 677.9868, 441.1998, 60.5503]
 QWEN_SEEDS = [1000, 979.1915, 957.5157, 934.9171, 911.3354, 886.7053, 745.0728, 562.9505, 320.0802, 20.0]

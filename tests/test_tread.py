@@ -227,7 +227,7 @@ def test_flux2_rotary_rows_follow_the_kept_tokens():
     from diffusers import Flux2Transformer2DModel
 
     from glancetune.families import model_info
-    from glancetune.tiny import resolve_tiny
+    from glancetune.families.tiny import resolve_tiny
 
     info = model_info("tiny:flux2-klein")
     t = Flux2Transformer2DModel.from_pretrained(resolve_tiny("tiny:flux2-klein"), subfolder="transformer")
@@ -280,7 +280,7 @@ def test_qwen_image_rotary_rows_follow_the_kept_tokens():
     from diffusers import QwenImageTransformer2DModel
 
     from glancetune.families import model_info
-    from glancetune.tiny import resolve_tiny
+    from glancetune.families.tiny import resolve_tiny
 
     info = model_info("tiny:qwen_image")
     t = QwenImageTransformer2DModel.from_pretrained(resolve_tiny("tiny:qwen_image"), subfolder="transformer")

@@ -199,7 +199,7 @@ def test_a_dropout_lora_samples_without_dropout_in_stock_diffusers(flux_run):
 
     with safe_open(str(flux_run / "slow" / WEIGHT_NAME), "pt") as f:
         assert json.loads(f.metadata()["lora_adapter_metadata"])["transformer.lora_dropout"] == 0.0
-    from glancetune.tiny import resolve_tiny
+    from glancetune.families.tiny import resolve_tiny
 
     model = json.loads((flux_run / "glancetune_config.json").read_text())["record"]["base_model"]
     pipe = FluxPipeline.from_pretrained(resolve_tiny(model) if model.startswith("tiny:") else model)

@@ -11,7 +11,7 @@ The folder (Flux2Pipeline, model_index.json as FLUX.2-dev's): `text_encoder` is 
 the real text config (40 layers, hidden 5120: 23.57B parameters, lm_head untied as in the real model) and a 1-layer
 tiny Pixtral vision tower: 23.60B parameters, 44.0 GiB in bf16. FLUX.2 encodes text only (Flux2Pipeline never passes
 pixel values), so the tower plays no part, but the memory figures exclude ~0.41B parameters (0.77 GiB in bf16) of
-the real vision tower and projector (the real model: 24.01B). Everything else is `glancetune.tiny.build_flux2_dev()`'s
+the real vision tower and projector (the real model: 24.01B). Everything else is `glancetune.families.flux2.build_flux2_dev()`'s
 (byte-level tokenizer with Mistral's real special-token ids, tiny VAE, tiny transformer), except the transformer's
 `joint_attention_dim`: 3 x the encoder's hidden size (hidden states 10/20/30 stacked), so the folder is consistent.
 Weights are built on the GPU in bf16 (CPU with --tiny and no GPU) and saved as 5 GB safetensors shards.
@@ -121,7 +121,7 @@ def build(directory: Path, tiny: bool, narrow: bool = False) -> dict:
     import transformers
     from diffusers import Flux2Pipeline, Flux2Transformer2DModel
 
-    from glancetune.tiny import build_flux2_dev
+    from glancetune.families.flux2 import build_flux2_dev
 
     if (directory / "model_index.json").exists():  # a warm machine's earlier build: used as it is
         return {"build": str(directory), "reused": True}

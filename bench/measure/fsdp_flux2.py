@@ -30,7 +30,7 @@ def build(directory: Path, tiny: bool) -> dict:
     from diffusers import Flux2Pipeline, Flux2Transformer2DModel
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    from glancetune.tiny import build_flux2_dev
+    from glancetune.families.flux2 import build_flux2_dev
     from step_models import FLUX2_DEV_ARCH
 
     if (directory / "model_index.json").exists():

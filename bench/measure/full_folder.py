@@ -53,7 +53,7 @@ def qwen(tiny: bool, device):
     from diffusers import AutoencoderKLQwenImage, QwenImagePipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from glancetune.tiny import build_qwen_image
+    from glancetune.families.qwen_image import build_qwen_image
 
     small = build_qwen_image()
     old = small.text_encoder.config
@@ -81,7 +81,7 @@ def klein(tiny: bool, device):
     from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from glancetune.tiny import build_flux2_klein
+    from glancetune.families.flux2 import build_flux2_klein
 
     small = build_flux2_klein()
     old = small.text_encoder.config

@@ -5,7 +5,7 @@ adapter's `encode_prompts` / `encode_images` produce at a resolution.
 
 Full size: the architecture is built with random weights and `full_sample` shapes the sample (no encoder exists).
 `--tiny` (CPU logic check): FLUX.1 keeps its own tiny architecture (train_step's numbers stay as they were); the
-other models take the transformer of the family's tiny random pipeline (glancetune.tiny, the classes of the real
+other models take the transformer of the family's tiny random pipeline (glancetune.families.tiny, the classes of the real
 models) and encode the sample with the family's own `encode_prompts` / `encode_images`, then `check_same` asserts
 that `full_sample` would have built the same keys, shapes and dtypes at that size: the shapes of the full-size path
 are checked against the adapters' real output on every tiny run.
@@ -30,7 +30,7 @@ class Model:
     cls: str  # diffusers transformer class
     arch: dict  # full-size constructor kwargs
     text_tokens: int  # text tokens at full size
-    tiny: str  # glancetune.tiny.BUILDERS key of the family's tiny pipeline
+    tiny: str  # glancetune.families.tiny.BUILDERS key of the family's tiny pipeline
 
 
 # FLUX.1-dev: the anchor's constructor args (bench/measure/anchor_loop.py); 512 T5 tokens (FluxPipeline's default)
@@ -87,7 +87,7 @@ def build_random(cls_name: str, arch: dict, dev, dtype):
 def tiny_encoded(name: str, res: int, dev, dtype):
     """(transformer, sample) from the family's tiny random pipeline: its transformer on `dev` in `dtype`, and a
     sample made by the family's own encode_prompts / encode_images (random pixels, one caption)."""
-    from glancetune.tiny import BUILDERS
+    from glancetune.families.tiny import BUILDERS
 
     m = MODELS[name]
     family = m.family()

@@ -11,7 +11,7 @@ measured: VAE round trip, judge accuracy, base-10 vs base-50). Data and captions
 - VAE: a small AutoencoderKL (2 levels: scale 2, 16 latent channels, so a 32x32 image is 16x16x16 latents =
   64 packed tokens) TRAINED here to reconstruct (MSE on `latent_dist.mode()`, the latent glancetune encodes);
   shift_factor / scaling_factor are then set from the latents' mean / std. Its round-trip PSNR is reported.
-- Text encoders: random, seeded CLIP and T5 (glancetune.tiny's character tokenizers), never trained; the captions
+- Text encoders: random, seeded CLIP and T5 (glancetune's tiny character tokenizers), never trained; the captions
   differ by characters, so their embeddings differ (the report checks every pair of caption embeddings differs).
 - Transformer: flow matching (x_s = (1-s) x0 + s eps, target eps - x0) on latents of images composed on the fly,
   logit-normal t shifted with the scheduler's mu at 64 tokens, caption dropout 0.1 (so true CFG is possible),
@@ -49,7 +49,7 @@ def build_components(p: dict, seed: int):
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from glancetune.tiny import clip_tokenizer, t5_tokenizer
+    from glancetune.families.tiny_parts import clip_tokenizer, t5_tokenizer
 
     ct, tt = clip_tokenizer(), t5_tokenizer()
     d, hd = p["text_dim"], p["head_dim"]

@@ -6,7 +6,7 @@ file registers them and runs the one asked for:
   eval                               evaluation/evaluate.py
   export                             export/comfyui.py
   validate-dataset                   data/validate.py
-  tiny                               tiny.py
+  tiny                               families/tiny.py
   server                             server/__init__.py
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from .process import quiet_libraries, setup_logging, torch_defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import tiny
     from .data import validate
     from .evaluation import evaluate
     from .export import comfyui
+    from .families import tiny
     from .sampling import commands as sampling
     from .server import add_parser as add_server
     from .train import commands as training

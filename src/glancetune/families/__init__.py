@@ -8,16 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GlanceError
-from .base import Family, FamilyGroup
-from .flux import Flux1
-from .flux2 import Flux2Dev, Flux2Klein
-from .qwen_image import QwenImage
-from .qwen_image_edit import QwenImageEdit, QwenImageEditPlus
-from .sd3 import SD3
-
-# model_family -> family; FLUX.2's flavours use two pipeline classes, so its entry is a group of two adapters
-FAMILIES: dict[str, Family] = {f.name: f for f in (Flux1(), FamilyGroup(Flux2Klein(), Flux2Dev()), SD3(),
-                                                   QwenImage(), QwenImageEdit(), QwenImageEditPlus())}
+from .base import Family, FamilyGroup  # noqa: F401
+from .registry import FAMILIES
 
 
 def get_family(name: str) -> Family:
@@ -53,7 +45,7 @@ class ModelInfo:
 
 def resolve_ref(ref: str) -> str:
     if ref.startswith("tiny:"):
-        from ..tiny import resolve_tiny
+        from .tiny import resolve_tiny
 
         return str(resolve_tiny(ref))
     return ref

@@ -85,6 +85,11 @@ class Family:
     #: keys (False: ComfyUI's "regular" lora_down / lora_up + `.alpha`)
     comfyui_folded: bool = False
 
+    def tiny_builders(self) -> dict:
+        """Tiny model name (`tiny:<name>`, `glancetune tiny <name>`) -> a function building the family's tiny random
+        pipeline in code (families/tiny.py saves and caches it). Every family has at least one."""
+        return {}
+
     def comfyui_targets(self, transformer_config: dict) -> dict[str, tuple] | None:
         """ComfyUI's LoRA key map: diffusers module -> (ComfyUI module in the original model's names, part index,
         the fused module's parts, their rows, swap halves) (`comfy_one` / `comfy_fused` build it); None: ComfyUI

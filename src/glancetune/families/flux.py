@@ -1,7 +1,41 @@
 """FLUX.1 (dev, schnell): FluxPipeline, CLIP-L + T5, 16-channel VAE, 2x2-packed 64-channel tokens, sigma timesteps."""
 from __future__ import annotations
 
+from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 from .base import DoubleSingleTread, Family
+
+
+# FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
+FLUX1_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                           max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+# FLUX.1-schnell's scheduler_config.json: no shift at all.
+FLUX1_SCHNELL_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False, base_shift=0.5,
+                               max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = True):
+    """A tiny random FluxPipeline (FLUX.1 layout: 64-channel packed tokens, VAE scale 8, CLIP-L + T5)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    ct, tt = clip_tokenizer(), t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+            guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8))
+        clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(ct), hidden_size=32, intermediate_size=37,
+                                            num_attention_heads=4, num_hidden_layers=2, projection_dim=32,
+                                            max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                            pad_token_id=1))
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tt), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8))
+        vae = tiny_vae(AutoencoderKL, latent_channels=16, shift_factor=0.1159, scaling_factor=0.3611)
+    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or FLUX1_DEV_SCHEDULER))
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=ct, text_encoder_2=t5,
+                        tokenizer_2=tt, transformer=transformer)
 
 
 class Flux1(DoubleSingleTread, Family):
@@ -29,6 +63,9 @@ class Flux1(DoubleSingleTread, Family):
     comfyui_single = {"norm.linear": "modulation.lin", "proj_out": "linear2"}
     comfyui_single_fused = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
     comfyui_single_fused_rows = (1, 1, 1, 4)  # FluxSingleTransformerBlock: mlp_ratio 4
+
+    def tiny_builders(self):
+        return {"flux": build_flux, "flux-schnell": lambda: build_flux(FLUX1_SCHNELL_SCHEDULER, guidance_embeds=False)}
 
     def pipeline_class(self):
         from diffusers import FluxPipeline

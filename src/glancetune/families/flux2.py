@@ -11,7 +11,77 @@ from __future__ import annotations
 
 import torch
 
+from .tiny_parts import mistral_tokenizer, qwen2_tokenizer, tiny_vae
 from .base import DoubleSingleTread, Family
+
+
+# FLUX.2 scheduler_config.json, klein and dev alike (mu is computed empirically by the pipeline)
+FLUX2_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                       max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+
+QWEN3_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+def _flux2_transformer_vae(guidance_embeds: bool):
+    """The FLUX.2 transformer (128-channel tokens, 4-axis RoPE) and 32-channel BatchNorm VAE (non-trivial stats)."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    transformer = Flux2Transformer2DModel(in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                                          num_attention_heads=2, joint_attention_dim=48, axes_dims_rope=(4, 4, 4, 4),
+                                          guidance_embeds=guidance_embeds)
+    vae = tiny_vae(AutoencoderKLFlux2, latent_channels=32)
+    vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.running_mean.numel()))
+    vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+    return transformer, vae
+
+def build_flux2_klein(distilled: bool = False):
+    """A tiny random Flux2KleinPipeline (Qwen3 encoder with 28 layers so layers 9/18/27 exist, 128-ch tokens)."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tok = qwen2_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<think>", "</think>"]})
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Qwen3ForCausalLM(Qwen3Config(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=28, num_attention_heads=2,
+            num_key_value_heads=2, head_dim=8, eos_token_id=0, pad_token_id=0, bos_token_id=0))
+        transformer, vae = _flux2_transformer_vae(guidance_embeds=False)
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,
+                              text_encoder=text_encoder, tokenizer=tok, transformer=transformer,
+                              is_distilled=distilled)
+
+def build_flux2_dev():
+    """A tiny random Flux2Pipeline (FLUX.2 dev): Mistral3ForConditionalGeneration with 31 text layers so hidden
+    states 10/20/30 exist (hidden 16: 3 x 16 = the transformer's 48-wide context), a 1-layer Pixtral vision tower,
+    and the klein transformer with a guidance embedding."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tok = mistral_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>", "[IMG]")}
+    cfg = Mistral3Config(
+        text_config=dict(model_type="mistral", vocab_size=len(tok), hidden_size=16, intermediate_size=16,
+                         num_hidden_layers=31, num_attention_heads=4, num_key_value_heads=2, head_dim=4,
+                         sliding_window=None, bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                         pad_token_id=ids["<pad>"]),
+        vision_config=dict(model_type="pixtral", hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, head_dim=8, image_size=30, patch_size=6),
+        image_token_index=ids["[IMG]"], spatial_merge_size=2, multimodal_projector_bias=False,
+        projector_hidden_act="gelu", vision_feature_layer=-1,
+        tie_word_embeddings=False)  # the real Mistral-Small-3.1 keeps its own lm_head
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Mistral3ForConditionalGeneration(cfg)
+        transformer, vae = _flux2_transformer_vae(guidance_embeds=True)
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX2_SCHEDULER), vae=vae,
+                         text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
 
 
 class _Flux2(DoubleSingleTread, Family):
@@ -74,6 +144,10 @@ class Flux2Klein(_Flux2):
                 "klein-4b": "black-forest-labs/FLUX.2-klein-base-4B"}
     pipeline_class_names = ("Flux2KleinPipeline",)
     _pipeline_module = "diffusers.pipelines.flux2.pipeline_flux2_klein"
+
+    def tiny_builders(self):
+        return {"flux2-klein": build_flux2_klein}
+
     default_cfg = 4.0  # Flux2KleinPipeline's default guidance_scale (true CFG on base, ignored when distilled)
 
     true_cfg = True
@@ -104,6 +178,10 @@ class Flux2Dev(_Flux2):
     flavours = {"dev": "black-forest-labs/FLUX.2-dev"}
     pipeline_class_names = ("Flux2Pipeline",)
     _pipeline_module = "diffusers.pipelines.flux2.pipeline_flux2"
+
+    def tiny_builders(self):
+        return {"flux2-dev": build_flux2_dev}
+
     # training: SimpleTuner's FLUX.2 guide (flux_guidance_value 1.0) and the official Glance FLUX recipe
     default_guidance = 1.0
     # generate: Flux2Pipeline's default guidance_scale and BFL's FLUX.2-dev card (SimpleTuner: "3.0-5.0")

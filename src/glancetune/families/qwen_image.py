@@ -4,7 +4,53 @@ from __future__ import annotations
 
 import torch
 
+from .tiny_parts import qwen2_tokenizer, tiny_vae
 from .base import Family, PublishedLoras
+
+
+# Qwen-Image's scheduler_config.json (Qwen/Qwen-Image).
+QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5,
+                            max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02,
+                            time_shift_type="exponential", invert_sigmas=False, stochastic_sampling=False,
+                            use_karras_sigmas=False, use_exponential_sigmas=False, use_beta_sigmas=False)
+
+def _qwen_image_components(scheduler_config: dict | None = None) -> dict:
+    """Tiny random Qwen-Image components (Qwen2.5-VL text encoder with a vision tower, 3-D VAE scale 8, 2x2-packed
+    64-channel transformer), shared by the text-to-image and the Edit pipelines."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tok = qwen2_tokenizer()
+    ids = {k: tok.convert_tokens_to_ids(k) for k in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                                     "<|vision_end|>", "<|im_start|>", "<|endoftext|>")}
+    text = dict(vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=2, bos_token_id=ids["<|im_start|>"],
+                eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0})
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=dict(depth=2, hidden_size=16, intermediate_size=16,
+                                                                num_heads=2, out_hidden_size=16,
+                                                                fullatt_block_indexes=[1]),
+                           image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                           vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        text_encoder = Qwen2_5_VLForConditionalGeneration(cfg)
+        transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=64, out_channels=16, num_layers=2,
+                                                  attention_head_dim=16, num_attention_heads=2,
+                                                  joint_attention_dim=16, axes_dims_rope=(8, 4, 4))
+        vae = AutoencoderKLQwenImage(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True],
+                                     latents_mean=[0.1 * (i % 4) for i in range(16)],
+                                     latents_std=[1.0 + 0.25 * (i % 3) for i in range(16)])
+    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or QWEN_IMAGE_SCHEDULER))
+    return dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+
+def build_qwen_image(scheduler_config: dict | None = None):
+    """A tiny random QwenImagePipeline (Qwen2.5-VL text encoder, 3-D VAE scale 8, 2x2-packed 64-channel tokens)."""
+    from diffusers import QwenImagePipeline
+
+    return QwenImagePipeline(**_qwen_image_components(scheduler_config))
 
 
 class QwenImage(Family):
@@ -30,6 +76,9 @@ class QwenImage(Family):
 
     def comfyui_targets(self, transformer_config):
         return None  # ComfyUI's QwenImage key map reads the diffusers module names
+
+    def tiny_builders(self):
+        return {"qwen_image": build_qwen_image}
 
     # CSU-JPG/Glance train_Glance_qwen.py: LoraConfig(r=rank, lora_alpha=rank*4, the 12 targets above), saved by
     # QwenImagePipeline.save_lora_weights without adapter metadata; timesteps from its custom_timesteps lists

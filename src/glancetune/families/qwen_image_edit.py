@@ -15,11 +15,28 @@ from __future__ import annotations
 import torch
 
 from ..errors import GlanceError
-from .qwen_image import QwenImage
+from .tiny_parts import qwen2vl_processor
+from .qwen_image import QwenImage, _qwen_image_components
+
+
+def build_qwen_image_edit(plus: bool = False):
+    """A tiny random QwenImageEditPipeline (QwenImageEditPlusPipeline with `plus`): the Qwen-Image components
+    (Qwen-Image-Edit's scheduler config equals Qwen-Image's) plus a stock Qwen2VLProcessor where torchvision is
+    available. Without torchvision the folder is saved with `processor: null` and loads only with a processor given
+    (`components={"processor": ...}`, see README "Pointing at a real model")."""
+    from diffusers import QwenImageEditPipeline, QwenImageEditPlusPipeline
+
+    parts = _qwen_image_components()
+    cls = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    return cls(processor=qwen2vl_processor(parts["tokenizer"]), **parts)
 
 
 class QwenImageEdit(QwenImage):
     name = "qwen_image_edit"
+
+    def tiny_builders(self):
+        return {"qwen_image_edit": build_qwen_image_edit}
+
     flavours = {None: "Qwen/Qwen-Image-Edit"}
     unsupported_flavours = {}
     flavour_families = {}
@@ -115,6 +132,10 @@ class QwenImageEditPlus(QwenImageEdit):
     VAE_IMAGE_SIZE (module constants), and the template names it "Picture 1"."""
 
     name = "qwen_image_edit_plus"
+
+    def tiny_builders(self):
+        return {"qwen_image_edit_plus": lambda: build_qwen_image_edit(plus=True)}
+
     flavours = {None: "Qwen/Qwen-Image-Edit-2509", "2509": "Qwen/Qwen-Image-Edit-2509",
                 "2511": "Qwen/Qwen-Image-Edit-2511"}
     pipeline_class_names = ("QwenImageEditPlusPipeline",)

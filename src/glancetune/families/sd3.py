@@ -1,7 +1,39 @@
 """SD3 / SD3.5: StableDiffusion3Pipeline, 2x CLIP + T5, 16-channel latents NOT packed, timestep 0-1000, true CFG."""
 from __future__ import annotations
 
+from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 from .base import COMFY_QKV, Family, comfy_fused, comfy_one
+
+
+# stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json (SD3.5 uses the same shift)
+SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
+
+def build_sd3(scheduler_config: dict | None = None):
+    """A tiny random StableDiffusion3Pipeline (16-channel unpacked latents, VAE scale 8, patch 2, 2x CLIP + T5)."""
+    import torch
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    ct, ct2, tt = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()
+    clip_cfg = dict(vocab_size=len(ct), hidden_size=16, intermediate_size=37, num_attention_heads=2,
+                    num_hidden_layers=2, projection_dim=32, max_position_embeddings=77, bos_token_id=0,
+                    eos_token_id=1, pad_token_id=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformer = SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, num_layers=2,
+                                            attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                            joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
+                                            pos_embed_max_size=192)
+        clip1 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        clip2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip_cfg))
+        t5 = T5EncoderModel(T5Config(vocab_size=len(tt), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                     relative_attention_num_buckets=8))
+        vae = tiny_vae(AutoencoderKL, latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305)
+    scheduler = FlowMatchEulerDiscreteScheduler(**(scheduler_config or SD3_SCHEDULER))
+    return StableDiffusion3Pipeline(scheduler=scheduler, vae=vae, text_encoder=clip1, tokenizer=ct,
+                                    text_encoder_2=clip2, tokenizer_2=ct2, text_encoder_3=t5, tokenizer_3=tt,
+                                    transformer=transformer)
 
 
 class SD3(Family):
@@ -31,6 +63,9 @@ class SD3(Family):
                      "attn.to_out.0": "x_block.attn.proj", "ff.net.0.proj": "x_block.mlp.fc1",
                      "ff.net.2": "x_block.mlp.fc2"}
     comfyui_qkv = {"x_block.attn.qkv": COMFY_QKV["img_attn.qkv"], "context_block.attn.qkv": COMFY_QKV["txt_attn.qkv"]}
+
+    def tiny_builders(self):
+        return {"sd3": build_sd3}
 
     def comfyui_targets(self, transformer_config):
         out: dict[str, tuple] = {}

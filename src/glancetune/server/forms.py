@@ -103,7 +103,7 @@ def render_fields() -> str:
     keys = form_keys()
     first = [k for k in keys if k in PRIMARY]
     rest = [k for k in keys if k not in PRIMARY]
-    from ..tiny import BUILDERS
+    from ..families.tiny import BUILDERS
 
     models = "".join(f'<option value="tiny:{m}">' for m in BUILDERS)  # or any hub id / local folder
     return ("".join(row(k) for k in first) + f'<datalist id="models">{models}</datalist>'
