@@ -71,6 +71,8 @@ from glancetune.config.schema import TrainConfig  # noqa: E402
 from glancetune.train.hooks import Hook, Hooks, RunInfo  # noqa: E402
 from glancetune.engine.adapters import add_lora, lora_targets  # noqa: E402
 from glancetune.train.loop import Trainer  # noqa: E402
+from glancetune.train.objectives import objective  # noqa: E402
+from glancetune.plan.build import training_guidance  # noqa: E402
 from glancetune.engine.runtime import make_runtime  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -249,8 +251,8 @@ if a.compile:
     compile_blocks(transformer, a.compile_mode)
 plan = SimpleNamespace(groups=[[0]], shuffle=True, conditioning_choices=lambda: None)
 # guidance as Plan picks it: FLUX.1-dev and FLUX.2-dev 1.0 (their guidance embedding), None for the others
-guidance = family.training_guidance(dict(transformer.config), cfg)
-trainer = Trainer(cfg, family, transformer, transformer, [sample], rt, guidance, plan)
+guidance = training_guidance(family, dict(transformer.config), cfg)
+trainer = Trainer(cfg, family, transformer, [sample], rt, guidance, plan, objective("flow"))
 states = [trainer.new_phase(name, SIGMAS[name], ps, total_steps) for name, ps in params.items()]
 run = RunInfo("unused", list(params), total_steps, 0, logging_steps=10)
 sync()

@@ -24,15 +24,6 @@ from .discovery import CONTROL_SUBDIR, IMAGE_SUBDIRS, Problems, discover_edit, t
 from .samples import DataPlan, Sample, load_plan
 
 
-@dataclass(frozen=True)
-class EditSample(Sample):
-    control_path: Path | None = None
-
-    @property
-    def control(self):
-        """The control image as opened (RGB PIL, EXIF orientation, alpha flattened): the pipeline sizes it."""
-        return open_image(self.control_path)
-
 
 def target_dir(root: Path) -> Path | None:
     """root/image (or root/images); both at once is ambiguous."""
@@ -74,6 +65,5 @@ def load_job_plan(specs: list, align: int, seed: int, edit: bool) -> DataPlan:
             controls.update({t.image: ed.pairs[t.key].image for t in ed.targets})
             roots[spec.id] = ed.targets_dir
         plan = load_plan([replace(s, root=roots[s.id]) if s.id in roots else s for s in specs], align, seed)
-    samples = [EditSample(**{f.name: getattr(s, f.name) for f in fields(s)}, control_path=controls[s.image_path])
-               for s in plan.samples]
+    samples = [replace(s, control_path=controls[s.image_path]) for s in plan.samples]
     return replace(plan, samples=samples)

@@ -70,6 +70,14 @@ class Sample(ImageRef):
     conditioning: tuple[ConditioningImage, ...] = ()
     text_embeds: str | None = None  # id of the text_embeds dataset whose cache holds this caption
     text_cache_dir: str | None = None
+    control_path: Path | None = None  # edit models: the control (source) image the target is made from
+
+    @property
+    def control(self):
+        """The control image as opened (RGB PIL, EXIF orientation, alpha flattened; the pipeline sizes it), or None."""
+        from .images import open_image
+
+        return None if self.control_path is None else open_image(self.control_path)
 
 
 @dataclass

@@ -97,8 +97,7 @@ def cache_keys(info, samples, dtype, max_sequence_length: int, cfg=None):
     tiling = {"vae_tiling": True} if cfg is not None and cfg.vae_enable_tiling else {}
     out = []
     for s in samples:
-        control = getattr(s, "control_path", None)  # edit models: conditions both text and latents
-        control = None if control is None else file_digest(control)
+        control = None if s.control_path is None else file_digest(s.control_path)  # edit models: text and latents
         tdesc = text_description(info, s.caption, dtype, max_sequence_length, control, text_ids, cfg)
         idesc = {"kind": "vae", "family": fam.name, "vae": vae_id, "dtype": str(dtype),
                  "image": file_digest(s.image_path), "crop": s.crop.to_dict(), "control": control, **tiling}
@@ -106,16 +105,12 @@ def cache_keys(info, samples, dtype, max_sequence_length: int, cfg=None):
     return out
 
 
-def _control(sample) -> dict:
-    return {"control": sample.control} if getattr(sample, "control_path", None) is not None else {}
-
-
 def _latent_batches(samples, todo: list[int], size: int) -> list[list[int]]:
     """Indices to encode together: same pixel size, no control image, at most `size` per batch."""
     groups: dict = {}
     for n in todo:
         s = samples[n]
-        key = ("single", n) if _control(s) else (s.width, s.height)
+        key = ("single", n) if s.control_path is not None else (s.width, s.height)
         groups.setdefault(key, []).append(n)
     return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
 
@@ -155,8 +150,7 @@ def _fill(src: ModelSource, cfg, pipe, device, samples, caches, keys, found, dir
         for n, s in enumerate(samples):
             if found[n][0] is None:
                 tk, tdesc = keys[n][0], keys[n][1]
-                found[n][0] = fam.encode_prompts(pipe, [s.caption], device, max_len,
-                                                 **_control(s))
+                found[n][0] = fam.encode_prompts(pipe, [s.caption], device, max_len, control=s.control)
                 dropped = fam.dropped_tokens(pipe, s.caption, max_len)
                 if dropped:
                     log.info("notice: %s: the caption is %d tokens longer than tokenizer_max_length %d; they are "
@@ -168,7 +162,7 @@ def _fill(src: ModelSource, cfg, pipe, device, samples, caches, keys, found, dir
         for batch in _latent_batches(samples, todo, cfg.vae_batch_size):
             first = samples[batch[0]]
             pixels = torch.cat([samples[n].load_pixels() for n in batch])
-            x0, image = fam.encode_images(pipe, pixels, **_control(first))
+            x0, image = fam.encode_images(pipe, pixels, control=first.control)
             for n, x, kw in zip(batch, x0.float().split(1), fam.uncollate(image, len(batch))):
                 found[n][1] = {"x0": x.clone(), **kw}
                 caches[n][1].put(keys[n][2], found[n][1], keys[n][3])
@@ -251,8 +245,7 @@ def encode_texts(src: ModelSource, cfg, texts: list[str], device, dtype, control
         pipe = load_encoders(src, cfg, device, dtype, True, dirs, vae=False)
         with torch.no_grad():
             for t in missing:
-                embeds[t] = src.family.encode_prompts(pipe, [t], device, src.max_sequence_length,
-                                                      **({"control": control} if control is not None else {}))
+                embeds[t] = src.family.encode_prompts(pipe, [t], device, src.max_sequence_length, control=control)
                 cache.put(digest(keys[t]), embeds[t], keys[t])
         del pipe
     finally:

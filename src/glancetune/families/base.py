@@ -194,18 +194,20 @@ class Family:
         return training_guidance
 
     # --- encoding ------------------------------------------------------------------------------------------
-    def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, pipe, prompts: list[str], device, max_sequence_length: int,
+                       control=None) -> dict[str, torch.Tensor]:
         """Transformer kwargs for the text side, batch dimension first (except `shared_keys`).
 
-        Edit families (`needs_control_image`) take `control=` (the control image, PIL) and encode the prompt with it
-        exactly as their pipeline does; the trainer passes `control` only to those families."""
+        `control`: the conditioning image (PIL) of edit families (`needs_control_image`), which encode the prompt
+        with it exactly as their pipeline does; None for every other family (callers pass the sample's own, which
+        only edit datasets have)."""
         raise NotImplementedError
 
-    def encode_images(self, pipe, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def encode_images(self, pipe, pixels: torch.Tensor, control=None) -> tuple[torch.Tensor, dict[str, Any]]:
         """pixels [B,3,H,W] in [-1,1] -> (x0 in the layout the transformer consumes, image-side kwargs).
 
-        Edit families also take `control=` and put the control latents into the image-side kwargs; their `predict`
-        feeds them to the transformer (appended after the target tokens) and returns the target part only."""
+        `control`: as for `encode_prompts`; edit families put the control latents into the image-side kwargs, and
+        their `predict` feeds them to the transformer (appended after the target tokens), returning the target part."""
         raise NotImplementedError
 
     # --- the transformer call ------------------------------------------------------------------------------
@@ -215,26 +217,6 @@ class Family:
 
     def has_guidance_embedding(self, transformer_config: dict) -> bool:
         return False
-
-    def training_guidance(self, transformer_config: dict, cfg):
-        """Guidance fed to the transformer while training: a float, a (min, max) range drawn per sample, or None
-        for models without a guidance input (then any guidance option given gets a one-line notice)."""
-        given = [k for k in ("flux_guidance_value", "flux_guidance_min", "flux_guidance_max")
-                 if getattr(cfg, k) is not None] + (["flux_guidance_mode"] if cfg.flux_guidance_mode != "constant"
-                                                     else [])
-        if not self.has_guidance_embedding(transformer_config):
-            if given:
-                log.info("notice: %s ignored: this %s transformer has no guidance embedding", ", ".join(given),
-                         self.name)
-            return None
-        if cfg.flux_guidance_mode == "random-range":
-            lo, hi = cfg.flux_guidance_min, cfg.flux_guidance_max
-            if lo is None or hi is None:
-                raise GlanceError("flux_guidance_min/flux_guidance_max: random-range needs both")
-            if lo > hi:
-                raise GlanceError(f"flux_guidance_min: {lo} is above flux_guidance_max {hi}")
-            return (float(lo), float(hi))
-        return self.default_guidance if cfg.flux_guidance_value is None else float(cfg.flux_guidance_value)
 
     def guidance_kwargs(self, transformer, value, batch: int, device) -> dict[str, Any]:
         """The guidance-embedding input of transformers that have one (FLUX.1 dev, FLUX.2 dev), as their pipelines

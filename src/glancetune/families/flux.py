@@ -84,12 +84,12 @@ class Flux1(DoubleSingleTread, Family):
             return None
         return self.linear_mu(scheduler_config, image_seq_len)
 
-    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length, control=None):
         embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
                                                       max_sequence_length=max_sequence_length)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled, "txt_ids": text_ids}
 
-    def encode_images(self, pipe, pixels):
+    def encode_images(self, pipe, pixels, control=None):
         vae = pipe.vae
         z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
         z = (z - vae.config.shift_factor) * vae.config.scaling_factor

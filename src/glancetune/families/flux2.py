@@ -115,7 +115,7 @@ class _Flux2(DoubleSingleTread, Family):
         module = importlib.import_module(self._pipeline_module)
         return module.compute_empirical_mu(image_seq_len=image_seq_len, num_steps=num_steps)
 
-    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length, control=None):
         embeds, text_ids = pipe.encode_prompt(prompt=prompts, device=device, max_sequence_length=max_sequence_length)
         return {"encoder_hidden_states": embeds, "txt_ids": text_ids}
 
@@ -126,7 +126,7 @@ class _Flux2(DoubleSingleTread, Family):
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(z.device, z.dtype)
         return mean, std
 
-    def encode_images(self, pipe, pixels):
+    def encode_images(self, pipe, pixels, control=None):
         vae = pipe.vae
         z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
         z = pipe._patchify_latents(z)

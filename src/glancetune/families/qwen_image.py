@@ -106,13 +106,13 @@ class QwenImage(Family):
     def mu(self, scheduler_config, image_seq_len, num_steps):
         return self.linear_mu(scheduler_config, image_seq_len)
 
-    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length, control=None):
         embeds, mask = pipe.encode_prompt(prompt=prompts, device=device, max_sequence_length=max_sequence_length)
         if mask is None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
         return {"encoder_hidden_states": embeds, "encoder_hidden_states_mask": mask}
 
-    def encode_images(self, pipe, pixels):
+    def encode_images(self, pipe, pixels, control=None):
         vae = pipe.vae
         z = vae.encode(pixels.unsqueeze(2).to(vae.device, vae.dtype)).latent_dist.mode()  # [B, C, 1, h, w]
         mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)

@@ -106,13 +106,13 @@ class SD3(Family):
     def base_sigmas(self, num_steps):
         return None  # the SD3 pipeline calls set_timesteps(num_inference_steps) without sigmas
 
-    def encode_prompts(self, pipe, prompts, device, max_sequence_length):
+    def encode_prompts(self, pipe, prompts, device, max_sequence_length, control=None):
         embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=device,
                                                   do_classifier_free_guidance=False,
                                                   max_sequence_length=max_sequence_length)
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
-    def encode_images(self, pipe, pixels):
+    def encode_images(self, pipe, pixels, control=None):
         vae = pipe.vae
         z = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
         return (z - vae.config.shift_factor) * vae.config.scaling_factor, {}

@@ -5,6 +5,7 @@ LoRA targets, guidance, and the run identity that output folders and checkpoints
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ NEUTRAL_KEYS = frozenset({"checkpointing_steps", "checkpoints_total_limit", "res
                           "tracker_project_name", "tracker_run_name", "overwrite_output_dir", "device",
                           "compile_transformer"}
                          ) | VALIDATION_KEYS | PLACEMENT_KEYS
+log = logging.getLogger(__name__)
 IDENTITY_EXCLUDES = {"output_dir", "cache_dir"} | NEUTRAL_KEYS
 
 
@@ -51,13 +53,33 @@ def file_digests(samples) -> dict[str, str]:
         h = hashlib.sha256()
         h.update(s.image_path.name.encode() + b"\0" + s.image_path.read_bytes() + b"\0" + s.caption.encode())
         h.update(json.dumps([s.dataset_id, s.repeats, s.crop.to_dict()]).encode())
-        control = getattr(s, "control_path", None)  # edit datasets
-        if control is not None:
-            h.update(b"\0control\0" + control.name.encode() + b"\0" + control.read_bytes())
+        if s.control_path is not None:  # edit datasets
+            h.update(b"\0control\0" + s.control_path.name.encode() + b"\0" + s.control_path.read_bytes())
         for c in s.conditioning:
             h.update(c.image_path.read_bytes() + json.dumps([c.dataset_id, c.crop.to_dict()]).encode())
         out[f"{s.dataset_id}/{s.key}{s.image_path.suffix}"] = h.hexdigest()[:16]
     return out
+
+
+def training_guidance(family, transformer_config: dict, cfg):
+    """Guidance fed to the transformer while training: a float, a (min, max) range drawn per sample, or None
+    for models without a guidance input (then any guidance option given gets a one-line notice)."""
+    given = [k for k in ("flux_guidance_value", "flux_guidance_min", "flux_guidance_max")
+             if getattr(cfg, k) is not None] + (["flux_guidance_mode"] if cfg.flux_guidance_mode != "constant"
+                                                 else [])
+    if not family.has_guidance_embedding(transformer_config):
+        if given:
+            log.info("notice: %s ignored: this %s transformer has no guidance embedding", ", ".join(given),
+                     family.name)
+        return None
+    if cfg.flux_guidance_mode == "random-range":
+        lo, hi = cfg.flux_guidance_min, cfg.flux_guidance_max
+        if lo is None or hi is None:
+            raise GlanceError("flux_guidance_min/flux_guidance_max: random-range needs both")
+        if lo > hi:
+            raise GlanceError(f"flux_guidance_min: {lo} is above flux_guidance_max {hi}")
+        return (float(lo), float(hi))
+    return family.default_guidance if cfg.flux_guidance_value is None else float(cfg.flux_guidance_value)
 
 
 def batches_per_epoch(cfg, data, processes: int = 1) -> int:
@@ -137,7 +159,7 @@ class Plan:
         if limit is not None and max_len > limit:
             raise GlanceError(f"tokenizer_max_length: {max_len} is above the {limit} text tokens "
                               f"that {family.name}'s pipeline accepts")
-        guidance = family.training_guidance(info.transformer_config, cfg)
+        guidance = training_guidance(family, info.transformer_config, cfg)
         ladder, phases = job_phases(cfg, info, width, height, command)
         steps, steps_note = resolve_train_steps(cfg, batches_per_epoch(cfg, data))
         files = file_digests(data.samples)
@@ -190,7 +212,7 @@ class Plan:
              "lora": {"rank": self.cfg.lora_rank, "alpha": self.cfg.alpha, "targets": self.targets},
              "captions": captions_by_file(self.samples),
              "buckets": dict(sorted(Counter(f"{s.width}x{s.height}" for s in self.samples).items()))}
-        if any(getattr(s, "control_path", None) is not None for s in self.samples):
+        if any(s.control_path is not None for s in self.samples):
             d["controls"] = {s.image_path.name: s.control_path.name for s in self.samples}
         return d
 
