@@ -179,7 +179,7 @@ def test_the_hooks_gather_and_scatter_both_block_shapes():
     """A window over a joint block and a concatenated block of a small stand-in transformer whose blocks add each
     token's rotary row (a distinct value per position): routed-around image tokens skip the window unchanged, kept
     ones get their own rows in both shapes, text tokens always pass, and everything lands back in its place."""
-    from glancetune.families.base import DoubleSingleTread
+    from glancetune.families.layouts import DoubleSingle
     from glancetune.engine.tread import Route, Tread
 
     class Joint(torch.nn.Module):
@@ -209,7 +209,7 @@ def test_the_hooks_gather_and_scatter_both_block_shapes():
     tag = torch.arange(1.0, txt + img + 1).pow(2)[:, None].expand(-1, 2)  # row k's value: (k+1)^2
     rope = (tag, torch.zeros_like(tag))
     model = Stand()
-    Tread([Route(0.5, 0, 1)], list(model.blocks), DoubleSingleTread().tread_rope_rows).install(model)
+    Tread([Route(0.5, 0, 1)], list(model.blocks), DoubleSingle().tread_rope_rows).install(model)
     torch.manual_seed(0)
     out = model(hidden_states=torch.zeros(1, img, 2), encoder_hidden_states=torch.zeros(1, txt, 2), rope=rope)
     torch.manual_seed(0)

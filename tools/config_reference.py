@@ -5,7 +5,7 @@
     python tools/config_reference.py --check   # exit 1 when docs/configuration.md differs from the schema
 
 The types and defaults come from `glancetune.config.TrainConfig.model_fields`; the meaning is the field's own
-description (what `glancetune train --help` prints) unless MEANING below gives the docs a fuller or newer text.
+description (what `glancetune train --help` prints): the schema is the one source of each key's meaning.
 A key this script does not sort into a section lands in "Other keys", so a new key is never left out;
 tests/test_docs.py checks that every key appears in docs/configuration.md.
 """
@@ -61,26 +61,6 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
 ]
 
 # Where the docs say more than (or something newer than) the schema's one-line description.
-MEANING = {
-    "compile_transformer": "regional `torch.compile` of the transformer blocks. `auto`: compiles on CUDA with "
-    "Triton, an unquantized base, no group offload and one process (or one per phase) when the process has >= 250 "
-    "optimizer steps (>= 600 with TREAD; a `glance` job counts both phases), or >= 100 when an earlier run "
-    "compiled the same graphs (inductor's cache warm); `--dry-run` prints which and why. `true` / `false` force it",
-    "enable_group_offload": "diffusers group offloading of the trained transformer; only in the one form that "
-    "trains a LoRA correctly (`block_level`, no stream, no disk path, `gradient_checkpointing: true`, one process, "
-    "no quanto / nf4-bnb base); ~10x the step time ([memory](memory.md))",
-    "gradient_checkpointing": "recompute each block's activations in the backward pass (less memory, slower)",
-    "seed": "seeds everything: LoRA init, sigma / noise / guidance draws, crops, shuffling",
-    "adam_beta1": "AdamW beta1", "adam_beta2": "AdamW beta2", "adam_weight_decay": "AdamW weight decay",
-    "adam_epsilon": "AdamW epsilon", "lora_rank": "LoRA rank",
-    "lora_dropout": "LoRA dropout while training (off at inference)",
-    "glance_slow_timesteps": "explicit slow ladder: timesteps 0-1000 or sigmas in (0, 1] (a list mixing the two "
-    "is refused)",
-    "glance_fast_timesteps": "explicit fast ladder (as `glance_slow_timesteps`)",
-    "glance_slow_indices": "0-based indices into the N-step schedule for the slow phase (default `0,2,4,6,8`; "
-    "scaled for another N)",
-    "glance_fast_indices": "0-based indices for the fast phase (default `10,20,30,40,49`; scaled for another N)",
-}
 
 
 def type_name(annotation) -> str:
@@ -127,8 +107,8 @@ def tables() -> str:
         out.append("|---|---|---|---|")
         for k in keys:
             f = fields[k]
-            meaning = MEANING.get(k, f.description or "").replace("|", "\\|").replace("\n", " ")
-            meaning = meaning.replace("<", "&lt;").replace(">", "&gt;") if k not in MEANING else meaning
+            meaning = f.description or "".replace("|", "\\|").replace("\n", " ")
+            meaning = meaning.replace("<", "&lt;").replace(">", "&gt;")
             out.append(f"| `{k}` | {type_name(f.annotation)} | {default_text(f)} | {meaning} |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"

@@ -31,7 +31,7 @@ PLACEMENT_KEYS = frozenset({
 class MemoryKeys(BaseModel):
     base_model_precision: Literal[PRECISIONS] = Field(
         "no_change", description="quantize the frozen transformer's weights (optimum-quanto, torchao, bitsandbytes: "
-        "train/quantize.py); LoRA stays fp32")
+        "engine/quantize.py); LoRA stays fp32")
     base_model_default_dtype: Literal["bf16", "fp32"] | None = Field(
         None, description="dtype of the unquantized transformer weights (default: the mixed-precision dtype, bf16 "
         "on CUDA; fp32 keeps them in fp32 and computes under bf16 autocast)")
@@ -43,8 +43,11 @@ class MemoryKeys(BaseModel):
     quantize_via: Literal["accelerator", "cpu"] = Field(
         "accelerator", description="where quantization happens: on the training device, one block at a time, or "
         "on the CPU before moving there")
-    enable_group_offload: bool = Field(False, description="diffusers group offloading of the transformer (see "
-                                       "the README's memory section for where it acts)")
+    enable_group_offload: bool = Field(False, description="diffusers group offloading of the trained transformer;"
+                                                          " only in the one form that trains a LoRA correctly "
+                                                          "(`block_level`, no stream, no disk path, "
+                                                          "`gradient_checkpointing: true`, one process, no quanto"
+                                                          " / nf4-bnb base); ~10x the step time (docs/memory.md)")
     group_offload_type: Literal["block_level", "leaf_level"] = Field("block_level", description="offload whole "
                                                                     "blocks or every leaf module")
     group_offload_blocks_per_group: int = Field(1, ge=1, description="blocks moved together (block_level)")

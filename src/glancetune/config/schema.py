@@ -52,7 +52,7 @@ CONFIG_NAMES = ("config.json", "config.toml", "config.yaml")  # searched in this
 
 
 class TrainConfig(ValidationKeys, MemoryKeys):
-    """Everything `glancetune train` and `glancetune glance` accept (validation keys: config_validation.py).
+    """Everything `glancetune train` and `glancetune glance` accept (validation keys: config/validation.py).
     Field descriptions are the CLI help."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -62,7 +62,8 @@ class TrainConfig(ValidationKeys, MemoryKeys):
                               "(| qwen_image_edit | qwen_image_edit_plus)")
     model_flavour: str | None = Field(None, description="flux: dev | schnell; flux2: klein-9b | klein-4b | dev; sd3: "
                                       "medium | 3.5-medium | 3.5-large; qwen_image: edit (edit-v1) | edit-plus "
-                                      "(edit-v2) (picks the hub id if no path is given)")
+                                      "(edit-v2) | edit-2511; qwen_image_edit_plus: 2509 | 2511 (picks the hub id if "
+                                      "no path is given)")
     pretrained_model_name_or_path: str | None = Field(
         None, description="hub id, local diffusers folder, or tiny:<family> (built-in tiny random model)")
     data_backend_config: str = Field(..., description="dataloader JSON (SimpleTuner style)")
@@ -89,26 +90,30 @@ class TrainConfig(ValidationKeys, MemoryKeys):
         f"{DEFAULT_NUM_CYCLES['cosine']}, half a wave = decay to 0); cosine_with_restarts: number of hard restarts "
         f"(integer, default {DEFAULT_NUM_CYCLES['cosine_with_restarts']})")
     lr_power: float = Field(1.0, gt=0, description="polynomial: decay power (1.0 = linear to 1e-7)")
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: float = Field(1e-2, ge=0)
-    adam_epsilon: float = Field(1e-8, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    adam_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient norm clip (0 disables)")
-    lora_rank: int = Field(16, ge=1)
+    lora_rank: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default: = lora_rank)")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout while training (off at inference)")
     lora_init: Literal["gaussian", "default"] = Field("gaussian", description="gaussian (official Glance) or "
                                                       "peft default (kaiming A)")
     lora_targets: list[str] | None = Field(None, description="module name suffixes (default: the family preset)")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
+                                                            "pass (less memory, slower)")
     compile_transformer: bool | Literal["auto"] = Field(
-        "auto", description="regional torch.compile of the transformer blocks (H200 FLUX.1: -30..37% s/step for "
-        "~70 s of compiling, ~10 s with a warm cache); auto: on CUDA when the steps repay it, from 250 steps, or 40 "
-        "when an earlier run compiled the same graphs (train/speed.py)")
+        "auto", description="regional `torch.compile` of the transformer blocks. `auto`: compiles on CUDA with "
+                            "Triton, an unquantized base, no group offload and one process (or one per phase) "
+                            "when the process has >= 250 optimizer steps (>= 600 with TREAD; a `glance` job "
+                            "counts both phases), or >= 100 when an earlier run compiled the same graphs "
+                            "(inductor's cache warm); `--dry-run` prints which and why. `true` / `false` force it")
     mixed_precision: Literal["auto", "bf16", "no", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 "
                                                                    "on CPU")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    seed: int = 0
+    seed: int = Field(0, description="seeds everything: LoRA init, sigma / noise / guidance draws, crops, "
+                                     "shuffling")
     cache_dir: str | None = Field(None, description="where VAE latents and text embeddings are cached "
                                   "(default: $GLANCETUNE_HOME/cache, i.e. ~/.cache/glancetune/cache)")
     flux_guidance_mode: Literal["constant", "random-range"] = Field(
@@ -126,12 +131,19 @@ class TrainConfig(ValidationKeys, MemoryKeys):
                                                                  "sigma from the phase's list")
     flow_custom_timesteps: str | list[float] | None = Field(
         None, description="train: the sigmas (0-1) or timesteps (0-1000) to train on")
-    glance_slow_timesteps: str | list[float] | None = None
-    glance_fast_timesteps: str | list[float] | None = None
+    glance_slow_timesteps: str | list[float] | None = Field(None, description="explicit slow ladder: timesteps "
+                                                                              "0-1000 or sigmas in (0, 1] (a list"
+                                                                              " mixing the two is refused)")
+    glance_fast_timesteps: str | list[float] | None = Field(None, description="explicit fast ladder (as "
+                                                                              "`glance_slow_timesteps`)")
     glance_ladder_steps: int = Field(LADDER_STEPS, ge=2, description="N of the model's own N-step schedule the ladder is cut "
                                      "from")
-    glance_slow_indices: str | list[int] | None = None
-    glance_fast_indices: str | list[int] | None = None
+    glance_slow_indices: str | list[int] | None = Field(None, description="0-based indices into the N-step "
+                                                                          "schedule for the slow phase (default "
+                                                                          "`0,2,4,6,8`; scaled for another N)")
+    glance_fast_indices: str | list[int] | None = Field(None, description="0-based indices for the fast phase "
+                                                                          "(default `10,20,30,40,49`; scaled for "
+                                                                          "another N)")
     glance_objective: Literal["flow", "trajectory", "rollout"] = Field("flow", description="flow: the paper's "
                                                                        "loss; trajectory / rollout: experimental")
     glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: base Euler sub-steps per ladder step")

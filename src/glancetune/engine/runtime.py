@@ -1,6 +1,6 @@
 """The runtime: `accelerate.Accelerator` owns device, mixed precision, gradient accumulation and processes.
 
-One rule picks the device and compute dtype for training and for inference (`sample.py` calls `select`):
+One rule picks the device and compute dtype for training and for inference (`sampling/sampler.py` calls `select`):
 "auto" is CUDA when available; mixed precision "auto" is bf16 on CUDA and fp32 elsewhere. Base weights are
 loaded in that dtype, LoRA weights stay fp32, and the forward runs under the accelerator's autocast.
 

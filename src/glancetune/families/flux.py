@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
-from .base import DoubleSingleTread, Family
+from .base import Family
+from .layouts import DoubleSingle
 
 
 # FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
@@ -38,7 +39,7 @@ def build_flux(scheduler_config: dict | None = None, guidance_embeds: bool = Tru
                         tokenizer_2=tt, transformer=transformer)
 
 
-class Flux1(DoubleSingleTread, Family):
+class Flux1(DoubleSingle, Family):
     max_sequence_length_limit = 512  # FluxPipeline.check_inputs
     truncating_tokenizer = "tokenizer_2"  # T5 (CLIP's 77 tokens only feed the pooled vector)
     name = "flux"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from .tiny_parts import mistral_tokenizer, qwen2_tokenizer, tiny_vae
-from .base import DoubleSingleTread, Family
+from .base import Family
+from .layouts import DoubleSingle
 
 
 # FLUX.2 scheduler_config.json, klein and dev alike (mu is computed empirically by the pipeline)
@@ -84,7 +85,7 @@ def build_flux2_dev():
                          text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
 
 
-class _Flux2(DoubleSingleTread, Family):
+class _Flux2(DoubleSingle, Family):
     """What klein and dev share: transformer, VAE latents, ids, schedule, LoRA targets."""
 
     name = "flux2"

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
-from .base import COMFY_QKV, Family, comfy_fused, comfy_one
+from .base import Family
+from .layouts import COMFY_QKV, comfy_fused, comfy_one
 
 
 # stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json (SD3.5 uses the same shift)

@@ -217,7 +217,7 @@ class Plan:
         return d
 
     def graph_key(self, device, phases: list[str]) -> str:
-        """The key of a process's compiled graphs (train/speed.py `graph_key`): phases trained by that process."""
+        """The key of a process's compiled graphs (engine/speed.py `graph_key`): phases trained by that process."""
         from ..engine.speed import graph_key
 
         return graph_key(self.cfg, self.info.transformer_config, self.targets, phases,

@@ -1,7 +1,7 @@
 """The base model's reference images beside a Glance image, and the grid that shows them side by side.
 
 Used by validation during training (train/validate.py) and by `glancetune eval` (evaluate.py). Both run on a
-`GlanceSampler` (sample.py), the sampler `glancetune generate` uses:
+`GlanceSampler` (sampling/sampler.py), the sampler `glancetune generate` uses:
   - Glance: the sampler itself (slow then fast adapter on the exact ladder);
   - base on the ladder: the same sampler call with the LoRA layers switched off (peft's disable flag), so the
     trajectory differs from Glance only by the adapters;

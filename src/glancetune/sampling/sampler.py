@@ -191,7 +191,7 @@ class GlanceSampler:
             self.adapters = MODES[mode](self.pipe)
 
     def compile(self) -> None:
-        """Regional compile of the transformer's blocks (train/speed.py `compile_blocks`), done by the next call.
+        """Regional compile of the transformer's blocks (engine/speed.py `compile_blocks`), done by the next call.
         H200, full-size FLUX.1-dev, 10-step 1024² images, both adapters unfused: 2.38 -> 1.82 s per image warm
         (0.76x) for ~21 s of compiling in the first call (one graph per adapter); the image differs from the eager
         one by at most 6.5/255 in bf16 (fused weights: 6.0). It pays after ~40 images: a warm sampler's option
@@ -206,7 +206,7 @@ class GlanceSampler:
                   base_model_precision: str = "no_change"):
         """`components`: pipeline components handed to the family's `load_pipeline` (e.g. `processor=`).
         `lora_load`: "as-trained" (our loader, lora_files.py) or "stock" (exactly `pipe.load_lora_weights`).
-        `base_model_precision`: quantize the transformer before the LoRAs are loaded (train/quantize.py)."""
+        `base_model_precision`: quantize the transformer before the LoRAs are loaded (engine/quantize.py)."""
         if lora_load not in ("as-trained", "stock"):
             raise GlanceError(f"--lora-load: {lora_load!r} is not one of as-trained, stock")
         info = model_info(spec.base_model)

@@ -149,3 +149,10 @@ def load_states(path: Path, rank: int) -> dict[str, dict]:
     """This process's phase states from a checkpoint: phase name -> PhaseState.state_dict()."""
     data = torch.load(path / STATE_NAME, map_location="cpu", weights_only=False)
     return data["ranks"][rank]
+
+
+def restore(path: Path, rank: int, phase_states: list) -> None:
+    """Continue each of this process's phases from the checkpoint's state (its LoRA weights are loaded already)."""
+    saved = load_states(path, rank)
+    for ph in phase_states:
+        ph.load_state_dict(saved[ph.name])

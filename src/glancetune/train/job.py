@@ -41,11 +41,15 @@ def _to(d: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
 
 
-def log_memory(peaks: dict, stats: dict) -> None:
-    """After training on CUDA: each part's peak, and the caching allocator's counters (memory.allocator_note)."""
-    log.info("peak GPU memory (allocated / reserved): " + "; ".join(
-        f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
-    log.info(allocator_note(stats))
+def log_memory(rt: Runtime, peaks: dict, quiet: bool) -> None:
+    """After training on CUDA: each part's peak (the training peak added to `peaks`), and the caching allocator's
+    counters (memory.allocator_note), read before the peak counters reset."""
+    stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}
+    peaks["train"] = peak_memory(rt.device)
+    if rt.is_main and rt.device.type == "cuda" and not quiet:
+        log.info("peak GPU memory (allocated / reserved): " + "; ".join(
+            f"{k} {a:.2f} / {r:.2f} GiB" for k, (a, r) in peaks.items()))
+        log.info(allocator_note(stats))
 
 
 class Job:
@@ -79,9 +83,7 @@ class Job:
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
         lap("load")
         if resume is not None:
-            saved = checkpoint.load_states(resume, rt.rank)
-            for ph in states:
-                ph.load_state_dict(saved[ph.name])
+            checkpoint.restore(resume, rt.rank, states)
         start = states[0].step
         manifest = {"identity": plan.identity, "files": plan.files, "layout": layout(rt)}
         hooks = Hooks([*logs, checkpoint.Checkpoints(store, states, manifest, cfg.checkpointing_steps,
@@ -98,10 +100,7 @@ class Job:
             summary = trainer.run(states, hooks, run, time.perf_counter() - t_start)
             if compiled_key is not None and start < plan.steps:  # inductor's cache holds these graphs now
                 mark_compiled(compiled_key)
-            stats = torch.cuda.memory_stats(rt.device) if rt.device.type == "cuda" else {}  # before the reset:
-            peaks["train"] = peak_memory(rt.device)
-            if rt.is_main and rt.device.type == "cuda" and not quiet:
-                log_memory(peaks, stats)
+            log_memory(rt, peaks, quiet)
             hooks.on_train_end(run, summary)
         finally:
             hooks.close()

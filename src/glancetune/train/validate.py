@@ -1,4 +1,4 @@
-"""Validation images during `glance` training, made by the sampler `glancetune generate` uses (sample.py).
+"""Validation images during `glance` training, made by the sampler `glancetune generate` uses (sampling/sampler.py).
 
 At step 0 (a fresh run), every `validation_steps` job steps and after the last step, for every validation prompt
 and seed: the Glance image of both adapters as they are at that step, on the run's exact ladder, with the family's
