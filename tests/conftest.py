@@ -104,6 +104,31 @@ def run_err(capsys, argv):
     return err
 
 
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fail the test if any pipeline weights are loaded."""
+    from glancetune.families.base import Family
+
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded before the bad argument was reported")
+
+    monkeypatch.setattr(Family, "load_pipeline", refuse)
+
+
+def gen(run, out, *extra):
+    return ["generate", "--run", str(run), "--prompt", PROMPT, "--output", str(out), "--width", "64", "--height",
+            "64", *extra]
+
+
+def glance(cfg, *extra):
+    return ["glance", "--config", str(cfg), *extra]
+
+
+def no_output(root: Path):
+    assert not (root / "output").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".output")]
+
+
 def run_ladder(run: Path):
     from glancetune.export.files import read_record
 

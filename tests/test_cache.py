@@ -1,11 +1,12 @@
-"""On-disk caches of text embeddings and VAE latents: hit, miss, invalidation, atomic writes, bad cache files."""
+"""On-disk caches of text embeddings and VAE latents: hit, miss, invalidation, atomic writes, bad cache files; a
+caption longer than the tokenizer keeps (how many tokens are cut). Killed cache writes: test_interrupts.py."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_image, write_configs
+from conftest import make_dataset, make_image, write_configs
 from glancetune.cli import main
 from glancetune.data.cache import TensorCache, digest
 from glancetune.errors import GlanceError
@@ -175,3 +176,15 @@ def test_vae_batch_size_batches_the_encoder(tiny_flux, tmp_path, counting):
     for name, entry in latents[1].items():
         for k, v in entry.items():
             torch.testing.assert_close(latents[2][name][k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_caption_longer_than_the_tokenizer_keeps(tiny_flux, tmp_path, caplog):
+    make_dataset(tmp_path / "data", caption=" ".join(["gradient"] * 40))
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, tokenizer_max_length=16, cache_dir=str(tmp_path / "c"))
+    caplog.set_level("INFO", logger="glancetune")
+    assert main(["cache", "--config", str(cfg)]) == 0
+    line = next(r.getMessage() for r in caplog.records if "tokens longer" in r.getMessage())
+    n = int(line.split("caption is ")[1].split()[0])
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_flux, subfolder="tokenizer_2")
+    assert n == len(tok(" ".join(["gradient"] * 40)).input_ids) - 16 > 0
