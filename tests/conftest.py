@@ -91,6 +91,38 @@ def glance_run(tiny_flux, tmp_path_factory) -> Path:
     return root / "output"
 
 
+class ForwardCalls(list):
+    """What a spied `forward` recorded, one entry per call; `restore()` puts the original `forward` back early."""
+
+
+def spy_on(monkeypatch, target, record=lambda *args, **kwargs: (args, kwargs)) -> ForwardCalls:
+    """Patch `target.forward` (a class: every instance; or one module) to append `record(*args, **kwargs)` (the
+    call's arguments, without `self`) and then call the original. `monkeypatch` (a fixture's, or a
+    `pytest.MonkeyPatch.context()` for a wider-scoped fixture) puts the original back at its teardown."""
+    calls = ForwardCalls()
+    orig = target.forward
+    if isinstance(target, type):
+        def forward(self, *args, **kwargs):
+            calls.append(record(*args, **kwargs))
+            return orig(self, *args, **kwargs)
+    else:
+        def forward(*args, **kwargs):
+            calls.append(record(*args, **kwargs))
+            return orig(*args, **kwargs)
+    monkeypatch.setattr(target, "forward", forward)
+    calls.restore = lambda: monkeypatch.setattr(target, "forward", orig)
+    return calls
+
+
+@pytest.fixture
+def spy_forward(monkeypatch):
+    """`spy_forward(cls_or_module, record)`: see `spy_on`; restored when the test ends."""
+    def spy(target, record=lambda *args, **kwargs: (args, kwargs)) -> ForwardCalls:
+        return spy_on(monkeypatch, target, record)
+
+    return spy
+
+
 PROMPT = "a red gradient with speckles"
 
 

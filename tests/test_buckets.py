@@ -148,18 +148,10 @@ def test_several_conditioning_datasets_random_or_combined(tmp_path):
 
 
 @pytest.fixture
-def record_shapes(monkeypatch):
+def record_shapes(spy_forward):
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-
-    def forward(self, hidden_states, *a, **k):
-        seen.append(tuple(hidden_states.shape))
-        return orig(self, hidden_states, *a, **k)
-
-    monkeypatch.setattr(FluxTransformer2DModel, "forward", forward)
-    return seen
+    return spy_forward(FluxTransformer2DModel, lambda hidden_states, *a, **k: tuple(hidden_states.shape))
 
 
 def test_glance_on_two_aspect_buckets(tiny_flux, tmp_path, capsys, record_shapes):

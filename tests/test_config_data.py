@@ -136,13 +136,10 @@ def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
     assert 0 < counts["tiny"] < counts["all"]
 
 
-def test_random_range_guidance_is_used(tiny_flux, tmp_path, monkeypatch):
+def test_random_range_guidance_is_used(tiny_flux, tmp_path, spy_forward):
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-    monkeypatch.setattr(FluxTransformer2DModel, "forward",
-                        lambda self, *a, **k: (seen.append(k["guidance"].clone()), orig(self, *a, **k))[1])
+    seen = spy_forward(FluxTransformer2DModel, lambda *a, **k: k["guidance"].clone())
     cfg = write_configs(tmp_path, tiny_flux, steps=5, flux_guidance_mode="random-range", flux_guidance_min=1.0,
                         flux_guidance_max=5.0)
     assert main(["glance", "--config", str(cfg)]) == 0

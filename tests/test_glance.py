@@ -21,19 +21,11 @@ ladder_of = run_ladder
 
 
 @pytest.fixture
-def record_timesteps(monkeypatch):
+def record_timesteps(spy_forward):
     """Intercept every FluxTransformer2DModel call and keep its `timestep` argument as passed (before casts)."""
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-
-    def forward(self, *args, **kwargs):
-        seen.append(kwargs["timestep"].detach().clone())
-        return orig(self, *args, **kwargs)
-
-    monkeypatch.setattr(FluxTransformer2DModel, "forward", forward)
-    return seen
+    return spy_forward(FluxTransformer2DModel, lambda *args, **kwargs: kwargs["timestep"].detach().clone())
 
 
 def test_generate_sees_exactly_the_trained_sigmas(tiny_flux, tmp_path, record_timesteps):
