@@ -154,6 +154,7 @@ def record_shapes(spy_forward):
     return spy_forward(FluxTransformer2DModel, lambda hidden_states, *a, **k: tuple(hidden_states.shape))
 
 
+@pytest.mark.slow
 def test_glance_on_two_aspect_buckets(tiny_flux, tmp_path, capsys, record_shapes):
     data = tmp_path / "data"
     data.mkdir()
@@ -186,6 +187,7 @@ def test_glance_single_image(tiny_flux, tmp_path, capsys):
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
 
 
+@pytest.mark.slow
 def test_one_image_with_repeats_trains_identically(tiny_flux, tmp_path):
     """A one-image dataset never draws from the sampler: repeats and bigger batches-per-epoch change nothing."""
     files = []

@@ -41,6 +41,7 @@ def counting(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_hit_miss_and_invalidation(tiny_flux, tmp_path, counting):
     cfg = write_configs(tmp_path, tiny_flux, steps=3, **{"--cache_dir": str(tmp_path / "cache"),
                                                           "--overwrite_output_dir": True})
@@ -71,6 +72,7 @@ def test_hit_miss_and_invalidation(tiny_flux, tmp_path, counting):
     assert (counting["text"], counting["vae"]) == (3, 2)  # sequence length is part of the text key
 
 
+@pytest.mark.slow
 def test_cache_command_then_train_reuses(tiny_flux, tmp_path, counting, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
     assert main(["cache", "--config", str(cfg)]) == 0
@@ -83,6 +85,7 @@ def test_cache_command_then_train_reuses(tiny_flux, tmp_path, counting, capsys):
     assert (counting["text"], counting["vae"]) == (1, 1)
 
 
+@pytest.mark.slow
 def test_truncated_cache_file_is_an_error(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
     assert main(["cache", "--config", str(cfg)]) == 0
@@ -95,6 +98,7 @@ def test_truncated_cache_file_is_an_error(tiny_flux, tmp_path, capsys):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_cache_dir_is_an_error(tiny_flux, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -136,6 +140,7 @@ def test_round_trip_and_foreign_file(tmp_path):
         cache.get(k2)
 
 
+@pytest.mark.slow
 def test_dataset_cache_dirs_from_the_dataloader_json(tiny_flux, tmp_path, counting):
     """SimpleTuner's `cache_dir_vae` (per image dataset) and the text_embeds dataset's `cache_dir` are honoured."""
     from conftest import make_dataset

@@ -107,6 +107,7 @@ def test_explicit_ladder_and_other_n(tiny_flux, tmp_path, capsys):
     assert "glance_ladder_steps: 10 is too few" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_multi_image_dataset_trains(tiny_flux, tmp_path):
     make_dataset(tmp_path / "data", n=3)
     cfg = write_configs(tmp_path, tiny_flux, steps=3, **{"--train_batch_size": 2})
@@ -126,6 +127,7 @@ def test_lora_target_presets(tiny_flux, tmp_path, capsys, key):
     assert key.lstrip("-") in err and "'mmdit'" in err and "all, attention, mlp, tiny" in err
 
 
+@pytest.mark.slow
 def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
     counts = {}
     for preset in ("tiny", "all"):
@@ -136,6 +138,7 @@ def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
     assert 0 < counts["tiny"] < counts["all"]
 
 
+@pytest.mark.slow
 def test_random_range_guidance_is_used(tiny_flux, tmp_path, spy_forward):
     from diffusers import FluxTransformer2DModel
 

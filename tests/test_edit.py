@@ -28,6 +28,8 @@ from glancetune.families import get_family, model_info
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.train.job import Job
 
+pytestmark = pytest.mark.slow
+
 CAPTION = "make the gradient blue"
 AREA = 96 * 96  # control-image area in this module instead of the pipelines' 1024*1024 / 384*384
 ORIGINAL_CALCULATE_DIMENSIONS = []

@@ -53,6 +53,7 @@ def adapter(model):
     return model_info(model).family
 
 
+@pytest.mark.slow
 def test_generate_equals_stock_and_sees_trained_timesteps(family_run, spy_forward):
     name, model, run, trained = family_run
     import diffusers
@@ -71,6 +72,7 @@ def test_generate_equals_stock_and_sees_trained_timesteps(family_run, spy_forwar
     assert np.abs(ours - stock(name, model, run, 3)).max() <= 1 / 255
 
 
+@pytest.mark.slow
 def test_stock_load_changes_output(family_run):
     name, model, run, _ = family_run
     pipe = adapter(model).pipeline_class().from_pretrained(model)
@@ -85,6 +87,7 @@ def test_stock_load_changes_output(family_run):
         assert log["eval_loss_after"] < log["eval_loss_before"], role
 
 
+@pytest.mark.slow
 def test_ladder_is_the_models_own_schedule(family_run):
     """Brute force: run the stock scheduler exactly as the stock pipeline would for a 50-step call."""
     name, model, run, _ = family_run
@@ -101,6 +104,7 @@ def test_ladder_is_the_models_own_schedule(family_run):
     assert list(lad.fast) == [full[i] for i in (10, 20, 30, 40, 49)]
 
 
+@pytest.mark.slow
 def test_cfg_phases(family_run, spy_forward):
     """Per-phase CFG: the two-call chaining is exact, and the pass counts are what `nfe` reports."""
     name, model, run, _ = family_run

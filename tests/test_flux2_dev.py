@@ -33,6 +33,7 @@ def train_seeing_guidance(root, model, monkeypatch, **extra):
     return [g for train, g in seen if train], [g for train, g in seen if not train]
 
 
+@pytest.mark.slow
 def test_random_range_guidance_is_per_sample_per_step(tmp_path, dev_model, monkeypatch):
     train, evals = train_seeing_guidance(tmp_path, dev_model, monkeypatch, **{
         "--flux_guidance_mode": "random-range", "--flux_guidance_min": 1.5, "--flux_guidance_max": 4.5,
@@ -46,6 +47,7 @@ def test_random_range_guidance_is_per_sample_per_step(tmp_path, dev_model, monke
     assert record.guidance_range == [1.5, 4.5] and record.guidance == 3.0
 
 
+@pytest.mark.slow
 def test_constant_guidance_is_the_configured_value(tmp_path, dev_model, monkeypatch):
     train, evals = train_seeing_guidance(tmp_path, dev_model, monkeypatch, **{"--flux_guidance_value": 2.5})
     assert len(train) == 3 and len(evals) == 2
@@ -109,6 +111,7 @@ def test_flavour_mismatch_is_a_cli_error(tmp_path, dev_model, capsys):
     assert "Flux2KleinPipeline" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_generate_uses_the_embedding_default(tmp_path, dev_model, spy_forward):
     """A short glance run on dev: `generate` passes guidance 4.0 to the transformer's embedding on every step
     (one pass per step), and `--guidance` overrides it."""

@@ -32,6 +32,7 @@ def test_fused_equals_unfused_and_leaves_the_base_exact(glance_run, tmp_path):
                  "--output", str(tmp_path / "f.png")]) == 0
 
 
+@pytest.mark.slow
 def test_fused_two_call_chain_of_a_true_cfg_family(tmp_path):
     cfg = write_configs(tmp_path, "tiny:sd3", steps=2, model_family="sd3", checkpointing_steps=0)
     assert main(["glance", "--config", str(cfg)]) == 0

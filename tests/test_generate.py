@@ -162,6 +162,7 @@ def test_extension_names_the_format(glance_run, tmp_path, ext, fmt):
     assert np.array_equal(np.asarray(im), np.asarray(Image.open(buf)))
 
 
+@pytest.mark.slow
 def test_quickstart_png_carries_every_parameter(tmp_path):
     assert main(["quickstart", "--dir", str(tmp_path / "qs"), "--steps", "2", "--resolution", "64"]) == 0
     info = read_parameters(tmp_path / "qs" / "glance.png")

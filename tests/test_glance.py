@@ -28,6 +28,7 @@ def record_timesteps(spy_forward):
     return spy_forward(FluxTransformer2DModel, lambda *args, **kwargs: kwargs["timestep"].detach().clone())
 
 
+@pytest.mark.slow
 def test_generate_sees_exactly_the_trained_sigmas(tiny_flux, tmp_path, record_timesteps):
     cfg = write_configs(tmp_path, tiny_flux, steps=12, timestep_sampling="round-robin")
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -115,6 +116,7 @@ def test_metadata_in_the_header(glance_run):
     assert config["record"] == record.to_dict()
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_glance_phase_equals_train(tiny_flux, glance_run, tmp_path):
     cfg = write_configs(tmp_path, tiny_flux, steps=8)
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -148,6 +150,7 @@ def test_generate_cli_writes_png_with_parameters(glance_run, tmp_path, capsys):
     assert "5 slow + 5 fast" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compiled_transformer_trains_the_same(tiny_flux, glance_run, tmp_path):
     """Regional compile (inductor on CPU here) gives the same LoRA as eager, up to float reordering. A glance job
     compiles each block function several times (per adapter, grad mode, layout): with torch's recompile limit

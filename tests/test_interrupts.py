@@ -18,6 +18,8 @@ from conftest import PROMPT, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 
+pytestmark = pytest.mark.slow
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 

@@ -4,6 +4,7 @@ deleted), `output_dir: .`, a failure after training (the LoRAs are kept elsewher
 import json
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from conftest import glance, make_dataset, run_err, write_configs
@@ -25,6 +26,7 @@ def test_output_dir_on_a_read_only_filesystem(tiny_flux, tmp_path, capsys):
     assert "output_dir /sys/glancetune-out: /sys is not writable" in run_err(capsys, glance(cfg))
 
 
+@pytest.mark.slow
 def test_output_dir_with_a_different_run(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2)
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -39,6 +41,7 @@ def test_output_dir_with_a_different_run(tiny_flux, tmp_path, capsys):
     assert len(log["losses"]) == 3
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_our_run(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2, checkpointing_steps=1)
     assert main(glance(cfg)) == 0
@@ -73,6 +76,7 @@ def test_foreign_files_are_never_deleted(tiny_flux, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "photos"]
 
 
+@pytest.mark.slow
 def test_output_dir_dot_needs_no_rename(tiny_flux, tmp_path, monkeypatch):
     """The folder itself is never renamed (a mount point or `.` works): results are written inside it."""
     make_dataset(tmp_path / "data")
@@ -84,6 +88,7 @@ def test_output_dir_dot_needs_no_rename(tiny_flux, tmp_path, monkeypatch):
     assert (run / "slow" / WEIGHT_NAME).is_file() and (run / "fast" / WEIGHT_NAME).is_file()
 
 
+@pytest.mark.slow
 def test_failure_after_training_keeps_the_loras(tiny_flux, tmp_path, capsys, monkeypatch):
     from glancetune.train import store
 
@@ -99,6 +104,7 @@ def test_failure_after_training_keeps_the_loras(tiny_flux, tmp_path, capsys, mon
         assert load_file(str(rescued / role / WEIGHT_NAME))  # loadable LoRA files
 
 
+@pytest.mark.slow
 def test_stale_temp_folders_of_ours_are_cleaned(tiny_flux, tmp_path):
     cfg = write_configs(tmp_path, tiny_flux, steps=2)
     out = tmp_path / "output"

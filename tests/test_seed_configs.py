@@ -3,10 +3,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from glancetune.cli import main
 from glancetune.export.files import read_record
+
+pytestmark = pytest.mark.slow
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "glancetune" / "assets"
 SLOW = "1000,979.1915,957.5157,934.9171,911.3354"
