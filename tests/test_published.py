@@ -214,7 +214,7 @@ def test_official_compat_equals_the_official_algorithm(pair, tmp_path, spy_forwa
 def test_not_recognised_forced_or_refused(pair, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    from test_errors import run_err
+    from conftest import run_err
 
     model, slow, fast = pair
     sd = load_file(str(fast))
@@ -241,7 +241,7 @@ def test_not_recognised_forced_or_refused(pair, tmp_path, capsys):
 def test_unexpected_keys_are_named(pair, tmp_path, capsys, bad, named):
     from safetensors.torch import load_file, save_file
 
-    from test_errors import run_err
+    from conftest import run_err
 
     model, slow, fast = pair
     sd = load_file(str(slow))
