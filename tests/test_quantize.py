@@ -86,6 +86,7 @@ def test_missing_quanto_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow  # ~95 s: quantizes and samples (measured with --durations)
 def test_generate_on_a_quantized_base(glance_run, tmp_path):
     from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
