@@ -91,6 +91,38 @@ def glance_run(tiny_flux, tmp_path_factory) -> Path:
     return root / "output"
 
 
+class ForwardCalls(list):
+    """What a spied `forward` recorded, one entry per call; `restore()` puts the original `forward` back early."""
+
+
+def spy_on(monkeypatch, target, record=lambda *args, **kwargs: (args, kwargs)) -> ForwardCalls:
+    """Patch `target.forward` (a class: every instance; or one module) to append `record(*args, **kwargs)` (the
+    call's arguments, without `self`) and then call the original. `monkeypatch` (a fixture's, or a
+    `pytest.MonkeyPatch.context()` for a wider-scoped fixture) puts the original back at its teardown."""
+    calls = ForwardCalls()
+    orig = target.forward
+    if isinstance(target, type):
+        def forward(self, *args, **kwargs):
+            calls.append(record(*args, **kwargs))
+            return orig(self, *args, **kwargs)
+    else:
+        def forward(*args, **kwargs):
+            calls.append(record(*args, **kwargs))
+            return orig(*args, **kwargs)
+    monkeypatch.setattr(target, "forward", forward)
+    calls.restore = lambda: monkeypatch.setattr(target, "forward", orig)
+    return calls
+
+
+@pytest.fixture
+def spy_forward(monkeypatch):
+    """`spy_forward(cls_or_module, record)`: see `spy_on`; restored when the test ends."""
+    def spy(target, record=lambda *args, **kwargs: (args, kwargs)) -> ForwardCalls:
+        return spy_on(monkeypatch, target, record)
+
+    return spy
+
+
 PROMPT = "a red gradient with speckles"
 
 
@@ -102,6 +134,31 @@ def run_err(capsys, argv):
     assert rc == 2, err
     assert err.startswith("error: ") and "\n" not in err, err
     return err
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """Fail the test if any pipeline weights are loaded."""
+    from glancetune.families.base import Family
+
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded before the bad argument was reported")
+
+    monkeypatch.setattr(Family, "load_pipeline", refuse)
+
+
+def gen(run, out, *extra):
+    return ["generate", "--run", str(run), "--prompt", PROMPT, "--output", str(out), "--width", "64", "--height",
+            "64", *extra]
+
+
+def glance(cfg, *extra):
+    return ["glance", "--config", str(cfg), *extra]
+
+
+def no_output(root: Path):
+    assert not (root / "output").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".output")]
 
 
 def run_ladder(run: Path):

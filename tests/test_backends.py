@@ -1,4 +1,5 @@
-"""The dataloader JSON: the simple and local backends, every key, caption strategies, and each bad input."""
+"""The dataloader JSON: the simple and local backends, every key, caption strategies, and each bad input (an
+unknown key: one line with a suggestion)."""
 import json
 from pathlib import Path
 
@@ -263,3 +264,11 @@ def test_loader_raises_on_the_first_problem_validator_collects(tmp_path):
     plan = build_plan(specs, 16, problems=problems)
     assert [p.kind for p in problems.items] == ["missing_caption", "empty_caption"]
     assert [s.key for s in plan.samples] == ["img1"]
+
+
+def test_unknown_backend_key_suggests(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux)
+    backend = tmp_path / "config" / "multidatabackend.json"
+    backend.write_text(json.dumps([{"backend": "simple", "image_dir": "data", "caption_extention": ".txt"}]))
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "multidatabackend.json" in err and "did you mean 'caption_extension'" in err

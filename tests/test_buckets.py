@@ -1,13 +1,16 @@
-"""Aspect buckets and the batch sampler; conditioning pairs; a real multi-aspect Glance run on tiny:flux."""
+"""Aspect buckets and the batch sampler; conditioning pairs; a real multi-aspect Glance run on tiny:flux; the sizing
+notices (upscaled images, extreme aspect ratios, a resolution that is not a multiple of the alignment)."""
 import json
+import logging
 from collections import Counter
 import pytest
 import torch
 
 from conftest import make_dataset, make_image, write_configs
 from glancetune.cli import main
-from glancetune.data import BatchSampler
+from glancetune.data import BatchSampler, build_plan, load_backends, load_plan
 from glancetune.errors import GlanceError
+from helpers import backend, make_dir, problems_of, validate
 from test_backends import local, plan_of, write_backend
 
 
@@ -145,20 +148,13 @@ def test_several_conditioning_datasets_random_or_combined(tmp_path):
 
 
 @pytest.fixture
-def record_shapes(monkeypatch):
+def record_shapes(spy_forward):
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-
-    def forward(self, hidden_states, *a, **k):
-        seen.append(tuple(hidden_states.shape))
-        return orig(self, hidden_states, *a, **k)
-
-    monkeypatch.setattr(FluxTransformer2DModel, "forward", forward)
-    return seen
+    return spy_forward(FluxTransformer2DModel, lambda hidden_states, *a, **k: tuple(hidden_states.shape))
 
 
+@pytest.mark.slow
 def test_glance_on_two_aspect_buckets(tiny_flux, tmp_path, capsys, record_shapes):
     data = tmp_path / "data"
     data.mkdir()
@@ -191,6 +187,7 @@ def test_glance_single_image(tiny_flux, tmp_path, capsys):
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
 
 
+@pytest.mark.slow
 def test_one_image_with_repeats_trains_identically(tiny_flux, tmp_path):
     """A one-image dataset never draws from the sampler: repeats and bigger batches-per-epoch change nothing."""
     files = []
@@ -201,3 +198,67 @@ def test_one_image_with_repeats_trains_identically(tiny_flux, tmp_path):
         assert main(["train", "--config", str(cfg)]) == 0
         files.append((root / "output" / "pytorch_lora_weights.safetensors").read_bytes())
     assert files[0] == files[1]
+
+
+# --- sizing notices ---------------------------------------------------------------------------------------------------
+def test_upscale_notice(tmp_path, caplog):
+    d = make_dir(tmp_path)
+    for name, size in (("small", (40, 40)), ("fine", (90, 90))):
+        make_image(d / f"{name}.png", size)
+        (d / f"{name}.txt").write_text(name)
+    caplog.set_level(logging.INFO)
+    plan = load_plan(load_backends(backend(tmp_path, [local(d, resolution=128)])), 16)
+    small = next(s for s in plan.samples if s.key == "small")
+    factor = small.crop.resize[0] / 40
+    assert factor > 2
+    lines = [m for m in caplog.messages if "upscaled" in m]
+    assert lines == [f"notice: {d / 'small.png'}: upscaled {factor:.2f}x (40x40 -> {small.crop.resize[0]}x"
+                     f"{small.crop.resize[1]}) to reach its training size {small.width}x{small.height}"]
+
+
+def test_upscale_notices_are_capped(tmp_path):
+    d = make_dir(tmp_path)
+    for i in range(7):
+        make_image(d / f"s{i}.png", (32, 32))
+        (d / f"s{i}.txt").write_text("x")
+    plan = build_plan(load_backends(backend(tmp_path, [local(d, resolution=128)])), 16)
+    assert sum("upscaled" in n and "s" in n for n in plan.notices if n.startswith(str(d))) == 5
+    assert any("... and 2 more image(s) upscaled" in n for n in plan.notices)
+
+
+def test_extreme_aspect_notice(tmp_path, caplog):
+    d = make_dir(tmp_path)
+    make_image(d / "wide.png", (640, 128))
+    (d / "wide.txt").write_text("wide")
+    caplog.set_level(logging.INFO)
+    s = load_plan(load_backends(backend(tmp_path, [local(d, resolution=256)])), 16).samples[0]
+    aspect = s.width / s.height
+    assert aspect > 4 and min(s.width, s.height) >= 64
+    assert f"notice: {d / 'wide.png'}: extreme aspect ratio {aspect:.3g}:1 (training size {s.width}x{s.height})" \
+        in caplog.messages
+
+
+def test_extreme_aspect_with_a_tiny_side_is_an_error(tmp_path, capsys):
+    d = make_dir(tmp_path)
+    make_image(d / "strip.png", (640, 64))
+    (d / "strip.txt").write_text("strip")
+    cfg = backend(tmp_path, [local(d, resolution=128)])
+    with pytest.raises(GlanceError) as e:
+        build_plan(load_backends(cfg), 16)
+    msg = str(e.value)
+    assert msg.startswith(f"{d / 'strip.png'}: training size ") and "has a side below 64 px" in msg
+    rc, out = validate(capsys, "--data-backend-config", cfg)
+    assert rc == 1 and problems_of(out) == [msg] and "extreme aspect with a side below 64 px" in out
+    assert build_plan(load_backends(backend(tmp_path, [local(d, resolution=128, crop=True)])), 16).samples
+
+
+def test_resolution_snap_notice(tmp_path, caplog):
+    d = make_dataset(tmp_path / "d", n=1)
+    caplog.set_level(logging.INFO)
+    load_plan(load_backends(backend(tmp_path, [local(d, resolution=100)])), 16)
+    assert any(m.startswith("notice: ") and "resolution 100 (pixel_area) is not a multiple of 16" in m
+               and "(100 -> 96 for a square image)" in m for m in caplog.messages), caplog.messages
+    caplog.clear()
+    load_plan(load_backends(backend(tmp_path, [local(d, resolution=100)])), 4)
+    load_plan(load_backends(backend(tmp_path, [local(d, resolution=1.0, resolution_type="area")])), 16)
+    assert not any("not a multiple" in m for m in caplog.messages)

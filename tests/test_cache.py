@@ -1,11 +1,12 @@
-"""On-disk caches of text embeddings and VAE latents: hit, miss, invalidation, atomic writes, bad cache files."""
+"""On-disk caches of text embeddings and VAE latents: hit, miss, invalidation, atomic writes, bad cache files; a
+caption longer than the tokenizer keeps (how many tokens are cut). Killed cache writes: test_interrupts.py."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import make_image, write_configs
+from conftest import make_dataset, make_image, write_configs
 from glancetune.cli import main
 from glancetune.data.cache import TensorCache, digest
 from glancetune.errors import GlanceError
@@ -40,6 +41,7 @@ def counting(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_hit_miss_and_invalidation(tiny_flux, tmp_path, counting):
     cfg = write_configs(tmp_path, tiny_flux, steps=3, **{"--cache_dir": str(tmp_path / "cache"),
                                                           "--overwrite_output_dir": True})
@@ -70,6 +72,7 @@ def test_hit_miss_and_invalidation(tiny_flux, tmp_path, counting):
     assert (counting["text"], counting["vae"]) == (3, 2)  # sequence length is part of the text key
 
 
+@pytest.mark.slow
 def test_cache_command_then_train_reuses(tiny_flux, tmp_path, counting, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
     assert main(["cache", "--config", str(cfg)]) == 0
@@ -82,6 +85,7 @@ def test_cache_command_then_train_reuses(tiny_flux, tmp_path, counting, capsys):
     assert (counting["text"], counting["vae"]) == (1, 1)
 
 
+@pytest.mark.slow
 def test_truncated_cache_file_is_an_error(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=2, **{"--cache_dir": str(tmp_path / "c")})
     assert main(["cache", "--config", str(cfg)]) == 0
@@ -94,6 +98,7 @@ def test_truncated_cache_file_is_an_error(tiny_flux, tmp_path, capsys):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow
 def test_unwritable_cache_dir_is_an_error(tiny_flux, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -135,6 +140,7 @@ def test_round_trip_and_foreign_file(tmp_path):
         cache.get(k2)
 
 
+@pytest.mark.slow
 def test_dataset_cache_dirs_from_the_dataloader_json(tiny_flux, tmp_path, counting):
     """SimpleTuner's `cache_dir_vae` (per image dataset) and the text_embeds dataset's `cache_dir` are honoured."""
     from conftest import make_dataset
@@ -175,3 +181,15 @@ def test_vae_batch_size_batches_the_encoder(tiny_flux, tmp_path, counting):
     for name, entry in latents[1].items():
         for k, v in entry.items():
             torch.testing.assert_close(latents[2][name][k], v, rtol=1e-5, atol=1e-5)
+
+
+def test_caption_longer_than_the_tokenizer_keeps(tiny_flux, tmp_path, caplog):
+    make_dataset(tmp_path / "data", caption=" ".join(["gradient"] * 40))
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, tokenizer_max_length=16, cache_dir=str(tmp_path / "c"))
+    caplog.set_level("INFO", logger="glancetune")
+    assert main(["cache", "--config", str(cfg)]) == 0
+    line = next(r.getMessage() for r in caplog.records if "tokens longer" in r.getMessage())
+    n = int(line.split("caption is ")[1].split()[0])
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_flux, subfolder="tokenizer_2")
+    assert n == len(tok(" ".join(["gradient"] * 40)).input_ids) - 16 > 0

@@ -1,11 +1,14 @@
 """Where `train` / `glance` / `cache` find their config (SimpleTuner's places), command-line overrides, and a
-config's problems reported all at once."""
+config's problems reported all at once; bad keys and values (a key given twice, unknown or mistyped keys, syntax
+errors with line and column, a model folder of another family): one line naming the key, exit 2, before any weights
+load."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
-from conftest import run_err, write_configs
+from conftest import glance, make_dataset, make_image, run_err, write_configs
 from glancetune.cli import main, parse_args
 from glancetune.train.commands import load_train_config
 from glancetune.config.schema import ACCEPTED_DEFAULTS, NOT_IMPLEMENTED, build_config
@@ -173,3 +176,101 @@ def test_torch_defaults_are_set_unless_the_user_chose(monkeypatch, capsys, tmp_p
     main(argv)
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
     capsys.readouterr()
+
+
+# --- bad keys and values: one line naming the key, exit 2, before any weights load ------------------------------------
+def test_key_given_twice_in_one_file(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux)
+    data = json.loads(cfg.read_text())
+    data["lora_rank"] = 8  # beside "--lora_rank": 4
+    cfg.write_text(json.dumps(data))
+    err = run_err(capsys, glance(cfg))
+    assert "key 'lora_rank' given twice (as '--lora_rank' and 'lora_rank')" in err
+    cfg.write_text(cfg.read_text()[:-1] + ', "seed": 1, "seed": 2}')  # the same spelling twice: json keeps one
+    assert "key 'seed' given twice" in run_err(capsys, glance(cfg))
+    assert not (tmp_path / "output").exists()
+
+
+def test_command_line_values_are_named_as_such(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux)
+    err = run_err(capsys, glance(cfg, "--set", "lora_rank=0"))
+    assert "key 'lora_rank' (given with --set or as key=value)" in err
+    err = run_err(capsys, glance(cfg, "lerning_rate=1"))
+    assert "unknown key 'lerning_rate' (given with --set or as key=value)" in err
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("tokenizer_max_length", 4096, "tokenizer_max_length: 4096 is above the 512 text tokens"),
+    ("device", "cuda", "device: 'cuda' requested but no CUDA device is available"),
+    ("device", "tpu", "device"),
+    ("max_train_steps", -3, "max_train_steps"),
+    ("learning_rate", "fast", "learning_rate"),
+    ("lr_scheduler", "sine", "lr_scheduler"),
+    ("optimizer", "sgd", "optimizer"),
+    ("resume_allow_changes", ["no_such_key"], "no_such_key"),
+    # a key of several types: one problem saying what it may be, not one per type
+    ("validation_prompts", 5, "key 'validation_prompts': expected str or dict[str,str] or list[str] (got 5)"),
+    ("flow_custom_timesteps", [1, "x"], "key 'flow_custom_timesteps': expected str or list[float] (got [1, 'x'])"),
+])
+def test_bad_values_before_any_weights_load(tiny_flux, tmp_path, capsys, key, value, named):
+    cfg = write_configs(tmp_path, tiny_flux, **{key: value})
+    assert named in run_err(capsys, glance(cfg))
+    assert not (tmp_path / "output").exists()
+
+
+def test_conditioning_data_on_a_family_without_conditioning(tiny_flux, tmp_path, capsys):
+    make_dataset(tmp_path / "edits")
+    make_dataset(tmp_path / "refs")
+    backend = tmp_path / "backend.json"
+    backend.write_text(json.dumps([
+        {"id": "edits", "type": "local", "instance_data_dir": str(tmp_path / "edits"), "caption_strategy": "textfile",
+         "resolution": 128, "conditioning_data": "refs"},
+        {"id": "refs", "type": "local", "dataset_type": "conditioning", "instance_data_dir": str(tmp_path / "refs"),
+         "conditioning_type": "reference_strict"}]))
+    cfg = write_configs(tmp_path, tiny_flux, data_backend_config=str(backend))
+    assert "conditioning_data: flux does not train on conditioning images" in run_err(capsys, glance(cfg))
+
+
+def test_unknown_config_key_suggests(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, **{"--lora_rnak": 8})
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "glance.json" in err and "'--lora_rnak'" in err and "did you mean 'lora_rank'" in err
+
+
+def test_wrong_type_names_key(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, **{"--max_train_steps": "many"})
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "'max_train_steps'" in err and "'many'" in err
+
+
+def test_unknown_family_and_mismatched_folder(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, **{"--model_family": "fluxx"})
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "model_family" in err and "'fluxx'" in err and "did you mean 'flux'" in err
+    idx = Path(tiny_flux) / "model_index.json"
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    data = json.loads(idx.read_text())
+    data["_class_name"] = "StableDiffusion3Pipeline"
+    (fake / "model_index.json").write_text(json.dumps(data))
+    cfg = write_configs(tmp_path, str(fake))
+    assert "StableDiffusion3Pipeline does not match model_family 'flux'" in run_err(
+        capsys, ["glance", "--config", str(cfg)])
+
+
+def test_config_syntax_errors_have_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "c.json"
+    bad.write_text('{\n  "lora_rank": 4,\n  "max_train_steps" 5\n}')
+    err = run_err(capsys, ["glance", "--config", str(bad)])
+    assert "c.json: JSON syntax error at line 3" in err
+    y = tmp_path / "c.yaml"
+    y.write_text("lora_rank: 4\n  bad: [1,\n")
+    assert "c.yaml: YAML syntax error at line" in run_err(capsys, ["glance", "--config", str(y)])
+    assert "config file not found" in run_err(capsys, ["glance", "--config", str(tmp_path / "none.json")])
+
+
+def test_unimplemented_simpletuner_key(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, **{"--tread_config": {"routes": []}, "--use_ema": True})
+    err = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert "does not implement yet" in err
+    make_image(tmp_path / "unused.png")  # keep helper import used

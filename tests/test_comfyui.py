@@ -58,6 +58,7 @@ def modules(sd):
             k.removeprefix("diffusion_model.").removesuffix(".alpha") for k in sd}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", list(ALPHA))
 def test_back_conversion_gives_the_same_tensors(runs, fam):
     run = runs[fam]
@@ -83,6 +84,7 @@ def test_back_conversion_gives_the_same_tensors(runs, fam):
         assert modules(comfy) == {k.removeprefix("transformer.").rsplit(".", 2)[0] for k in original}
 
 
+@pytest.mark.slow
 def test_flux_fused_deltas_are_the_parts(runs):
     """linear1 = [q; k; v; mlp] rows: each part's delta is the diffusers module's (mlp untrained: zero)."""
     config = model_info("tiny:flux").transformer_config
@@ -100,6 +102,7 @@ def test_flux_fused_deltas_are_the_parts(runs):
     assert torch.count_nonzero(delta[3 * h:]) == 0
 
 
+@pytest.mark.slow
 def test_diffusers_reads_the_flux_double_blocks_back(runs):
     """diffusers' ComfyUI/kohya FLUX reader (its single-block table is fixed to the full model's 3072 rows, so only
     the double blocks are fed to it) recovers the original q/k/v LoRAs from the block-diagonal layout."""
@@ -114,6 +117,7 @@ def test_diffusers_reads_the_flux_double_blocks_back(runs):
     assert all(torch.equal(back[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam", ["qwen_image", "flux2-klein"])
 def test_stock_diffusers_loads_the_copies_and_samples_the_same_image(runs, tmp_path, fam):
     from glancetune.export.files import read_record
@@ -148,6 +152,7 @@ def test_sd3_last_block_modulation_is_swapped():
         "transformer.transformer_blocks.1.norm1_context.linear.lora_B.weight"], b)
 
 
+@pytest.mark.slow
 def test_export_errors_are_one_line(tmp_path, capsys):
     err = run_err(capsys, ["export", "--run", str(tmp_path)])
     assert "slow: no LoRA file" in err

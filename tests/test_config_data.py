@@ -107,6 +107,7 @@ def test_explicit_ladder_and_other_n(tiny_flux, tmp_path, capsys):
     assert "glance_ladder_steps: 10 is too few" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_multi_image_dataset_trains(tiny_flux, tmp_path):
     make_dataset(tmp_path / "data", n=3)
     cfg = write_configs(tmp_path, tiny_flux, steps=3, **{"--train_batch_size": 2})
@@ -126,6 +127,7 @@ def test_lora_target_presets(tiny_flux, tmp_path, capsys, key):
     assert key.lstrip("-") in err and "'mmdit'" in err and "all, attention, mlp, tiny" in err
 
 
+@pytest.mark.slow
 def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
     counts = {}
     for preset in ("tiny", "all"):
@@ -136,13 +138,11 @@ def test_tiny_preset_trains_fewer_params_than_all(tiny_flux, tmp_path):
     assert 0 < counts["tiny"] < counts["all"]
 
 
-def test_random_range_guidance_is_used(tiny_flux, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_random_range_guidance_is_used(tiny_flux, tmp_path, spy_forward):
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-    monkeypatch.setattr(FluxTransformer2DModel, "forward",
-                        lambda self, *a, **k: (seen.append(k["guidance"].clone()), orig(self, *a, **k))[1])
+    seen = spy_forward(FluxTransformer2DModel, lambda *a, **k: k["guidance"].clone())
     cfg = write_configs(tmp_path, tiny_flux, steps=5, flux_guidance_mode="random-range", flux_guidance_min=1.0,
                         flux_guidance_max=5.0)
     assert main(["glance", "--config", str(cfg)]) == 0

@@ -2,14 +2,22 @@
 
 Checks that can fail: the README's length, every relative link (and its #anchor) in README.md and docs/*.md, every
 config key of the schema documented in docs/configuration.md (and no key there that the schema lacks), and no
-internal tracker numbers ("issue 12", "session 15", "run 4") in the pages.
+internal tracker numbers ("issue 12", "session 15", "run 4") in the pages. And docs/export.md's stock-diffusers
+snippet, run as written on a tiny run: the image `generate --lora-load stock` writes, and its ladder-only variant.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+
+from conftest import PROMPT
+from glancetune.cli import main
+from glancetune.export.files import read_record
+from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -131,3 +139,56 @@ def test_the_tracker_check_catches_them():
     for text in ("as issue 12 asked", "Session 15 measured", "run 4 figures", "(sessions 13, 15)"):
         assert INTERNAL.search(text), text
     assert not INTERNAL.search("a run killed at step 5 and resumed from checkpoint-3")
+
+
+# --- docs/export.md's stock-diffusers snippet, run --------------------------------------------------------------------
+def readme_snippet() -> str:
+    """docs/export.md's "Reproducing our images with stock diffusers" code block, as written there."""
+    readme = (Path(__file__).parents[1] / "docs" / "export.md").read_text(encoding="utf-8")
+    section = readme.split("## Reproducing our images with stock diffusers", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+README_SNIPPET = readme_snippet()
+
+
+def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeypatch):
+    code = README_SNIPPET
+    for old, new in (('"black-forest-labs/FLUX.1-dev"', repr(tiny_flux)), ('"output/glance"', repr(str(glance_run))),
+                     ('"a fox in the snow"', repr(PROMPT)), ("seed = 0", "seed = 5")):
+        assert code.count(old) == 1
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README snippet", "exec"), {})
+    assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--seed", "5", "--output", "ours.png"]) == 0
+    assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--seed", "5", "--output", "stock.png",
+                 "--lora-load", "stock"]) == 0
+    theirs = np.asarray(Image.open("fox.png"), dtype=np.int16)
+    ours, stock = (np.asarray(Image.open(f), dtype=np.int16) for f in ("ours.png", "stock.png"))
+    assert theirs.shape[1::-1] == tuple(read_record(glance_run / "slow")[0].resolution)
+    assert np.array_equal(theirs, stock)  # exactly what `generate --lora-load stock` writes
+    assert np.abs(theirs - ours).max() <= 1  # our loader: float reordering only (as test_glance)
+
+
+def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_flux, tmp_path, monkeypatch):
+    """docs/export.md's "ladder without LoRAs" instruction (the stock block without load_lora_weights, set_adapters
+    and the callback) samples what `glancetune eval` calls base-L-ladder (the Glance sampler with the adapters off)."""
+    from glancetune.sampling.compare import base_on_ladder
+
+    lines = [ln for ln in README_SNIPPET.splitlines()
+             if "load_lora_weights" not in ln and "set_adapters" not in ln and "def switch" not in ln
+             and ln.strip() != "return {}"]
+    code = "\n".join(lines).replace(",\n             callback_on_step_end=switch)", ")")
+    assert "switch" not in code and "adapter" not in code
+    for old, new in (('"black-forest-labs/FLUX.1-dev"', repr(tiny_flux)), ('"output/glance"', repr(str(glance_run))),
+                     ('"a fox in the snow"', repr(PROMPT)), ("seed = 0", "seed = 5")):
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README ladder-only", "exec"), {})
+    sampler = GlanceSampler.from_spec(resolve_spec(run=glance_run), device="cpu")
+    w, h = sampler.size
+    ladder = np.asarray(base_on_ladder(sampler, [PROMPT], 5, w, h)[0], dtype=np.int16)
+    glance = np.asarray(sampler([PROMPT], seed=5)[0], dtype=np.int16)
+    theirs = np.asarray(Image.open("fox.png"), dtype=np.int16)
+    assert np.abs(theirs - ladder).max() <= 1  # 0 seen; float reordering at most
+    assert np.abs(theirs - glance).max() > 1  # and it is not the Glance image

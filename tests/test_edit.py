@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image, run_err
+from conftest import make_image, run_err, spy_on
 from glancetune.cli import main
 from glancetune.config.schema import build_config, load_config
 from glancetune.errors import GlanceError
@@ -27,6 +27,8 @@ from glancetune.export.files import WEIGHT_NAME
 from glancetune.families import get_family, model_info
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from glancetune.train.job import Job
+
+pytestmark = pytest.mark.slow
 
 CAPTION = "make the gradient blue"
 AREA = 96 * 96  # control-image area in this module instead of the pipelines' 1024*1024 / 384*384
@@ -96,17 +98,11 @@ def edit_config(root, model, flavour, steps=4, **extra):
     return path
 
 
-def record(cls_name, key="timestep"):
+def record(monkeypatch, cls_name, key="timestep"):
     import diffusers
 
-    cls = getattr(diffusers, cls_name)
-    seen, orig = [], cls.forward
-
-    def forward(self, *a, **k):
-        seen.append(k if key is None else k[key].detach().clone())
-        return orig(self, *a, **k)
-
-    return cls, orig, forward, seen
+    return spy_on(monkeypatch, getattr(diffusers, cls_name),
+                  lambda *a, **k: k if key is None else k[key].detach().clone())
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
@@ -116,14 +112,11 @@ def edit_run(request, tmp_path_factory, processor):
     model = root / "model"
     assert main(["tiny", name, str(model)]) == 0
     cfg = edit_config(root, model, VARIANTS[name][0], timestep_sampling="round-robin")
-    cls, orig, forward, seen = record("QwenImageTransformer2DModel")
-    cls.forward = forward
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        seen = record(mp, "QwenImageTransformer2DModel")
         job = Job(load_config(cfg), "glance", components={"processor": processor})
         assert job.plan.family.name == name
         job.run(quiet=True)
-    finally:
-        cls.forward = orig
     return name, model, root / "output", torch.cat(seen), root / "data" / "control" / "img0.jpg"
 
 
@@ -167,13 +160,10 @@ def test_training_conditioning_equals_the_pipelines(edit_run, processor):
     with torch.no_grad():
         text = fam.encode_prompts(pipe, [CAPTION], "cpu", 512, control=control)
         x0, image = fam.encode_images(pipe, pixels, control=control)
-    cls, orig, forward, seen = record("QwenImageTransformer2DModel", key=None)
-    cls.forward = forward
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        seen = record(mp, "QwenImageTransformer2DModel", key=None)
         pipe(image=control, prompt=CAPTION, width=64, height=64, num_inference_steps=2, output_type="latent",
              true_cfg_scale=1.0)
-    finally:
-        cls.forward = orig
     kw = seen[0]
     n = x0.shape[1]
     assert n == 16 and image["control_latents"].shape[1] == 32  # 96x64 control -> 128x64 at AREA -> 8x4 tokens
@@ -235,12 +225,9 @@ def test_generate_equals_stock_and_sees_trained_timesteps(edit_run, processor):
     control = control_image(control_path)
     sampler = GlanceSampler.from_spec(resolve_spec(run=run), device="cpu", components={"processor": processor})
     assert sampler.guidance == 4.0  # the edit models' true CFG default
-    cls, orig, forward, seen = record("QwenImageTransformer2DModel")
-    cls.forward = forward
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        seen = record(mp, "QwenImageTransformer2DModel")
         ours = sampler([CAPTION], seed=3, width=64, height=64, output_type="np", image=control)[0]
-    finally:
-        cls.forward = orig
     per_step = torch.unique_consecutive(torch.stack([t[0] for t in seen]))
     assert len(seen) == 20  # true CFG in both phases: 2 passes x 10 steps
     expected = get_family(name).transformer_timestep(torch.tensor(run_ladder(run).sigmas), torch.float32)

@@ -23,6 +23,8 @@ from glancetune.sampling.images import read_parameters
 from glancetune.train.job import Job
 from test_edit import VARIANTS, edit_config, processor, small_control_sizes  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow
+
 PROMPT = "turn the gradient green"  # not the caption: validation encodes it itself (with the control image)
 STEPS = 4
 

@@ -58,6 +58,7 @@ def test_default_prompt_set_is_shipped():
     assert len(prompts) >= 24 and len({p.name for p in prompts}) == len(prompts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fam,passes", [("flux", [6, 10, 10, 10]), ("sd3", [12, 20, 20, 20])])
 def test_eval_report_end_to_end(runs, tmp_path, fam, passes):
     root = runs[fam]
@@ -88,6 +89,7 @@ def test_eval_report_end_to_end(runs, tmp_path, fam, passes):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_eval_bad_input_is_one_line(runs, tmp_path, capsys):
     run = str(runs["flux"] / "output")
     (tmp_path / "mine").mkdir()
@@ -128,6 +130,7 @@ def tiny_clip(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_eval_clip_score_with_a_local_model(runs, tiny_clip, tmp_path):
     """--clip-model: every image's score equals stock transformers' CLIPModel forward on the saved PNG (100 x cosine
     of its normalised image and text embeddings, clamped at 0); means and the win-rate follow from them."""
@@ -164,6 +167,7 @@ def test_eval_clip_score_with_a_local_model(runs, tiny_clip, tmp_path):
     assert "CLIP score" in (report / "eval.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_clip_model_errors_before_sampling(runs, tiny_clip, tmp_path, capsys):
     run = str(runs["flux"] / "output")
     argv = ["eval", "--run", run, "--output", str(tmp_path / "r"), "--clip-model"]

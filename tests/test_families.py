@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROMPT, run_ladder, stock_glance, write_configs
+from conftest import PROMPT, run_ladder, spy_on, stock_glance, write_configs
 from glancetune.cli import main
 from glancetune.export.files import read_metadata
 from glancetune.families import model_info
@@ -35,13 +35,9 @@ def family_run(request, tmp_path_factory):
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[name][1])
-    seen = []
-    orig = cls.forward
-    cls.forward = lambda self, *a, **k: (seen.append(k["timestep"].detach().clone()), orig(self, *a, **k))[1]
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        seen = spy_on(mp, cls, lambda *a, **k: k["timestep"].detach().clone())
         assert main(["glance", "--config", str(cfg)]) == 0
-    finally:
-        cls.forward = orig
     return name, str(model), root / "output", torch.cat(seen)
 
 
@@ -57,15 +53,13 @@ def adapter(model):
     return model_info(model).family
 
 
-def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatch):
+@pytest.mark.slow
+def test_generate_equals_stock_and_sees_trained_timesteps(family_run, spy_forward):
     name, model, run, trained = family_run
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[name][1])
-    seen = []
-    orig = cls.forward
-    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: (seen.append(k["timestep"].detach().clone()),
-                                                               orig(self, *a, **k))[1])
+    seen = spy_forward(cls, lambda *a, **k: k["timestep"].detach().clone())
     ours = GlanceSampler.from_spec(resolve_spec(run=run), device="cpu")([PROMPT], seed=3, width=128, height=128,
                                                                         output_type="np")[0]
     per_step = torch.unique_consecutive(torch.stack([t[0] for t in seen]))  # CFG may call twice per step
@@ -74,10 +68,11 @@ def test_generate_equals_stock_and_sees_trained_timesteps(family_run, monkeypatc
     assert fam.name == FAMILIES[name][0]
     assert torch.equal(per_step, fam.transformer_timestep(torch.tensor(ladder_of(run).sigmas), torch.float32))
     assert set(trained.tolist()) == set(per_step.tolist())
-    monkeypatch.setattr(cls, "forward", orig)
+    seen.restore()
     assert np.abs(ours - stock(name, model, run, 3)).max() <= 1 / 255
 
 
+@pytest.mark.slow
 def test_stock_load_changes_output(family_run):
     name, model, run, _ = family_run
     pipe = adapter(model).pipeline_class().from_pretrained(model)
@@ -92,6 +87,7 @@ def test_stock_load_changes_output(family_run):
         assert log["eval_loss_after"] < log["eval_loss_before"], role
 
 
+@pytest.mark.slow
 def test_ladder_is_the_models_own_schedule(family_run):
     """Brute force: run the stock scheduler exactly as the stock pipeline would for a 50-step call."""
     name, model, run, _ = family_run
@@ -108,7 +104,8 @@ def test_ladder_is_the_models_own_schedule(family_run):
     assert list(lad.fast) == [full[i] for i in (10, 20, 30, 40, 49)]
 
 
-def test_cfg_phases(family_run, monkeypatch):
+@pytest.mark.slow
+def test_cfg_phases(family_run, spy_forward):
     """Per-phase CFG: the two-call chaining is exact, and the pass counts are what `nfe` reports."""
     name, model, run, _ = family_run
     sampler = GlanceSampler.from_spec(resolve_spec(run=run), device="cpu")
@@ -126,10 +123,7 @@ def test_cfg_phases(family_run, monkeypatch):
     import diffusers
 
     cls = getattr(diffusers, FAMILIES[name][1])
-    calls = []
-    orig = cls.forward
-    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: (calls.append(k["hidden_states"].shape[0]),
-                                                               orig(self, *a, **k))[1])
+    calls = spy_forward(cls, lambda *a, **k: k["hidden_states"].shape[0])
     for phases, nfe in (("both", 20), ("slow", 15), ("fast", 15), ("none", 10)):
         calls.clear()
         out = sampler([PROMPT], cfg_phases=phases, **kw)[0]

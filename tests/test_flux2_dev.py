@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import PROMPT, write_configs
+from conftest import PROMPT, spy_on, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.export.files import read_record
@@ -25,17 +25,15 @@ def train_seeing_guidance(root, model, monkeypatch, **extra):
     import diffusers
 
     cls = diffusers.Flux2Transformer2DModel
-    seen = []
-    orig = cls.forward
-    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: (
-        seen.append((torch.is_grad_enabled(), k["guidance"].detach().clone())), orig(self, *a, **k))[1])
+    seen = spy_on(monkeypatch, cls, lambda *a, **k: (torch.is_grad_enabled(), k["guidance"].detach().clone()))
     cfg = write_configs(root, model, steps=3, **{"--model_family": "flux2", "--model_flavour": "dev",
                                                  "--flow_custom_timesteps": "900,500,100", **extra})
     assert main(["train", "--config", str(cfg)]) == 0
-    monkeypatch.setattr(cls, "forward", orig)
+    seen.restore()
     return [g for train, g in seen if train], [g for train, g in seen if not train]
 
 
+@pytest.mark.slow
 def test_random_range_guidance_is_per_sample_per_step(tmp_path, dev_model, monkeypatch):
     train, evals = train_seeing_guidance(tmp_path, dev_model, monkeypatch, **{
         "--flux_guidance_mode": "random-range", "--flux_guidance_min": 1.5, "--flux_guidance_max": 4.5,
@@ -49,6 +47,7 @@ def test_random_range_guidance_is_per_sample_per_step(tmp_path, dev_model, monke
     assert record.guidance_range == [1.5, 4.5] and record.guidance == 3.0
 
 
+@pytest.mark.slow
 def test_constant_guidance_is_the_configured_value(tmp_path, dev_model, monkeypatch):
     train, evals = train_seeing_guidance(tmp_path, dev_model, monkeypatch, **{"--flux_guidance_value": 2.5})
     assert len(train) == 3 and len(evals) == 2
@@ -112,7 +111,8 @@ def test_flavour_mismatch_is_a_cli_error(tmp_path, dev_model, capsys):
     assert "Flux2KleinPipeline" in err and len(err.strip().splitlines()) == 1
 
 
-def test_generate_uses_the_embedding_default(tmp_path, dev_model, monkeypatch):
+@pytest.mark.slow
+def test_generate_uses_the_embedding_default(tmp_path, dev_model, spy_forward):
     """A short glance run on dev: `generate` passes guidance 4.0 to the transformer's embedding on every step
     (one pass per step), and `--guidance` overrides it."""
     cfg = write_configs(tmp_path, dev_model, steps=1, **{"--model_family": "flux2"})
@@ -120,10 +120,7 @@ def test_generate_uses_the_embedding_default(tmp_path, dev_model, monkeypatch):
     import diffusers
 
     cls = diffusers.Flux2Transformer2DModel
-    seen = []
-    orig = cls.forward
-    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: (seen.append(k["guidance"].clone()),
-                                                               orig(self, *a, **k))[1])
+    seen = spy_forward(cls, lambda *a, **k: k["guidance"].clone())
     sampler = GlanceSampler.from_spec(resolve_spec(run=tmp_path / "output"), device="cpu")
     sampler([PROMPT], seed=0, width=64, height=64, output_type="latent")
     assert len(seen) == 10 and all(torch.equal(g, torch.tensor([4.0])) for g in seen)

@@ -3,11 +3,14 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
 from glancetune.cli import main
 from glancetune.export.files import read_record
 from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 from conftest import write_configs, PROMPT, run_ladder as ladder_of, stock_glance
+
+pytestmark = pytest.mark.slow
 
 
 def test_schnell_glance_roundtrip(tmp_path, caplog):

@@ -32,6 +32,7 @@ def test_fused_equals_unfused_and_leaves_the_base_exact(glance_run, tmp_path):
                  "--output", str(tmp_path / "f.png")]) == 0
 
 
+@pytest.mark.slow
 def test_fused_two_call_chain_of_a_true_cfg_family(tmp_path):
     cfg = write_configs(tmp_path, "tiny:sd3", steps=2, model_family="sd3", checkpointing_steps=0)
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -46,6 +47,7 @@ def test_fused_two_call_chain_of_a_true_cfg_family(tmp_path):
         s.lora_mode = "half"
 
 
+@pytest.mark.slow  # ~16 s: compiles the sampler (measured with --durations)
 def test_compiled_sampler_gives_the_same_images(glance_run, tmp_path, monkeypatch):
     """`GlanceSampler.compile` (generate --compile, server --compile): regional compile of the inference
     transformer (inductor on the CPU here); images equal the eager sampler's within 1/255 for both adapters, with

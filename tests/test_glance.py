@@ -21,21 +21,14 @@ ladder_of = run_ladder
 
 
 @pytest.fixture
-def record_timesteps(monkeypatch):
+def record_timesteps(spy_forward):
     """Intercept every FluxTransformer2DModel call and keep its `timestep` argument as passed (before casts)."""
     from diffusers import FluxTransformer2DModel
 
-    seen = []
-    orig = FluxTransformer2DModel.forward
-
-    def forward(self, *args, **kwargs):
-        seen.append(kwargs["timestep"].detach().clone())
-        return orig(self, *args, **kwargs)
-
-    monkeypatch.setattr(FluxTransformer2DModel, "forward", forward)
-    return seen
+    return spy_forward(FluxTransformer2DModel, lambda *args, **kwargs: kwargs["timestep"].detach().clone())
 
 
+@pytest.mark.slow
 def test_generate_sees_exactly_the_trained_sigmas(tiny_flux, tmp_path, record_timesteps):
     cfg = write_configs(tmp_path, tiny_flux, steps=12, timestep_sampling="round-robin")
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -123,6 +116,7 @@ def test_metadata_in_the_header(glance_run):
     assert config["record"] == record.to_dict()
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_glance_phase_equals_train(tiny_flux, glance_run, tmp_path):
     cfg = write_configs(tmp_path, tiny_flux, steps=8)
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -156,6 +150,7 @@ def test_generate_cli_writes_png_with_parameters(glance_run, tmp_path, capsys):
     assert "5 slow + 5 fast" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compiled_transformer_trains_the_same(tiny_flux, glance_run, tmp_path):
     """Regional compile (inductor on CPU here) gives the same LoRA as eager, up to float reordering. A glance job
     compiles each block function several times (per adapter, grad mode, layout): with torch's recompile limit

@@ -56,6 +56,7 @@ def same_entries(a: Path, b: Path, kind: str):
     assert ea[0].keys() == eb[0].keys() and all(torch.equal(ea[0][k], eb[0][k]) for k in ea[0])
 
 
+@pytest.mark.slow
 def test_group_offload_everywhere_gives_the_same_run(plain, tiny_flux, tmp_path, monkeypatch):
     from diffusers.hooks.group_offloading import _is_group_offload_enabled
 
@@ -135,6 +136,7 @@ def test_group_offload_of_a_quanto_text_encoder_is_one_line(tiny_flux, tmp_path,
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow
 def test_group_offload_of_a_torchao_base_gives_the_same_run(tiny_flux, tmp_path):
     """torchao weights move through diffusers' hooks (quanto's cannot, refused above): an int8-torchao base with
     the trained transformer group-offloaded writes the same LoRAs as without."""
@@ -149,6 +151,7 @@ def test_stream_needs_cuda(tiny_flux, tmp_path, capsys):
     assert err == "error: group_offload_use_stream: needs a CUDA device (this run is on cpu)"
 
 
+@pytest.mark.slow
 def test_text_encoder_precision_quantizes_and_keys_the_cache(plain, tiny_flux, tmp_path, monkeypatch):
     from optimum.quanto import QLinear
 
@@ -185,6 +188,7 @@ def test_text_encoder_key_the_family_lacks_is_one_line(tiny_flux, tmp_path, caps
                    "remove the key or set it to no_change")
 
 
+@pytest.mark.slow
 def test_offload_during_startup_releases_text_encoders_before_the_vae(plain, tiny_flux, tmp_path, monkeypatch):
     from glancetune.engine import encode
 
@@ -212,6 +216,7 @@ def test_offload_during_startup_releases_text_encoders_before_the_vae(plain, tin
     assert lora_bytes(root / "output") == lora_bytes(plain / "output")
 
 
+@pytest.mark.slow
 def test_vae_tiling_keys_the_latents(plain, tiny_flux, tmp_path, monkeypatch):
     from glancetune.engine import encode
 
@@ -229,6 +234,7 @@ def test_vae_tiling_keys_the_latents(plain, tiny_flux, tmp_path, monkeypatch):
     assert [d.get("vae_tiling") for d in descriptions(plain / "cache", "vae")] == [None]
 
 
+@pytest.mark.slow
 def test_base_model_default_dtype(tiny_flux, tmp_path, capsys, monkeypatch):
     from glancetune.train import job
 
@@ -343,6 +349,7 @@ def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
     assert not missing, f"ran with offloaded weights: {sorted(set(missing))}"
 
 
+@pytest.mark.slow
 def test_checkpointing_backend_unsloth_holds_the_block_inputs_in_cpu_memory(plain, tiny_flux, tmp_path, monkeypatch):
     """`gradient_checkpointing_backend: unsloth`: every checkpointed block's inputs go through torch's save_on_cpu
     hooks (packed to CPU, unpacked for the recomputation) and the run writes the gradient-checkpointed run's bytes."""
@@ -375,6 +382,7 @@ def test_checkpointing_backend_needs_checkpointing(tiny_flux, tmp_path, capsys):
             "unsloth)") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_checkpointing_interval_checkpoints_every_nth_block(plain, tiny_flux, tmp_path, monkeypatch, capsys):
     """`gradient_checkpointing_interval: 2` on the tiny FLUX.1 (blocks 0 and 1): block 0 is checkpointed, block 1
     runs plainly; the LoRA bytes are the every-block run's (checkpointing never changes the math)."""

@@ -15,6 +15,8 @@ from conftest import write_configs
 from glancetune.cli import main
 from glancetune.export.files import WEIGHT_NAME
 
+pytestmark = pytest.mark.slow
+
 
 def launch(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MKL_CBWR": "AUTO,STRICT"}

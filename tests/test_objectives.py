@@ -180,6 +180,7 @@ def _lora_bytes(run):
     return {ph: (run / ph / "pytorch_lora_weights.safetensors").read_bytes() for ph in ("slow", "fast")}
 
 
+@pytest.mark.slow
 def test_glance_trains_with_each_objective(tiny_flux, tmp_path):
     runs = {}
     for kind in ("flow", "trajectory", "rollout"):
@@ -239,6 +240,7 @@ def test_trajectory_with_an_extra_prompt_is_data_free(setup):
     assert float(loss) == pytest.approx(float(want), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_glance_prompts_train_and_need_trajectory(tiny_flux, tmp_path, capsys):
     cfgs = {}
     for name, extra in (("plain", {}), ("extra", {"glance_prompts": ["a blue square", "a green circle"]})):
@@ -273,6 +275,7 @@ def test_prior_adds_the_base_prediction_loss_on_an_extra_prompt(setup):
         objective("rollout", SLOW, FAST, prior_weight=0.5)
 
 
+@pytest.mark.slow
 def test_glance_trains_with_the_prior(tiny_flux, tmp_path, capsys):
     flow = write_configs(tmp_path / "flow", tiny_flux, resolution=64, steps=2)
     assert main(["glance", "--config", str(flow)]) == 0

@@ -39,6 +39,7 @@ def loaded_encoders(monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,model,extra", [
     ("flux", None, []),
     ("sd3", "tiny:sd3", ["--negative-prompt", "smudged (cache test)"]),  # true CFG: the negative is cached too

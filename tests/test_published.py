@@ -193,19 +193,16 @@ def reference_official(model, seed, w, h, slow_tr, fast_tr):
     return pipe.image_processor.postprocess(image, output_type="np")[0]
 
 
-def test_official_compat_equals_the_official_algorithm(pair, tmp_path, monkeypatch):
+def test_official_compat_equals_the_official_algorithm(pair, tmp_path, spy_forward):
     from diffusers import QwenImageTransformer2DModel
 
     model = pair[0]
-    seen = []
-    orig = QwenImageTransformer2DModel.forward
-    monkeypatch.setattr(QwenImageTransformer2DModel, "forward",
-                        lambda self, *a, **k: (seen.append(float(k["timestep"][0])), orig(self, *a, **k))[1])
+    seen = spy_forward(QwenImageTransformer2DModel, lambda *a, **k: float(k["timestep"][0]))
     out = tmp_path / "o.png"
     assert main(argv(pair, out, "--sampler", "official-compat", "--seed", "4")) == 0
     bf16 = torch.tensor(list(PUB.slow_timesteps + PUB.fast_timesteps), dtype=torch.bfloat16).float() / 1000
     assert seen[::2] == seen[1::2] and seen[::2] == bf16.tolist()  # cond + uncond on 980, 956, ... per step
-    monkeypatch.setattr(QwenImageTransformer2DModel, "forward", orig)
+    seen.restore()
     ref = reference_official(model, 4, 64, 64, lora_transformer(model, 1), lora_transformer(model, 2))
     ours = np.asarray(Image.open(out), dtype=np.float32) / 255
     assert np.abs(ours - ref).max() <= 1 / 255 + 1e-6
@@ -217,7 +214,7 @@ def test_official_compat_equals_the_official_algorithm(pair, tmp_path, monkeypat
 def test_not_recognised_forced_or_refused(pair, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    from test_errors import run_err
+    from conftest import run_err
 
     model, slow, fast = pair
     sd = load_file(str(fast))
@@ -244,7 +241,7 @@ def test_not_recognised_forced_or_refused(pair, tmp_path, capsys):
 def test_unexpected_keys_are_named(pair, tmp_path, capsys, bad, named):
     from safetensors.torch import load_file, save_file
 
-    from test_errors import run_err
+    from conftest import run_err
 
     model, slow, fast = pair
     sd = load_file(str(slow))

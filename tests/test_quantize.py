@@ -17,6 +17,7 @@ def quantized(module) -> bool:
     return isinstance(module, QLinear) or type(module.weight).__module__.startswith("torchao")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int8-quanto", "int4-quanto", "fp8-quanto", "int8-torchao", "fp8-torchao"])
 def test_quantized_base_trains_and_loads_into_the_plain_base(tiny_flux, tmp_path, precision):
     from diffusers import FluxPipeline
@@ -50,6 +51,7 @@ def test_quantized_base_trains_and_loads_into_the_plain_base(tiny_flux, tmp_path
     assert np.abs(lora - base).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_quantization_is_part_of_the_run(tiny_flux, tmp_path, capsys):
     cfg = write_configs(tmp_path, tiny_flux, steps=1)
     assert main(["glance", "--config", str(cfg)]) == 0
@@ -84,6 +86,7 @@ def test_missing_quanto_is_one_line(tiny_flux, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow  # ~95 s: quantizes and samples (measured with --durations)
 def test_generate_on_a_quantized_base(glance_run, tmp_path):
     from glancetune.sampling.sampler import GlanceSampler, resolve_spec
 

@@ -15,6 +15,8 @@ from conftest import make_image, run_err, write_configs
 from glancetune.cli import main
 from glancetune.export.files import WEIGHT_NAME
 
+pytestmark = pytest.mark.slow
+
 DRIVER = Path(__file__).with_name("kill_driver.py")
 STEPS = 8
 

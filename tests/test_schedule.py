@@ -1,10 +1,12 @@
-"""Ladders: the model's own schedule, the seeds' lists, brute-force checks, user lists."""
+"""Ladders: the model's own schedule, the seeds' lists, brute-force checks, user lists (parsed, checked, sorted;
+bad ones in a config: one line naming the key)."""
 import json
 import math
 
 import numpy as np
 import pytest
 
+from conftest import glance, no_output, run_err, write_configs
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.schedule import (FAST_INDICES, SLOW_INDICES, base_sigmas, cut_ladder, identity_scheduler_config,
@@ -102,3 +104,27 @@ def test_qwen_model_folder_prints_the_seed_list(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["family"] == "qwen_image" and out["image_seq_len"] == 4096
     assert [round(timestep(s), 4) for s in out["ladder"]["slow"] + out["ladder"]["fast"]] == QWEN_SEEDS
+
+
+# --- user timestep lists in a config ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value,needle", [("1000,abc", "not a number"), ("1000,1500", "outside"),
+                                          ("1000,0.5", "mixed scales")])
+def test_bad_timestep_lists(tiny_flux, tmp_path, capsys, value, needle):
+    cfg = write_configs(tmp_path, tiny_flux, **{"--flow_custom_timesteps": value})
+    err = run_err(capsys, ["train", "--config", str(cfg)])
+    assert "flow_custom_timesteps" in err and needle in err
+    no_output(tmp_path)
+
+
+def test_glance_needs_both_lists(tiny_flux, tmp_path, capsys):
+    cfg = write_configs(tmp_path, tiny_flux, glance_slow_timesteps="1000,990")
+    assert "glance_fast_timesteps: give both" in run_err(capsys, ["glance", "--config", str(cfg)])
+
+
+def test_increasing_timestep_lists_are_sorted_with_a_notice(tiny_flux, tmp_path, caplog):
+    cfg = write_configs(tmp_path, tiny_flux, steps=1, glance_slow_timesteps="900,1000,950",
+                        glance_fast_timesteps="100,500")
+    caplog.set_level("INFO", logger="glancetune")
+    assert main(glance(cfg, "--dry-run")) == 0
+    assert "glance_slow_timesteps: sorted from high to low noise" in caplog.text
+    assert "glance_fast_timesteps: sorted" in caplog.text

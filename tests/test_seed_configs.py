@@ -3,10 +3,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from glancetune.cli import main
 from glancetune.export.files import read_record
+
+pytestmark = pytest.mark.slow
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "glancetune" / "assets"
 SLOW = "1000,979.1915,957.5157,934.9171,911.3354"
@@ -20,7 +23,7 @@ def seed_config(model, output_dir, timesteps):
             "--flow_custom_timesteps": timesteps}
 
 
-def test_seed_guide_runs_as_written(tiny_flux, tmp_path, monkeypatch):
+def test_seed_guide_runs_as_written(tiny_flux, tmp_path, monkeypatch, spy_forward):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     shutil.copyfile(ASSETS / "glance.png", tmp_path / "data" / "glance.png")
@@ -36,12 +39,9 @@ def test_seed_guide_runs_as_written(tiny_flux, tmp_path, monkeypatch):
     assert record.resolution == (1024, 1024) and role == "lora"
     assert record.phases["lora"] == [float(torch.tensor(float(t) / 1000).item())
                                                      for t in SLOW.split(",")]
-    seen = []
     from diffusers import FluxTransformer2DModel
 
-    orig = FluxTransformer2DModel.forward
-    monkeypatch.setattr(FluxTransformer2DModel, "forward",
-                        lambda self, *a, **k: (seen.append(k["timestep"].clone()), orig(self, *a, **k))[1])
+    seen = spy_forward(FluxTransformer2DModel, lambda *a, **k: k["timestep"].clone())
     assert main(["generate", "--slow", "output/glance-slow", "--fast", "output/glance-fast", "--prompt",
                  "a sunset", "--output", "glance.png", "--width", "256", "--height", "256"]) == 0
     got = [float(t) * 1000 for t in torch.cat(seen)]

@@ -20,6 +20,8 @@ from glancetune.export.files import WEIGHT_NAME
 from glancetune.server.app import create_app
 from glancetune.server.forms import SERVER_KEYS
 
+pytestmark = pytest.mark.slow
+
 ASSET = Path(__file__).parents[1] / "src" / "glancetune" / "assets" / "glance.png"
 BASE = "http://127.0.0.1:8001"
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 if os.environ.get("GLANCETUNE_NO_BROWSER") == "1":
     pytest.skip("GLANCETUNE_NO_BROWSER=1: the browser test is switched off", allow_module_level=True)
 

@@ -120,6 +120,7 @@ def test_auto_stays_eager_for_ddp_and_fsdp(monkeypatch):
             False, f"off (auto: a {layout.upper()} run is not measured compiled)")
 
 
+@pytest.mark.slow
 def test_auto_is_eager_on_the_cpu_and_the_job_follows_the_plan(tiny_flux, tmp_path, capsys, caplog):
     cfg = write_configs(tmp_path, tiny_flux, steps=COMPILE_PAYS_AFTER)
     assert compile_line(capsys, cfg) == "compile: off (auto: a cpu device; it is measured to pay on CUDA)"
@@ -170,6 +171,7 @@ def report_times(caplog) -> dict[str, float]:
     return {name: float(v.rstrip("s")) for name, v in (p.rsplit(" ", 1) for p in line[len("time: "):].split(", "))}
 
 
+@pytest.mark.slow
 def test_the_final_report_times_each_part(tiny_flux, tmp_path, caplog, monkeypatch):
     """The job's last line books each part once: imports (the first job of a command-line process: from
     glancetune's import to the plan), plan, encode, load, train, save; the parts after the imports add up to at
@@ -200,6 +202,7 @@ def test_the_final_report_times_each_part(tiny_flux, tmp_path, caplog, monkeypat
     assert sum(first[n] for n in names) <= wall + 0.1, (first, wall)
 
 
+@pytest.mark.slow
 def test_commands_import_only_what_they_use(tmp_path):
     """`--help` and `validate-dataset` (folder or dataloader JSON) load no model, so they import neither torch nor
     diffusers (seconds each on a GPU machine): checked in a fresh interpreter."""

@@ -110,6 +110,7 @@ def test_saved_folder_is_an_ordinary_flux_pipeline(toy):
     assert labels["blue-sneaker"] == [7, 2] and prompts["blue-sneaker"] == "a blue sneaker"
 
 
+@pytest.mark.slow
 def test_glancetune_trains_and_evaluates_on_the_toy(toy, tmp_path):
     cfg = json.loads((toy / "config" / "glance.json").read_text())
     assert cfg["pretrained_model_name_or_path"] == str(toy / "model") and cfg["tokenizer_max_length"] == 32
@@ -143,6 +144,7 @@ def test_glancetune_trains_and_evaluates_on_the_toy(toy, tmp_path):
     assert acc["class"] == [float(lk.argmax(1).item() == 8)] and acc["colour"] == [float(lc.argmax(1).item() == 2)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["trajectory", "rollout", "prior"])
 def test_objective_configs_of_the_gpu_run_train(toy, kind):
     path = toy / "config" / f"glance-{kind}.json"

@@ -33,11 +33,13 @@ def plain(tiny_flux, tmp_path_factory):
     return run(tmp_path_factory.mktemp("plain"), tiny_flux)
 
 
+@pytest.mark.slow
 def test_a_route_that_routes_nothing_is_no_route(plain, tiny_flux, tmp_path):
     none = {"routes": [{"selection_ratio": 0.0, "start_layer_idx": 0, "end_layer_idx": 1}]}
     assert lora_bytes(run(tmp_path, tiny_flux, tread_config=none)) == lora_bytes(plain)
 
 
+@pytest.mark.slow
 def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
     """Every token kept, but through the whole gather / rotary rows / scatter path: the same bytes."""
     from glancetune.engine import tread
@@ -46,6 +48,7 @@ def test_the_routing_hooks_are_exact(plain, tiny_flux, tmp_path, monkeypatch):
     assert lora_bytes(run(tmp_path, tiny_flux, tread_config=ROUTE)) == lora_bytes(plain)
 
 
+@pytest.mark.slow
 def test_a_route_processes_fewer_tokens_while_training(plain, tiny_flux, tmp_path, monkeypatch):
     from glancetune.train import job
 
@@ -71,6 +74,7 @@ def test_a_route_processes_fewer_tokens_while_training(plain, tiny_flux, tmp_pat
         assert log["eval_loss_after"] < log["eval_loss_before"], (role, log)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_and_resume_are_exact(tiny_flux, tmp_path):
     whole = run(tmp_path / "whole", tiny_flux, steps=4, tread_config=ROUTE)
     gc = run(tmp_path / "gc", tiny_flux, steps=4, tread_config=ROUTE, gradient_checkpointing=True)
@@ -124,6 +128,7 @@ def test_bad_routes_are_one_line(tiny_flux, tmp_path, capsys, value, expected):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,family", [("tiny:flux2-klein", "flux2"), ("tiny:qwen_image", "qwen_image"),
                                           ("tiny:sd3", "sd3")])
 def test_routes_of_other_families_are_exact_and_route_their_blocks(tmp_path, monkeypatch, model, family):
@@ -240,6 +245,7 @@ def test_flux2_rotary_rows_follow_the_kept_tokens():
     assert all(torch.equal(a, b) for a, b in zip(rows, direct))
 
 
+@pytest.mark.slow
 def test_routes_under_regional_compile_train_the_same(tiny_flux, tmp_path):
     """The block hooks run inside the compiled blocks (compile_repeated_blocks, fullgraph): the LoRA equals the eager
     routed run's up to float reordering (one phase, `train`, to halve the CPU compile time)."""

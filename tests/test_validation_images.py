@@ -41,6 +41,7 @@ def flux_run(tmp_path_factory):
                  lora_dropout=0.1, checkpointing_steps=2, learning_rate=0.05)  # a LoRA big enough to see
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,extra,gen", [
     ("flux", {}, []),
     # true CFG: SD3's default guidance (7.0) with a negative prompt, and an explicit guidance + size
@@ -75,6 +76,7 @@ def test_final_validation_image_equals_generate(flux_run, tmp_path, family, extr
     assert read_parameters(target)["step"] == 4  # generate's PNGs carry the LoRAs' training step too
 
 
+@pytest.mark.slow
 def test_step_image_equals_generate_on_that_checkpoint(flux_run, tmp_path):
     """Mid-run (transformer in training mode, LoRA dropout on): the step-2 image is generate's on checkpoint-2."""
     ck = flux_run / "checkpoint-2"
@@ -85,6 +87,7 @@ def test_step_image_equals_generate_on_that_checkpoint(flux_run, tmp_path):
     assert read_parameters(target)["step"] == 2  # a checkpoint's LoRAs record the step they were saved at
 
 
+@pytest.mark.slow
 def test_validation_leaves_loras_byte_identical(flux_run, tmp_path):
     plain = train(tmp_path, "flux", lora_dropout=0.1, learning_rate=0.05)
     for role in ("slow", "fast"):
@@ -92,6 +95,7 @@ def test_validation_leaves_loras_byte_identical(flux_run, tmp_path):
     assert not (plain / "validation").exists()
 
 
+@pytest.mark.slow
 def test_files_grid_metadata_log_and_tensorboard(flux_run):
     v = flux_run / "validation"
     assert sorted(p.name for p in v.iterdir()) == ["step-0", "step-2", "step-4"]  # 0, every 2, the end (no twin)
@@ -119,6 +123,7 @@ def test_files_grid_metadata_log_and_tensorboard(flux_run):
     assert [e.step for e in acc.Images("validation/grid")] == [0, 2, 4]
 
 
+@pytest.mark.slow
 def test_resume_does_not_repeat_step_zero(tmp_path):
     out = train(tmp_path, "flux", steps=6, validation_prompt=PROMPT, validation_steps=2, checkpointing_steps=2,
                 validation_num_inference_steps=2)
@@ -132,6 +137,7 @@ def test_resume_does_not_repeat_step_zero(tmp_path):
     assert (out / "slow" / WEIGHT_NAME).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_prompt_library_and_names(tmp_path):
     lib = tmp_path / "library.json"
     lib.write_text(json.dumps({"cat photo": "a <subject> on a sofa", "dog": "a dog"}))
@@ -150,6 +156,7 @@ def test_dry_run_describes_validation(tmp_path, capsys):
         in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_disabled_and_train_command(tmp_path):
     out = train(tmp_path / "a", "flux", steps=2, validation_prompt=PROMPT, disable_validation=True)
     assert not (out / "validation").exists()
@@ -188,6 +195,7 @@ def test_bad_library_and_size_fail_before_training(tmp_path, capsys):
     assert not (tmp_path / "output").exists()
 
 
+@pytest.mark.slow
 def test_a_dropout_lora_samples_without_dropout_in_stock_diffusers(flux_run):
     """The saved adapter config says lora_dropout 0: stock load_lora_weights builds its layers from it (in
     training mode), so a LoRA trained with dropout would otherwise sample dropout noise."""
