@@ -38,7 +38,7 @@ NEUTRAL = (None, False, 0, 0.0, "", "none", "None", "false", "no", [], {})
 # lora_init_type "default").
 ACCEPTED_DEFAULTS: dict[str, tuple] = {
     "lora_type": ("standard",),
-    # torch's SDPA through diffusers (glancetune's only attention; other backends: bench/speed_gpu.sh attention);
+    # torch's SDPA through diffusers (glancetune's only attention; other backends: bench/gpu/speed_gpu.sh attention);
     # sageattention_usage only acts with a sageattention mechanism
     "attention_mechanism": ("diffusers",), "sageattention_usage": ("inference",),
 }

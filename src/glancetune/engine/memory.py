@@ -11,7 +11,7 @@ Phases and components:
           before the transformer loads.
   train   the transformer at `base_model_precision` (unquantized weights in `base_model_default_dtype`), on the
           device, or group-offloaded (`enable_group_offload`) in the one form measured to train a LoRA correctly
-          (bench/offload_probe.py on the H200): block_level, no stream, not to disk, gradient checkpointing on,
+          (bench/measure/offload_probe.py on the H200): block_level, no stream, not to disk, gradient checkpointing on,
           applied before the adapters. The other forms move the LoRA weights with their blocks (the optimizer
           then finds them on the CPU), keep stale CPU copies of them (streams, disk), or break checkpoint
           recomputation (leaf_level): they are refused for training with one line saying why, as are quanto
@@ -122,8 +122,8 @@ def enable_checkpointing(transformer, backend: str, device, interval: int | None
     transformer.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
 
 
-# precision libraries whose weights fail in diffusers' offload hooks, measured on the H200 (bench/offload_probe.py:
-# the trained transformer; bench/encoder_24b.py: a text encoder); torchao weights pass
+# precision libraries whose weights fail in diffusers' offload hooks, measured on the H200 (bench/measure/offload_probe.py:
+# the trained transformer; bench/measure/encoder_24b.py: a text encoder); torchao weights pass
 OFFLOAD_FAILS = {
     "quanto": "the offload hooks cannot move optimum-quanto weights (training: torch \"Couldn't swap QLinear.weight\"; "
               "encoding: they stay on the CPU, \"Expected all tensors to be on the same device\")",

@@ -49,7 +49,7 @@ RECOMPILE_LIMIT = 64
 
 def compile_blocks(transformer, mode: str | None = None) -> None:
     """Regional compile (diffusers' `compile_repeated_blocks`, fullgraph) with room for the graphs a job makes;
-    `mode`: torch.compile's (bench/train_step.py measures `reduce-overhead`, CUDA graphs, with it)."""
+    `mode`: torch.compile's (bench/measure/train_step.py measures `reduce-overhead`, CUDA graphs, with it)."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)

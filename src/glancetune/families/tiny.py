@@ -15,14 +15,28 @@ from pathlib import Path
 
 from ..errors import GlanceError
 from ..process import cache_root
-from .registry import FAMILIES
 
 TINY_VERSION = "2"  # 2: FLUX.2-dev's Mistral-3 lm_head untied, as in the real model
 
 
-#: tiny name -> the function building its pipeline, gathered from every family (`Family.tiny_builders`)
-BUILDERS: dict = {name: build for fam in FAMILIES.values() for m in getattr(fam, "members", (fam,))
-                  for name, build in m.tiny_builders().items()}
+_BUILDERS: dict = {}
+
+
+def builders() -> dict:
+    """Tiny name -> the function building its pipeline, gathered from every family (`Family.tiny_builders`) on first
+    use (importing this module loads no family: the `tiny` command's parser is built for every `--help`)."""
+    if not _BUILDERS:
+        from .registry import FAMILIES
+
+        _BUILDERS.update({name: build for fam in FAMILIES.values() for m in getattr(fam, "members", (fam,))
+                          for name, build in m.tiny_builders().items()})
+    return _BUILDERS
+
+
+def __getattr__(name: str):
+    if name == "BUILDERS":  # the table itself (tests replace an entry of it)
+        return builders()
+    raise AttributeError(name)
 
 
 TMP_MARK = ".tmp-"  # temp folders: .<name>.tmp-<pid>-<random>, beside the target
@@ -53,8 +67,8 @@ def write_tiny(family: str, directory: str | os.PathLike) -> Path:
     """Build the tiny pipeline for `family` and save it to `directory` atomically: into a temp folder beside it,
     renamed when complete, so a kill at any point leaves no folder that loads as an incomplete model (the next
     write removes the temp folders of killed writers)."""
-    if family not in BUILDERS:
-        raise GlanceError(f"tiny: unknown family {family!r}; available: {', '.join(sorted(BUILDERS))}")
+    if family not in builders():
+        raise GlanceError(f"tiny: unknown family {family!r}; available: {', '.join(sorted(builders()))}")
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise GlanceError(f"tiny: {directory} is a file; give a new or empty folder")
@@ -68,7 +82,7 @@ def write_tiny(family: str, directory: str | os.PathLike) -> Path:
         raise GlanceError(f"tiny: cannot write {directory} ({e.strerror or type(e).__name__}: "
                           f"{e.filename or directory.parent})") from None
     try:
-        BUILDERS[family]().save_pretrained(tmp)
+        builders()[family]().save_pretrained(tmp)
         if directory.exists():
             directory.rmdir()  # empty (checked above); fails if a concurrent writer filled it meanwhile
         os.replace(tmp, directory)
@@ -83,9 +97,9 @@ def resolve_tiny(ref: str) -> Path:
     family = ref.split(":", 1)[1]
     path = cache_root() / "tiny" / f"{family}-v{TINY_VERSION}"
     if not (path / "model_index.json").exists():
-        if family not in BUILDERS:
+        if family not in builders():
             raise GlanceError(f"{ref}: unknown tiny model; available: "
-                              + ", ".join(f"tiny:{f}" for f in sorted(BUILDERS)))
+                              + ", ".join(f"tiny:{f}" for f in sorted(builders())))
         shutil.rmtree(path, ignore_errors=True)
         try:
             write_tiny(family, path)
