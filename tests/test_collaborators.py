@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import main, write_configs
 from safetensors.torch import load_file
 
 from glancetune.config.schema import load_config
@@ -24,8 +25,6 @@ from glancetune.train.checkpoint import Checkpoints
 from glancetune.train.hooks import RunInfo
 from glancetune.train.objectives import OBJECTIVES, make_objective, objective
 from glancetune.train.store import LoraStore
-
-from conftest import main, write_configs
 
 SLOW, FAST = (1.0, 0.9, 0.8), (0.6, 0.3)
 

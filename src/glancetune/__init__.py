@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import GlanceError  # noqa: E402,F401
-
 import time as _time
+
+from .errors import GlanceError  # noqa: E402,F401
 
 IMPORTED_AT = _time.perf_counter()  # the job's time report counts imports from here (Job.clock)

@@ -8,8 +8,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import GlanceError
-from .schedule import (FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list,
-                       parse_sigma_list)
+from .schedule import FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list, parse_sigma_list
 
 log = logging.getLogger(__name__)
 

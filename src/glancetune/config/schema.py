@@ -10,19 +10,19 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .memory import MemoryKeys
-from .validation import ValidationKeys
 from ..errors import GlanceError
 from ..schedule import LADDER_STEPS
+from .memory import MemoryKeys
+from .validation import ValidationKeys
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {

@@ -5,4 +5,4 @@ from .backends import DatasetSpec, load_backends  # noqa: F401
 from .buckets import Batch, BatchSampler  # noqa: F401
 from .discovery import Problem, Problems, discover, pair_by_key, read_caption  # noqa: F401
 from .images import Crop, load_pixels  # noqa: F401
-from .samples import (ConditioningImage, DataPlan, ImageRef, Sample, build_plan, load_plan)  # noqa: F401
+from .samples import ConditioningImage, DataPlan, ImageRef, Sample, build_plan, load_plan  # noqa: F401

@@ -15,14 +15,12 @@ RGB) because the edit pipeline resizes them itself, and training hands them to t
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import GlanceError
-from .images import open_image
 from .discovery import CONTROL_SUBDIR, IMAGE_SUBDIRS, Problems, discover_edit, target_dirs  # noqa: F401
-from .samples import DataPlan, Sample, load_plan
-
+from .samples import DataPlan, load_plan
 
 
 def target_dir(root: Path) -> Path | None:

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import torch
 
-from .memory import (TEXT_ENCODER_KEYS, check_disk_offload, encoder_precisions, gpu_memory_note, group_offload,
-                     offload_dir, text_encoders, vae_options)
+from .memory import (
+    TEXT_ENCODER_KEYS,
+    check_disk_offload,
+    encoder_precisions,
+    gpu_memory_note,
+    group_offload,
+    offload_dir,
+    text_encoders,
+    vae_options,
+)
 from .quantize import load_config, place_and_quantize
 
 log = logging.getLogger(__name__)

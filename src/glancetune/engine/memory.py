@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import GlanceError
 from ..config.memory import BITS
+from ..errors import GlanceError
 from .quantize import check_precision, library
 
 log = logging.getLogger(__name__)

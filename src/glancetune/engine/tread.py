@@ -35,6 +35,7 @@ import torch
 
 from ..config.tread import Route, parse_routes
 
+
 def _bound(module, args, kwargs) -> inspect.BoundArguments:
     b = inspect.signature(module.forward).bind(*args, **kwargs)
     return b

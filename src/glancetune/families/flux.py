@@ -1,10 +1,9 @@
 """FLUX.1 (dev, schnell): FluxPipeline, CLIP-L + T5, 16-channel VAE, 2x2-packed 64-channel tokens, sigma timesteps."""
 from __future__ import annotations
 
-from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 from .base import Family
 from .layouts import DoubleSingle
-
+from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 
 # FLUX.1-dev's scheduler_config.json (black-forest-labs/FLUX.1-dev), verbatim values.
 FLUX1_DEV_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,

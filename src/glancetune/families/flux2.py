@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from .tiny_parts import mistral_tokenizer, qwen2_tokenizer, tiny_vae
 from .base import Family
 from .layouts import DoubleSingle
-
+from .tiny_parts import mistral_tokenizer, qwen2_tokenizer, tiny_vae
 
 # FLUX.2 scheduler_config.json, klein and dev alike (mu is computed empirically by the pipeline)
 FLUX2_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,

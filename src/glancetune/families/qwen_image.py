@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .tiny_parts import qwen2_tokenizer, tiny_vae
 from .base import Family, PublishedLoras
-
+from .tiny_parts import qwen2_tokenizer
 
 # Qwen-Image's scheduler_config.json (Qwen/Qwen-Image).
 QWEN_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5,

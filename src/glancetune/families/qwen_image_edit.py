@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import GlanceError
-from .tiny_parts import qwen2vl_processor
 from .qwen_image import QwenImage, _qwen_image_components
+from .tiny_parts import qwen2vl_processor
 
 
 def build_qwen_image_edit(plus: bool = False):

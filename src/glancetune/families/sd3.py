@@ -1,10 +1,9 @@
 """SD3 / SD3.5: StableDiffusion3Pipeline, 2x CLIP + T5, 16-channel latents NOT packed, timestep 0-1000, true CFG."""
 from __future__ import annotations
 
-from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 from .base import Family
 from .layouts import COMFY_QKV, comfy_fused, comfy_one
-
+from .tiny_parts import clip_tokenizer, t5_tokenizer, tiny_vae
 
 # stabilityai/stable-diffusion-3-medium-diffusers scheduler_config.json (SD3.5 uses the same shift)
 SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
@@ -12,8 +11,12 @@ SD3_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 def build_sd3(scheduler_config: dict | None = None):
     """A tiny random StableDiffusion3Pipeline (16-channel unpacked latents, VAE scale 8, patch 2, 2x CLIP + T5)."""
     import torch
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
-                           StableDiffusion3Pipeline)
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     ct, ct2, tt = clip_tokenizer(), clip_tokenizer(), t5_tokenizer()

@@ -5,27 +5,26 @@ LoRA targets, guidance, and the run identity that output folders and checkpoints
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config.memory import PLACEMENT_KEYS
+from ..config.schema import TrainConfig
+from ..config.validation import VALIDATION_KEYS
 from ..data import load_backends
 from ..data.edit import load_job_plan
-from ..config.memory import PLACEMENT_KEYS
-from ..config.validation import VALIDATION_KEYS
-from ..errors import GlanceError
-from ..families import model_info, resolve_family
-from ..ladder import job_phases
-from ..record import RunRecord
+from ..data.samples import DataPlan
 from ..engine.adapters import lora_targets
 from ..engine.encode import ModelSource
-from ..config.schema import TrainConfig
-from ..data.samples import DataPlan
+from ..errors import GlanceError
+from ..families import model_info, resolve_family
+from ..ladder import Phase, job_phases
+from ..record import RunRecord
 from ..schedule import Ladder
-from ..ladder import Phase
 from .steps import resolve_train_steps
 
 # keys that never change the trajectory: they may differ between a checkpoint and the resuming run

@@ -20,6 +20,49 @@ def add_parsers(sub) -> None:
     s.add_argument("--steps", type=int, default=LADDER_STEPS, help="N of the N-step schedule the ladder is cut from")
     s.add_argument("--json", action="store_true")
     s.set_defaults(handler=cmd_schedule)
+    _search_parser(sub)
+
+
+def _search_parser(sub) -> None:
+    s = sub.add_parser("search-ladder", help="find the N sigmas that best reproduce the base model's own fine-step "
+                       "trajectory (a ladder file for generate --ladder-file)")
+    s.add_argument("--model", required=True, help="hub id, diffusers folder or tiny:<family>")
+    s.add_argument("--steps", type=int, default=10, help="N: sigmas in the ladder (transformer calls per image)")
+    s.add_argument("--width", type=int, required=True)
+    s.add_argument("--height", type=int, required=True)
+    s.add_argument("--guidance", type=float, help="default: the family's inference default (true CFG scale or "
+                   "guidance embedding)")
+    s.add_argument("--prompts", help="JSON file of name -> prompt (default: the set shipped for eval)")
+    s.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
+    s.add_argument("--fine-steps", type=int, default=LADDER_STEPS, help="the teacher's steps: the model's own "
+                   "schedule the ladder's sigmas are chosen from")
+    s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    s.add_argument("--output", required=True, help="the ladder file to write (JSON)")
+    s.set_defaults(handler=cmd_search)
+
+
+def cmd_search(args) -> int:
+    from .ladder_search import run_search
+    from .prompts import eval_prompts
+    from .sampler import check_request
+
+    for key, value, low in (("--steps", args.steps, 2), ("--seeds", args.seeds, 1), ("--fine-steps", args.fine_steps, 2)):
+        if value < low:
+            raise GlanceError(f"{key}: {value} is below {low}")
+    if args.fine_steps <= args.steps:
+        raise GlanceError(f"--fine-steps: {args.fine_steps} must be above --steps {args.steps} (the ladder's sigmas "
+                          "are chosen from the fine schedule)")
+    check_request(["x"], 0, args.width, args.height, args.guidance)
+    prompts = [p.text for p in eval_prompts(args.prompts)]
+    found = run_search(args.model, args.steps, args.width, args.height, args.guidance, prompts, args.seeds,
+                       args.fine_steps, args.device)
+    path = found.write(args.output)
+    m = found.method
+    print(f"wrote {path}: {len(found.sigmas)} sigmas " + ", ".join(f"{s:.4f}" for s in found.sigmas))
+    print(f"distance to the {args.fine_steps}-step result: searched {m['cost']['searched']:.4g}, default "
+          f"{len(found.sigmas)}-step schedule {m['cost']['default']:.4g}; {m['transformer_passes']} transformer "
+          f"passes, {m['seconds']:.1f}s")
+    return 0
 
 
 def _generate_parser(sub) -> None:
@@ -41,6 +84,10 @@ def _generate_parser(sub) -> None:
     g.add_argument("--negative-prompt", help="true-CFG families: replaces the pipeline's negative prompt")
     g.add_argument("--cfg-phases", choices=["both", "slow", "fast", "none"],
                    help="true-CFG families: which phases use CFG (default: both, as the official recipes)")
+    g.add_argument("--ladder-file", metavar="FILE", help="sample on a searched ladder (search-ladder's JSON): with "
+                   "the LoRAs given, or without --run/--slow/--fast the base model alone on it")
+    g.add_argument("--ladder-slow-steps", type=int, metavar="K", help="with --ladder-file: the first K sigmas are "
+                   "the slow phase (default: half)")
     g.add_argument("--slow-timesteps", help="explicit slow list (for LoRAs without glancetune metadata)")
     g.add_argument("--fast-timesteps", help="explicit fast list (for LoRAs without glancetune metadata)")
     g.add_argument("--sampler", choices=["exact", "official-compat"], default="exact",
@@ -69,11 +116,11 @@ def cmd_generate(args) -> int:
     import torch
 
     from ..data.images import open_image
-    from ..families import model_info
-    from .prompt_cache import sample_with_cache
-    from .images import image_info, output_paths, save_images
-    from .sampler import check_image_arg, check_request, check_size, resolve_spec
     from ..engine.runtime import select
+    from ..families import model_info
+    from .images import image_info, output_paths, save_images
+    from .prompt_cache import sample_with_cache
+    from .sampler import check_image_arg, check_request, check_size, resolve_spec
 
     # every argument is checked before any weights load
     check_request(args.prompt, args.seed, args.width, args.height, args.guidance)
@@ -88,7 +135,8 @@ def cmd_generate(args) -> int:
     output_paths(args.output, len(args.prompt))
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
-                        height=args.height, guidance=args.guidance, preset=args.preset)
+                        height=args.height, guidance=args.guidance, preset=args.preset,
+                        ladder_file=args.ladder_file, ladder_slow_steps=args.ladder_slow_steps)
     control = None
     if args.image is not None:
         if not Path(args.image).is_file():

@@ -20,6 +20,9 @@ import torch
 def adapters_off(transformer):
     """The LoRA layers bypassed (base weights only); on exit they are on again and every parameter's
     `requires_grad` is as before (peft's enable/disable touch it)."""
+    if not getattr(transformer, "peft_config", None):  # no LoRA loaded (a ladder file alone): the base already
+        yield
+        return
     flags = [(p, p.requires_grad) for p in transformer.parameters()]
     transformer.disable_adapters()
     try:

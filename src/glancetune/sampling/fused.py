@@ -29,6 +29,16 @@ class Unfused:
         pass
 
 
+class BaseOnly:
+    """No LoRA loaded (`generate --model M --ladder-file L`): the base model on the ladder, nothing to switch."""
+
+    def use(self, name: str) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 class Fused:
     def __init__(self, pipe):
         from peft.tuners.tuners_utils import BaseTunerLayer

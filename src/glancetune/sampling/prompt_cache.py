@@ -70,8 +70,8 @@ def sample_with_cache(args, spec, info, dtype, control):
     is one call (image k seeded `seed + k`, as in a batch)."""
     import time
 
-    from .sampler import GlanceSampler
     from ..engine.runtime import compute_dtype, select
+    from .sampler import GlanceSampler
 
     t0 = time.perf_counter()
     kw = dict(device=args.device, dtype=dtype, lora_load=args.lora_load,

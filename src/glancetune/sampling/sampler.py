@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from ..engine.runtime import compute_dtype, configure_backends, select
 from ..errors import GlanceError
 from ..export.files import WEIGHT_NAME, lora_file, read_record
 from ..families import ModelInfo, model_info
 from ..families.base import PublishedLoras
-from .fused import MODES, Fused, Unfused
-from ..engine.runtime import compute_dtype, configure_backends, select
-from .lora_files import detect_published, load_adapter, published_by_name
 from ..record import RunRecord
 from ..schedule import LADDER_STEPS, Ladder, identity_scheduler_config, parse_sigma_list
+from .fused import MODES, BaseOnly, Fused, Unfused
+from .lora_files import detect_published, load_adapter, published_by_name
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 class GlanceSpec:
     """What generate needs, read from the two LoRA files' metadata (explicit arguments override it)."""
 
-    slow: Path
-    fast: Path
+    slow: Path | None  # None (both): the base model alone on the ladder (a ladder file, no LoRAs)
+    fast: Path | None
     ladder: Ladder
     base_model: str
     width: int
@@ -59,7 +59,28 @@ def _sigmas(path: Path) -> tuple[float, ...] | None:
 
 
 def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, fast_sigmas=None, width=None,
-                 height=None, guidance=None, preset: str = "auto") -> GlanceSpec:
+                 height=None, guidance=None, preset: str = "auto", ladder_file=None,
+                 ladder_slow_steps: int | None = None) -> GlanceSpec:
+    """`ladder_file` (`search-ladder`'s JSON): sample on its sigmas (split slow/fast at `ladder_slow_steps`, default
+    half), with the LoRAs given, or without any (no --run/--slow/--fast: the base model on the searched ladder, its
+    model, size and guidance from the file unless given)."""
+    if ladder_file is None:
+        if ladder_slow_steps is not None:
+            raise GlanceError("--ladder-slow-steps: only with --ladder-file")
+        return _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guidance, preset)
+    from .ladder_search import LadderFile
+
+    found = LadderFile.read(ladder_file)
+    if slow_sigmas is not None or fast_sigmas is not None:
+        raise GlanceError("--ladder-file: give it or --slow-timesteps/--fast-timesteps, not both")
+    ladder = found.ladder(ladder_slow_steps)
+    if run is None and slow is None and fast is None:
+        return GlanceSpec(None, None, ladder, model or found.model, width or found.width, height or found.height,
+                          found.guidance if guidance is None else guidance, guidance_explicit=True)
+    return replace(_spec(slow, fast, run, model, None, None, width, height, guidance, preset), ladder=ladder)
+
+
+def _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guidance, preset) -> GlanceSpec:
     """Combine the LoRA metadata with explicit overrides; say exactly what is missing when metadata is absent.
 
     `preset`: "auto" recognises a published pair (files without glancetune metadata, see PublishedLoras) by its
@@ -71,7 +92,8 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
             raise GlanceError("--run: give either --run or --slow/--fast, not both")
         slow, fast = Path(run) / "slow", Path(run) / "fast"
     if slow is None or fast is None:
-        raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR")
+        raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR (or --ladder-file FILE: the "
+                          "base model alone on a searched ladder)")
     slow, fast = Path(slow), Path(fast)
     rs, rf = _record(slow), _record(fast)
     pub = None
@@ -175,7 +197,8 @@ class GlanceSampler:
         self.own_scheduler = pipe.scheduler  # the model's own (base reference images: compare.py)
         pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
         pipe.set_progress_bar_config(disable=None, leave=False)  # tqdm: shown on a terminal only
-        self.adapters = Unfused(pipe)  # fused.py: `lora_mode`
+        # fused.py: `lora_mode`; a pipeline without LoRAs samples the base model on the ladder
+        self.adapters = Unfused(pipe) if getattr(pipe.transformer, "peft_config", None) else BaseOnly()
         self.load_parts: dict[str, float] = {}  # seconds of from_spec's parts (imports, pipeline, ...)
 
     @property
@@ -186,6 +209,10 @@ class GlanceSampler:
     def lora_mode(self, mode: str) -> None:
         if mode not in MODES:
             raise GlanceError(f"--lora-mode: {mode!r} is not one of {', '.join(MODES)}")
+        if isinstance(self.adapters, BaseOnly):
+            if mode == "fused":
+                raise GlanceError("--lora-mode: fused needs LoRAs; none are loaded (--ladder-file without --run)")
+            return
         if mode != self.lora_mode:
             self.adapters.release()
             self.adapters = MODES[mode](self.pipe)
@@ -233,7 +260,7 @@ class GlanceSampler:
         if pub is not None:
             log.info("notice: using the published %s recipe (%s): ladder %s, guidance %g", pub.name, pub.source,
                      spec.ladder.to_dict(), spec.guidance)
-        for name, path in (("slow", spec.slow), ("fast", spec.fast)):
+        for name, path in (("slow", spec.slow), ("fast", spec.fast)) if spec.slow is not None else ():
             note = load_adapter(pipe, lora_file(path), name, pub.alpha_per_rank if pub else None,
                                 stock=lora_load == "stock")
             if note:

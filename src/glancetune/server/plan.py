@@ -4,7 +4,6 @@ plot itself: an SVG of sigma / timestep per sampling step, slow vs fast.
 """
 from __future__ import annotations
 
-import json
 import threading
 
 from ..config.schema import load_config

@@ -66,11 +66,10 @@ def load_train_config(args):
 
 
 def cmd_train(args, command: str) -> int:
-    from .job import Job
-    from .loop import Interrupted
-
     from ..engine.runtime import process_state
     from ..plan.describe import describe, details
+    from .job import Job
+    from .loop import Interrupted
 
     cfg = load_train_config(args)
     job = Job(cfg, command)
@@ -98,8 +97,8 @@ def cmd_cache(args) -> int:
     """Pre-compute the text-embedding and VAE-latent caches of a train/glance config (no transformer loaded)."""
     from ..engine.encode import encode, sample_caches
     from ..engine.memory import peak_memory
-    from ..plan.build import Plan
     from ..engine.runtime import compute_dtype, select
+    from ..plan.build import Plan
 
     cfg = load_train_config(args)
     job = Plan.build(cfg, "cache")
@@ -124,9 +123,9 @@ def cmd_quickstart(args) -> int:
     import torch
 
     from ..config.schema import build_config
+    from ..plan.describe import describe
     from ..sampling.images import image_info, save_images
     from ..sampling.sampler import GlanceSampler, resolve_spec
-    from ..plan.describe import describe
     from .job import Job
 
     if args.model.startswith("tiny:"):

@@ -1,0 +1,214 @@
+"""`glancetune search-ladder`: the N sigmas that best reproduce the base model's own fine-step trajectory.
+
+The method is Optimal Stepsize (OSS, arXiv 2503.21774), written here for diffusers pipelines: the teacher is the
+base model sampled on its own `fine`-step schedule (its real scheduler shift at this size, its real guidance / true
+CFG), one trajectory per prompt x seed, every state kept. A dynamic program then picks the student's N steps among
+the fine grid's sigmas: after k steps the student may stand at any grid point j, reached from the grid point i of
+its best (k-1)-step path by one Euler step with its own velocity there; the cost of standing at j is the squared
+distance to the teacher's state at j (mean over the prompts and seeds: one ladder for all of them), and the path
+with the lowest cost that ends at sigma 0 after N steps wins. The student's velocity at (z, sigma) is read from
+the stock pipeline itself (one step from sigma to 0 gives the x0 prediction; v = (z - x0) / sigma), so the
+search sees exactly what `generate` computes, pipeline dtype included.
+
+The ladder file (JSON, `LadderFile`) holds the N sigmas exactly as sampled (decreasing, in (0, 1], no re-shift:
+the sampler uses them verbatim), the model, size and guidance it was searched for, and how.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import GlanceError
+
+log = logging.getLogger(__name__)
+FORMAT = "glancetune-ladder/1"
+
+
+@dataclass(frozen=True)
+class LadderFile:
+    """A searched ladder and what it was searched for (`search-ladder` writes it; `generate --ladder-file` reads it)."""
+
+    sigmas: tuple[float, ...]
+    model: str
+    family: str
+    width: int
+    height: int
+    guidance: float | None
+    method: dict = field(default_factory=dict)  # how it was found: grid, prompts, seeds, costs, passes, seconds
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self), "sigmas": list(self.sigmas)}
+
+    def ladder(self, slow_steps: int | None = None, key: str = "--ladder-slow-steps"):
+        """The sigmas as a slow/fast ladder: the first `slow_steps` slow (default: half, the extra one slow)."""
+        from ..schedule import Ladder
+
+        n = len(self.sigmas)
+        k = (n + 1) // 2 if slow_steps is None else slow_steps
+        if not 1 <= k < n:
+            raise GlanceError(f"{key}: {k} is not between 1 and {n - 1} (the ladder has {n} sigmas)")
+        return Ladder(self.sigmas[:k], self.sigmas[k:])
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Written whole under a temporary name, then renamed into place."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, key: str = "--ladder-file") -> LadderFile:
+        """One line naming the file (and `key`) for a missing file, bad JSON, another format or bad sigmas."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GlanceError(f"{key}: {path}: file not found") from None
+        except (OSError, ValueError) as e:
+            raise GlanceError(f"{key}: {path}: not a readable JSON file ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise GlanceError(f"{key}: {path}: not a glancetune ladder file (\"format\": \"{FORMAT}\" expected)")
+        s = d.get("sigmas")
+        if (not isinstance(s, list) or len(s) < 2 or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                          for x in s)
+                or not all(0 < x <= 1 for x in s) or any(a <= b for a, b in zip(s, s[1:]))):
+            raise GlanceError(f"{key}: {path}: \"sigmas\" must be at least 2 numbers in (0, 1], strictly decreasing")
+        try:
+            return cls(tuple(float(x) for x in s), str(d["model"]), str(d["family"]), int(d["width"]),
+                       int(d["height"]), None if d.get("guidance") is None else float(d["guidance"]),
+                       dict(d.get("method", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise GlanceError(f"{key}: {path}: missing or bad field ({e})") from None
+
+
+class Stepper:
+    """The base model's stock pipeline (identity scheduler: sigmas used verbatim) with one prompt encoded once:
+    its trajectory on a sigma list, and its x0 prediction from any state. `passes` counts transformer passes."""
+
+    def __init__(self, pipe, family, prompt: str, guidance: float | None, max_len: int, width: int, height: int):
+        self.pipe, self.family, self.width, self.height = pipe, family, width, height
+        device = pipe._execution_device
+        with torch.no_grad():
+            text = family.prompt_call_kwargs(family.encode_prompts(pipe, [prompt], device, max_len))
+            cfg = family.true_cfg and guidance is not None and guidance > 1
+            if cfg:
+                neg = family.encode_prompts(pipe, [family.negative_prompt], device, max_len)
+                text.update(family.prompt_call_kwargs(neg, negative=True))
+        self.kwargs = {**text, **family.pipeline_kwargs(guidance if cfg or not family.true_cfg else None, max_len)}
+        self.per_call = 2 if cfg else 1
+        self.passes = 0
+
+    def _call(self, sigmas: list[float], latents=None, seed: int = 0, callback=None):
+        self.passes += len(sigmas) * self.per_call
+        extra = {"latents": self.family.resume_latents(self.pipe, latents, self.height, self.width)} \
+            if latents is not None else {"generator": torch.Generator("cpu").manual_seed(seed)}
+        cb = {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": ["latents"]} if callback else {}
+        with torch.no_grad():
+            return self.pipe(sigmas=list(sigmas), num_inference_steps=len(sigmas), width=self.width,
+                             height=self.height, output_type="latent", **extra, **cb, **self.kwargs).images
+
+    def trajectory(self, grid: list[float], seed: int) -> list[torch.Tensor]:
+        """The states at grid[0], grid[1], ..., and at 0 (fp32, CPU): the pipeline's own Euler steps from the noise
+        of `seed`. A zero-length first step (grid[0] twice) hands out the starting noise itself."""
+        states = []
+
+        def keep(pipe, i, t, kwargs):
+            states.append(kwargs["latents"].detach().float().cpu().clone())
+            return {}
+
+        self._call([grid[0], *grid], seed=seed, callback=keep)
+        return states
+
+    def velocity(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
+        """v at (z, sigma): one stock step from sigma to 0 gives x0 = z - sigma v."""
+        x0 = self._call([sigma], latents=z.to(self.pipe._execution_device, self.pipe.transformer.dtype))
+        return (z - x0.detach().float().cpu()) / sigma
+
+
+def search(steppers_and_seeds: list[tuple[Stepper, int]], grid: list[float], steps: int, progress=None):
+    """(the `steps` sigmas, the searched path's cost, the teachers' trajectories) by the dynamic program of the
+    module docstring over `grid` (decreasing sigmas; the final 0 implied). `progress(n)`: n more pipeline calls."""
+    n = len(grid)  # grid points 0..n-1, then sigma 0 at index n
+    sig = list(grid) + [0.0]
+    teachers = [st.trajectory(grid, seed) for st, seed in steppers_and_seeds]  # n + 1 states each
+    if progress is not None:
+        progress(len(steppers_and_seeds))
+    states = {0: [t[0] for t in teachers]}  # grid index -> the student's states (one per sample)
+    back: list[dict[int, int]] = []
+    cost: dict[int, float] = {}
+    for k in range(1, steps + 1):
+        nxt, src, cst = {}, {}, {}
+        last = k == steps
+        for i, zs in sorted(states.items()):
+            if i > n - 1 - (steps - k):  # leave a grid point for each step still to come
+                continue
+            vs = [st.velocity(z, sig[i]) for (st, _), z in zip(steppers_and_seeds, zs)]
+            if progress is not None:
+                progress(len(zs))
+            for j in ([n] if last else range(i + 1, n)):
+                zj = [z + (sig[j] - sig[i]) * v for z, v in zip(zs, vs)]
+                c = sum(float(torch.mean((a - t[j]) ** 2)) for a, t in zip(zj, teachers)) / len(zj)
+                if j not in cst or c < cst[j]:
+                    nxt[j], src[j], cst[j] = zj, i, c
+        states, cost = nxt, cst
+        back.append(src)
+    path, j = [], n
+    for src in reversed(back):
+        j = src[j]
+        path.append(j)
+    return [sig[i] for i in reversed(path)], cost[n], teachers
+
+
+def default_cost(steppers_and_seeds, teachers, schedule: list[float]) -> float:
+    """The squared distance to the teacher's end state of plain Euler on `schedule` (the default N steps)."""
+    total = 0.0
+    for (st, seed), t in zip(steppers_and_seeds, teachers):
+        total += float(torch.mean((st.trajectory(schedule, seed)[-1] - t[-1]) ** 2))
+    return total / len(teachers)
+
+
+def run_search(model: str, steps: int, width: int, height: int, guidance: float | None, prompts: list[str],
+               seeds: int, fine: int, device: str | None) -> LadderFile:
+    from tqdm import tqdm
+
+    from ..engine.runtime import compute_dtype, configure_backends, select
+    from ..families import model_info
+    from ..schedule import identity_scheduler_config
+
+    info = model_info(model)
+    fam = info.family
+    if fam.needs_control_image:
+        raise GlanceError(f"search-ladder: not built for edit models ({fam.name}) yet")
+    dev, mp = select(device)
+    configure_backends(dev)
+    t0 = time.perf_counter()
+    pipe = fam.load_pipeline(info.path, compute_dtype(mp))
+    pipe.to(dev)
+    own = fam.own_schedule(info, width, height, fine)
+    default = list(fam.own_schedule(info, width, height, steps))
+    pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    g = fam.inference_guidance(fam.default_guidance) if guidance is None else guidance
+    max_len = fam.default_max_sequence_length
+    runs = [(Stepper(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
+    total = len(runs) * (1 + fine * (steps - 1) + 1)  # trajectories + velocity reads (an upper bound)
+    with tqdm(total=total, desc="search-ladder", unit="pass", leave=False) as bar:
+        ladder, searched, teachers = search(runs, list(own), steps, progress=bar.update)
+    base = default_cost(runs, teachers, default)
+    seconds = time.perf_counter() - t0
+    passes = sum(st.passes for st, _ in runs)
+    method = {"how": "optimal-stepsize dynamic program over the base model's own trajectory (arXiv 2503.21774)",
+              "fine_steps": fine, "prompts": prompts, "seeds": seeds, "transformer_passes": passes,
+              "seconds": round(seconds, 1), "cost": {"searched": searched, "default": base},
+              "default_sigmas": default}
+    return LadderFile(tuple(ladder), model, fam.name, width, height, g, method)

@@ -1,0 +1,124 @@
+"""`glancetune search-ladder` and ladder files: the search on a tiny model (a strictly decreasing ladder closer to the
+model's own fine-step result than its default schedule with as many steps), the file format, and `generate
+--ladder-file` with LoRAs and without (the base model alone on the ladder, equal to stock diffusers)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import main, run_err
+from PIL import Image
+
+from glancetune.sampling.ladder_search import FORMAT, LadderFile
+
+STEPS, FINE, SIZE = 4, 20, 64  # 20: the default 4-step sigmas are not all on the fine grid
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_flux, tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    (root / "prompts.json").write_text(json.dumps({"fox": "a red fox in the snow", "city": "a city at night"}))
+    out = root / "ladder.json"
+    assert main(["search-ladder", "--model", tiny_flux, "--steps", str(STEPS), "--width", str(SIZE), "--height",
+                 str(SIZE), "--prompts", str(root / "prompts.json"), "--fine-steps", str(FINE), "--output",
+                 str(out)]) == 0
+    return out
+
+
+def sampler_for(spec):
+    from glancetune.sampling.sampler import GlanceSampler
+
+    return GlanceSampler.from_spec(spec, device="cpu")
+
+
+@pytest.mark.slow
+def test_search_writes_a_decreasing_ladder_closer_to_the_fine_result(searched, tiny_flux):
+    from glancetune.families import model_info
+    from glancetune.sampling.compare import base_own_schedule
+    from glancetune.sampling.sampler import resolve_spec
+
+    d = json.loads(searched.read_text())
+    assert d["format"] == FORMAT and d["model"] == tiny_flux and (d["width"], d["height"]) == (SIZE, SIZE)
+    s = d["sigmas"]
+    assert len(s) == STEPS and all(a > b for a, b in zip(s, s[1:])) and 0 < s[-1] and s[0] <= 1
+    info = model_info(tiny_flux)
+    fine = info.family.own_schedule(info, SIZE, SIZE, FINE)
+    assert set(s) <= set(fine) and s[0] == fine[0]  # chosen among the fine schedule's sigmas, from its start
+    assert d["method"]["cost"]["searched"] < d["method"]["cost"]["default"]
+    assert d["method"]["transformer_passes"] > 0
+    # checked apart from the search's own bookkeeping: sampled through generate's path, on held prompts and seeds
+    sampler = sampler_for(resolve_spec(ladder_file=searched))
+    errors = {"searched": [], "default": []}
+    for prompt, seed in (("a red fox in the snow", 0), ("a city at night", 0)):
+        ref = base_own_schedule(sampler, FINE, [prompt], seed, SIZE, SIZE, output_type="latent")
+        on_ladder = sampler([prompt], seed, SIZE, SIZE, output_type="latent")
+        default = base_own_schedule(sampler, STEPS, [prompt], seed, SIZE, SIZE, output_type="latent")
+        errors["searched"].append(float(torch.mean((on_ladder - ref) ** 2)))
+        errors["default"].append(float(torch.mean((default - ref) ** 2)))
+    assert sum(errors["searched"]) < sum(errors["default"]), errors
+
+
+@pytest.mark.slow
+def test_generate_on_a_ladder_file_without_loras_equals_stock_diffusers(searched, tiny_flux, tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    out = tmp_path / "base.png"
+    assert main(["generate", "--ladder-file", str(searched), "--prompt", "a red fox", "--seed", "3",
+                 "--output", str(out)]) == 0
+    pipe = FluxPipeline.from_pretrained(tiny_flux)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
+                                                                 shift=1.0, shift_terminal=None)
+    sigmas = json.loads(searched.read_text())["sigmas"]
+    stock = pipe("a red fox", sigmas=sigmas, num_inference_steps=len(sigmas), width=SIZE, height=SIZE,
+                 guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(3)).images[0]
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), np.asarray(stock))
+
+
+@pytest.mark.slow
+def test_generate_with_loras_samples_the_file_ladder(searched, glance_run, tmp_path, capsys):
+    from glancetune.sampling.images import read_parameters
+
+    out = tmp_path / "pair.png"
+    capsys.readouterr()
+    assert main(["generate", "--run", str(glance_run), "--ladder-file", str(searched), "--ladder-slow-steps", "1",
+                 "--prompt", "a red fox", "--output", str(out)]) == 0
+    assert f"{STEPS} exact steps (1 slow + {STEPS - 1} fast), {STEPS} transformer passes" in capsys.readouterr().out
+    sigmas = json.loads(searched.read_text())["sigmas"]
+    assert read_parameters(out)["ladder"] == {"slow": sigmas[:1], "fast": sigmas[1:]}
+
+
+def test_ladder_file_round_trip_and_split(tmp_path):
+    f = LadderFile((1.0, 0.8, 0.5, 0.2, 0.1), "tiny:flux", "flux", 64, 64, 1.0, {"how": "test"})
+    path = f.write(tmp_path / "sub" / "l.json")
+    back = LadderFile.read(path)
+    assert back == f
+    assert back.ladder().slow == (1.0, 0.8, 0.5) and back.ladder(2).fast == (0.5, 0.2, 0.1)
+    assert not list((tmp_path / "sub").glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{", "not a readable JSON file"),
+    ('{"format": "other"}', f'not a glancetune ladder file ("format": "{FORMAT}" expected)'),
+    (json.dumps({"format": FORMAT, "sigmas": [0.5, 0.8]}), '"sigmas" must be at least 2 numbers in (0, 1]'),
+    (json.dumps({"format": FORMAT, "sigmas": [1.0, 0.5]}), "missing or bad field"),
+])
+def test_bad_ladder_files_are_one_line(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    err = run_err(capsys, ["generate", "--ladder-file", str(bad), "--prompt", "x"])
+    assert err.startswith(f"error: --ladder-file: {bad}: ") and message in err
+
+
+def test_bad_search_and_split_arguments_are_one_line(tmp_path, capsys, tiny_flux):
+    good = LadderFile((1.0, 0.5, 0.2), tiny_flux, "flux", 64, 64, 1.0).write(tmp_path / "l.json")
+    assert run_err(capsys, ["generate", "--ladder-file", str(good), "--ladder-slow-steps", "3", "--prompt", "x"]) == \
+        "error: --ladder-slow-steps: 3 is not between 1 and 2 (the ladder has 3 sigmas)"
+    assert run_err(capsys, ["generate", "--run", "r", "--ladder-slow-steps", "1", "--prompt", "x"]) == \
+        "error: --ladder-slow-steps: only with --ladder-file"
+    base = ["search-ladder", "--model", tiny_flux, "--width", "64", "--height", "64", "--output", str(tmp_path / "o")]
+    assert run_err(capsys, base + ["--steps", "10", "--fine-steps", "10"]).startswith("error: --fine-steps: 10 must")
+    assert run_err(capsys, base + ["--steps", "1"]) == "error: --steps: 1 is below 2"
+    assert not (tmp_path / "o").exists()
