@@ -4,7 +4,6 @@ model's own fine-step result than its default schedule with as many steps), the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
