@@ -11,7 +11,7 @@ import torch
 from conftest import main, run_err
 from PIL import Image
 
-from glancetune.sampling.ladder_search import FORMAT, LadderFile
+from glancetune.ladder import FORMAT, LadderFile
 
 STEPS, FINE, SIZE = 4, 20, 64  # 20: the default 4-step sigmas are not all on the fine grid
 
@@ -94,7 +94,7 @@ def test_ladder_file_round_trip_and_split(tmp_path):
     path = f.write(tmp_path / "sub" / "l.json")
     back = LadderFile.read(path)
     assert back == f
-    assert back.ladder().slow == (1.0, 0.8, 0.5) and back.ladder(2).fast == (0.5, 0.2, 0.1)
+    assert back.ladder().slow == pytest.approx((1.0, 0.8, 0.5)) and back.ladder(2).fast == pytest.approx((0.5, 0.2, 0.1))
     assert not list((tmp_path / "sub").glob(".*tmp*"))
 
 
@@ -121,3 +121,27 @@ def test_bad_search_and_split_arguments_are_one_line(tmp_path, capsys, tiny_flux
     assert run_err(capsys, base + ["--steps", "10", "--fine-steps", "10"]).startswith("error: --fine-steps: 10 must")
     assert run_err(capsys, base + ["--steps", "1"]) == "error: --steps: 1 is below 2"
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_glance_trains_on_a_ladder_file(tiny_flux, tmp_path, capsys):
+    from conftest import write_configs
+    from glancetune.export.files import read_record
+
+    lad = LadderFile((1.0, 0.8, 0.6, 0.4, 0.2), tiny_flux, "flux", 64, 64, 1.0).write(tmp_path / "l.json")
+    cfg = write_configs(tmp_path / "a", tiny_flux, resolution=128, steps=2, glance_ladder_file=str(lad),
+                        glance_ladder_slow_steps=2)
+    capsys.readouterr()
+    assert main(["glance", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "phase slow: 2 sigmas 1, 0.8" in out and "phase fast: 3 sigmas 0.6, 0.4, 0.2" in out
+    rec = read_record(tmp_path / "a" / "output" / "slow")[0]
+    assert rec.ladder.slow == pytest.approx((1.0, 0.8)) and rec.ladder.fast == pytest.approx((0.6, 0.4, 0.2))
+    assert rec.ladder == LadderFile.read(lad).ladder(2)  # the record holds exactly what was trained
+    both = write_configs(tmp_path / "b", tiny_flux, glance_ladder_file=str(lad), glance_slow_indices="0,1",
+                         glance_fast_indices="2,3")
+    assert run_err(capsys, ["glance", "--config", str(both), "--dry-run"]) == (
+        "error: glance_ladder_file: give it or glance_slow_indices, glance_fast_indices, not both")
+    alone = write_configs(tmp_path / "c", tiny_flux, glance_ladder_slow_steps=2)
+    assert run_err(capsys, ["glance", "--config", str(alone), "--dry-run"]) == (
+        "error: glance_ladder_slow_steps: only with glance_ladder_file")

@@ -34,7 +34,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("LoRA", "trainer.md#training-details-and-defaults", [
         "lora_rank", "lora_alpha", "lora_dropout", "lora_init", "lora_target", "flux_lora_target", "lora_targets"]),
     ("Glance ladder and sigmas", "generate.md#ladders", [
-        "glance_slow_timesteps", "glance_fast_timesteps", "glance_ladder_steps", "glance_slow_indices",
+        "glance_slow_timesteps", "glance_fast_timesteps", "glance_ladder_steps", "glance_ladder_file",
+        "glance_ladder_slow_steps", "glance_slow_indices",
         "glance_fast_indices", "timestep_sampling", "flow_custom_timesteps"]),
     ("Guidance while training", "trainer.md#training-details-and-defaults", [
         "flux_guidance_mode", "flux_guidance_value", "flux_guidance_min", "flux_guidance_max"]),

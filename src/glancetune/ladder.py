@@ -1,16 +1,29 @@
-"""Which sigmas each phase trains on: the Glance ladder (slow | fast) cut from the model's own N-step schedule, or
-one list for a single-phase `train`. Used by the training job and by `glancetune schedule`, so both print and
+"""Which sigmas each phase trains on: the Glance ladder (slow | fast) cut from the model's own N-step schedule, a
+ladder file (`LadderFile`, written by `search-ladder`), or one list for a single-phase `train`. Used by the training job and by `glancetune schedule`, so both print and
 train the same numbers. The sigma math itself lives in schedule.py.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .errors import GlanceError
-from .schedule import FAST_INDICES, LADDER_STEPS, SLOW_INDICES, Ladder, cut_ladder, parse_index_list, parse_sigma_list
+from .schedule import (
+    FAST_INDICES,
+    LADDER_STEPS,
+    SLOW_INDICES,
+    Ladder,
+    cut_ladder,
+    f32,
+    parse_index_list,
+    parse_sigma_list,
+)
 
 log = logging.getLogger(__name__)
+FORMAT = "glancetune-ladder/1"  # the ladder file's "format"
 
 
 @dataclass(frozen=True)
@@ -18,6 +31,66 @@ class Phase:
     name: str  # adapter name and role: slow | fast | lora
     sigmas: tuple[float, ...]
     subdir: str  # output sub-folder; "" = output_dir itself
+
+
+@dataclass(frozen=True)
+class LadderFile:
+    """A searched ladder and what it was searched for (`search-ladder` writes it; `generate --ladder-file` reads it)."""
+
+    sigmas: tuple[float, ...]
+    model: str
+    family: str
+    width: int
+    height: int
+    guidance: float | None
+    method: dict = field(default_factory=dict)  # how it was found: grid, prompts, seeds, costs, passes, seconds
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, **asdict(self), "sigmas": list(self.sigmas)}
+
+    def ladder(self, slow_steps: int | None = None, key: str = "--ladder-slow-steps"):
+        """The sigmas as a slow/fast ladder: the first `slow_steps` slow (default: half, the extra one slow)."""
+        n = len(self.sigmas)
+        k = (n + 1) // 2 if slow_steps is None else slow_steps
+        if not 1 <= k < n:
+            raise GlanceError(f"{key}: {k} is not between 1 and {n - 1} (the ladder has {n} sigmas)")
+        s = tuple(f32(x) for x in self.sigmas)  # as recorded and sampled: float32 values
+        return Ladder(s[:k], s[k:])
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Written whole under a temporary name, then renamed into place."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike, key: str = "--ladder-file") -> LadderFile:
+        """One line naming the file (and `key`) for a missing file, bad JSON, another format or bad sigmas."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GlanceError(f"{key}: {path}: file not found") from None
+        except (OSError, ValueError) as e:
+            raise GlanceError(f"{key}: {path}: not a readable JSON file ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise GlanceError(f"{key}: {path}: not a glancetune ladder file (\"format\": \"{FORMAT}\" expected)")
+        s = d.get("sigmas")
+        if (not isinstance(s, list) or len(s) < 2 or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                          for x in s)
+                or not all(0 < x <= 1 for x in s) or any(a <= b for a, b in zip(s, s[1:]))):
+            raise GlanceError(f"{key}: {path}: \"sigmas\" must be at least 2 numbers in (0, 1], strictly decreasing")
+        try:
+            return cls(tuple(float(x) for x in s), str(d["model"]), str(d["family"]), int(d["width"]),
+                       int(d["height"]), None if d.get("guidance") is None else float(d["guidance"]),
+                       dict(d.get("method", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise GlanceError(f"{key}: {path}: missing or bad field ({e})") from None
 
 
 def scaled_indices(steps: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -45,8 +118,27 @@ def default_ladder(info, width: int, height: int, steps: int = LADDER_STEPS) -> 
     return cut_ladder(model_schedule(info, width, height, steps), si, fi)
 
 
+def file_ladder(cfg, info, width: int, height: int) -> Ladder:
+    """`glance_ladder_file`: the file's sigmas split at `glance_ladder_slow_steps` (default half); a notice when the
+    file was searched for another model or size (its sigmas are still used verbatim)."""
+    others = [k for k in ("glance_slow_timesteps", "glance_fast_timesteps", "glance_slow_indices",
+                          "glance_fast_indices") if getattr(cfg, k) is not None]
+    if others:
+        raise GlanceError(f"glance_ladder_file: give it or {', '.join(others)}, not both")
+    found = LadderFile.read(cfg.glance_ladder_file, key="glance_ladder_file")
+    if (found.width, found.height) != (width, height) or found.family != info.family.name:
+        log.info("notice: glance_ladder_file: searched for %s (%s) at %dx%d, training %s at %dx%d", found.model,
+                 found.family, found.width, found.height, info.ref, width, height)
+    return found.ladder(cfg.glance_ladder_slow_steps, key="glance_ladder_slow_steps")
+
+
 def glance_ladder(cfg, info, width: int, height: int) -> Ladder:
-    """The config's ladder: explicit lists, explicit indices, or the default cut of the N-step schedule."""
+    """The config's ladder: a ladder file, explicit lists, explicit indices, or the default cut of the N-step
+    schedule."""
+    if cfg.glance_ladder_file is not None:
+        return file_ladder(cfg, info, width, height)
+    if cfg.glance_ladder_slow_steps is not None:
+        raise GlanceError("glance_ladder_slow_steps: only with glance_ladder_file")
     slow, fast = cfg.glance_slow_timesteps, cfg.glance_fast_timesteps
     if (slow is None) != (fast is None):
         missing = "glance_fast_timesteps" if fast is None else "glance_slow_timesteps"

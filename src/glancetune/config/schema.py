@@ -138,6 +138,10 @@ class TrainConfig(ValidationKeys, MemoryKeys):
                                                                               "`glance_slow_timesteps`)")
     glance_ladder_steps: int = Field(LADDER_STEPS, ge=2, description="N of the model's own N-step schedule the ladder is cut "
                                      "from")
+    glance_ladder_file: str | None = Field(None, description="a ladder file from `glancetune search-ladder`: train on "
+                                           "its sigmas instead of a cut of the model's own N-step schedule")
+    glance_ladder_slow_steps: int | None = Field(None, ge=1, description="with glance_ladder_file: the first K sigmas "
+                                                 "are the slow phase (default: half, the extra one slow)")
     glance_slow_indices: str | list[int] | None = Field(None, description="0-based indices into the N-step "
                                                                           "schedule for the slow phase (default "
                                                                           "`0,2,4,6,8`; scaled for another N)")

@@ -10,85 +10,20 @@ with the lowest cost that ends at sigma 0 after N steps wins. The student's velo
 the stock pipeline itself (one step from sigma to 0 gives the x0 prediction; v = (z - x0) / sigma), so the
 search sees exactly what `generate` computes, pipeline dtype included.
 
-The ladder file (JSON, `LadderFile`) holds the N sigmas exactly as sampled (decreasing, in (0, 1], no re-shift:
+The ladder file (JSON, `ladder.LadderFile`) holds the N sigmas exactly as sampled (decreasing, in (0, 1], no re-shift:
 the sampler uses them verbatim), the model, size and guidance it was searched for, and how.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..errors import GlanceError
+from ..ladder import LadderFile
 
 log = logging.getLogger(__name__)
-FORMAT = "glancetune-ladder/1"
-
-
-@dataclass(frozen=True)
-class LadderFile:
-    """A searched ladder and what it was searched for (`search-ladder` writes it; `generate --ladder-file` reads it)."""
-
-    sigmas: tuple[float, ...]
-    model: str
-    family: str
-    width: int
-    height: int
-    guidance: float | None
-    method: dict = field(default_factory=dict)  # how it was found: grid, prompts, seeds, costs, passes, seconds
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, **asdict(self), "sigmas": list(self.sigmas)}
-
-    def ladder(self, slow_steps: int | None = None, key: str = "--ladder-slow-steps"):
-        """The sigmas as a slow/fast ladder: the first `slow_steps` slow (default: half, the extra one slow)."""
-        from ..schedule import Ladder
-
-        n = len(self.sigmas)
-        k = (n + 1) // 2 if slow_steps is None else slow_steps
-        if not 1 <= k < n:
-            raise GlanceError(f"{key}: {k} is not between 1 and {n - 1} (the ladder has {n} sigmas)")
-        return Ladder(self.sigmas[:k], self.sigmas[k:])
-
-    def write(self, path: str | os.PathLike) -> Path:
-        """Written whole under a temporary name, then renamed into place."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
-    @classmethod
-    def read(cls, path: str | os.PathLike, key: str = "--ladder-file") -> LadderFile:
-        """One line naming the file (and `key`) for a missing file, bad JSON, another format or bad sigmas."""
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GlanceError(f"{key}: {path}: file not found") from None
-        except (OSError, ValueError) as e:
-            raise GlanceError(f"{key}: {path}: not a readable JSON file ({e})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise GlanceError(f"{key}: {path}: not a glancetune ladder file (\"format\": \"{FORMAT}\" expected)")
-        s = d.get("sigmas")
-        if (not isinstance(s, list) or len(s) < 2 or any(isinstance(x, bool) or not isinstance(x, (int, float))
-                                                          for x in s)
-                or not all(0 < x <= 1 for x in s) or any(a <= b for a, b in zip(s, s[1:]))):
-            raise GlanceError(f"{key}: {path}: \"sigmas\" must be at least 2 numbers in (0, 1], strictly decreasing")
-        try:
-            return cls(tuple(float(x) for x in s), str(d["model"]), str(d["family"]), int(d["width"]),
-                       int(d["height"]), None if d.get("guidance") is None else float(d["guidance"]),
-                       dict(d.get("method", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise GlanceError(f"{key}: {path}: missing or bad field ({e})") from None
 
 
 class Stepper:

@@ -68,7 +68,7 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
         if ladder_slow_steps is not None:
             raise GlanceError("--ladder-slow-steps: only with --ladder-file")
         return _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guidance, preset)
-    from .ladder_search import LadderFile
+    from ..ladder import LadderFile
 
     found = LadderFile.read(ladder_file)
     if slow_sigmas is not None or fast_sigmas is not None:
