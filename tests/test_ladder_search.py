@@ -145,3 +145,32 @@ def test_glance_trains_on_a_ladder_file(tiny_flux, tmp_path, capsys):
     alone = write_configs(tmp_path / "c", tiny_flux, glance_ladder_slow_steps=2)
     assert run_err(capsys, ["glance", "--config", str(alone), "--dry-run"]) == (
         "error: glance_ladder_slow_steps: only with glance_ladder_file")
+
+
+@pytest.mark.slow
+def test_eval_adds_the_searched_ladder_row_and_a_verdict(searched, glance_run, tmp_path, capsys):
+    (tmp_path / "p.json").write_text(json.dumps({"fox": "a red fox in the snow"}))
+    report = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["eval", "--run", str(glance_run), "--prompts", str(tmp_path / "p.json"), "--seeds", "2",
+                 "--steps-base", "6", "--ladder-file", str(searched), "--output", str(report)]) == 0
+    data = json.loads((report / "eval.json").read_text())
+    row = f"base-{STEPS}-searched"
+    assert row in data["samplers"] and data["samplers"][row]["passes_per_image"] == STEPS  # counted
+    assert f"glance_vs_{row}" in data["win_rate"]
+    assert data["verdict"] and f"Verdict: {data['verdict']}." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("ci,start", [((0.6, 0.9), "the pair beats base-10-searched"),
+                                      ((0.1, 0.4), "base-10-searched beats the pair at equal cost"),
+                                      ((0.3, 0.7), "no clear difference between the pair and base-10-searched")])
+def test_verdict_compares_with_the_best_training_free_row_at_equal_cost(ci, start):
+    from glancetune.evaluation.evaluate import verdict
+
+    samplers = {"base-50": {"passes_per_image": 50}, "base-10": {"passes_per_image": 10, "psnr_mean": 20.0},
+                "base-10-searched": {"passes_per_image": 10, "psnr_mean": 25.0},
+                "base-5": {"passes_per_image": 20, "psnr_mean": 40.0},  # costs more than the pair: not compared
+                "glance": {"passes_per_image": 10, "psnr_mean": 24.0}}
+    wins = {f"glance_vs_{n}": {"psnr": {"rate": sum(ci) / 2, "ci95": list(ci)}}
+            for n in ("base-10", "base-10-searched", "base-5")}
+    assert verdict(samplers, wins).startswith(start)

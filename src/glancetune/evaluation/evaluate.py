@@ -4,6 +4,7 @@ For every prompt x seed, with the same initial noise (a CPU generator seeded ali
   base-N           the base model's own N-step image (`--steps-base`, default 50): the reference;
   base-L           the base model's own L-step schedule, L = the ladder's length (10): the cheap baseline;
   base-L-ladder    the base model on the Glance ladder (the Glance sampler with the adapters off);
+  base-K-searched  with `--ladder-file`: the base model on a searched ladder (`search-ladder`), training-free;
   glance           the Glance image (the sampler of `glancetune generate`).
 All at the pair's size, guidance and CFG policy (compare.py). Edit models: every sampler edits the control image
 `--image` (as `generate --image`); the report and each PNG record its path as `control_image` (`image` names the
@@ -15,7 +16,9 @@ half) with a 95% bootstrap interval over the pairs. With `--clip-model` (a CLIP 
 downloaded): every image's CLIP score for its prompt (clipscore.py), its mean per sampler and Glance's win-rate on it
 (the higher score wins). LPIPS is not computed (its weights would have to be downloaded). Output: `eval.json`,
 `eval.md`, `grid.png` and every image under `images/`, written into a temporary folder and renamed into `--output`
-(an earlier report there is replaced; a folder holding anything else is refused).
+(an earlier report there is replaced; a folder holding anything else is refused). The verdict line says whether
+the pair beats the best training-free row that costs no more transformer passes (its PSNR win-rate interval above
+one half), loses to it (below: the LoRAs add nothing over it), or neither.
 """
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ def add_parser(sub) -> None:
     e.add_argument("--guidance", type=float, help="override the stored guidance (>= 0)")
     e.add_argument("--grid-rows", type=int, default=8, help="prompt x seed rows shown in grid.png")
     e.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    e.add_argument("--ladder-file", metavar="FILE", help="add the base model on this searched ladder "
+                   "(search-ladder) as a training-free row")
     e.set_defaults(handler=cmd_eval)
     e.add_argument("--clip-model", metavar="PATH", help="CLIP score with this local CLIP model folder (or a hub id "
                    "already in the local cache); nothing is downloaded")
@@ -99,8 +104,9 @@ class PassCounter:
         self.handle.remove()
 
 
-def sample_all(sampler, prompts, seeds, steps_base: int, image=None) -> tuple[list[dict], dict]:
-    """Every prompt x seed through the four samplers: (pairs, per-sampler cost)."""
+def sample_all(sampler, prompts, seeds, steps_base: int, image=None, searched=None) -> tuple[list[dict], dict]:
+    """Every prompt x seed through the samplers (`searched`: a Ladder, the base model on it): (pairs, per-sampler
+    cost)."""
     from ..sampling.compare import base_on_ladder, base_own_schedule
 
     w, h = sampler.size
@@ -108,8 +114,11 @@ def sample_all(sampler, prompts, seeds, steps_base: int, image=None) -> tuple[li
     extra = {"image": image} if image is not None else {}
     runs = {f"base-{steps_base}": lambda p, s: base_own_schedule(sampler, steps_base, [p], s, w, h, **extra),
             f"base-{n_lad}": lambda p, s: base_own_schedule(sampler, n_lad, [p], s, w, h, **extra),
-            f"base-{n_lad}-ladder": lambda p, s: base_on_ladder(sampler, [p], s, w, h, **extra),
-            "glance": lambda p, s: sampler([p], s, w, h, **extra)}
+            f"base-{n_lad}-ladder": lambda p, s: base_on_ladder(sampler, [p], s, w, h, **extra)}
+    if searched is not None:
+        runs[f"base-{len(searched.sigmas)}-searched"] = lambda p, s: base_on_ladder(sampler, [p], s, w, h,
+                                                                                     ladder=searched, **extra)
+    runs["glance"] = lambda p, s: sampler([p], s, w, h, **extra)
     cost = {name: {"seconds": [], "passes": []} for name in runs}
     counter = PassCounter(sampler.pipe.transformer)
     pairs = []
@@ -163,7 +172,24 @@ def summarise(pairs: list[dict], cost: dict, reference: str) -> dict:
         if clip:
             wins[f"glance_vs_{n}"]["clip"] = win_rate([pr["clip"]["glance"] for pr in pairs],
                                                       [pr["clip"][n] for pr in pairs])
-    return {"reference": reference, "samplers": samplers, "win_rate": wins}
+    return {"reference": reference, "samplers": samplers, "win_rate": wins, "verdict": verdict(samplers, wins)}
+
+
+def verdict(samplers: dict, wins: dict) -> str:
+    """Whether the pair beats the best training-free row at no more transformer passes (by PSNR win-rate)."""
+    cost = samplers["glance"]["passes_per_image"]
+    free = [n for n, s in samplers.items() if f"glance_vs_{n}" in wins and s["passes_per_image"] <= cost
+            and s.get("psnr_mean") is not None]
+    if not free:
+        return "no training-free row costs as little as the pair"
+    best = max(free, key=lambda n: samplers[n]["psnr_mean"])
+    r = wins[f"glance_vs_{best}"]["psnr"]
+    interval = f"PSNR win-rate {r['rate']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+    if r["ci95"][0] > 0.5:
+        return f"the pair beats {best}, the best training-free row at equal cost ({interval})"
+    if r["ci95"][1] < 0.5:
+        return f"{best} beats the pair at equal cost: the LoRAs add nothing over it ({interval})"
+    return f"no clear difference between the pair and {best}, the best training-free row at equal cost ({interval})"
 
 
 def _json(x):
@@ -193,6 +219,7 @@ def markdown(report: dict) -> str:
         for m, r in v.items():
             lines.append(f"- {k.replace('_', ' ')}, {m.upper()}: {r['rate']:.3f} [{r['ci95'][0]:.3f}, "
                          f"{r['ci95'][1]:.3f}]")
+    lines += ["", f"Verdict: {report['verdict']}."]
     if report.get("clip_model"):
         lines += ["", f"CLIP score (`{report['clip_model']}`, 100 x cosine of image and prompt embeddings, mean):", ""]
         lines += [f"- {n}: {s['clip_score_mean']:.3f}" for n, s in report["samplers"].items()]
@@ -266,8 +293,13 @@ def cmd_eval(args) -> int:
             raise GlanceError(f"--image: {args.image}: file not found")
         control = open_image(Path(args.image))
     check_image_arg(model_info(spec.base_model).family, control)
+    searched = None
+    if args.ladder_file is not None:
+        from ..ladder import LadderFile
+
+        searched = LadderFile.read(args.ladder_file).ladder()
     sampler = GlanceSampler.from_spec(spec, device=args.device)
-    pairs, cost = sample_all(sampler, prompts, seeds, args.steps_base, control)
+    pairs, cost = sample_all(sampler, prompts, seeds, args.steps_base, control, searched)
     if args.clip_model is not None:
         from .clipscore import ClipScorer
 
