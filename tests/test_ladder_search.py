@@ -174,3 +174,19 @@ def test_verdict_compares_with_the_best_training_free_row_at_equal_cost(ci, star
     wins = {f"glance_vs_{n}": {"psnr": {"rate": sum(ci) / 2, "ci95": list(ci)}}
             for n in ("base-10", "base-10-searched", "base-5")}
     assert verdict(samplers, wins).startswith(start)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sd3", "qwen_image", "flux2-klein", "flux2-dev"])
+def test_search_on_every_text_to_image_family(name, tmp_path, capsys):
+    """True CFG (SD3, Qwen-Image, klein) counts two passes per call; every family's loop layout goes back in."""
+    (tmp_path / "p.json").write_text(json.dumps({"fox": "a red fox in the snow"}))
+    out = tmp_path / "l.json"
+    assert main(["search-ladder", "--model", f"tiny:{name}", "--steps", "3", "--width", "64", "--height", "64",
+                 "--prompts", str(tmp_path / "p.json"), "--fine-steps", "8", "--output", str(out)]) == 0
+    d = json.loads(out.read_text())
+    s, m = d["sigmas"], d["method"]
+    assert len(s) == 3 and all(a > b for a, b in zip(s, s[1:]))
+    assert m["cost"]["searched"] < m["cost"]["default"]
+    per_step = 1 if name == "flux2-dev" else 2  # a guidance embedding, or true CFG: two passes per step
+    assert m["transformer_passes"] % per_step == 0 and m["transformer_passes"] > per_step * (8 + 3)

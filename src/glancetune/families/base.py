@@ -285,6 +285,11 @@ class Family:
         pipeline (to continue where the first call stopped)."""
         return latents
 
+    def loop_latents(self, pipe, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Turn latents in the layout of the pipeline's denoising loop (what its scheduler steps) into its `latents=`
+        input (`search-ladder` feeds such states back in)."""
+        return latents
+
     def pipeline_kwargs(self, guidance: float | None, max_sequence_length: int) -> dict[str, Any]:
         """Extra kwargs for the stock pipeline call (guidance, sequence length)."""
         raise NotImplementedError

@@ -138,6 +138,15 @@ class _Flux2(DoubleSingle, Family):
         # both pipelines: timestep = t.expand(B).to(latents.dtype); they pass timestep / 1000
         return (sigmas.float() * 1000).to(dtype) / 1000
 
+    def loop_latents(self, pipe, latents, height, width):
+        # the loop steps the packed tokens [B, h*w, 128] (row-major, as _prepare_latent_ids numbers them);
+        # `latents=` takes [B, 128, h, w] and packs it again
+        b, n, c = latents.shape
+        h, w = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
+        if h * w != n:
+            raise ValueError(f"loop_latents: {n} tokens do not make a {h}x{w} grid ({height}x{width} px)")
+        return latents.transpose(1, 2).reshape(b, c, h, w)
+
 
 class Flux2Klein(_Flux2):
     flavours = {None: "black-forest-labs/FLUX.2-klein-base-9B", "klein-9b": "black-forest-labs/FLUX.2-klein-base-9B",
@@ -198,13 +207,8 @@ class Flux2Dev(_Flux2):
         return bool(transformer_config.get("guidance_embeds", True))  # Flux2Transformer2DModel's default
 
     def resume_latents(self, pipe, latents, height, width):
-        # output_type="latent" gives the packed tokens [B, h*w, 128] (row-major, as _prepare_latent_ids numbers
-        # them); `latents=` takes [B, 128, h, w] and packs it again
-        b, n, c = latents.shape
-        h, w = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
-        if h * w != n:
-            raise ValueError(f"resume_latents: {n} tokens do not make a {h}x{w} grid ({height}x{width} px)")
-        return latents.transpose(1, 2).reshape(b, c, h, w)
+        # output_type="latent" gives the packed tokens, the loop's own layout
+        return self.loop_latents(pipe, latents, height, width)
 
     def inference_guidance(self, training_guidance):
         return self.default_inference_guidance

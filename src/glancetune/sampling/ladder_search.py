@@ -6,9 +6,9 @@ CFG), one trajectory per prompt x seed, every state kept. A dynamic program then
 the fine grid's sigmas: after k steps the student may stand at any grid point j, reached from the grid point i of
 its best (k-1)-step path by one Euler step with its own velocity there; the cost of standing at j is the squared
 distance to the teacher's state at j (mean over the prompts and seeds: one ladder for all of them), and the path
-with the lowest cost that ends at sigma 0 after N steps wins. The student's velocity at (z, sigma) is read from
-the stock pipeline itself (one step from sigma to 0 gives the x0 prediction; v = (z - x0) / sigma), so the
-search sees exactly what `generate` computes, pipeline dtype included.
+with the lowest cost that ends at sigma 0 after N steps wins. States and velocities are read from the stock
+pipeline's scheduler steps (the guided velocity the pipeline hands its scheduler), so the search sees exactly what
+`generate` computes.
 
 The ladder file (JSON, `ladder.LadderFile`) holds the N sigmas exactly as sampled (decreasing, in (0, 1], no re-shift:
 the sampler uses them verbatim), the model, size and guidance it was searched for, and how.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -27,47 +28,63 @@ log = logging.getLogger(__name__)
 
 
 class Stepper:
-    """The base model's stock pipeline (identity scheduler: sigmas used verbatim) with one prompt encoded once:
-    its trajectory on a sigma list, and its x0 prediction from any state. `passes` counts transformer passes."""
+    """The base model's stock pipeline (identity scheduler: sigmas used verbatim) with one prompt encoded once: its
+    trajectory on a sigma list, and its velocity at any state. Both are read from the scheduler's own steps (the
+    state it steps, the guided velocity the pipeline hands it, the result), in the layout of the pipeline's loop.
+    `passes` counts transformer passes."""
 
     def __init__(self, pipe, family, prompt: str, guidance: float | None, max_len: int, width: int, height: int):
         self.pipe, self.family, self.width, self.height = pipe, family, width, height
         device = pipe._execution_device
+        cfg = family.true_cfg and guidance is not None and guidance > 1
         with torch.no_grad():
             text = family.prompt_call_kwargs(family.encode_prompts(pipe, [prompt], device, max_len))
-            cfg = family.true_cfg and guidance is not None and guidance > 1
             if cfg:
                 neg = family.encode_prompts(pipe, [family.negative_prompt], device, max_len)
                 text.update(family.prompt_call_kwargs(neg, negative=True))
-        self.kwargs = {**text, **family.pipeline_kwargs(guidance if cfg or not family.true_cfg else None, max_len)}
+        call = family.pipeline_kwargs(guidance if cfg or not family.true_cfg else None, max_len)
+        self.kwargs = {**{k: v for k, v in call.items() if k != "negative_prompt"}, **text}
         self.per_call = 2 if cfg else 1
         self.passes = 0
 
-    def _call(self, sigmas: list[float], latents=None, seed: int = 0, callback=None):
+    @contextmanager
+    def _steps(self):
+        """Every scheduler step of the calls inside: (state, velocity, next state), fp32 on the CPU."""
+        sched, seen = self.pipe.scheduler, []
+
+        def step(model_output, timestep, sample, *args, **kwargs):
+            out = type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)
+            nxt = out[0] if isinstance(out, tuple) else out.prev_sample
+            seen.append(tuple(x.detach().float().cpu().clone() for x in (sample, model_output, nxt)))
+            return out
+
+        sched.step = step
+        try:
+            yield seen
+        finally:
+            del sched.step
+
+    def _call(self, sigmas: list[float], latents=None, seed: int = 0):
         self.passes += len(sigmas) * self.per_call
-        extra = {"latents": self.family.resume_latents(self.pipe, latents, self.height, self.width)} \
-            if latents is not None else {"generator": torch.Generator("cpu").manual_seed(seed)}
-        cb = {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": ["latents"]} if callback else {}
+        extra = {"generator": torch.Generator("cpu").manual_seed(seed)} if latents is None else {
+            "latents": self.family.loop_latents(self.pipe, latents.to(self.pipe._execution_device,
+                                                                      self.pipe.transformer.dtype),
+                                                self.height, self.width)}
         with torch.no_grad():
-            return self.pipe(sigmas=list(sigmas), num_inference_steps=len(sigmas), width=self.width,
-                             height=self.height, output_type="latent", **extra, **cb, **self.kwargs).images
+            self.pipe(sigmas=list(sigmas), num_inference_steps=len(sigmas), width=self.width, height=self.height,
+                      output_type="latent", **extra, **self.kwargs)
 
     def trajectory(self, grid: list[float], seed: int) -> list[torch.Tensor]:
-        """The states at grid[0], grid[1], ..., and at 0 (fp32, CPU): the pipeline's own Euler steps from the noise
-        of `seed`. A zero-length first step (grid[0] twice) hands out the starting noise itself."""
-        states = []
-
-        def keep(pipe, i, t, kwargs):
-            states.append(kwargs["latents"].detach().float().cpu().clone())
-            return {}
-
-        self._call([grid[0], *grid], seed=seed, callback=keep)
-        return states
+        """The states at grid[0], grid[1], ..., and at 0: the pipeline's own Euler steps from the noise of `seed`."""
+        with self._steps() as seen:
+            self._call(grid, seed=seed)
+        return [seen[0][0]] + [nxt for _, _, nxt in seen]
 
     def velocity(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
-        """v at (z, sigma): one stock step from sigma to 0 gives x0 = z - sigma v."""
-        x0 = self._call([sigma], latents=z.to(self.pipe._execution_device, self.pipe.transformer.dtype))
-        return (z - x0.detach().float().cpu()) / sigma
+        """The (guided) velocity the pipeline steps with at (z, sigma)."""
+        with self._steps() as seen:
+            self._call([sigma], latents=z)
+        return seen[0][1]
 
 
 def search(steppers_and_seeds: list[tuple[Stepper, int]], grid: list[float], steps: int, progress=None):
