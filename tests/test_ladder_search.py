@@ -126,6 +126,7 @@ def test_bad_search_and_split_arguments_are_one_line(tmp_path, capsys, tiny_flux
 @pytest.mark.slow
 def test_glance_trains_on_a_ladder_file(tiny_flux, tmp_path, capsys):
     from conftest import write_configs
+
     from glancetune.export.files import read_record
 
     lad = LadderFile((1.0, 0.8, 0.6, 0.4, 0.2), tiny_flux, "flux", 64, 64, 1.0).write(tmp_path / "l.json")
