@@ -107,11 +107,11 @@ def test_offline_hub_id_fails_fast(glance_run, tmp_path, capsys, no_load, cmd):
 def test_unreachable_hub_fails_fast(capsys, monkeypatch):
     from huggingface_hub import constants
 
-    import glancetune.families as fams
+    from glancetune.families import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(fams, "_hub_reachable", lambda endpoint: False)
+    monkeypatch.setattr(hub, "_hub_reachable", lambda endpoint: False)
     t0 = time.perf_counter()
     err = run_err(capsys, ["schedule", "--model", "nobody/not-a-model"])
     assert time.perf_counter() - t0 < 5 and "is unreachable" in err and "nobody/not-a-model" in err

@@ -131,7 +131,7 @@ class Family:
         weight files become one line too; other errors pass unchanged."""
         from pathlib import Path
 
-        from .models import check_weights, hub_offline_reason
+        from .hub import check_weights, hub_offline_reason
 
         local = Path(path).is_dir()
         offline_hub = not local and hub_offline_reason() is not None

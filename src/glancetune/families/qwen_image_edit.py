@@ -67,7 +67,7 @@ class QwenImageEdit(QwenImage):
     def load_pipeline(self, path, dtype, **components):
         """The stock from_pretrained. A folder saved without a processor (tiny Edit folders built where torchvision
         is missing: a Qwen2VLProcessor needs it) loads only with `processor=` given; otherwise it is refused here."""
-        from .models import read_config
+        from .hub import read_config
 
         if components.get("processor") is None and read_config(path, "model_index.json").get("processor",
                                                                                               [None])[0] is None:
