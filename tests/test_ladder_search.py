@@ -120,6 +120,8 @@ def test_bad_search_and_split_arguments_are_one_line(tmp_path, capsys, tiny_flux
     base = ["search-ladder", "--model", tiny_flux, "--width", "64", "--height", "64", "--output", str(tmp_path / "o")]
     assert run_err(capsys, base + ["--steps", "10", "--fine-steps", "10"]).startswith("error: --fine-steps: 10 must")
     assert run_err(capsys, base + ["--steps", "1"]) == "error: --steps: 1 is below 2"
+    odd = ["search-ladder", "--model", tiny_flux, "--width", "70", "--height", "64", "--output", str(tmp_path / "o")]
+    assert run_err(capsys, odd) == "error: --width/--height: 70x64 must be multiples of 16"  # before any weights load
     assert not (tmp_path / "o").exists()
 
 

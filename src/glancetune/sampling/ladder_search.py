@@ -141,6 +141,9 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
     fam = info.family
     if fam.needs_control_image:
         raise GlanceError(f"search-ladder: not built for edit models ({fam.name}) yet")
+    from .sampler import check_size
+
+    check_size(info, width, height)  # before any weights load
     dev, mp = select(device)
     configure_backends(dev)
     t0 = time.perf_counter()
@@ -153,8 +156,8 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
     g = fam.inference_guidance(fam.default_guidance) if guidance is None else guidance
     max_len = fam.default_max_sequence_length
     runs = [(Stepper(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
-    total = len(runs) * (1 + fine * (steps - 1) + 1)  # trajectories + velocity reads (an upper bound)
-    with tqdm(total=total, desc="search-ladder", unit="pass", leave=False) as bar:
+    total = len(runs) * (1 + fine * (steps - 1) + 1)  # pipeline calls: trajectories + velocity reads (at most)
+    with tqdm(total=total, desc="search-ladder", unit="call", leave=False) as bar:
         ladder, searched, teachers = search(runs, list(own), steps, progress=bar.update)
     base = default_cost(runs, teachers, default)
     seconds = time.perf_counter() - t0
