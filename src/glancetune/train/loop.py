@@ -101,7 +101,7 @@ class PhaseState:
                 "eval_before": self.eval_before, "eval_after": self.eval_after}
 
     def load_state_dict(self, d: dict) -> None:
-        """`params` may be absent: a checkpoint keeps them once, in its LoRA files (job.load_loras)."""
+        """`params` may be absent: a checkpoint keeps them once, in its LoRA files (LoraStore.load)."""
         with torch.no_grad():
             for p, saved in zip(self.params, d.get("params", self.params), strict=True):
                 p.copy_(saved)
