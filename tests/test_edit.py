@@ -130,13 +130,13 @@ def control_image(path):
 
 def test_tiny_pipeline_reloads_and_needs_a_processor(edit_run, processor):
     name, model, _, _, _ = edit_run
-    from glancetune.families.tiny import BUILDERS
+    from glancetune.families.tiny import builders
 
     from glancetune.families.tiny_parts import qwen2_tokenizer, qwen2vl_processor
 
     index = json.loads((model / "model_index.json").read_text())
     assert index["_class_name"] == VARIANTS[name][1]
-    built = BUILDERS[name]().transformer.state_dict()
+    built = builders()[name]().transformer.state_dict()
     fam = get_family(name)
     pipe = fam.load_pipeline(str(model), torch.float32, processor=processor)
     assert type(pipe).__name__ == VARIANTS[name][1] and pipe.processor is processor

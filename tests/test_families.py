@@ -168,7 +168,7 @@ def test_qwen_training_attends_without_a_mask_like_the_pipeline():
     from glancetune.families import tiny
     from glancetune.families.qwen_image import QwenImage
 
-    fam, t = QwenImage(), tiny.BUILDERS["qwen_image"]().transformer.eval()
+    fam, t = QwenImage(), tiny.builders()["qwen_image"]().transformer.eval()
     g = torch.Generator().manual_seed(0)
     x, e = torch.randn(1, 64, t.config.in_channels, generator=g), torch.randn(1, 7, t.config.joint_attention_dim,
                                                                                generator=g)

@@ -50,7 +50,7 @@ def killed_write(target: Path, home: Path | None = None) -> None:
     import inspect
 
     code = ("import json, time\nfrom pathlib import Path\nfrom glancetune.families import tiny\n" + inspect.getsource(FakePipe)
-            + "tiny.BUILDERS['flux'] = lambda: FakePipe(60)\n"
+            + "tiny.builders()['flux'] = lambda: FakePipe(60)\n"
             + ("tiny.resolve_tiny('tiny:flux')" if home else f"tiny.write_tiny('flux', {str(target)!r})"))
     env = {**os.environ, "PYTHONPATH": SRC, **({"GLANCETUNE_HOME": str(home)} if home else {})}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -85,7 +85,7 @@ def test_killed_tiny_write_leaves_nothing_loadable_and_is_cleaned(tmp_path, monk
     other = target.parent / f".{target.name}x.tmp-{dead_pid()}-other"
     live.mkdir()
     other.mkdir()
-    monkeypatch.setitem(tiny.BUILDERS, "flux", FakePipe)
+    monkeypatch.setitem(tiny.builders(), "flux", FakePipe)
     if home:
         monkeypatch.setenv("GLANCETUNE_HOME", str(home))
         assert tiny.resolve_tiny("tiny:flux") == target

@@ -326,7 +326,7 @@ def test_offloaded_encoder_onloads_what_runs(build, monkeypatch):
     from glancetune.families import tiny
     from glancetune.engine.memory import group_offload
 
-    encoder = tiny.BUILDERS[build]().text_encoder
+    encoder = tiny.builders()[build]().text_encoder
     resident = {id(p) for p in encoder.parameters()}  # a weight no group holds never leaves the device
 
     def tensors(group):

@@ -160,7 +160,7 @@ def test_quantizing_block_by_block_equals_quantizing_the_whole(build, component,
     from glancetune.families import tiny
     from glancetune.engine.quantize import parts, place_and_quantize, quantize_model
 
-    model = getattr(tiny.BUILDERS[build](), component)
+    model = getattr(tiny.builders()[build](), component)
     pieces = [piece for _, _, piece in parts(model)]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     covered = [m for piece in pieces for m in piece.modules() if isinstance(m, torch.nn.Linear)]
@@ -187,7 +187,7 @@ def test_an_offloaded_model_visits_the_device_one_block_at_a_time(monkeypatch, p
     from glancetune.families import tiny
     from glancetune.engine.quantize import parts, place_and_quantize
 
-    model = tiny.BUILDERS["flux"]().text_encoder_2
+    model = tiny.builders()["flux"]().text_encoder_2
     device, home = torch.device("cpu", 0), torch.device("cpu")
     largest = max(sum(p.numel() for p in piece.parameters()) for _, _, piece in parts(model))
     moves, original = [], torch.nn.Module.to

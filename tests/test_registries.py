@@ -9,7 +9,7 @@ import pytest
 
 from glancetune.config.schema import TrainConfig
 from glancetune.families.registry import FAMILIES
-from glancetune.families.tiny import BUILDERS
+from glancetune.families.tiny import builders
 from glancetune.train.objectives import OBJECTIVES
 
 
@@ -35,7 +35,7 @@ def test_objective_choices_are_the_registry():
 @pytest.mark.parametrize("fam", adapters(), ids=lambda f: type(f).__name__)
 def test_each_family_declares_its_tiny_model_and_comfyui_layout(fam):
     assert fam.tiny_builders(), "a family builds at least one tiny model"
-    assert set(fam.tiny_builders()) <= set(BUILDERS)
+    assert set(fam.tiny_builders()) <= set(builders())
     config = {"num_attention_heads": 2, "attention_head_dim": 4, "num_layers": 1, "num_single_layers": 1}
     table = fam.comfyui_targets(config)
     assert table is None or all(len(v) == 5 for v in table.values())

@@ -30,7 +30,7 @@ class Model:
     cls: str  # diffusers transformer class
     arch: dict  # full-size constructor kwargs
     text_tokens: int  # text tokens at full size
-    tiny: str  # glancetune.families.tiny.BUILDERS key of the family's tiny pipeline
+    tiny: str  # glancetune.families.tiny.builders() key of the family's tiny pipeline
 
 
 # FLUX.1-dev: the anchor's constructor args (bench/measure/anchor_loop.py); 512 T5 tokens (FluxPipeline's default)
@@ -87,11 +87,11 @@ def build_random(cls_name: str, arch: dict, dev, dtype):
 def tiny_encoded(name: str, res: int, dev, dtype):
     """(transformer, sample) from the family's tiny random pipeline: its transformer on `dev` in `dtype`, and a
     sample made by the family's own encode_prompts / encode_images (random pixels, one caption)."""
-    from glancetune.families.tiny import BUILDERS
+    from glancetune.families.tiny import builders
 
     m = MODELS[name]
     family = m.family()
-    pipe = BUILDERS[m.tiny]()
+    pipe = builders()[m.tiny]()
     g = torch.Generator("cpu").manual_seed(1)
     with torch.no_grad():
         text = family.encode_prompts(pipe, [TINY_PROMPT], torch.device("cpu"), TINY_TEXT_TOKENS)

@@ -110,7 +110,7 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", "train_log.jsonl")
+OWN_FILES = (WEIGHT_NAME, CONFIG_NAME, "train_log.json", JSONL_NAME)
 OWN_DIRS = ("slow", "fast")
 # folders only glancetune names so: checkpoints, their temp/retired forms, staging of the final files, retired
 # LoRA folders, validation images (train/validate.py), ComfyUI copies (comfyui.py), and (versions before the trainer core) the temp/retired

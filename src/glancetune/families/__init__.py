@@ -14,4 +14,6 @@ import importlib.util
 def __getattr__(name: str):
     if name.startswith("__") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
         raise AttributeError(name)  # a submodule: the import system loads it
-    return getattr(importlib.import_module(f"{__name__}.models"), name)
+    value = getattr(importlib.import_module(f"{__name__}.models"), name)
+    globals()[name] = value  # looked up once: later imports of the name find it here
+    return value

@@ -33,12 +33,6 @@ def builders() -> dict:
     return _BUILDERS
 
 
-def __getattr__(name: str):
-    if name == "BUILDERS":  # the table itself (tests replace an entry of it)
-        return builders()
-    raise AttributeError(name)
-
-
 TMP_MARK = ".tmp-"  # temp folders: .<name>.tmp-<pid>-<random>, beside the target
 
 def _pid_alive(pid: int) -> bool:

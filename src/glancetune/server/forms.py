@@ -103,9 +103,9 @@ def render_fields() -> str:
     keys = form_keys()
     first = [k for k in keys if k in PRIMARY]
     rest = [k for k in keys if k not in PRIMARY]
-    from ..families.tiny import BUILDERS
+    from ..families.tiny import builders
 
-    models = "".join(f'<option value="tiny:{m}">' for m in BUILDERS)  # or any hub id / local folder
+    models = "".join(f'<option value="tiny:{m}">' for m in builders())  # or any hub id / local folder
     return ("".join(row(k) for k in first) + f'<datalist id="models">{models}</datalist>'
             + f'<details><summary>All settings ({len(rest)} more)</summary>{"".join(row(k) for k in rest)}'
             "</details>")
