@@ -30,6 +30,9 @@ class RunRecord:
     learning_rate: float = 0.0
     guidance_range: list[float] | None = None  # training drew guidance uniformly in this range
     ladder_steps: int = LADDER_STEPS  # N of the N-step schedule the ladder was cut from (glance_ladder_steps)
+    # true-CFG families trained with distill: the phases that sample with true CFG at `guidance` ("none": guidance
+    # baked in, one pass per step; "slow"); None: the family's policy (CFG in both phases when guidance > 1)
+    cfg_phases: str | None = None
     version: str = field(default=__version__)
 
     @property
@@ -38,11 +41,18 @@ class RunRecord:
             return Ladder(tuple(self.phases["slow"]), tuple(self.phases["fast"]))
         return None
 
+    def sampling_guidance(self, family) -> float | None:
+        """The guidance `generate` samples with: the stored value where the record sets a CFG policy (distill),
+        else the family's inference guidance for the training value."""
+        return self.guidance if self.cfg_phases is not None else family.inference_guidance(self.guidance)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["resolution"] = list(self.resolution)
         if d["ladder_steps"] == LADDER_STEPS:  # written only when not the default: earlier files read back alike
             del d["ladder_steps"]
+        if d["cfg_phases"] is None:
+            del d["cfg_phases"]
         return d
 
     @classmethod

@@ -148,11 +148,21 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     glance_fast_indices: str | list[int] | None = Field(None, description="0-based indices for the fast phase "
                                                                           "(default `10,20,30,40,49`; scaled for "
                                                                           "another N)")
-    glance_objective: Literal["flow", "trajectory", "rollout"] = Field("flow", description="flow: the paper's "
-                                                                       "loss; trajectory / rollout: experimental")
-    glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory: base Euler sub-steps per ladder step")
-    glance_prompts: list[str] | None = Field(None, description="trajectory / prior: extra captions without images")
+    glance_objective: Literal["flow", "trajectory", "rollout", "distill"] = Field(
+        "flow", description="flow: the paper's loss; distill: the base model's own guided trajectories from prompts "
+        "(guidance baked in); trajectory / rollout: experimental")
+    glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory / distill: base Euler sub-steps per "
+                                            "ladder step")
+    glance_prompts: list[str] | None = Field(None, description="trajectory / distill / prior: extra captions "
+                                             "without images")
     glance_prior_weight: float = Field(0.0, ge=0, description="weight of the base-prediction loss on glance_prompts")
+    glance_teacher_guidance: float | None = Field(None, ge=0, description="distill: the teacher's guidance / true "
+                                                  "CFG scale (default: what generate samples the base model with)")
+    glance_teacher_seeds: int = Field(1, ge=1, description="distill: teacher trajectories (noise seeds 0..N-1) per "
+                                      "prompt")
+    glance_student_cfg: Literal["none", "slow"] = Field(
+        "none", description="distill, true-CFG families: none: the pair samples without CFG (one pass per step); "
+        "slow: true CFG in the slow phase only")
     glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(

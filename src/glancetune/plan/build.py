@@ -60,6 +60,35 @@ def file_digests(samples) -> dict[str, str]:
     return out
 
 
+def teacher_guidance(cfg, family, training_guidance=None) -> float | None:
+    """distill's teacher guidance: `glance_teacher_guidance`, else what `generate` samples the base model with (the
+    family's inference guidance for the training value)."""
+    if cfg.glance_teacher_guidance is not None:
+        return float(cfg.glance_teacher_guidance)
+    g = sum(training_guidance) / 2 if isinstance(training_guidance, tuple) else training_guidance
+    return family.inference_guidance(g)
+
+
+def check_objective(cfg, family, command: str) -> None:
+    """distill's keys are distill's, and need what the family has (before any weights load)."""
+    own = {"glance_teacher_guidance": cfg.glance_teacher_guidance is not None,
+           "glance_teacher_seeds": cfg.glance_teacher_seeds != 1,
+           "glance_student_cfg": cfg.glance_student_cfg != "none"}
+    given = [k for k, v in own.items() if v]
+    if cfg.glance_objective != "distill":
+        if given:
+            raise GlanceError(f"{given[0]}: used by glance_objective distill (glance_objective is "
+                              f"{cfg.glance_objective})")
+        return
+    if command != "glance":
+        raise GlanceError("glance_objective: distill needs the slow/fast ladder of `glancetune glance`")
+    if family.needs_control_image:
+        raise GlanceError(f"glance_objective: distill is not built for edit models ({family.name}) yet")
+    if cfg.glance_student_cfg == "slow" and not family.true_cfg:
+        raise GlanceError(f"glance_student_cfg: slow is for true-CFG families; {family.name} samples with a "
+                          "guidance embedding (one pass per step already)")
+
+
 def training_guidance(family, transformer_config: dict, cfg):
     """Guidance fed to the transformer while training: a float, a (min, max) range drawn per sample, or None
     for models without a guidance input (then any guidance option given gets a one-line notice)."""
@@ -159,6 +188,7 @@ class Plan:
             raise GlanceError(f"tokenizer_max_length: {max_len} is above the {limit} text tokens "
                               f"that {family.name}'s pipeline accepts")
         guidance = training_guidance(family, info.transformer_config, cfg)
+        check_objective(cfg, family, command)
         ladder, phases = job_phases(cfg, info, width, height, command)
         steps, steps_note = resolve_train_steps(cfg, batches_per_epoch(cfg, data))
         files = file_digests(data.samples)
@@ -198,12 +228,15 @@ class Plan:
 
     def record(self) -> RunRecord:
         g = self.guidance
+        guidance, cfg_phases = self.inference_guidance, None
+        if self.cfg.glance_objective == "distill" and self.family.true_cfg:  # the student's CFG policy
+            guidance, cfg_phases = teacher_guidance(self.cfg, self.family, g), self.cfg.glance_student_cfg
         return RunRecord(stored_model_ref(self.info.ref), self.family.name, (self.width, self.height),
-                         self.inference_guidance, self.max_sequence_length,
+                         guidance, self.max_sequence_length,
                          {p.name: list(p.sigmas) for p in self.phases}, seed=self.cfg.seed, train_steps=self.steps,
                          learning_rate=self.cfg.learning_rate,
                          guidance_range=list(g) if isinstance(g, tuple) else None,
-                         ladder_steps=self.cfg.glance_ladder_steps)
+                         ladder_steps=self.cfg.glance_ladder_steps, cfg_phases=cfg_phases)
 
     def run_config(self) -> dict:
         """glancetune_config.json: the run record plus what was trained on (captions, buckets, targets)."""

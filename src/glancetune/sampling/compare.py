@@ -42,7 +42,7 @@ def base_own_schedule(sampler, steps: int, prompts, seed: int, width: int, heigh
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     g = sampler.guidance if guidance is None else guidance
     cfg_on, cfg_off = sampler.guidance_kwargs(g, negative_prompt, negative_embeds)
-    kwargs = cfg_on if sampler._cfg_phases(None, g) == "both" else cfg_off
+    kwargs = cfg_on if sampler.base_cfg_phases(g) == "both" else cfg_off
     gens = [torch.Generator("cpu").manual_seed(seed + k) for k in range(len(prompts))]
     identity, pipe.scheduler = pipe.scheduler, sampler.own_scheduler
     try:
@@ -55,7 +55,11 @@ def base_own_schedule(sampler, steps: int, prompts, seed: int, width: int, heigh
 
 
 def base_on_ladder(sampler, prompts, seed: int, width: int, height: int, **kwargs):
-    """The base model on the Glance ladder: the Glance sampler's own call with the adapters off."""
+    """The base model on the Glance ladder: the Glance sampler's own call with the adapters off, and the base
+    model's own CFG policy unless `cfg_phases` is given (a distilled pair's record samples without CFG)."""
+    if kwargs.get("cfg_phases") is None:
+        kwargs["cfg_phases"] = sampler.base_cfg_phases(sampler.guidance if kwargs.get("guidance") is None
+                                                       else kwargs["guidance"])
     with adapters_off(sampler.pipe.transformer):
         return sampler(prompts, seed, width, height, **kwargs)
 

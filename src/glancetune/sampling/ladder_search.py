@@ -33,19 +33,34 @@ class Stepper:
     state it steps, the guided velocity the pipeline hands it, the result), in the layout of the pipeline's loop.
     `passes` counts transformer passes."""
 
-    def __init__(self, pipe, family, prompt: str, guidance: float | None, max_len: int, width: int, height: int):
+    def __init__(self, pipe, family, text: dict, negative: dict | None, guidance: float | None, max_len: int,
+                 width: int, height: int):
+        """`text` / `negative`: the prompt and the negative prompt as `encode_prompts` gives them (the negative only
+        where true CFG is on: `uses_cfg`)."""
         self.pipe, self.family, self.width, self.height = pipe, family, width, height
-        device = pipe._execution_device
-        cfg = family.true_cfg and guidance is not None and guidance > 1
-        with torch.no_grad():
-            text = family.prompt_call_kwargs(family.encode_prompts(pipe, [prompt], device, max_len))
-            if cfg:
-                neg = family.encode_prompts(pipe, [family.negative_prompt], device, max_len)
-                text.update(family.prompt_call_kwargs(neg, negative=True))
+        cfg = negative is not None
+        kw = family.prompt_call_kwargs(text)
+        if cfg:
+            kw.update(family.prompt_call_kwargs(negative, negative=True))
         call = family.pipeline_kwargs(guidance if cfg or not family.true_cfg else None, max_len)
-        self.kwargs = {**{k: v for k, v in call.items() if k != "negative_prompt"}, **text}
+        self.kwargs = {**{k: v for k, v in call.items() if k != "negative_prompt"}, **kw}
         self.per_call = 2 if cfg else 1
         self.passes = 0
+
+    @staticmethod
+    def uses_cfg(family, guidance: float | None) -> bool:
+        """True CFG (two passes per step, a negative prompt) at this guidance."""
+        return family.true_cfg and guidance is not None and guidance > 1
+
+    @classmethod
+    def for_prompt(cls, pipe, family, prompt: str, guidance: float | None, max_len: int, width: int, height: int):
+        """The prompt (and the family's negative prompt under true CFG) encoded by the pipeline's text encoders."""
+        device = pipe._execution_device
+        with torch.no_grad():
+            text = family.encode_prompts(pipe, [prompt], device, max_len)
+            neg = (family.encode_prompts(pipe, [family.negative_prompt], device, max_len)
+                   if cls.uses_cfg(family, guidance) else None)
+        return cls(pipe, family, text, neg, guidance, max_len, width, height)
 
     @contextmanager
     def _steps(self):
@@ -155,7 +170,7 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
     pipe.set_progress_bar_config(disable=True)
     g = fam.inference_guidance(fam.default_guidance) if guidance is None else guidance
     max_len = fam.default_max_sequence_length
-    runs = [(Stepper(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
+    runs = [(Stepper.for_prompt(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
     total = len(runs) * (1 + fine * (steps - 1) + 1)  # pipeline calls: trajectories + velocity reads (at most)
     with tqdm(total=total, desc="search-ladder", unit="call", leave=False) as bar:
         ladder, searched, teachers = search(runs, list(own), steps, progress=bar.update)

@@ -45,6 +45,7 @@ class GlanceSpec:
     published: PublishedLoras | None = None  # a recognised published pair (its alpha is applied when loading)
     train_steps: int | None = None  # the training step the LoRAs are of (image metadata)
     ladder_steps: int = LADDER_STEPS  # N of the N-step schedule the ladder was cut from (official-compat's grid)
+    cfg_phases: str | None = None  # the pair's true-CFG policy from its record (distill); None: the family's
 
 
 def _record(path: Path) -> RunRecord | None:
@@ -137,7 +138,10 @@ def _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guida
     msl = known[0].max_sequence_length if known else None
     steps = known[0].train_steps if known else None
     n = known[0].ladder_steps if known else LADDER_STEPS
-    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps, n)
+    cfg_phases = known[0].cfg_phases if known else None
+    explicit = explicit or cfg_phases is not None  # the record's guidance is the one to sample with
+    return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps, n,
+                      cfg_phases)
 
 
 def check_image_arg(family, image) -> None:
@@ -186,10 +190,12 @@ class GlanceSampler:
 
     def __init__(self, pipe, info: ModelInfo, ladder: Ladder, guidance: float | None,
                  max_sequence_length: int | None = None, size: tuple[int, int] | None = None,
-                 ladder_steps: int = LADDER_STEPS):
+                 ladder_steps: int = LADDER_STEPS, cfg_phases: str | None = None):
         """`size`: (width, height) used when a call gives none: the trained size (`from_spec` passes the spec's);
-        `ladder_steps`: N of the N-step schedule the ladder was cut from (the official-compat slow grid)."""
+        `ladder_steps`: N of the N-step schedule the ladder was cut from (the official-compat slow grid);
+        `cfg_phases`: the default true-CFG policy (a distilled pair's record: "none" or "slow")."""
         self.pipe, self.info, self.family, self.ladder = pipe, info, info.family, ladder
+        self.cfg_phases = cfg_phases
         self.ladder_steps = ladder_steps
         self.size = size
         self.guidance = guidance
@@ -273,7 +279,7 @@ class GlanceSampler:
         clock.append(time.perf_counter())
         guidance = spec.guidance if spec.guidance_explicit else info.family.inference_guidance(spec.guidance)
         sampler = cls(pipe, info, spec.ladder, guidance, spec.max_sequence_length, (spec.width, spec.height),
-                      spec.ladder_steps)
+                      spec.ladder_steps, spec.cfg_phases)
         sampler.load_parts = dict(zip(("imports", "pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
         return sampler
 
@@ -287,11 +293,16 @@ class GlanceSampler:
         doubled = {"both": len(ladder.sigmas), "slow": len(ladder.slow), "fast": len(ladder.fast), "none": 0}
         return len(ladder.sigmas) + doubled[phases]
 
+    def base_cfg_phases(self, guidance) -> str:
+        """The base model's own true-CFG policy at this guidance (the pair's record may set another)."""
+        return "both" if self.family.true_cfg and guidance is not None and guidance > 1 else "none"
+
     def _cfg_phases(self, cfg_phases: str | None, guidance) -> str:
         if not self.family.true_cfg:
             if cfg_phases not in (None, "none"):
                 raise GlanceError(f"--cfg-phases: {self.family.name} uses a guidance embedding, not true CFG")
             return "none"
+        cfg_phases = self.cfg_phases if cfg_phases is None else cfg_phases
         if cfg_phases is None:
             return "both" if guidance is not None and guidance > 1 else "none"
         if cfg_phases not in self.CFG_PHASES:

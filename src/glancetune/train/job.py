@@ -26,12 +26,13 @@ from ..engine.runtime import Runtime, make_runtime
 from ..engine.speed import compile_blocks, compile_decision, compiled_before, mark_compiled
 from ..errors import GlanceError
 from ..export.files import OutputDir
-from ..plan.build import Plan
+from ..plan.build import Plan, teacher_guidance
 from . import checkpoint
 from .hooks import Hook, Hooks, RunInfo
 from .loop import PhaseState, Prepared, Trainer
 from .objectives import check_prompts, encode_prompts, make_objective
 from .store import LoraStore
+from .teacher import encode_teacher_texts, teacher_paths
 
 log = logging.getLogger(__name__)
 _JOBS_RUN: list = []  # jobs run in this process (clock)
@@ -70,14 +71,22 @@ class Job:
         logs, validation = self.early_hooks(plan, rt, quiet)  # a tracker that is not installed fails here
         times, lap = clock(plan)
         lap("plan")  # data discovery, model config, checks
+        distill = cfg.glance_objective == "distill"
+        teacher_g = teacher_guidance(cfg, plan.family, plan.guidance) if distill else None
         with rt.accelerator.main_process_first():  # the main process fills the caches, the others read them
             encoded, _ = encode(plan.model, cfg, plan.samples, rt.device, rt.dtype)
-            extra = encode_prompts(plan.model, cfg, rt.device, rt.dtype) if cfg.glance_prompts else None
+            if distill:
+                texts = encode_teacher_texts(plan.model, cfg, plan.samples, teacher_g, rt.device, rt.dtype)
+            extra = encode_prompts(plan.model, cfg, rt.device, rt.dtype) if cfg.glance_prompts and not distill else None
             Hooks(logs + validation).before_load()  # validation prompts are encoded here, before the transformer
         peaks = {"encode": peak_memory(rt.device)}
         lap("encode")
         samples = prepared(plan, rt, encoded)
         transformer = self.load_transformer(plan, rt)
+        if distill:  # before any adapter exists: the teacher is the base model
+            with rt.accelerator.main_process_first():
+                extra = teacher_paths(plan.model, cfg, transformer, list(plan.ladder.sigmas), plan.samples, texts,
+                                      teacher_g, rt.device, rt.dtype)
         store = LoraStore(transformer, plan.family.pipeline_class(), plan.phases, plan.record(), rt.world)
         trainer, states, compiled_key = self.build_trainer(plan, rt, transformer, store, samples, resume, extra)
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
@@ -187,7 +196,11 @@ class Job:
         for ph in plan.phases:  # DDP registers the parameters that require grad now
             for _, p in store.params(ph.name):
                 p.requires_grad_(ph in mine)
-        objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra)
+        cfg_slow = None
+        if cfg.glance_objective == "distill" and cfg.glance_student_cfg == "slow":
+            g = teacher_guidance(cfg, plan.family, plan.guidance)
+            cfg_slow = g if plan.family.true_cfg and g is not None and g > 1 else None
+        objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra, cfg_slow)
         trainer = Trainer(cfg, plan.family, transformer, samples, rt, plan.guidance, plan.data, objective)
         states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in store.params(ph.name)], plan.steps,
                                     [n for n, _ in store.params(ph.name)]) for ph in mine]

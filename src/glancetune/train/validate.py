@@ -178,9 +178,9 @@ class Validation(Hook):
         pipe = self.source.load_pipeline(self.rt.dtype, **none, transformer=transformer)
         pipe.vae.to(self.rt.device)
         g = self.cfg.validation_guidance
-        guidance = g if g is not None else fam.inference_guidance(rec.guidance)
+        guidance = g if g is not None else rec.sampling_guidance(fam)
         return GlanceSampler(pipe, self.source.info, rec.ladder, guidance, rec.max_sequence_length, self.size,
-                             rec.ladder_steps)
+                             rec.ladder_steps, rec.cfg_phases)
 
     def _kwargs(self, text: str) -> dict:
         dev, fam = self.rt.device, self.family
