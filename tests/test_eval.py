@@ -179,3 +179,65 @@ def test_eval_clip_model_errors_before_sampling(runs, tiny_clip, tmp_path, capsy
     assert "model_type is 't5', not 'clip'" in run_err(capsys, argv + [str(other)])
     assert "is a file" in run_err(capsys, argv + [str(tiny_clip / "config.json")])
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_eval_baseline_rows_metrics_and_alarms(runs, tmp_path):
+    """--baseline rows load with the stock loader and sample at CFG 1 on their schedule (own / fixed shift); every
+    row gets latent MSE and the no-reference alarm; MS-SSIM is null below 161 px; the verdict ignores baselines."""
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    root = runs["sd3"]
+    lora = root / "output" / "fast"
+    report = tmp_path / "report"
+    assert main(["eval", "--run", str(root / "output"), "--prompts", str(root / "prompts.json"), "--steps-base", "6",
+                 "--baseline", f"lightning={lora}:4:3.0", "--baseline", f"turbo={lora / 'pytorch_lora_weights.safetensors'}",
+                 "--output", str(report)]) == 0
+    data = json.loads((report / "eval.json").read_text())
+    names = ["base-6", "base-10", "base-10-ladder", "lightning", "turbo", "glance"]
+    assert list(data["samplers"]) == names
+    assert [data["samplers"][n]["passes_per_image"] for n in names] == [12, 20, 20, 4, 10, 20]
+    pair = data["per_pair"][0]
+    assert all(pair["scores"][n]["latent_mse"] >= 0 and pair["scores"][n]["ms_ssim"] is None for n in names[1:])
+    assert pair["scores"]["base-10"]["latent_mse"] > 0 and set(pair["quality"]) == set(names)
+    assert "lightning" not in data["verdict"] and "| lightning | 4 |" in (report / "eval.md").read_text()
+    assert "glance_vs_lightning" in data["win_rate"]
+    from glancetune.families.models import model_info
+
+    base = json.loads((root / "output" / "glancetune_config.json").read_text())["record"]["base_model"]
+    pipe = StableDiffusion3Pipeline.from_pretrained(model_info(base).path)
+    pipe.load_lora_weights(str(lora), adapter_name="lightning")
+    pipe.scheduler = type(pipe.scheduler).from_config({**pipe.scheduler.config, "shift": 3.0})
+    stock = pipe(PROMPTS["fox"], num_inference_steps=4, width=32, height=32, guidance_scale=1.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+    ours = pixels(report / "images" / "fox-0-lightning.png")
+    assert np.abs(ours - np.round(stock * 255)).max() <= 1
+
+
+@pytest.mark.slow
+def test_eval_bad_baseline_is_one_line(runs, tmp_path, capsys):
+    root = runs["flux"]
+    lora = root / "output" / "fast"
+    argv = ["eval", "--run", str(root / "output"), "--output", str(tmp_path / "r"), "--baseline"]
+    for value, msg in ((f"{lora}", "expected NAME=LORA"), (f"base-4={lora}", "not start with 'base-'"),
+                       (f"a={tmp_path / 'none'}", "no LoRA file"), (f"a={lora}:0", "STEPS '0'"),
+                       (f"a={lora}:4:-1", "SHIFT '-1'"), (f"a={lora}:4:{tmp_path / 'no.json'}", "no.json")):
+        assert msg in run_err(capsys, argv + [value]), value
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_eval_of_a_distilled_pair_adds_the_equal_cost_row(tmp_path):
+    """SD3 (true CFG 7): the distilled pair samples in 10 passes, so eval adds base-5 (CFG, 10 passes) and the
+    verdict compares the pair with the training-free rows of <= 10 passes."""
+    cfg = write_configs(tmp_path, "tiny:sd3", resolution=32, steps=2, model_family="sd3",
+                        glance_objective="distill", glance_trajectory_substeps=1)
+    assert main(["glance", "--config", str(cfg)]) == 0
+    (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
+    assert main(["eval", "--run", str(tmp_path / "output"), "--prompts", str(tmp_path / "p.json"), "--steps-base",
+                 "6", "--output", str(tmp_path / "report")]) == 0
+    data = json.loads((tmp_path / "report" / "eval.json").read_text())
+    passes = {n: s["passes_per_image"] for n, s in data["samplers"].items()}
+    assert passes == {"base-6": 12, "base-10": 20, "base-5": 10, "base-10-ladder": 20, "glance": 10}
+    assert "base-5" in data["verdict"]
