@@ -215,3 +215,30 @@ def test_a_dropout_lora_samples_without_dropout_in_stock_diffusers(flux_run):
     kw = dict(num_inference_steps=2, width=64, height=64, output_type="np", guidance_scale=1.0)
     a, b = (pipe(PROMPT, generator=torch.Generator().manual_seed(0), **kw).images[0] for _ in range(2))
     assert np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_searched_ladder_column(tmp_path):
+    """validation_ladder_file: step 0 adds the base model on that ladder (generate --ladder-file's image), later
+    grids read it back as a fourth column; a bad file fails before training."""
+    from glancetune.ladder import LadderFile
+
+    ladder = LadderFile((1.0, 0.8, 0.55, 0.3, 0.1), "tiny:flux", "flux", RES, RES, 1.0).write(tmp_path / "l.json")
+    out = train(tmp_path / "run", "flux", steps=2, validation_prompt=PROMPT, validation_seed=3,
+                validation_num_inference_steps=4, validation_ladder_file=str(ladder))
+    zero = out / "validation" / "step-0"
+    assert (zero / "validation-3-base-searched-5.png").is_file()
+    assert not (out / "validation" / "step-2" / "validation-3-base-searched-5.png").exists()
+    lad = read_parameters(zero / "validation-3-base-searched-5.png")["ladder"]
+    assert lad["slow"] + lad["fast"] == pytest.approx([1.0, 0.8, 0.55, 0.3, 0.1])
+    gen = tmp_path / "gen.png"
+    assert main(["generate", "--model", "tiny:flux", "--ladder-file", str(ladder), "--prompt", PROMPT, "--seed", "3",
+                 "--output", str(gen)]) == 0
+    assert np.abs(pixels(gen) - pixels(zero / "validation-3-base-searched-5.png")).max() <= 1
+    with Image.open(out / "validation" / "step-2" / "grid.png") as g:
+        assert g.width >= 4 * RES
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    cfg = write_configs(tmp_path / "b", "tiny:flux", resolution=RES, steps=1, validation_prompt=PROMPT,
+                        validation_ladder_file=str(bad))
+    assert main(["glance", "--config", str(cfg)]) == 2 and not (tmp_path / "b" / "output").exists()

@@ -29,6 +29,11 @@ CONFIGS = {  # name -> config keys on top of the common ones
     "int4-quanto+startup": {"base_model_precision": "int4-quanto", "te": "int4-quanto",
                             "offload_during_startup": True},
     "int8-torchao": {"base_model_precision": "int8-torchao", "te": "int8-quanto"},
+    # distill: 1 caption + 3 glance_prompts x 1 seed: the teacher samples 4 trajectories of 40 steps first
+    "distill-bf16": {"glance_objective": "distill", "glance_prompts": ["a red fox", "a city at night", "a bowl"]},
+    "distill-nf4-all+adamw8bit": {"base_model_precision": "nf4-bnb", "te": "nf4-bnb", "optimizer": "adamw8bit",
+                                  "glance_objective": "distill",
+                                  "glance_prompts": ["a red fox", "a city at night", "a bowl"]},
     # quanto bases cannot be group-offloaded for training (refused); torchao weights pass diffusers' hooks
     "int8-torchao+group-offload": {"base_model_precision": "int8-torchao", "te": "int8-quanto",
                                    "enable_group_offload": True, "group_offload_text_encoder": True,
@@ -105,6 +110,10 @@ def job(name: str) -> dict:
             k, v = part.rsplit(" ", 4)[0], part.rsplit(" ", 4)[1:]
             row[f"peak_{k}"] = {"allocated": float(v[0]),
                                                                      "reserved": float(v[2])}
+    m = re.search(r"teacher: (\d+) trajectories of (\d+) steps sampled \((\d+) transformer passes, ([\d.]+)s\)", text)
+    if m:
+        row["teacher"] = {"trajectories": int(m.group(1)), "steps": int(m.group(2)), "passes": int(m.group(3)),
+                          "seconds": float(m.group(4))}
     m = re.search(r"allocator \(train\): (.*)", text)  # the caching allocator's split / segment counts
     if m:
         row["allocator_train"] = m.group(1)

@@ -18,7 +18,8 @@ BASE_REFERENCE_STEPS = LADDER_STEPS
 VALIDATION_KEYS = frozenset({
     "validation_prompt", "validation_prompts", "user_prompt_library", "validation_steps", "validation_seed",
     "validation_resolution", "validation_guidance", "validation_negative_prompt", "num_validation_images",
-    "validation_num_inference_steps", "disable_validation", "validation_disable", "validation_image"})
+    "validation_num_inference_steps", "disable_validation", "validation_disable", "validation_image",
+    "validation_ladder_file"})
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*$")
 
 
@@ -66,6 +67,8 @@ class ValidationKeys(BaseModel):
                                                 "model's own reference image at step 0")
     validation_image: str | None = Field(None, description="edit models: the control image every validation prompt "
                                          "edits (default: the control image of the first training pair)")
+    validation_ladder_file: str | None = Field(None, description="a searched ladder (`search-ladder`'s file): the "
+                                               "grids gain the base model on it, a training-free column")
     disable_validation: bool = Field(False, description="no validation images even when prompts are given")
     validation_disable: bool = Field(False, description="SimpleTuner's other name for disable_validation")
 

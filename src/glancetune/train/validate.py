@@ -1,13 +1,14 @@
 """Validation images during `glance` training, made by the sampler `glancetune generate` uses (sampling/sampler.py).
 
 At step 0 (a fresh run), every `validation_steps` job steps and after the last step, for every validation prompt
-and seed: the Glance image of both adapters as they are at that step, on the run's exact ladder, with the family's
-inference guidance and CFG policy (`GlanceSampler` on the training transformer). At step 0 also the base model's
-own N-step image (`validation_num_inference_steps`) and its image on the ladder (compare.py).
+and seed: the Glance image of both adapters as they are at that step, on the run's exact ladder, with the pair's
+guidance and CFG policy (`GlanceSampler` on the training transformer). At step 0 also the base model's own N-step
+image (`validation_num_inference_steps`), its image on the ladder (compare.py) and, with `validation_ladder_file`,
+its image on that searched ladder (the training-free alternative).
 
-Files: `<output_dir>/validation/step-<k>/<prompt>-<seed>.png` (step 0 adds `-base-<N>` and `-base-ladder-<L>`)
-and `grid.png` (rows: prompt x seed; columns: base-N | base-ladder | Glance@k, the base images read back from
-step-0). Each step folder is built under a temporary name and renamed into place. PNGs carry their parameters
+Files: `<output_dir>/validation/step-<k>/<prompt>-<seed>.png` (step 0 adds `-base-<N>`, `-base-ladder-<L>` and
+`-base-searched-<K>`) and `grid.png` (rows: prompt x seed; columns: base-N | base-ladder | base-searched |
+Glance@k, the base images read back from step-0). Each step folder is built under a temporary name and renamed into place. PNGs carry their parameters
 (`glancetune` text chunk: prompt, seed, step, ladder, base model, guidance, size). TensorBoard gets the images
 when `report_to` has it; train_log.jsonl a line `{"step", "event": "validation", "images", "grid"}`.
 
@@ -75,6 +76,11 @@ class Validation(Hook):
         self.negative = cfg.validation_negative_prompt
         self.control_path = control_path(cfg, fam, samples)  # edit models; a bad path fails here
         self.control = None
+        self.searched = None
+        if cfg.validation_ladder_file:  # a bad file fails before any weights load
+            from ..ladder import LadderFile
+
+            self.searched = LadderFile.read(cfg.validation_ladder_file).ladder()
         self.off = self._why_off()
         if self.off:
             log.info("notice: no validation images: %s", self.off)
@@ -201,7 +207,7 @@ class Validation(Hook):
         from ..sampling.compare import base_on_ladder, base_own_schedule
 
         w, h = self.size
-        n_base, n_lad = self.cfg.validation_num_inference_steps, len(sampler.ladder.sigmas)
+        refs = self._references(sampler)  # (file suffix, image kind, fn(prompt, seed, kwargs))
         rows = []
         for p in self.prompts:
             kw = self._kwargs(p.text)
@@ -209,20 +215,31 @@ class Validation(Hook):
                 stem = f"{p.name}-{seed}"
                 glance = sampler([p.text], seed, w, h, **kw)[0]
                 self._save(glance, folder / f"{stem}.png", p.text, seed, step, sampler, "glance")
-                if step == 0:
-                    base = base_own_schedule(sampler, n_base, [p.text], seed, w, h, **kw)[0]
-                    lad = base_on_ladder(sampler, [p.text], seed, w, h, **kw)[0]
-                    self._save(base, folder / f"{stem}-base-{n_base}.png", p.text, seed, 0, sampler,
-                               f"base-{n_base}")
-                    self._save(lad, folder / f"{stem}-base-ladder-{n_lad}.png", p.text, seed, 0, sampler,
-                               "base-ladder")
-                else:
-                    zero = self.root / "step-0"
-                    base, lad = (_open(zero / f"{stem}-base-{n_base}.png"),
-                                 _open(zero / f"{stem}-base-ladder-{n_lad}.png"))
+                images = []
+                for suffix, kind, fn in refs:
+                    if step == 0:
+                        images.append(fn(p.text, seed, kw))
+                        self._save(images[-1], folder / f"{stem}-{suffix}.png", p.text, seed, 0, sampler, kind)
+                    else:
+                        images.append(_open(self.root / "step-0" / f"{stem}-{suffix}.png"))
                 first = [self.control] if self.control is not None else []
-                rows.append((stem, first + [base, lad, glance], folder / f"{stem}.png"))
+                rows.append((stem, first + images + [glance], folder / f"{stem}.png"))
         return rows
+
+    def _references(self, sampler) -> list:
+        """The base model's images beside the Glance image (made at step 0): its own N steps, the run's ladder and
+        the searched ladder of `validation_ladder_file`."""
+        from ..sampling.compare import base_on_ladder, base_own_schedule
+
+        w, h = self.size
+        n_base, n_lad = self.cfg.validation_num_inference_steps, len(sampler.ladder.sigmas)
+        refs = [(f"base-{n_base}", f"base-{n_base}",
+                 lambda t, s, kw: base_own_schedule(sampler, n_base, [t], s, w, h, **kw)[0]),
+                (f"base-ladder-{n_lad}", "base-ladder", lambda t, s, kw: base_on_ladder(sampler, [t], s, w, h, **kw)[0])]
+        if self.searched is not None:
+            refs.append((f"base-searched-{len(self.searched.sigmas)}", "base-searched",
+                         lambda t, s, kw: base_on_ladder(sampler, [t], s, w, h, ladder=self.searched, **kw)[0]))
+        return refs
 
     def _save(self, image, path: Path, prompt: str, seed: int, step: int, sampler, kind: str) -> None:
         from ..sampling.images import save_images
@@ -231,6 +248,7 @@ class Validation(Hook):
         info = {"prompt": prompt, "seed": seed, "step": step, "image": kind, "base_model": rec.base_model,
                 "ladder": rec.ladder.to_dict(), "guidance": sampler.guidance, "size": list(self.size),
                 "sampler": "exact" if kind != f"base-{self.cfg.validation_num_inference_steps}" else "base",
+                **({"ladder": self.searched.to_dict()} if kind == "base-searched" else {}),
                 **({"negative_prompt": self.negative} if self.negative is not None else {}),
                 **({"control_image": str(self.control_path)} if self.control_path is not None else {})}
         save_images([image], path, info)
@@ -241,7 +259,8 @@ class Validation(Hook):
 
         n_base, n_lad = self.cfg.validation_num_inference_steps, len(self.record.ladder.sigmas)
         first = ["control"] if self.control is not None else []
-        im = grid([r[1] for r in rows], first + [f"base-{n_base}", f"base-ladder-{n_lad}", f"Glance@{step}"],
+        searched = [f"base-searched-{len(self.searched.sigmas)}"] if self.searched is not None else []
+        im = grid([r[1] for r in rows], first + [f"base-{n_base}", f"base-ladder-{n_lad}", *searched, f"Glance@{step}"],
                   [r[0] for r in rows])
         save_images([im], folder / "grid.png", {"step": step, "grid": [r[0] for r in rows]})
 
