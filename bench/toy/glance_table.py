@@ -62,8 +62,8 @@ def run(toy: Path, out: Path, device: str, seeds: list[int], guidance: float | N
     out.mkdir(parents=True, exist_ok=True)
     only = only or [f"search-{n}" for n in (10, 6)] + list(VARIANTS)
     held, teacher = toy_prompts(toy)
-    (out / "eval_prompts.json").write_text(json.dumps(held, indent=1))
-    (out / "search_prompts.json").write_text(json.dumps({f"t{i}": t for i, t in enumerate(teacher[:4])}, indent=1))
+    atomic(out / "eval_prompts.json", json.dumps(held, indent=1))  # several processes may share `out`
+    atomic(out / "search_prompts.json", json.dumps({f"t{i}": t for i, t in enumerate(teacher[:4])}, indent=1))
     base = json.loads((toy / "config" / "glance.json").read_text())
     size = json.loads(Path(base["data_backend_config"]).read_text())[0]["resolution"]
     g = ["--guidance", guidance] if guidance is not None else []
@@ -108,9 +108,23 @@ def run(toy: Path, out: Path, device: str, seeds: list[int], guidance: float | N
                                if k != data["reference"]}})
 
 
+def atomic(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def log(out: Path, row: dict) -> None:
-    with open(out / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """One line appended in one write (several processes append to the same file)."""
+    import os
+
+    fd = os.open(out / "results.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(row) + "\n").encode())
+    finally:
+        os.close(fd)
     print(json.dumps({k: v for k, v in row.items() if k not in ("psnr", "samplers", "ladder")}), flush=True)
 
 

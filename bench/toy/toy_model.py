@@ -37,6 +37,9 @@ import toy_data as td  # noqa: E402
 FULL = dict(vae_channels=(64, 128), vae_steps=2000, judge_steps=1500, layers=2, single_layers=4, head_dim=64,
             heads=4, text_dim=64, batch=256, base_seconds=200.0, base_steps=100_000, pairs_per_caption=4,
             lr=4e-4, data_limit=None, measure_captions=None)
+CPU = dict(vae_channels=(32, 64), vae_steps=400, judge_steps=300, layers=1, single_layers=2, head_dim=32, heads=4,
+           text_dim=64, batch=64, base_seconds=600.0, base_steps=100_000, pairs_per_caption=1, lr=1e-3,
+           data_limit=None, measure_captions=40)  # a toy trainable on a 2-core CPU in ~12 min (no GPU lent)
 SMOKE = dict(vae_channels=(8, 8), vae_steps=3, judge_steps=3, layers=1, single_layers=1, head_dim=16, heads=2,
              text_dim=32, batch=4, base_seconds=30.0, base_steps=3, pairs_per_caption=1, lr=1e-3, data_limit=64,
              measure_captions=2)
@@ -252,6 +255,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--smoke", action="store_true", help="micro scale: a few steps, tiny sizes (CPU test)")
+    ap.add_argument("--cpu", action="store_true", help="CPU scale: ~1M parameters, ~12 min on 2 cores")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--base-seconds", type=float, help="wall-time budget of the transformer's training")
@@ -262,7 +266,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.device.startswith("cuda"):  # cuDNN's SDPA backward fails here (torch 2.11+cu130, cuDNN 9.19, H200, head 64)
         torch.backends.cuda.enable_cudnn_sdp(False)
-    p = dict(SMOKE if a.smoke else FULL, layout=a.layout)
+    p = dict(SMOKE if a.smoke else CPU if a.cpu else FULL, layout=a.layout)
     if a.base_seconds is not None:
         p["base_seconds"] = a.base_seconds
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline

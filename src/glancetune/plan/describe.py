@@ -46,6 +46,8 @@ def describe(plan: Plan) -> str:
             for r in plan.tread_routes))
     for ph in plan.phases:
         lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
+    if cfg.glance_objective != "flow":
+        lines.append(describe_objective(plan))
     from ..engine.encode import sample_caches
 
     caches = sample_caches(cfg, samples)
@@ -54,6 +56,27 @@ def describe(plan: Plan) -> str:
     if cfg.validation_enabled:
         lines.append(describe_validation(plan))
     return "\n".join(lines)
+
+
+def describe_objective(plan: Plan) -> str:
+    """The objective, and for distill what the teacher costs (once; cached) and how the pair will sample."""
+    cfg = plan.cfg
+    if cfg.glance_objective != "distill":
+        return f"objective {cfg.glance_objective}"
+    from .build import teacher_guidance
+
+    g = teacher_guidance(cfg, plan.family, plan.guidance)
+    cfg_on = plan.family.true_cfg and g is not None and g > 1
+    prompts = len(dict.fromkeys([s.caption for s in plan.samples] + list(cfg.glance_prompts or [])))
+    sizes = len({(s.width, s.height) for s in plan.samples})
+    steps = len(plan.ladder.sigmas) * cfg.glance_trajectory_substeps
+    passes = prompts * sizes * cfg.glance_teacher_seeds * steps * (2 if cfg_on else 1)
+    rec = plan.record()
+    sampling = {None: "as the base model", "none": "at CFG 1 (guidance baked in)",
+                "slow": "with true CFG in the slow phase only"}[rec.cfg_phases]
+    return (f"objective distill: teacher = the base model at guidance {g}{' (true CFG)' if cfg_on else ''}, "
+            f"{prompts} prompt(s) x {sizes} size(s) x {cfg.glance_teacher_seeds} seed(s), {steps} steps each: "
+            f"{passes} transformer passes once (cached); the pair samples {sampling}")
 
 
 def memory_plan(plan: Plan) -> str:
