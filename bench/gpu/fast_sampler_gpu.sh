@@ -4,8 +4,8 @@
 #   run(carry=[".whl6"], command="rm -rf .whl && mv .whl6 .whl && OUT=$OUT bash bench/gpu/fast_sampler_gpu.sh")
 # 1. search-ladder, 10 steps, 1 prompt x 1 seed, FINE fine steps (default 20): transformer passes and seconds (the
 #    passes scale with prompts x seeds: 8 prompts = 8x);
-# 2. whole glance jobs (bench/measure/memory_job.py, gc on, rank 32, STEPS steps): distill (caption + 3 prompts,
-#    teacher 4 x 40 steps) in bf16 and in the 24 GB setting (nf4-bnb base and T5, adamw8bit), and the plain
+# 2. whole glance jobs (bench/measure/memory_job.py, gc on, rank 32, STEPS steps): distill (caption + 1 prompt,
+#    teacher 2 x 40 steps) in bf16 and in the 24 GB setting (nf4-bnb base and T5, adamw8bit), and the plain
 #    (flow) job in the 24 GB setting: wall time, teacher passes and seconds, peak memory per stage, s/step.
 set -u
 cd "$(dirname "$0")/../.."
@@ -17,11 +17,11 @@ t=$SECONDS
 echo "{\"build_s\": $((SECONDS-t))}"
 echo '{"p0": "a red fox in the snow"}' > /tmp/one_prompt.json
 t=$SECONDS
-timeout 240 python3 -m glancetune search-ladder --model /tmp/fluxfull --steps 10 --width 1024 --height 1024 \
-  --prompts /tmp/one_prompt.json --seeds 1 --fine-steps "${FINE:-20}" --output "$OUTDIR/ladder-flux1-1024.json" 2>&1 \
+timeout 150 python3 -m glancetune search-ladder --model /tmp/fluxfull --steps 10 --width 1024 --height 1024 \
+  --prompts /tmp/one_prompt.json --seeds 1 --fine-steps "${FINE:-16}" --output "$OUTDIR/ladder-flux1-1024.json" 2>&1 \
   | grep -v "call/s" | tail -3
 echo "{\"search_s\": $((SECONDS-t))}"
-python3 bench/measure/memory_job.py --model /tmp/fluxfull --steps "${STEPS:-10}" --job-timeout 300 --anchor 0 \
+python3 bench/measure/memory_job.py --model /tmp/fluxfull --steps "${STEPS:-4}" --job-timeout 200 --anchor 0 \
   --out "$OUTDIR" --only ${JOBS:-distill-bf16 distill-nf4-all+adamw8bit nf4-all+adamw8bit} 2>&1 | grep --line-buffered '^{'
 nvidia-smi --query-gpu=name --format=csv,noheader
 echo "{\"total_s\": $SECONDS}"

@@ -29,11 +29,10 @@ CONFIGS = {  # name -> config keys on top of the common ones
     "int4-quanto+startup": {"base_model_precision": "int4-quanto", "te": "int4-quanto",
                             "offload_during_startup": True},
     "int8-torchao": {"base_model_precision": "int8-torchao", "te": "int8-quanto"},
-    # distill: 1 caption + 3 glance_prompts x 1 seed: the teacher samples 4 trajectories of 40 steps first
-    "distill-bf16": {"glance_objective": "distill", "glance_prompts": ["a red fox", "a city at night", "a bowl"]},
+    # distill: 1 caption + 1 glance_prompt x 1 seed: the teacher samples 2 trajectories of 40 steps first
+    "distill-bf16": {"glance_objective": "distill", "glance_prompts": ["a red fox"]},
     "distill-nf4-all+adamw8bit": {"base_model_precision": "nf4-bnb", "te": "nf4-bnb", "optimizer": "adamw8bit",
-                                  "glance_objective": "distill",
-                                  "glance_prompts": ["a red fox", "a city at night", "a bowl"]},
+                                  "glance_objective": "distill", "glance_prompts": ["a red fox"]},
     # quanto bases cannot be group-offloaded for training (refused); torchao weights pass diffusers' hooks
     "int8-torchao+group-offload": {"base_model_precision": "int8-torchao", "te": "int8-quanto",
                                    "enable_group_offload": True, "group_offload_text_encoder": True,

@@ -56,12 +56,13 @@ def cli(*argv) -> None:
 
 
 def run(toy: Path, out: Path, device: str, seeds: list[int], guidance: float | None, eval_seeds: int,
-        only: list[str] | None = None, deadline: float | None = None) -> None:
+        only: list[str] | None = None, deadline: float | None = None, max_prompts: int | None = None) -> None:
     """`only`: parts to run (search-10, search-6, variant names; default all); `deadline` (epoch seconds): start no
     job after it (a GPU call's time limit)."""
     out.mkdir(parents=True, exist_ok=True)
     only = only or [f"search-{n}" for n in (10, 6)] + list(VARIANTS)
     held, teacher = toy_prompts(toy)
+    held = dict(list(held.items())[:max_prompts])
     atomic(out / "eval_prompts.json", json.dumps(held, indent=1))  # several processes may share `out`
     atomic(out / "search_prompts.json", json.dumps({f"t{i}": t for i, t in enumerate(teacher[:4])}, indent=1))
     base = json.loads((toy / "config" / "glance.json").read_text())
@@ -191,12 +192,13 @@ def main(argv=None) -> int:
     r.add_argument("--guidance", type=float)
     r.add_argument("--only", nargs="*", help="search-10, search-6 and/or variant names (default: all)")
     r.add_argument("--deadline", type=float, help="epoch seconds after which no job starts")
+    r.add_argument("--max-prompts", type=int, help="the first N held-out prompts only (a CPU's time)")
     t = sub.add_parser("table")
     t.add_argument("folders", nargs="+", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "run":
         run(a.toy, a.out, a.device, [int(s) for s in a.seeds.split(",")], a.guidance, a.eval_seeds, a.only,
-            a.deadline)
+            a.deadline, a.max_prompts)
     else:
         sys.stdout.write(table(a.folders))
     return 0
