@@ -231,7 +231,7 @@ class Trainer:
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
         """Host tensors (noise and sigmas are drawn on the CPU, so runs are device-independent) go up without
         making the CPU wait for the GPU: pinned memory and a non-blocking copy on CUDA."""
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and t.device.type == "cpu":
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
