@@ -193,3 +193,28 @@ def test_search_on_every_text_to_image_family(name, tmp_path, capsys):
     assert m["cost"]["searched"] < m["cost"]["default"]
     per_step = 1 if name == "flux2-dev" else 2  # a guidance embedding, or true CFG: two passes per step
     assert m["transformer_passes"] % per_step == 0 and m["transformer_passes"] > per_step * (8 + 3)
+
+
+@pytest.mark.slow
+def test_the_text_length_is_searched_with_and_sampled_with(tiny_flux, tmp_path):
+    """--max-sequence-length: the ladder file records it and `generate --ladder-file` samples with it (a model is
+    another teacher at another text length: FLUX's T5 tokens are not masked)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    out = tmp_path / "l.json"
+    assert main(["search-ladder", "--model", tiny_flux, "--steps", "3", "--width", "64", "--height", "64",
+                 "--fine-steps", "8", "--max-sequence-length", "32", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["max_sequence_length"] == 32
+    img = tmp_path / "g.png"
+    assert main(["generate", "--ladder-file", str(out), "--prompt", "a red fox", "--output", str(img)]) == 0
+    pipe = FluxPipeline.from_pretrained(tiny_flux)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, use_dynamic_shifting=False,
+                                                                 shift=1.0, shift_terminal=None)
+    sigmas = json.loads(out.read_text())["sigmas"]
+    kw = dict(sigmas=sigmas, num_inference_steps=3, width=64, height=64, guidance_scale=1.0, output_type="np")
+    at = {n: pipe("a red fox", max_sequence_length=n, generator=torch.Generator("cpu").manual_seed(0), **kw).images[0]
+          for n in (32, 512)}
+    ours = np.asarray(Image.open(img).convert("RGB")).astype(int)
+    assert np.abs(ours - np.round(at[32] * 255)).max() <= 1
+    assert np.abs(at[32] - at[512]).max() > 0
+

@@ -74,6 +74,7 @@ def run(toy: Path, out: Path, device: str, seeds: list[int], guidance: float | N
         t0 = time.perf_counter()
         cli("search-ladder", "--model", base["pretrained_model_name_or_path"], "--steps", n, "--width", size,
             "--height", size, "--prompts", out / "search_prompts.json", "--seeds", 2, "--fine-steps", 50,
+            *(["--max-sequence-length", base["tokenizer_max_length"]] if base.get("tokenizer_max_length") else []),
             "--device", device, "--output", out / f"ladder-{n}.json", *g)
         log(out, {"event": "search", "steps": n, "seconds": round(time.perf_counter() - t0, 1),
                   "ladder": json.loads((out / f"ladder-{n}.json").read_text())})

@@ -44,6 +44,7 @@ class LadderFile:
     height: int
     guidance: float | None
     method: dict = field(default_factory=dict)  # how it was found: grid, prompts, seeds, costs, passes, seconds
+    max_sequence_length: int | None = None  # the prompts' text length it was searched with (None: the family's)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, **asdict(self), "sigmas": list(self.sigmas)}
@@ -88,7 +89,8 @@ class LadderFile:
         try:
             return cls(tuple(float(x) for x in s), str(d["model"]), str(d["family"]), int(d["width"]),
                        int(d["height"]), None if d.get("guidance") is None else float(d["guidance"]),
-                       dict(d.get("method", {})))
+                       dict(d.get("method", {})),
+                       None if d.get("max_sequence_length") is None else int(d["max_sequence_length"]))
         except (KeyError, TypeError, ValueError) as e:
             raise GlanceError(f"{key}: {path}: missing or bad field ({e})") from None
 

@@ -36,6 +36,8 @@ def _search_parser(sub) -> None:
     s.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
     s.add_argument("--fine-steps", type=int, default=LADDER_STEPS, help="the teacher's steps: the model's own "
                    "schedule the ladder's sigmas are chosen from")
+    s.add_argument("--max-sequence-length", type=int, metavar="N", help="the prompts' text length (default: the "
+                   "family's; use the tokenizer_max_length you train and sample with)")
     s.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--output", required=True, help="the ladder file to write (JSON)")
     s.set_defaults(handler=cmd_search)
@@ -54,8 +56,10 @@ def cmd_search(args) -> int:
                           "are chosen from the fine schedule)")
     check_request(["x"], 0, args.width, args.height, args.guidance)
     prompts = [p.text for p in eval_prompts(args.prompts)]
+    if args.max_sequence_length is not None and args.max_sequence_length < 1:
+        raise GlanceError(f"--max-sequence-length: {args.max_sequence_length} is below 1")
     found = run_search(args.model, args.steps, args.width, args.height, args.guidance, prompts, args.seeds,
-                       args.fine_steps, args.device)
+                       args.fine_steps, args.device, args.max_sequence_length)
     path = found.write(args.output)
     m = found.method
     print(f"wrote {path}: {len(found.sigmas)} sigmas " + ", ".join(f"{s:.4f}" for s in found.sigmas))

@@ -145,7 +145,9 @@ def default_cost(steppers_and_seeds, teachers, schedule: list[float]) -> float:
 
 
 def run_search(model: str, steps: int, width: int, height: int, guidance: float | None, prompts: list[str],
-               seeds: int, fine: int, device: str | None) -> LadderFile:
+               seeds: int, fine: int, device: str | None, max_len: int | None = None) -> LadderFile:
+    """`max_len`: the prompts' text length (default: the family's); a model is a different teacher at another
+    length (text tokens are not masked for every family), so search with the length you sample with."""
     from tqdm import tqdm
 
     from ..engine.runtime import compute_dtype, configure_backends, select
@@ -169,7 +171,7 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
     pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     g = fam.inference_guidance(fam.default_guidance) if guidance is None else guidance
-    max_len = fam.default_max_sequence_length
+    max_len = max_len or fam.default_max_sequence_length
     runs = [(Stepper.for_prompt(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
     total = len(runs) * (1 + fine * (steps - 1) + 1)  # pipeline calls: trajectories + velocity reads (at most)
     with tqdm(total=total, desc="search-ladder", unit="call", leave=False) as bar:
@@ -181,4 +183,4 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
               "fine_steps": fine, "prompts": prompts, "seeds": seeds, "transformer_passes": passes,
               "seconds": round(seconds, 1), "cost": {"searched": searched, "default": base},
               "default_sigmas": default}
-    return LadderFile(tuple(ladder), model, fam.name, width, height, g, method)
+    return LadderFile(tuple(ladder), model, fam.name, width, height, g, method, max_len)

@@ -77,7 +77,8 @@ def resolve_spec(slow=None, fast=None, run=None, model=None, slow_sigmas=None, f
     ladder = found.ladder(ladder_slow_steps)
     if run is None and slow is None and fast is None:
         return GlanceSpec(None, None, ladder, model or found.model, width or found.width, height or found.height,
-                          found.guidance if guidance is None else guidance, guidance_explicit=True)
+                          found.guidance if guidance is None else guidance, found.max_sequence_length,
+                          guidance_explicit=True)
     return replace(_spec(slow, fast, run, model, None, None, width, height, guidance, preset), ladder=ladder)
 
 
