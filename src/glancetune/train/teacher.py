@@ -64,11 +64,8 @@ def grid(ladder_sigmas: list[float], substeps: int) -> list[float]:
     return [a + (b - a) * k / substeps for a, b in zip(lad, lad[1:]) for k in range(substeps)]
 
 
-def _description(source, cfg, dtype, prompt, negative, guidance, size, sigmas, seed) -> dict:
-    from ..data.cache import component_identity
-
-    return {"kind": "teacher", "family": source.family.name,
-            "transformer": component_identity(source.info.path, "transformer"),
+def _description(source, cfg, dtype, transformer_id, prompt, negative, guidance, size, sigmas, seed) -> dict:
+    return {"kind": "teacher", "family": source.family.name, "transformer": transformer_id,
             "precision": cfg.base_model_precision, "dtype": str(dtype), "max_sequence_length":
             source.max_sequence_length, "prompt": prompt, "negative": negative, "guidance": guidance,
             "size": list(size), "sigmas": [float(s) for s in sigmas], "seed": seed}
@@ -77,8 +74,8 @@ def _description(source, cfg, dtype, prompt, negative, guidance, size, sigmas, s
 def teacher_paths(source, cfg, transformer, ladder_sigmas, samples, embeds: dict, guidance, device,
                   dtype) -> list[TeacherPath]:
     """Every (prompt, size, seed) trajectory, from the teacher cache or sampled now (then cached). `embeds`: text
-    -> `encode_prompts` output (CPU) for the prompts and the negative prompt of `teacher_texts`."""
-    from ..data.cache import TensorCache, digest
+    -> `encode_prompts` output for the prompts and the negative prompt of `teacher_texts`."""
+    from ..data.cache import TensorCache, component_identity, digest
     from ..process import cache_root
 
     fam = source.family
@@ -88,10 +85,11 @@ def teacher_paths(source, cfg, transformer, ladder_sigmas, samples, embeds: dict
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "cache"
     cache = TensorCache(root / "teacher", "teacher trajectory")
     todo, out = [], {}
+    ident = component_identity(source.info.path, "transformer")  # once: it reads the folder (or the hub cache)
     for p in prompts:
         for size in sizes:
             for seed in range(cfg.glance_teacher_seeds):
-                d = _description(source, cfg, dtype, p, negative, guidance, size, sigmas, seed)
+                d = _description(source, cfg, dtype, ident, p, negative, guidance, size, sigmas, seed)
                 hit = cache.get(digest(d))
                 if hit is None:
                     todo.append((p, size, seed, d))
