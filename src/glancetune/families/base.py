@@ -264,6 +264,10 @@ class Family:
 
     true_cfg: bool = False
 
+    def cfg_on(self, guidance: float | None) -> bool:
+        """True CFG (two transformer passes per step, with a negative prompt) at this guidance."""
+        return self.true_cfg and guidance is not None and guidance > 1
+
     #: true-CFG families: the negative prompt the pipeline uses when none is given
     negative_prompt: str = ""
     #: text kwargs of `encode_prompts` -> the stock pipeline call's argument that takes the same tensor

@@ -66,7 +66,7 @@ def describe_objective(plan: Plan) -> str:
     from .build import teacher_guidance
 
     g = teacher_guidance(cfg, plan.family, plan.guidance)
-    cfg_on = plan.family.true_cfg and g is not None and g > 1
+    cfg_on = plan.family.cfg_on(g)
     prompts = len(dict.fromkeys([s.caption for s in plan.samples] + list(cfg.glance_prompts or [])))
     sizes = len({(s.width, s.height) for s in plan.samples})
     steps = len(plan.ladder.sigmas) * cfg.glance_trajectory_substeps

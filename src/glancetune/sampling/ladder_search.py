@@ -36,7 +36,7 @@ class Stepper:
     def __init__(self, pipe, family, text: dict, negative: dict | None, guidance: float | None, max_len: int,
                  width: int, height: int):
         """`text` / `negative`: the prompt and the negative prompt as `encode_prompts` gives them (the negative only
-        where true CFG is on: `uses_cfg`)."""
+        where true CFG is on: `Family.cfg_on`)."""
         self.pipe, self.family, self.width, self.height = pipe, family, width, height
         cfg = negative is not None
         kw = family.prompt_call_kwargs(text)
@@ -47,11 +47,6 @@ class Stepper:
         self.per_call = 2 if cfg else 1
         self.passes = 0
 
-    @staticmethod
-    def uses_cfg(family, guidance: float | None) -> bool:
-        """True CFG (two passes per step, a negative prompt) at this guidance."""
-        return family.true_cfg and guidance is not None and guidance > 1
-
     @classmethod
     def for_prompt(cls, pipe, family, prompt: str, guidance: float | None, max_len: int, width: int, height: int):
         """The prompt (and the family's negative prompt under true CFG) encoded by the pipeline's text encoders."""
@@ -59,7 +54,7 @@ class Stepper:
         with torch.no_grad():
             text = family.encode_prompts(pipe, [prompt], device, max_len)
             neg = (family.encode_prompts(pipe, [family.negative_prompt], device, max_len)
-                   if cls.uses_cfg(family, guidance) else None)
+                   if family.cfg_on(guidance) else None)
         return cls(pipe, family, text, neg, guidance, max_len, width, height)
 
     @contextmanager

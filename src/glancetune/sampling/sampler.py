@@ -296,7 +296,7 @@ class GlanceSampler:
 
     def base_cfg_phases(self, guidance) -> str:
         """The base model's own true-CFG policy at this guidance (the pair's record may set another)."""
-        return "both" if self.family.true_cfg and guidance is not None and guidance > 1 else "none"
+        return "both" if self.family.cfg_on(guidance) else "none"
 
     def _cfg_phases(self, cfg_phases: str | None, guidance) -> str:
         if not self.family.true_cfg:
@@ -305,7 +305,7 @@ class GlanceSampler:
             return "none"
         cfg_phases = self.cfg_phases if cfg_phases is None else cfg_phases
         if cfg_phases is None:
-            return "both" if guidance is not None and guidance > 1 else "none"
+            return self.base_cfg_phases(guidance)
         if cfg_phases not in self.CFG_PHASES:
             raise GlanceError(f"--cfg-phases: {cfg_phases!r} is not one of {', '.join(self.CFG_PHASES)}")
         return cfg_phases

@@ -199,7 +199,7 @@ class Job:
         cfg_slow = None
         if cfg.glance_objective == "distill" and cfg.glance_student_cfg == "slow":
             g = teacher_guidance(cfg, plan.family, plan.guidance)
-            cfg_slow = g if plan.family.true_cfg and g is not None and g > 1 else None
+            cfg_slow = g if plan.family.cfg_on(g) else None
         objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra, cfg_slow)
         trainer = Trainer(cfg, plan.family, transformer, samples, rt, plan.guidance, plan.data, objective)
         states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in store.params(ph.name)], plan.steps,
