@@ -12,14 +12,13 @@ For every prompt x seed, with the same initial noise (a CPU generator seeded ali
 All at the pair's size and guidance; the base rows with the base model's CFG policy, the pair with its own
 (compare.py). Edit models: every sampler edits the control image
 `--image` (as `generate --image`); the report and each PNG record its path as `control_image` (`image` names the
-sampler). Against base-N: PSNR, SSIM, MS-SSIM and latent MSE, and a
-no-reference noise / blur alarm on every image (metrics.py). Per sampler: wall time per image and transformer passes per image (counted: the samples the transformer saw,
-so batched CFG counts 2). Win-rate of Glance over each base-L sampler (per pair: the higher score wins, a tie is
+sampler). Against base-N: PSNR, SSIM, MS-SSIM and latent MSE, and a no-reference noise / blur alarm on every
+image (metrics.py). Per sampler: wall time per image and transformer passes per image (counted: the samples the
+transformer saw, so batched CFG counts 2). Win-rate of Glance over each base-L sampler (per pair: the higher score wins, a tie is
 half) with a 95% bootstrap interval over the pairs. With `--clip-model` (a CLIP model available locally; nothing is
 downloaded): every image's CLIP score for its prompt (clipscore.py), its mean per sampler and Glance's win-rate on it
-(the higher score wins). LPIPS is not computed (its weights would have to be downloaded). Output: report.py.
-The verdict line says whether
-the pair beats the best training-free row that costs no more transformer passes (its PSNR win-rate interval above
+(the higher score wins). LPIPS is not computed (its weights would have to be downloaded). Output: report.py. The
+verdict line says whether the pair beats the best training-free row that costs no more transformer passes (its PSNR win-rate interval above
 one half), loses to it (below: the LoRAs add nothing over it), or neither.
 """
 from __future__ import annotations

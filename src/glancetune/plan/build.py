@@ -69,6 +69,11 @@ def teacher_guidance(cfg, family, training_guidance=None) -> float | None:
     return family.inference_guidance(g)
 
 
+def teacher_prompts(cfg, samples) -> list[str]:
+    """distill's teacher prompts: the distinct training captions, then glance_prompts."""
+    return list(dict.fromkeys([s.caption for s in samples] + list(cfg.glance_prompts or [])))
+
+
 def check_objective(cfg, family, command: str) -> None:
     """distill's keys are distill's, and need what the family has (before any weights load)."""
     own = {"glance_teacher_guidance": cfg.glance_teacher_guidance is not None,

@@ -63,11 +63,11 @@ def describe_objective(plan: Plan) -> str:
     cfg = plan.cfg
     if cfg.glance_objective != "distill":
         return f"objective {cfg.glance_objective}"
-    from .build import teacher_guidance
+    from .build import teacher_guidance, teacher_prompts
 
     g = teacher_guidance(cfg, plan.family, plan.guidance)
     cfg_on = plan.family.cfg_on(g)
-    prompts = len(dict.fromkeys([s.caption for s in plan.samples] + list(cfg.glance_prompts or [])))
+    prompts = len(teacher_prompts(cfg, plan.samples))
     sizes = len({(s.width, s.height) for s in plan.samples})
     steps = len(plan.ladder.sigmas) * cfg.glance_trajectory_substeps
     passes = prompts * sizes * cfg.glance_teacher_seeds * steps * (2 if cfg_on else 1)

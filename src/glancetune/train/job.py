@@ -88,7 +88,9 @@ class Job:
                 extra = teacher_paths(plan.model, cfg, transformer, list(plan.ladder.sigmas), plan.samples, texts,
                                       teacher_g, rt.device, rt.dtype)
         store = LoraStore(transformer, plan.family.pipeline_class(), plan.phases, plan.record(), rt.world)
-        trainer, states, compiled_key = self.build_trainer(plan, rt, transformer, store, samples, resume, extra)
+        cfg_slow = teacher_g if cfg.glance_student_cfg == "slow" and plan.family.cfg_on(teacher_g) else None
+        trainer, states, compiled_key = self.build_trainer(plan, rt, transformer, store, samples, resume, extra,
+                                                           cfg_slow)
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
         lap("load")
         if resume is not None:
@@ -172,7 +174,8 @@ class Job:
         return transformer
 
     def build_trainer(self, plan: Plan, rt: Runtime, transformer, store: LoraStore, samples: list[Prepared],
-                      resume: Path | None, extra) -> tuple[Trainer, list[PhaseState], str | None]:
+                      resume: Path | None, extra, cfg_slow: float | None = None
+                      ) -> tuple[Trainer, list[PhaseState], str | None]:
         """Both adapters on the one transformer (seeded alike: each equals its `train` twin; a resumed run's
         weights loaded before any sharding), compiled after they exist, one PhaseState per phase of this process,
         and the model prepared for the process layout (DDP wrapper, or FSDP2 sharding with the optimizers).
@@ -196,10 +199,6 @@ class Job:
         for ph in plan.phases:  # DDP registers the parameters that require grad now
             for _, p in store.params(ph.name):
                 p.requires_grad_(ph in mine)
-        cfg_slow = None
-        if cfg.glance_objective == "distill" and cfg.glance_student_cfg == "slow":
-            g = teacher_guidance(cfg, plan.family, plan.guidance)
-            cfg_slow = g if plan.family.cfg_on(g) else None
         objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra, cfg_slow)
         trainer = Trainer(cfg, plan.family, transformer, samples, rt, plan.guidance, plan.data, objective)
         states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in store.params(ph.name)], plan.steps,

@@ -43,8 +43,9 @@ class TeacherPath:
 
 def teacher_texts(cfg, samples, family, guidance) -> tuple[list[str], str | None]:
     """(prompts: the distinct training captions then glance_prompts, the negative prompt or None without CFG)."""
-    prompts = list(dict.fromkeys([s.caption for s in samples] + list(cfg.glance_prompts or [])))
-    return prompts, family.negative_prompt if family.cfg_on(guidance) else None
+    from ..plan.build import teacher_prompts
+
+    return teacher_prompts(cfg, samples), family.negative_prompt if family.cfg_on(guidance) else None
 
 
 def encode_teacher_texts(source, cfg, samples, guidance, device, dtype) -> dict:

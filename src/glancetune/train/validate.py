@@ -8,8 +8,8 @@ its image on that searched ladder (the training-free alternative).
 
 Files: `<output_dir>/validation/step-<k>/<prompt>-<seed>.png` (step 0 adds `-base-<N>`, `-base-ladder-<L>` and
 `-base-searched-<K>`) and `grid.png` (rows: prompt x seed; columns: base-N | base-ladder | base-searched |
-Glance@k, the base images read back from step-0). Each step folder is built under a temporary name and renamed into place. PNGs carry their parameters
-(`glancetune` text chunk: prompt, seed, step, ladder, base model, guidance, size). TensorBoard gets the images
+Glance@k, the base images read back from step-0). Each step folder is built under a temporary name and renamed
+into place. PNGs carry their parameters (`glancetune` text chunk: prompt, seed, step, ladder, base model, guidance, size). TensorBoard gets the images
 when `report_to` has it; train_log.jsonl a line `{"step", "event": "validation", "images", "grid"}`.
 
 Edit families (`needs_control_image`): every prompt edits one control image, `validation_image` or by default the
@@ -204,8 +204,6 @@ class Validation(Hook):
     def _images(self, sampler, step: int, folder: Path) -> list[tuple[str, list, Path]]:
         """Every prompt x seed: (label, [base-N, base-ladder, Glance@step], Glance file) with the base images made
         now at step 0, else read back from step-0 (None when absent)."""
-        from ..sampling.compare import base_on_ladder, base_own_schedule
-
         w, h = self.size
         refs = self._references(sampler)  # (file suffix, image kind, fn(prompt, seed, kwargs))
         rows = []

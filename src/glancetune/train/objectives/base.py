@@ -84,11 +84,15 @@ class Objective:
             tr.enable_adapters()
             tr.set_adapter(trainer.active)
 
+    def ladder_index(self, sigmas: torch.Tensor) -> list[int]:
+        """Per sample: the index of its sigma in the ladder."""
+        lad = torch.tensor(self.ladder, dtype=torch.float32)
+        return [int(torch.nonzero((lad - float(s)).abs() < TOL)[0]) for s in sigmas.cpu()]
+
     def next_sigma(self, sigmas: torch.Tensor) -> torch.Tensor:
         """Per sample: the ladder sigma after it (0 after the last)."""
         lad = torch.tensor(self.ladder + [0.0], dtype=torch.float32)
-        idx = [int(torch.nonzero((lad[:-1] - float(s)).abs() < TOL)[0]) for s in sigmas.cpu()]
-        return lad[torch.tensor(idx) + 1].to(sigmas.device)
+        return lad[torch.tensor(self.ladder_index(sigmas)) + 1].to(sigmas.device)
 
     @torch.no_grad()
     def base_state(self, trainer, noise, s, text, image, guidance) -> torch.Tensor:

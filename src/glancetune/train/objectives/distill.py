@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import GlanceError
-from .base import TOL, Objective, predict, view
+from .base import Objective, predict, view
 
 
 class Distill(Objective):
@@ -40,10 +40,6 @@ class Distill(Objective):
                 raise GlanceError(f"distill: a teacher trajectory holds {p.states.shape[0]} states for a ladder of "
                                   f"{len(self.ladder)} sigmas")
 
-    def index(self, sigmas: torch.Tensor) -> list[int]:
-        lad = torch.tensor(self.ladder, dtype=torch.float32)
-        return [int(torch.nonzero((lad - float(s)).abs() < TOL)[0]) for s in sigmas.cpu()]
-
     def pick(self, shape, gen: torch.Generator):
         """One teacher trajectory whose states have this micro-batch's latent shape (one draw from `gen`)."""
         fit = [p for p in self.paths if tuple(p.states.shape[2:]) == tuple(shape[1:])]
@@ -54,7 +50,7 @@ class Distill(Objective):
     def main_loss(self, trainer, ph, x0, text, image, sigmas, noise, guidance):
         path = self.pick(x0.shape, ph.generator)
         n = len(x0)
-        idx = self.index(sigmas)
+        idx = self.ladder_index(sigmas)
         s = trainer.to_device(sigmas)
         x_s = trainer.to_device(torch.cat([path.states[i] for i in idx]))
         x_next = trainer.to_device(torch.cat([path.states[i + 1] for i in idx]))
