@@ -56,10 +56,10 @@ def paths():
     return out
 
 
-@pytest.mark.parametrize("cfg_slow", [None, 3.0])
-def test_distill_loss_is_mse_to_the_teachers_step(cfg_slow):
+@pytest.mark.parametrize("cfg_scale,cfg_phases", [(None, ()), (3.0, ("slow",)), (3.0, ("slow", "fast"))])
+def test_distill_loss_is_mse_to_the_teachers_step(cfg_scale, cfg_phases):
     tps = paths()
-    obj = objective("distill", SLOW, FAST, extra=tps, cfg_slow=cfg_slow)
+    obj = objective("distill", SLOW, FAST, extra=tps, cfg_scale=cfg_scale, cfg_phases=cfg_phases)
     tr = Trainer(Linear())
     image = {"img_ids": torch.zeros(16, 3)}
     for name, sig in (("slow", [0.9, 1.0]), ("fast", [0.3, 0.6])):
@@ -74,9 +74,9 @@ def test_distill_loss_is_mse_to_the_teachers_step(cfg_slow):
             x, nxt = p.states[i], p.states[i + 1]
             target = (nxt - x) / (lad[i + 1] - s)
             c = 2 * x + s + p.text["encoder_hidden_states"].mean()
-            if cfg_slow is not None and name == "slow":
+            if name in cfg_phases:
                 u = 2 * x + s + p.negative["encoder_hidden_states"].mean()
-                target = u + (target - u) / cfg_slow
+                target = u + (target - u) / cfg_scale
             want.append(((c - target) ** 2).mean())
         assert float(loss) == pytest.approx(float(torch.stack(want).mean()), rel=1e-5)
 
@@ -90,6 +90,8 @@ def test_teacher_grid_holds_the_ladder():
 def distill_cfg(root: Path, model: str, family: str = "flux", steps: int = 2, **extra) -> Path:
     keys = {"glance_objective": "distill", "glance_trajectory_substeps": 2, "cache_dir": str(root.parent / "cache"),
             "--model_family": family, **extra}
+    if keys["glance_objective"] == "distill":
+        keys.setdefault("glance_teacher_seeds", 1)
     return write_configs(root, model, resolution=64, steps=steps, **keys)
 
 
@@ -158,21 +160,23 @@ def passes(run: Path, spy_forward, cls) -> int:
 @pytest.mark.slow
 def test_a_distilled_true_cfg_pair_samples_at_cfg_one(tmp_path, spy_forward):
     """Qwen-Image (true CFG 5): the flow pair takes 2 passes per step, the distilled pair 1, and with
-    glance_student_cfg slow 2 in the slow phase only; the record says so and generate follows it."""
+    glance_student_cfg slow 2 in the slow phase only, both (the default) 2 everywhere; the record says so and
+    generate follows it."""
     import diffusers
 
     model = tmp_path / "qwen"
     assert main(["tiny", "qwen_image", str(model)]) == 0
     cls = diffusers.QwenImageTransformer2DModel
     got = {}
-    for name, keys in (("flow", {"glance_objective": "flow"}), ("baked", {}), ("slow", {"glance_student_cfg": "slow"})):
+    for name, keys in (("flow", {"glance_objective": "flow"}), ("baked", {"glance_student_cfg": "none"}),
+                       ("slow", {"glance_student_cfg": "slow"}), ("both", {})):
         root = tmp_path / name
         cfg = distill_cfg(root, str(model), "qwen_image", **keys)
         assert main(["glance", "--config", str(cfg)]) == 0
         got[name] = passes(root / "output", spy_forward, cls)
         rec = json.loads((root / "output" / "glancetune_config.json").read_text())["record"]
-        assert rec.get("cfg_phases") == {"flow": None, "baked": "none", "slow": "slow"}[name]
-    assert got == {"flow": 20, "baked": 10, "slow": 15}
+        assert rec.get("cfg_phases") == {"flow": None, "baked": "none", "slow": "slow", "both": "both"}[name]
+    assert got == {"flow": 20, "baked": 10, "slow": 15, "both": 20}
 
 
 @pytest.mark.slow

@@ -232,7 +232,8 @@ def test_eval_of_a_distilled_pair_adds_the_equal_cost_row(tmp_path):
     """SD3 (true CFG 7): the distilled pair samples in 10 passes, so eval adds base-5 (CFG, 10 passes) and the
     verdict compares the pair with the training-free rows of <= 10 passes."""
     cfg = write_configs(tmp_path, "tiny:sd3", resolution=32, steps=2, model_family="sd3",
-                        glance_objective="distill", glance_trajectory_substeps=1)
+                        glance_objective="distill", glance_trajectory_substeps=1,
+                        glance_student_cfg="none")
     assert main(["glance", "--config", str(cfg)]) == 0
     (tmp_path / "p.json").write_text(json.dumps(PROMPTS))
     assert main(["eval", "--run", str(tmp_path / "output"), "--prompts", str(tmp_path / "p.json"), "--steps-base",

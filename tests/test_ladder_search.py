@@ -147,7 +147,7 @@ def test_glance_trains_on_a_ladder_file(tiny_flux, tmp_path, capsys):
         "error: glance_ladder_file: give it or glance_slow_indices, glance_fast_indices, not both")
     alone = write_configs(tmp_path / "c", tiny_flux, glance_ladder_slow_steps=2)
     assert run_err(capsys, ["glance", "--config", str(alone), "--dry-run"]) == (
-        "error: glance_ladder_slow_steps: only with glance_ladder_file")
+        "error: glance_ladder_slow_steps: only with glance_ladder_file or glance_ladder: search")
 
 
 @pytest.mark.slow

@@ -25,12 +25,17 @@ from pathlib import Path
 import numpy as np
 
 DISTILL = {"glance_objective": "distill", "glance_teacher_seeds": 2, "glance_trajectory_substeps": 4,
-           "learning_rate": 5e-4, "max_train_steps": 200}
+           "learning_rate": 5e-4, "max_train_steps": 200, "glance_student_cfg": "none"}  # CFG baked (true-CFG toys)
+GLANCE_CUT = {"glance_ladder": "glance"}  # the paper's fixed cut (the default is the job's own search)
 VARIANTS = {  # name -> (ladder steps, uses the searched ladder, config overrides)
-    "paper-10": (10, False, {}),  # the toy's glance.json: flow loss, Glance ladder, the paper's one image
-    "distill-glance-10": (10, False, DISTILL),
+    # the toy's glance.json: flow loss, Glance ladder, the paper's one image
+    "paper-10": (10, False, {"glance_objective": "flow", **GLANCE_CUT}),
+    "distill-glance-10": (10, False, {**DISTILL, **GLANCE_CUT}),
     "distill-searched-10": (10, True, DISTILL),
     "distill-searched-6": (6, True, DISTILL),
+    # true-CFG toys only: the student keeps CFG in the slow phase (1.5x the baked pair's passes) or in both (2x)
+    "distill-cfgslow-10": (10, True, {**DISTILL, "glance_student_cfg": "slow"}),
+    "distill-cfgboth-10": (10, True, {**DISTILL, "glance_student_cfg": "both"}),
 }
 
 
@@ -60,7 +65,7 @@ def run(toy: Path, out: Path, device: str, seeds: list[int], guidance: float | N
     """`only`: parts to run (search-10, search-6, variant names; default all); `deadline` (epoch seconds): start no
     job after it (a GPU call's time limit)."""
     out.mkdir(parents=True, exist_ok=True)
-    only = only or [f"search-{n}" for n in (10, 6)] + list(VARIANTS)
+    only = only or [f"search-{n}" for n in (10, 6)] + [v for v in VARIANTS if guidance is not None or "cfg" not in v]
     held, teacher = toy_prompts(toy)
     held = dict(list(held.items())[:max_prompts])
     atomic(out / "eval_prompts.json", json.dumps(held, indent=1))  # several processes may share `out`

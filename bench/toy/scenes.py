@@ -241,7 +241,8 @@ def write_run_files(out: Path, gen: torch.Generator, glance_steps: int) -> None:
                                     "image_dir": str(out / "data"), "caption_extension": ".txt"}]))
     cfg = {"model_family": "sd3", "pretrained_model_name_or_path": str(out / "model"),
            "data_backend_config": str(backend), "max_train_steps": glance_steps, "lora_rank": 16,
-           "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance")}
+           "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance"),
+           "glance_objective": "flow", "glance_ladder": "glance"}
     (out / "config" / "glance.json").write_text(json.dumps(cfg, indent=1))
 
 

@@ -225,7 +225,8 @@ def write_run_files(out: Path, images, labels, caps, steps: int, layout: str) ->
                                     "image_dir": str(out / "data"), "caption_extension": ".txt"}]))
     cfg = {"model_family": "flux", "pretrained_model_name_or_path": str(out / "model"),
            "data_backend_config": str(backend), "max_train_steps": steps, "lora_rank": 16,
-           "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance")}
+           "tokenizer_max_length": MAX_SEQ, "output_dir": str(out / "glance"),
+           "glance_objective": "flow", "glance_ladder": "glance"}
     (out / "config" / "glance.json").write_text(json.dumps(cfg, indent=1))
     # the objectives beyond the paper (train/objectives.py), same run otherwise; trajectory also distils the base
     # model on 16 other captions (2 per colour, all 10 classes), without their images; prior: flow + the base

@@ -1,6 +1,7 @@
-"""Which sigmas each phase trains on: the Glance ladder (slow | fast) cut from the model's own N-step schedule, a
-ladder file (`LadderFile`, written by `search-ladder`), or one list for a single-phase `train`. Used by the training job and by `glancetune schedule`, so both print and
-train the same numbers. The sigma math itself lives in schedule.py.
+"""Which sigmas each phase trains on: a searched ladder (`LadderFile`, written by `search-ladder` or by a job's
+default search), the Glance ladder (slow | fast) cut from the model's own N-step schedule, explicit lists, or one
+list for a single-phase `train`. Used by the training job and by `glancetune schedule`, so both print and train
+the same numbers. The sigma math itself lives in schedule.py.
 """
 from __future__ import annotations
 
@@ -134,13 +135,18 @@ def file_ladder(cfg, info, width: int, height: int) -> Ladder:
     return found.ladder(cfg.glance_ladder_slow_steps, key="glance_ladder_slow_steps")
 
 
-def glance_ladder(cfg, info, width: int, height: int) -> Ladder:
-    """The config's ladder: a ladder file, explicit lists, explicit indices, or the default cut of the N-step
-    schedule."""
+def glance_ladder(cfg, info, width: int, height: int, searched: Path | None = None) -> Ladder:
+    """The config's ladder: a ladder file, explicit lists, explicit indices, the default search's file
+    (`searched`, when it exists), or the default cut of the N-step schedule."""
     if cfg.glance_ladder_file is not None:
         return file_ladder(cfg, info, width, height)
-    if cfg.glance_ladder_slow_steps is not None:
-        raise GlanceError("glance_ladder_slow_steps: only with glance_ladder_file")
+    if searched is not None:  # not searched yet: the model's own 10-step schedule stands in (the dry-run says so)
+        found = LadderFile.read(searched, key=f"the searched ladder {searched}") if searched.is_file() else \
+            LadderFile(model_schedule(info, width, height, len(SLOW_INDICES) + len(FAST_INDICES)), info.ref,
+                       info.family.name, width, height, None)
+        return found.ladder(cfg.glance_ladder_slow_steps, key="glance_ladder_slow_steps")
+    if cfg.glance_ladder_slow_steps is not None and searched is None:
+        raise GlanceError("glance_ladder_slow_steps: only with glance_ladder_file or glance_ladder: search")
     slow, fast = cfg.glance_slow_timesteps, cfg.glance_fast_timesteps
     if (slow is None) != (fast is None):
         missing = "glance_fast_timesteps" if fast is None else "glance_slow_timesteps"
@@ -162,14 +168,15 @@ def glance_ladder(cfg, info, width: int, height: int) -> Ladder:
     return cut_ladder(model_schedule(info, width, height, cfg.glance_ladder_steps), si, fi)
 
 
-def job_phases(cfg, info, width: int, height: int, command: str) -> tuple[Ladder | None, list[Phase]]:
-    """(ladder, phases) of a job: `glance` trains slow then fast; `train` one LoRA on flow_custom_timesteps or on
-    the model's whole N-step schedule."""
+def job_phases(cfg, info, width: int, height: int, command: str,
+               searched: Path | None = None) -> tuple[Ladder | None, list[Phase]]:
+    """(ladder, phases) of a job: `glance` trains slow then fast (`searched`: the default search's ladder file);
+    `train` one LoRA on flow_custom_timesteps or on the model's whole N-step schedule."""
     if command == "glance":
         if cfg.flow_custom_timesteps is not None:
             raise GlanceError("flow_custom_timesteps: not used by `glance`; give glance_slow_timesteps and "
                               "glance_fast_timesteps (or nothing: the model's own ladder)")
-        ladder = glance_ladder(cfg, info, width, height)
+        ladder = glance_ladder(cfg, info, width, height, searched)
         return ladder, [Phase("slow", ladder.slow, "slow"), Phase("fast", ladder.fast, "fast")]
     if cfg.flow_custom_timesteps is not None:
         return None, [Phase("lora", parse_sigma_list(cfg.flow_custom_timesteps, "flow_custom_timesteps"), "")]

@@ -45,6 +45,8 @@ ACCEPTED_DEFAULTS: dict[str, tuple] = {
 # SimpleTuner optimizer names that are the same class as ours.
 OPTIMIZER_ALIASES = {"torch-adamw": "adamw", "optimi-adamw": "adamw_bf16", "bnb-adamw8bit": "adamw8bit"}
 DEFAULT_TRAIN_STEPS = 60  # when neither max_train_steps nor num_train_epochs is set
+# an objective's own defaults where the config leaves the key out (the settings the fast-sampler table measured)
+OBJECTIVE_DEFAULTS = {"distill": {"learning_rate": 5e-4, "max_train_steps": 200}}
 # diffusers' get_scheduler num_cycles when lr_num_cycles is unset (its own defaults for these schedules)
 DEFAULT_NUM_CYCLES = {"cosine": 0.5, "cosine_with_restarts": 1}
 RESUME_NEVER = ("none", "None", "", "null", "false")
@@ -73,10 +75,10 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     max_train_steps: int | None = Field(
         None, ge=0, description=f"optimizer steps per phase (0 = unset, as in SimpleTuner; with num_train_epochs the "
-        f"smaller wins; neither: {DEFAULT_TRAIN_STEPS})")
+        f"smaller wins; neither: {DEFAULT_TRAIN_STEPS}, distill {OBJECTIVE_DEFAULTS['distill']['max_train_steps']})")
     num_train_epochs: int | None = Field(None, ge=0, description="passes over the dataset per phase (0 = unset)")
     learning_rate: float = Field(2e-3, gt=0, description="learning rate (2e-3 at alpha=rank is the official 5e-4 "
-                                 "at alpha=4*rank; prodigy: set 1.0)")
+                                 "at alpha=4*rank; distill's default 5e-4; prodigy: set 1.0)")
     optimizer: Literal["adamw", "adamw_bf16", "adamw8bit", "prodigy"] = Field(
         "adamw", description="adamw: torch.optim.AdamW; adamw_bf16: optimi.AdamW (pip install torch-optimi; states "
         "in the parameters' dtype, Kahan summation for bf16); adamw8bit: bitsandbytes.optim.AdamW8bit (pip install "
@@ -138,9 +140,14 @@ class TrainConfig(ValidationKeys, MemoryKeys):
                                                                               "`glance_slow_timesteps`)")
     glance_ladder_steps: int = Field(LADDER_STEPS, ge=2, description="N of the model's own N-step schedule the ladder is cut "
                                      "from")
+    glance_ladder: Literal["search", "glance"] = Field(
+        "search", description="the ladder when the config names none (no glance_ladder_file, indices or "
+        "timesteps): search: the 10 sigmas that best reproduce the base model's own glance_ladder_steps-step "
+        "trajectory on the teacher prompts x glance_teacher_seeds (`search-ladder`'s method, run once before "
+        "training and cached under cache_dir/ladders); glance: the paper's fixed cut (glance_slow_indices)")
     glance_ladder_file: str | None = Field(None, description="a ladder file from `glancetune search-ladder`: train on "
                                            "its sigmas instead of a cut of the model's own N-step schedule")
-    glance_ladder_slow_steps: int | None = Field(None, ge=1, description="with glance_ladder_file: the first K sigmas "
+    glance_ladder_slow_steps: int | None = Field(None, ge=1, description="with a ladder file or the search: the first K sigmas "
                                                  "are the slow phase (default: half, the extra one slow)")
     glance_slow_indices: str | list[int] | None = Field(None, description="0-based indices into the N-step "
                                                                           "schedule for the slow phase (default "
@@ -148,9 +155,10 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     glance_fast_indices: str | list[int] | None = Field(None, description="0-based indices for the fast phase "
                                                                           "(default `10,20,30,40,49`; scaled for "
                                                                           "another N)")
-    glance_objective: Literal["flow", "trajectory", "rollout", "distill"] = Field(
-        "flow", description="flow: the paper's loss; distill: the base model's own guided trajectories from prompts "
-        "(guidance baked in); trajectory / rollout: experimental")
+    glance_objective: Literal["auto", "flow", "trajectory", "rollout", "distill"] = Field(
+        "auto", description="auto: distill (flow for edit models, whose teacher is not built yet); distill: the base "
+        "model's own guided trajectories from prompts (guidance baked in); flow: the paper's loss on the image; "
+        "trajectory / rollout: experimental")
     glance_trajectory_substeps: int = Field(4, ge=1, description="trajectory / distill: base Euler sub-steps per "
                                             "ladder step")
     glance_prompts: list[str] | None = Field(None, description="trajectory / distill / prior: extra captions "
@@ -158,11 +166,12 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     glance_prior_weight: float = Field(0.0, ge=0, description="weight of the base-prediction loss on glance_prompts")
     glance_teacher_guidance: float | None = Field(None, ge=0, description="distill: the teacher's guidance / true "
                                                   "CFG scale (default: what generate samples the base model with)")
-    glance_teacher_seeds: int = Field(1, ge=1, description="distill: teacher trajectories (noise seeds 0..N-1) per "
-                                      "prompt")
-    glance_student_cfg: Literal["none", "slow"] = Field(
-        "none", description="distill, true-CFG families: none: the pair samples without CFG (one pass per step); "
-        "slow: true CFG in the slow phase only")
+    glance_teacher_seeds: int = Field(2, ge=1, description="distill and the ladder search: trajectories (noise seeds "
+                                      "0..N-1) per prompt")
+    glance_student_cfg: Literal["none", "slow", "both"] = Field(
+        "both", description="distill, true-CFG families: both: true CFG in both phases (the teacher's cost; the "
+        "default: on the true-CFG toy the CFG-free pair lost at equal cost); slow: true CFG in the slow phase only; "
+        "none: guidance baked in, one pass per step (half the passes)")
     glance_single_image: bool = Field(False, description="refuse a dataset of more than one image (the Glance "
                                       "paper's one-image recipe)")
     conditioning_multidataset_sampling: Literal["random", "combined"] = Field(

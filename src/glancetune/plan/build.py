@@ -23,6 +23,7 @@ from ..engine.encode import ModelSource
 from ..errors import GlanceError
 from ..families import model_info, resolve_family
 from ..ladder import Phase, job_phases
+from .search import LadderRequest, ladder_request, uses_search
 from ..record import RunRecord
 from ..schedule import Ladder
 from .steps import resolve_train_steps
@@ -74,11 +75,30 @@ def teacher_prompts(cfg, samples) -> list[str]:
     return list(dict.fromkeys([s.caption for s in samples] + list(cfg.glance_prompts or [])))
 
 
+def resolve_objective(cfg, family, command: str):
+    """The config with its objective resolved: `glance_objective: auto` is distill for a `glance` job (what won the
+    fast-sampler table), flow for edit models (no teacher for them yet) and for `train` / `cache`; then the
+    objective's own defaults (OBJECTIVE_DEFAULTS) for the keys the config leaves out."""
+    from ..config.schema import OBJECTIVE_DEFAULTS
+
+    kind = cfg.glance_objective
+    if kind == "auto":
+        kind = "distill" if command == "glance" and not family.needs_control_image else "flow"
+    given = getattr(cfg, "model_fields_set", set())
+    steps_given = {"max_train_steps", "num_train_epochs"} & given
+    update = {k: v for k, v in OBJECTIVE_DEFAULTS.get(kind, {}).items()
+              if k not in given and not (k == "max_train_steps" and steps_given)}
+    if kind == cfg.glance_objective and not update:
+        return cfg
+    return cfg.model_copy(update={"glance_objective": kind, **update})
+
+
 def check_objective(cfg, family, command: str) -> None:
     """distill's keys are distill's, and need what the family has (before any weights load)."""
+    given = getattr(cfg, "model_fields_set", ())
     own = {"glance_teacher_guidance": cfg.glance_teacher_guidance is not None,
-           "glance_teacher_seeds": cfg.glance_teacher_seeds != 1,
-           "glance_student_cfg": cfg.glance_student_cfg != "none"}
+           "glance_teacher_seeds": "glance_teacher_seeds" in given and not uses_search(cfg, command, family),
+           "glance_student_cfg": "glance_student_cfg" in given}
     given = [k for k, v in own.items() if v]
     if cfg.glance_objective != "distill":
         if given:
@@ -89,8 +109,8 @@ def check_objective(cfg, family, command: str) -> None:
         raise GlanceError("glance_objective: distill needs the slow/fast ladder of `glancetune glance`")
     if family.needs_control_image:
         raise GlanceError(f"glance_objective: distill is not built for edit models ({family.name}) yet")
-    if cfg.glance_student_cfg == "slow" and not family.true_cfg:
-        raise GlanceError(f"glance_student_cfg: slow is for true-CFG families; {family.name} samples with a "
+    if own["glance_student_cfg"] and cfg.glance_student_cfg != "none" and not family.true_cfg:
+        raise GlanceError(f"glance_student_cfg: {cfg.glance_student_cfg} is for true-CFG families; {family.name} samples with a "
                           "guidance embedding (one pass per step already)")
 
 
@@ -161,6 +181,7 @@ class Plan:
     identity: dict  # the run identity output folders and checkpoints are checked against
     tread_routes: list
     created_at: float  # the job's time report: imports before it, the plan after
+    ladder_search: LadderRequest | None = None  # the default ladder's search, still to run (the ladder is a stand-in)
 
     @classmethod
     def build(cls, cfg, command: str, components: dict | None = None) -> Plan:
@@ -193,15 +214,21 @@ class Plan:
             raise GlanceError(f"tokenizer_max_length: {max_len} is above the {limit} text tokens "
                               f"that {family.name}'s pipeline accepts")
         guidance = training_guidance(family, info.transformer_config, cfg)
+        cfg = resolve_objective(cfg, family, command)
         check_objective(cfg, family, command)
-        ladder, phases = job_phases(cfg, info, width, height, command)
+        search = None
+        if uses_search(cfg, command, family):
+            search = ladder_request(cfg, info, teacher_prompts(cfg, data.samples),
+                                    teacher_guidance(cfg, family, guidance), max_len, compute_dtype(mp), width, height)
+        ladder, phases = job_phases(cfg, info, width, height, command, search and search.path)
+        pending = search if search is not None and not search.path.is_file() else None
         steps, steps_note = resolve_train_steps(cfg, batches_per_epoch(cfg, data))
         files = file_digests(data.samples)
         identity = {"command": command, **{k: v for k, v in cfg.model_dump().items() if k not in IDENTITY_EXCLUDES},
                     "data_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
         return cls(cfg, command, ModelSource(info, max_len, dict(components or {})), data, width, height,
                    targets_source, targets, guidance, ladder, phases, steps, steps_note, files, identity,
-                   tread_routes, created_at)
+                   tread_routes, created_at, pending)
 
     # --- read-only views --------------------------------------------------------------------------------------
     @property

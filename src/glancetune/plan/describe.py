@@ -44,6 +44,13 @@ def describe(plan: Plan) -> str:
         lines.append("TREAD (training steps only): " + "; ".join(
             f"{r.ratio:.0%} of the image tokens around blocks {r.start}-{r.end} of 0-{n - 1}"
             for r in plan.tread_routes))
+    req = plan.ladder_search
+    if req is not None:
+        lines.append(f"ladder: searched before training (glance_ladder: search; not cached yet): the {req.steps} "
+                     f"sigmas that best reproduce the base model's own {req.fine}-step trajectory on "
+                     f"{len(req.prompts)} prompt(s) x {req.seeds} seed(s), at most {req.passes} transformer passes"
+                     f"{' x2 (true CFG)' if plan.family.cfg_on(req.guidance) else ''}, once, into {req.path}; "
+                     f"the phases below are the model's own {req.steps}-step schedule standing in until then")
     for ph in plan.phases:
         lines.append(f"phase {ph.name}: {len(ph.sigmas)} sigmas " + ", ".join(f"{s:.6g}" for s in ph.sigmas))
     if cfg.glance_objective != "flow":
@@ -73,7 +80,8 @@ def describe_objective(plan: Plan) -> str:
     passes = prompts * sizes * cfg.glance_teacher_seeds * steps * (2 if cfg_on else 1)
     rec = plan.record()
     sampling = {None: "as the base model", "none": "at CFG 1 (guidance baked in)",
-                "slow": "with true CFG in the slow phase only"}[rec.cfg_phases]
+                "slow": "with true CFG in the slow phase only",
+                "both": "with true CFG in both phases"}[rec.cfg_phases]
     return (f"objective distill: teacher = the base model at guidance {g}{' (true CFG)' if cfg_on else ''}, "
             f"{prompts} prompt(s) x {sizes} size(s) x {cfg.glance_teacher_seeds} seed(s), {steps} steps each: "
             f"{passes} transformer passes once (cached); the pair samples {sampling}")

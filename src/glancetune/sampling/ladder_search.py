@@ -143,8 +143,6 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
                seeds: int, fine: int, device: str | None, max_len: int | None = None) -> LadderFile:
     """`max_len`: the prompts' text length (default: the family's); a model is a different teacher at another
     length (text tokens are not masked for every family), so search with the length you sample with."""
-    from tqdm import tqdm
-
     from ..engine.runtime import compute_dtype, configure_backends, select
     from ..families import model_info
     from ..schedule import identity_scheduler_config
@@ -168,14 +166,21 @@ def run_search(model: str, steps: int, width: int, height: int, guidance: float 
     g = fam.inference_guidance(fam.default_guidance) if guidance is None else guidance
     max_len = max_len or fam.default_max_sequence_length
     runs = [(Stepper.for_prompt(pipe, fam, p, g, max_len, width, height), s) for p in prompts for s in range(seeds)]
-    total = len(runs) * (1 + fine * (steps - 1) + 1)  # pipeline calls: trajectories + velocity reads (at most)
-    with tqdm(total=total, desc="search-ladder", unit="call", leave=False) as bar:
-        ladder, searched, teachers = search(runs, list(own), steps, progress=bar.update)
-    base = default_cost(runs, teachers, default)
-    seconds = time.perf_counter() - t0
-    passes = sum(st.passes for st, _ in runs)
-    method = {"how": "optimal-stepsize dynamic program over the base model's own trajectory (arXiv 2503.21774)",
-              "fine_steps": fine, "prompts": prompts, "seeds": seeds, "transformer_passes": passes,
-              "seconds": round(seconds, 1), "cost": {"searched": searched, "default": base},
-              "default_sigmas": default}
+    ladder, method = searched_ladder(runs, list(own), default, steps, "search-ladder")
+    method = {**method, "fine_steps": fine, "prompts": prompts, "seeds": seeds,
+              "seconds": round(time.perf_counter() - t0, 1)}
     return LadderFile(tuple(ladder), model, fam.name, width, height, g, method, max_len)
+
+
+def searched_ladder(runs, grid: list[float], default: list[float], steps: int, desc: str) -> tuple[list[float], dict]:
+    """(the `steps` searched sigmas, how: method, passes, costs against the `default` schedule) over `runs`
+    ((Stepper, seed) pairs) and the fine `grid`, with a progress bar."""
+    from tqdm import tqdm
+
+    total = len(runs) * (1 + len(grid) * (steps - 1) + 1)  # pipeline calls: trajectories + velocity reads (at most)
+    with tqdm(total=total, desc=desc, unit="call", leave=False, disable=None) as bar:  # a terminal's only
+        ladder, cost, teachers = search(runs, list(grid), steps, progress=bar.update)
+    base = default_cost(runs, teachers, default)
+    return ladder, {"how": "optimal-stepsize dynamic program over the base model's own trajectory (arXiv "
+                           "2503.21774)", "transformer_passes": sum(st.passes for st, _ in runs),
+                    "cost": {"searched": cost, "default": base}, "default_sigmas": list(default)}

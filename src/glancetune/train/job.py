@@ -32,6 +32,7 @@ from .hooks import Hook, Hooks, RunInfo
 from .loop import PhaseState, Prepared, Trainer
 from .objectives import check_prompts, encode_prompts, make_objective
 from .store import LoraStore
+from .ladder_stage import run_ladder_search
 from .teacher import encode_teacher_texts, teacher_paths
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,14 @@ class Job:
         if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             plan = plan.with_processes(rt.world)
         out, resume = open_output(plan, rt, overwrite)
-        logs, validation = self.early_hooks(plan, rt, quiet)  # a tracker that is not installed fails here
         times, lap = clock(plan)
+        if plan.ladder_search is not None:  # the default ladder is searched once, then planned on
+            lap("plan")
+            run_ladder_search(plan, rt, self.load_transformer)
+            lap("ladder search")
+            plan = Plan.build(cfg, plan.command, plan.model.components)
+            plan = plan.with_processes(rt.world) if rt.layout in ("ddp", "fsdp") else plan
+        logs, validation = self.early_hooks(plan, rt, quiet)  # a tracker that is not installed fails here
         lap("plan")  # data discovery, model config, checks
         distill = cfg.glance_objective == "distill"
         teacher_g = teacher_guidance(cfg, plan.family, plan.guidance) if distill else None
@@ -88,9 +95,9 @@ class Job:
                 extra = teacher_paths(plan.model, cfg, transformer, list(plan.ladder.sigmas), plan.samples, texts,
                                       teacher_g, rt.device, rt.dtype)
         store = LoraStore(transformer, plan.family.pipeline_class(), plan.phases, plan.record(), rt.world)
-        cfg_slow = teacher_g if cfg.glance_student_cfg == "slow" and plan.family.cfg_on(teacher_g) else None
+        cfg_scale = teacher_g if cfg.glance_student_cfg != "none" and plan.family.cfg_on(teacher_g) else None
         trainer, states, compiled_key = self.build_trainer(plan, rt, transformer, store, samples, resume, extra,
-                                                           cfg_slow)
+                                                           cfg_scale)
         peaks["load"] = peak_memory(rt.device)  # quantize_via accelerator: plus one unquantized block
         lap("load")
         if resume is not None:
@@ -174,7 +181,7 @@ class Job:
         return transformer
 
     def build_trainer(self, plan: Plan, rt: Runtime, transformer, store: LoraStore, samples: list[Prepared],
-                      resume: Path | None, extra, cfg_slow: float | None = None
+                      resume: Path | None, extra, cfg_scale: float | None = None
                       ) -> tuple[Trainer, list[PhaseState], str | None]:
         """Both adapters on the one transformer (seeded alike: each equals its `train` twin; a resumed run's
         weights loaded before any sharding), compiled after they exist, one PhaseState per phase of this process,
@@ -199,7 +206,7 @@ class Job:
         for ph in plan.phases:  # DDP registers the parameters that require grad now
             for _, p in store.params(ph.name):
                 p.requires_grad_(ph in mine)
-        objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra, cfg_slow)
+        objective = make_objective(cfg, plan.ladder, plan.command, rt.layout, extra, cfg_scale)
         trainer = Trainer(cfg, plan.family, transformer, samples, rt, plan.guidance, plan.data, objective)
         states = [trainer.new_phase(ph.name, ph.sigmas, [p for _, p in store.params(ph.name)], plan.steps,
                                     [n for n, _ in store.params(ph.name)]) for ph in mine]
@@ -208,7 +215,7 @@ class Job:
 
 
 def clock(plan: Plan):
-    """The final report's times: `lap(name)` books the time since the last lap. The first job of a command-line
+    """The final report's times: `lap(name)` books the time since the last lap (to `name`'s earlier laps). The first job of a command-line
     process starts with its imports (from glancetune's own import to this plan); any other (a later job, a job
     run from Python, where the import may be long past) from its plan."""
     from .. import IMPORTED_AT, process
@@ -219,7 +226,7 @@ def clock(plan: Plan):
     origin = IMPORTED_AT if first else plan.created_at
 
     def lap(name: str) -> None:
-        times[name] = time.perf_counter() - origin - sum(times.values())
+        times[name] = times.get(name, 0.0) + time.perf_counter() - origin - sum(times.values())  # books add up
     return times, lap
 
 

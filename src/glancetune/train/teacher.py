@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,38 +104,47 @@ def teacher_paths(source, cfg, transformer, ladder_sigmas, samples, embeds: dict
             for p in prompts for size in sizes for seed in range(cfg.glance_teacher_seeds)]
 
 
-def _sample(source, cfg, transformer, sigmas, embeds, negative, guidance, todo, cache, out, device, dtype) -> None:
-    """The missing trajectories, through the stock pipeline around `transformer` (no text encoders; the VAE is
-    loaded for the pipeline's latent geometry and released after)."""
-    from ..data.cache import digest
-    from ..sampling.ladder_search import Stepper
+@contextmanager
+def base_pipeline(source, transformer, device, dtype):
+    """The stock pipeline around the job's `transformer` (before any adapter exists), identity scheduler (sigmas
+    used verbatim), no text encoders; the VAE is loaded for the pipeline's latent geometry. Released after."""
     from ..schedule import identity_scheduler_config
 
     fam = source.family
-    t0 = time.perf_counter()
     pipe = source.load_pipeline(dtype, **{c: None for c in fam.encoder_components if c != "vae"},
                                 transformer=transformer)
     pipe.vae.to(device)
     pipe.scheduler = type(pipe.scheduler).from_config(identity_scheduler_config(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
-
-    def dev(d):
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
-
-    neg = dev(embeds[negative]) if negative is not None else None
-    passes = 0
     try:
-        for p, (w, h), seed, desc in todo:
-            st = Stepper(pipe, fam, dev(embeds[p]), neg, guidance, source.max_sequence_length, w, h)
-            states = torch.stack(st.trajectory(sigmas, seed))  # len(sigmas) + 1 states, fp32 CPU
-            passes += st.passes
-            cache.put(digest(desc), {"states": states}, desc)
-            out[(p, (w, h), seed)] = states
+        yield pipe
     finally:
         pipe.transformer = None
         del pipe
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def on_device(d: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+
+
+def _sample(source, cfg, transformer, sigmas, embeds, negative, guidance, todo, cache, out, device, dtype) -> None:
+    """The missing trajectories, through the stock pipeline around `transformer`."""
+    from ..data.cache import digest
+    from ..sampling.ladder_search import Stepper
+
+    t0 = time.perf_counter()
+    neg = on_device(embeds[negative], device) if negative is not None else None
+    passes = 0
+    with base_pipeline(source, transformer, device, dtype) as pipe:
+        for p, (w, h), seed, desc in todo:
+            st = Stepper(pipe, source.family, on_device(embeds[p], device), neg, guidance,
+                         source.max_sequence_length, w, h)
+            states = torch.stack(st.trajectory(sigmas, seed))  # len(sigmas) + 1 states, fp32 CPU
+            passes += st.passes
+            cache.put(digest(desc), {"states": states}, desc)
+            out[(p, (w, h), seed)] = states
     log.info("teacher: %d trajectories of %d steps sampled (%d transformer passes, %.1fs)", len(todo), len(sigmas),
              passes, time.perf_counter() - t0)

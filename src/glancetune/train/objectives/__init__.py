@@ -23,6 +23,7 @@ from .flow import Flow
 from .rollout import Rollout
 from .trajectory import Trajectory
 
+STUDENT_CFG = {"none": (), "slow": ("slow",), "both": ("slow", "fast")}  # glance_student_cfg -> CFG phases
 OBJECTIVES: dict[str, type[Objective]] = {"flow": Flow, "trajectory": Trajectory, "rollout": Rollout,
                                           "distill": Distill}
 
@@ -30,16 +31,17 @@ OBJECTIVES: dict[str, type[Objective]] = {"flow": Flow, "trajectory": Trajectory
 def objective(kind: str, slow: list[float] | None = None, fast: list[float] | None = None, substeps: int = 4,
               extra: list | None = None, prior_weight: float = 0.0, **options) -> Objective:
     """The registered objective `kind` on the ladder slow + fast (None for `train`'s one LoRA); `options`: the
-    objective's own (distill: `cfg_slow`)."""
+    objective's own (distill: `cfg_scale`, `cfg_phases`)."""
     if kind not in OBJECTIVES:
         raise GlanceError(f"glance_objective: {kind!r} is not one of {', '.join(OBJECTIVES)}")
     return OBJECTIVES[kind](slow, fast, substeps, extra, prior_weight, **options)
 
 
 def make_objective(cfg, ladder, command: str, layout: str, extra: list | None = None,
-                   cfg_slow: float | None = None) -> Objective:
+                   cfg_scale: float | None = None) -> Objective:
     """The objective of a job. `extra`: the encoded glance_prompts (trajectory, prior) or the teacher
-    trajectories (distill); `cfg_slow`: distill's slow-phase CFG scale (glance_student_cfg: slow)."""
+    trajectories (distill); `cfg_scale`: distill's true-CFG scale where the student keeps CFG (glance_student_cfg
+    slow or both; None where CFG is off)."""
     kind = cfg.glance_objective
     check_prompts(cfg)
     if OBJECTIVES[kind].needs_ladder or cfg.glance_prior_weight:
@@ -48,7 +50,7 @@ def make_objective(cfg, ladder, command: str, layout: str, extra: list | None = 
         if layout not in ("single", "ddp"):
             raise GlanceError(f"glance_objective: {kind} is built for one process or DDP (this run is {layout})")
     slow, fast = (list(ladder.slow), list(ladder.fast)) if ladder is not None else (None, None)
-    options = {"cfg_slow": cfg_slow} if kind == "distill" else {}
+    options = {"cfg_scale": cfg_scale, "cfg_phases": STUDENT_CFG[cfg.glance_student_cfg]} if kind == "distill" else {}
     return objective(kind, slow, fast, cfg.glance_trajectory_substeps, extra, cfg.glance_prior_weight, **options)
 
 

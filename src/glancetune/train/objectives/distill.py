@@ -7,10 +7,11 @@ Euler step that lands on the teacher's state at the next ladder sigma s' (0 afte
     target = (x_T(s') - x_T(s)) / (s' - s),   loss = MSE(student(x_T(s), s), target)
 
 The student is called once per step, without CFG: a pair trained so samples true-CFG families at CFG 1 (half the
-transformer passes of the teacher). `glance_student_cfg: slow` keeps true CFG in the slow phase: the slow LoRA's
-conditional prediction c is trained so that the CFG combination u + g (c - u) with its own unconditional
-prediction u (no gradient) takes the teacher's step, i.e. target_c = u + (target - u) / g; exact for plain CFG
-(SD3, FLUX.2 klein), approximate where the pipeline rescales the combination (Qwen-Image's norm rescale).
+transformer passes of the teacher). `glance_student_cfg: slow` (or `both`) keeps true CFG in the slow phase (or
+both phases): there the LoRA's conditional prediction c is trained so that the CFG combination u + g (c - u) with
+its own unconditional prediction u (no gradient) takes the teacher's step, i.e. target_c = u + (target - u) / g;
+exact for plain CFG (SD3, FLUX.2 klein), approximate where the pipeline rescales the combination (Qwen-Image's
+norm rescale).
 The training image itself is not read (its caption is one of the teacher's prompts).
 """
 from __future__ import annotations
@@ -27,14 +28,14 @@ class Distill(Objective):
     takes_prior = False
 
     def __init__(self, slow=None, fast=None, substeps: int = 4, extra=None, prior_weight: float = 0.0,
-                 cfg_slow: float | None = None):
-        """`extra`: the teacher trajectories (teacher.TeacherPath); `cfg_slow`: the slow phase's true-CFG scale when
-        the student keeps CFG there (None: CFG baked into both phases)."""
+                 cfg_scale: float | None = None, cfg_phases: tuple[str, ...] = ()):
+        """`extra`: the teacher trajectories (teacher.TeacherPath); `cfg_scale`: the true-CFG scale of the phases
+        named in `cfg_phases`, where the student keeps CFG (none named: CFG baked into both phases)."""
         super().__init__(slow, fast, substeps, None, prior_weight)
         self.paths = list(extra or [])
         if not self.paths:
             raise GlanceError("glance_objective: distill has no teacher trajectories (no prompts)")
-        self.cfg_slow = cfg_slow
+        self.cfg_scale, self.cfg_phases = cfg_scale, tuple(cfg_phases) if cfg_scale is not None else ()
         for p in self.paths:
             if p.states.shape[0] != len(self.ladder) + 1:
                 raise GlanceError(f"distill: a teacher trajectory holds {p.states.shape[0]} states for a ladder of "
@@ -57,11 +58,11 @@ class Distill(Objective):
         s_next = self.next_sigma(s)
         target = (x_next - x_s) / view(s_next - s, x_s)
         text = trainer.family.collate([_dev(path.text, trainer)] * n)
-        if self.cfg_slow is not None and ph.name == "slow":
+        if ph.name in self.cfg_phases:
             neg = trainer.family.collate([_dev(path.negative, trainer)] * n)
             with torch.no_grad():
                 u = predict(trainer, trainer.model, x_s, s, neg, image, guidance).float()
-            target = u + (target - u) / self.cfg_slow
+            target = u + (target - u) / self.cfg_scale
         pred = predict(trainer, trainer.model, x_s, s, text, image, guidance)
         return F.mse_loss(pred.float(), target.float())
 
