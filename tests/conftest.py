@@ -201,3 +201,15 @@ def stock_glance(family: str, model, run: Path, seed: int, width: int, height: i
     pipe = adapter.pipeline_class().from_pretrained(str(model))
     return pipe(prompt=PROMPT, width=width, height=height, generator=torch.Generator().manual_seed(seed),
                 output_type="np", **stock_chain(pipe, run), **guidance).images[0]
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """The plan as it would be resolved on a CUDA machine (only the device's type is read)."""
+    import torch
+
+    from glancetune.engine import runtime, speed
+
+    monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
+    monkeypatch.setattr(speed, "triton_available", lambda: True)
+    monkeypatch.setattr(speed, "device_name", lambda d: "NVIDIA H200" if d.type == "cuda" else d.type)

@@ -16,7 +16,8 @@ from glancetune.config.schema import load_config
 from glancetune.engine.adapters import add_lora
 from glancetune.engine.encode import ModelSource
 from glancetune.engine.runtime import Runtime
-from glancetune.export.files import MANIFEST, STATE_NAME, WEIGHT_NAME, complete_checkpoints, read_record
+from glancetune.export.files import (MANIFEST, STATE_NAME, WEIGHT_NAME, checkpoint_problem, complete_checkpoints,
+                                     read_record)
 from glancetune.families import model_info
 from glancetune.ladder import Phase
 from glancetune.plan.build import Plan
@@ -79,7 +80,10 @@ def test_checkpoint_hook_with_a_store_and_no_job(tiny_flux, tmp_path):
         hook.on_step_end(run, step)
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [6, 8]  # every 2 steps, the newest 2 kept
     last = tmp_path / "checkpoint-8"
-    assert json.loads((last / MANIFEST).read_text()) == {"step": 8, **manifest}
+    written = json.loads((last / MANIFEST).read_text())
+    assert {k: v for k, v in written.items() if k != "contents"} == {"step": 8, **manifest}
+    assert {STATE_NAME, "fast/" + WEIGHT_NAME, "slow/" + WEIGHT_NAME} <= set(written["contents"])
+    assert checkpoint_problem(last) is None
     assert torch.load(last / STATE_NAME, weights_only=False)["ranks"][0]["slow"]["step"] == 8
     rec, role = read_record(last / "fast")
     assert role == "fast" and rec.train_steps == 8  # a checkpoint's LoRAs record its step

@@ -163,11 +163,22 @@ def test_readme_snippet_equals_generate(glance_run, tiny_flux, tmp_path, monkeyp
     assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--seed", "5", "--output", "ours.png"]) == 0
     assert main(["generate", "--run", str(glance_run), "--prompt", PROMPT, "--seed", "5", "--output", "stock.png",
                  "--lora-load", "stock"]) == 0
-    theirs = np.asarray(Image.open("fox.png"), dtype=np.int16)
+    theirs = np.asarray(Image.open("fox-stock.png"), dtype=np.int16)
     ours, stock = (np.asarray(Image.open(f), dtype=np.int16) for f in ("ours.png", "stock.png"))
     assert theirs.shape[1::-1] == tuple(read_record(glance_run / "slow")[0].resolution)
     assert np.array_equal(theirs, stock)  # exactly what `generate --lora-load stock` writes
     assert np.abs(theirs - ours).max() <= 1  # our loader: float reordering only (as test_glance)
+
+
+def test_generate_md_python_block_runs(glance_run, tmp_path, monkeypatch):
+    """docs/generate.md's Python block, as written there (only the run folder replaced)."""
+    page = (Path(__file__).parents[1] / "docs" / "generate.md").read_text(encoding="utf-8")
+    code = page.split("### Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.count('"output/glance"') == 1
+    code = code.replace('"output/glance"', repr(str(glance_run)))
+    scope = {}
+    exec(compile(code, "generate.md Python block", "exec"), scope)
+    assert len(scope["images"]) == 1 and scope["images"][0].size == tuple(read_record(glance_run / "slow")[0].resolution)
 
 
 def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_flux, tmp_path, monkeypatch):
@@ -189,6 +200,6 @@ def test_readme_ladder_only_recipe_equals_eval_ladder_column(glance_run, tiny_fl
     w, h = sampler.size
     ladder = np.asarray(base_on_ladder(sampler, [PROMPT], 5, w, h)[0], dtype=np.int16)
     glance = np.asarray(sampler([PROMPT], seed=5)[0], dtype=np.int16)
-    theirs = np.asarray(Image.open("fox.png"), dtype=np.int16)
+    theirs = np.asarray(Image.open("fox-stock.png"), dtype=np.int16)
     assert np.abs(theirs - ladder).max() <= 1  # 0 seen; float reordering at most
     assert np.abs(theirs - glance).max() > 1  # and it is not the Glance image

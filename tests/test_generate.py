@@ -91,7 +91,7 @@ def test_generate_bad_size_and_missing_dir(glance_run, tmp_path, capsys):
                            "--output", str(tmp_path / "o.png")])
     assert "--width/--height" in err and "16" in err
     err = run_err(capsys, ["generate", "--run", str(tmp_path / "nothing"), "--prompt", "x"])
-    assert "nothing" in err and "no LoRA file" in err
+    assert "nothing" in err and "no such folder" in err
 
 
 # --- output -----------------------------------------------------------------------------------------------------------

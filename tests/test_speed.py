@@ -19,17 +19,6 @@ def compile_line(capsys, cfg) -> str:
     return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("compile: "))
 
 
-@pytest.fixture
-def on_cuda(monkeypatch):
-    """The plan as it would be resolved on a CUDA machine (only the device's type is read)."""
-    from glancetune.engine import runtime
-    from glancetune.engine import speed
-
-    monkeypatch.setattr(runtime, "select", lambda device, mp="auto": (torch.device("cuda"), "bf16"))
-    monkeypatch.setattr(speed, "triton_available", lambda: True)
-    monkeypatch.setattr(speed, "device_name", lambda d: "NVIDIA H200" if d.type == "cuda" else d.type)
-
-
 def test_auto_compiles_on_cuda_when_the_steps_repay_it(tiny_flux, tmp_path, capsys, on_cuda):
     half = COMPILE_PAYS_AFTER // 2  # glance trains both phases in one process: twice the steps
     line = compile_line(capsys, write_configs(tmp_path / "a", tiny_flux, steps=half))

@@ -253,6 +253,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true", help="CPU scale: ~1.5M parameters, ~12 min on 2 cores")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, help="VAE training steps (default: the scale's)")
     ap.add_argument("--base-seconds", type=float)
     ap.add_argument("--glance-steps", type=int, default=60)
     a = ap.parse_args(argv)
@@ -261,6 +262,8 @@ def main(argv=None) -> int:
     p = dict(SMOKE if a.smoke else CPU if a.cpu else FULL)
     if a.base_seconds is not None:
         p["base_seconds"] = a.base_seconds
+    if a.vae_steps is not None:  # a shorter VAE fit (a device call's time)
+        p["vae_steps"] = a.vae_steps
     device, out, t_all = torch.device(a.device), Path(a.out), time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(a.seed)

@@ -9,7 +9,7 @@
 #                                                stops all at STOP s; returns results-TOY.tgz
 #   OUT=... bash bench/toy/table_gpu.sh scenes   the scenes toy and its table only
 # env: BASE_SECONDS (fmnist toys' training, 150), SCENES_SECONDS (200), DEADLINE (470), STOP (560), GUIDANCE (scenes:
-# 3), SEEDS ("0 1"). On a CPU (a rehearsal): DEVICE=cpu SKIP_WHEELS=1 TOY_ARGS=--smoke TABLE_ARGS="--max-prompts 2".
+# 3), SEEDS ("0 1"), TOY_ARGS (e.g. "--vae-steps 600": the VAE fit is ~0.1 s/step on an H100). On a CPU (a rehearsal): DEVICE=cpu SKIP_WHEELS=1 TOY_ARGS=--smoke TABLE_ARGS="--max-prompts 2".
 set -u
 cd "$(dirname "$0")/../.."
 [ -n "${SKIP_WHEELS:-}" ] || source bench/gpu/gpu_env.sh
@@ -21,9 +21,11 @@ mkdir -p "$OUTDIR" $LOGS
 start=$(date +%s)
 train() {  # $1: toy name
   case $1 in
-  scenes) python3 bench/toy/scenes.py --out /tmp/toy-scenes --device $DEVICE ${TOY_ARGS:-} \
+  scenes) timeout $((start + ${DEADLINE:-470} - $(date +%s))) \
+          python3 bench/toy/scenes.py --out /tmp/toy-scenes --device $DEVICE ${TOY_ARGS:-} \
             --base-seconds "${SCENES_SECONDS:-200}" ;;
-  *) python3 bench/toy/toy_model.py --out /tmp/toy-$1 --device $DEVICE --layout $1 ${TOY_ARGS:-} \
+  *) timeout $((start + ${DEADLINE:-470} - $(date +%s))) \
+       python3 bench/toy/toy_model.py --out /tmp/toy-$1 --device $DEVICE --layout $1 ${TOY_ARGS:-} \
        --base-seconds "${BASE_SECONDS:-150}" ;;
   esac > "$LOGS/train-$1.log" 2>&1 || { echo "toy $1 failed:"; tail -20 "$LOGS/train-$1.log"; return 1; }
   grep '^{' "$LOGS/train-$1.log" | tail -1

@@ -259,6 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true", help="CPU scale: ~1M parameters, ~12 min on 2 cores")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, help="VAE training steps (default: the scale's)")
     ap.add_argument("--base-seconds", type=float, help="wall-time budget of the transformer's training")
     ap.add_argument("--glance-steps", type=int, default=60, help="max_train_steps written into config/glance.json")
     ap.add_argument("--no-measure", action="store_true", help="skip base-10 vs base-50")
@@ -270,6 +271,8 @@ def main(argv=None) -> int:
     p = dict(SMOKE if a.smoke else CPU if a.cpu else FULL, layout=a.layout)
     if a.base_seconds is not None:
         p["base_seconds"] = a.base_seconds
+    if a.vae_steps is not None:  # a shorter VAE fit (a device call's time)
+        p["vae_steps"] = a.vae_steps
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     device, out, t_all = torch.device(a.device), Path(a.out), time.perf_counter()

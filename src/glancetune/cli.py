@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
                                 "chained sampling for flow-matching text-to-image models.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"glancetune {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     training.add_parsers(sub)
     sampling.add_parsers(sub)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import re
 import types
 import typing
@@ -22,7 +23,10 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from ..errors import GlanceError
 from ..schedule import LADDER_STEPS
 from .memory import MemoryKeys
+from .numbers import bool_for_number
 from .validation import ValidationKeys
+
+log = logging.getLogger(__name__)
 
 # SimpleTuner keys that are recognised but whose feature is not built yet.
 NOT_IMPLEMENTED = {
@@ -342,9 +346,11 @@ def find_config(env: str | None = None, root: str | Path = ".") -> Path:
     Paths are relative to `root` (the current directory) and returned that way."""
     base = Path("config") / env if env and env != "default" else Path("config")
     tried = [base / name for name in CONFIG_NAMES]
-    for p in tried:
-        if (Path(root) / p).is_file():
-            return p if str(root) == "." else Path(root) / p
+    found = [p for p in tried if (Path(root) / p).is_file()]
+    if found:
+        if len(found) > 1:
+            log.info("notice: config: using %s (%s also there, not read)", found[0], ", ".join(map(str, found[1:])))
+        return found[0] if str(root) == "." else Path(root) / found[0]
     raise GlanceError(f"no config file: looked for {', '.join(map(str, tried))} in {Path(root).resolve()} "
                       "(give --config PATH, or --env NAME for config/NAME/config.json)")
 
@@ -365,6 +371,9 @@ def _key_problem(key: str, value: Any, origin: str) -> str | None:
     if k not in KNOWN:
         hint = difflib.get_close_matches(k, KNOWN | NOT_IMPLEMENTED, n=1, cutoff=0.6)
         return f"unknown key {key!r}{origin}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    field = TrainConfig.model_fields.get(k)
+    if field is not None and bool_for_number(field.annotation, value):
+        return f"key {key!r}{origin}: a number is meant, not a boolean (got {value!r})"
     return None
 
 

@@ -100,6 +100,10 @@ def read_caption(path: Path) -> str:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise GlanceError(f"{path}: caption is not UTF-8 ({e.reason} at byte {e.start})") from None
+    bad = next((c for c in text if (ord(c) < 32 and c not in "\t\n\r") or ord(c) == 127), None)
+    if bad is not None:  # a NUL or another control character: a binary or damaged file, not a caption
+        raise GlanceError(f"{path}: caption holds a control character (U+{ord(bad):04X} at character "
+                          f"{text.index(bad)}); is it a text file?")
     caption = " ".join(text.split())
     if not caption:
         raise GlanceError(f"{path}: caption is empty")

@@ -14,6 +14,7 @@ so a cache key can be derived from it; pixels are only decoded when `load_pixels
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,7 +72,13 @@ def _open(path: Path):
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # Pillow's raw warning becomes our one notice below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            if Image.MAX_IMAGE_PIXELS and im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                log.info("notice: %s: %dx%d (%.0f MP) is very large: decoding it takes time and memory (it is "
+                         "resized to its bucket)", path.name, im.width, im.height, im.width * im.height / 1e6)
             fmt = im.format
             if fmt not in SUPPORTED_FORMATS:
                 raise UnsupportedImage(f"{path}: image format {fmt} is not supported (the file is {fmt} whatever "
@@ -84,6 +91,9 @@ def _open(path: Path):
             return ImageOps.exif_transpose(im)
     except GlanceError:
         raise
+    except Image.DecompressionBombError:
+        raise GlanceError(f"{path}: too many pixels to decode safely (more than {2 * Image.MAX_IMAGE_PIXELS:,}, "
+                          "Pillow's decompression-bomb limit); downscale it first") from None
     except Exception as e:  # Pillow raises many types on corrupt data (OSError, SyntaxError, struct.error, ...)
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise GlanceError(f"{path}: unreadable or corrupt image ({reason})") from None

@@ -231,8 +231,10 @@ def cmd_eval(args) -> int:
     from ..sampling.prompts import eval_prompts
     from ..sampling.sampler import GlanceSampler, check_image_arg, check_request, resolve_spec
 
-    if args.seeds < 1 or args.steps_base < 1 or args.grid_rows < 0:
-        raise GlanceError("--seeds / --steps-base: must be at least 1 (--grid-rows at least 0)")
+    for name, value, low in (("--seeds", args.seeds, 1), ("--steps-base", args.steps_base, 1),
+                             ("--grid-rows", args.grid_rows, 0)):
+        if value < low:
+            raise GlanceError(f"{name}: {value} must be at least {low}")
     check_request([], args.seed, None, None, args.guidance)
     seeds = list(range(args.seed, args.seed + args.seeds))
     check_request([], seeds[-1], None, None, None)

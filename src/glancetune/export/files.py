@@ -7,6 +7,7 @@ so the same run gives byte-identical files (safetensors itself writes metadata i
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -117,6 +118,60 @@ OWN_DIRS = ("slow", "fast")
 # siblings of a whole output folder
 OWN_PATTERN = re.compile(r"^(checkpoint-\d+|validation|comfyui|\.checkpoint-\d+\.(tmp|old)-\d+|\.staging-.+|"
                          r"\.(slow|fast)\.old-\d+)$")
+
+
+def contents(folder: Path) -> dict[str, dict]:
+    """Every file under a checkpoint folder but its manifest: relative path -> size and SHA-256 (written into the
+    manifest at save time, checked before a resume chooses it)."""
+    out = {}
+    for f in sorted(q for q in folder.rglob("*") if q.is_file() and q.name != MANIFEST):
+        with open(f, "rb") as fh:
+            out[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size,
+                                                     "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+    return out
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder, in a few words, or None when it is whole: its manifest readable, and
+    every file the manifest lists present with its size and digest (a checkpoint written before digests existed:
+    its manifest and training state present)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {MANIFEST}"
+    except (OSError, ValueError):
+        return f"{MANIFEST} unreadable"
+    if not isinstance(manifest, dict):
+        return f"{MANIFEST} unreadable"
+    listed = manifest.get("contents")
+    if listed is None:
+        return None if (folder / STATE_NAME).is_file() else f"no {STATE_NAME}"
+    if not isinstance(listed, dict) or not all(isinstance(w, dict) and {"size", "sha256"} <= set(w)
+                                               for w in listed.values()):
+        return f"{MANIFEST} unreadable (its contents list)"
+    for rel, want in sorted(listed.items()):
+        f = folder / rel
+        if not f.is_file():
+            return f"{rel} missing"
+        if f.stat().st_size != want["size"]:
+            return f"{rel} is {f.stat().st_size} bytes, {want['size']} when written"
+        with open(f, "rb") as fh:
+            if hashlib.file_digest(fh, "sha256").hexdigest() != want["sha256"]:
+                return f"{rel} changed since it was written (digest differs)"
+    return None
+
+
+def newest_good_checkpoint(output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest whole checkpoint or None, [(damaged folder, what is wrong)] of the newer ones skipped)."""
+    skipped = []
+    folders = sorted((int(m.group(1)), p) for p in Path(output_dir).iterdir() if (m := NAME.match(p.name))
+                     and p.is_dir()) if Path(output_dir).is_dir() else []
+    for _, p in reversed(folders):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return p, skipped
+        skipped.append((p, problem))
+    return None, skipped
 
 
 def complete_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

@@ -108,13 +108,14 @@ def memory_plan(plan: Plan) -> str:
 def checkpoint_plan(c) -> str:
     """When checkpoints are written, what a rerun resumes from, and the process layout."""
     from ..engine.runtime import process_state
-    from ..export.files import complete_checkpoints
+    from ..export.files import newest_good_checkpoint
 
     every = (f"every {c.checkpointing_steps} steps into {c.output_dir}/checkpoint-<step>/, keeping the newest "
              f"{c.checkpoints_total_limit or 'all'}") if c.checkpointing_steps else "off (checkpointing_steps 0)"
-    found = complete_checkpoints(Path(c.output_dir))
-    resume = {"latest": f"latest ({found[-1][1].name})" if found else "latest (none yet: starts fresh)",
-              None: "none"}.get(c.resume_from_checkpoint, c.resume_from_checkpoint)
+    good, damaged = newest_good_checkpoint(Path(c.output_dir))
+    latest = (good.name if good else "none yet: starts fresh" if not damaged else "none whole: refused") + "".join(
+        f"; {p.name} damaged ({why}), skipped" for p, why in damaged)
+    resume = {"latest": f"latest ({latest})", None: "none"}.get(c.resume_from_checkpoint, c.resume_from_checkpoint)
     n = process_state(c).num_processes
     layout = "1 process" if n == 1 else (f"{n} processes, " + ("one phase each (parallel_phases)"
                                          if c.parallel_phases else "DDP, each a slice of every batch"))

@@ -121,7 +121,7 @@ def published_by_name(name: str):
     """(family, PublishedLoras) for a --preset value."""
     found = [(f, p) for f, p in all_published() if p.name == name]
     if not found:
-        valid = ", ".join(["auto", "none"] + [p.name for _, p in all_published()])
+        valid = ", ".join(dict.fromkeys(["auto", "none"] + [p.name for _, p in all_published()]))
         raise GlanceError(f"--preset: unknown preset {name!r}; valid: {valid}")
     return found[0]
 

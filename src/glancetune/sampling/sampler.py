@@ -92,11 +92,17 @@ def _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guida
     if run is not None:
         if slow is not None or fast is not None:
             raise GlanceError("--run: give either --run or --slow/--fast, not both")
+        if not Path(run).is_dir():
+            raise GlanceError(f"--run: {run}: no such folder (a glance output_dir, holding slow/ and fast/)")
+        if not (Path(run) / "slow").is_dir() or not (Path(run) / "fast").is_dir():
+            raise GlanceError(f"--run: {run} holds no slow/ and fast/ LoRA folders (a glance output_dir; a run "
+                              "still training has them once it finishes)")
         slow, fast = Path(run) / "slow", Path(run) / "fast"
     if slow is None or fast is None:
         raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR (or --ladder-file FILE: the "
                           "base model alone on a searched ladder)")
     slow, fast = Path(slow), Path(fast)
+    check_pair(slow, fast, read_record(slow), read_record(fast))  # before their sigmas meet
     rs, rf = _record(slow), _record(fast)
     pub = None
     if preset not in ("auto", "none"):
@@ -143,6 +149,22 @@ def _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guida
     explicit = explicit or cfg_phases is not None  # the record's guidance is the one to sample with
     return GlanceSpec(slow, fast, ladder, base, width or w, height or h, guidance, msl, explicit, pub, steps, n,
                       cfg_phases)
+
+
+def check_pair(slow: Path, fast: Path, found_slow, found_fast) -> None:
+    """Two glancetune LoRAs given as a pair: one family, and each in its own role (not swapped, not one role
+    twice)."""
+    if not found_slow or not found_fast:
+        return
+    (rs, role_s), (rf, role_f) = found_slow, found_fast
+    if rs.model_family != rf.model_family:
+        raise GlanceError(f"--slow/--fast: the slow LoRA ({slow}) is for {rs.model_family}, the fast one ({fast}) "
+                          f"for {rf.model_family}; give the two LoRAs of one run")
+    if (role_s, role_f) == ("fast", "slow"):
+        raise GlanceError(f"--slow/--fast: swapped: {slow} holds a fast LoRA and {fast} a slow one")
+    for given, role, want in ((slow, role_s, "slow"), (fast, role_f, "fast")):
+        if role in ("slow", "fast") and role != want:
+            raise GlanceError(f"--{want}: {given} holds a {role} LoRA, not a {want} one")
 
 
 def check_image_arg(family, image) -> None:

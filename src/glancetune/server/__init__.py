@@ -7,6 +7,9 @@ FastAPI until the command runs, so the rest of glancetune works without the extr
 """
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import logging
 
 from ..errors import GlanceError
@@ -39,6 +42,37 @@ def loopback_hosts(host: str, port: int) -> set[str]:
     return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", host if ":" not in host else f"[{host}]")}
 
 
+def check_start(args) -> None:
+    """Every start-up argument, one line naming it, before the app is built: numbers in range, a runs folder
+    that is (or can be) a folder, a host that resolves, a port free on it."""
+    import math
+    import socket
+
+    if not 1 <= args.port <= 65535:
+        raise GlanceError(f"--port: {args.port} is not a port number (1-65535)")
+    for name, value in (("--jobs", args.jobs), ("--max-upload-mb", args.max_upload_mb)):
+        if value < 1:
+            raise GlanceError(f"{name}: {value} must be at least 1")
+    if math.isnan(args.idle_release) or args.idle_release < 0:
+        raise GlanceError(f"--idle-release: {args.idle_release} must be 0 or more seconds")
+    runs = Path(args.runs_dir).expanduser()
+    parent = next((q for q in (runs, *runs.absolute().parents) if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise GlanceError(f"--runs-dir: {parent} is a file, not a folder")
+    try:
+        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise GlanceError(f"--host: {args.host!r} is not an address this machine can bind ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise GlanceError(f"--port: {args.port} on {args.host} {why}") from None
+
+
 def cmd_server(args) -> int:
     try:
         import uvicorn
@@ -48,10 +82,7 @@ def cmd_server(args) -> int:
         raise GlanceError(f"server: {e.name} is not installed; pip install 'glancetune[server]'") from None
     from .security import is_loopback, server_token
 
-    if not 1 <= args.port <= 65535:
-        raise GlanceError(f"--port: {args.port} is not a port number")
-    if args.jobs < 1 or args.max_upload_mb < 1:
-        raise GlanceError("--jobs and --max-upload-mb: must be at least 1")
+    check_start(args)
     if args.compile:  # what compiling needs on the Generate page's device, before the server starts
         from ..engine.runtime import select
         from ..engine.speed import check_compile

@@ -4,7 +4,9 @@ A checkpoint holds the LoRA of each phase in the normal loadable layout (`slow/`
 itself for `train`, with the run record in the header; fp32, so resuming reads the weights back from it exactly)
 and `training_state.pt`: per process and phase the optimizer, LR schedule, the phase's generator and global-RNG stream, sigma sampler, batch
 sampler cursor/epoch, step and losses. `checkpoint.json` (written last) holds the step, the run identity (the
-resolved config and a digest of every data file) and the process layout that resuming checks.
+resolved config and a digest of every data file), the process layout that resuming checks, and the size and SHA-256
+of every other file in the folder: a resume verifies a checkpoint whole before choosing it, and skips a damaged one
+(one line naming it) for the newest whole one.
 
 Atomicity: everything is written into `.checkpoint-<step>.tmp-<pid>`, fsynced, then renamed; a kill at any point
 leaves either no checkpoint or a complete one. Pruning renames a checkpoint away before deleting it, so a
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import GlanceError
-from ..export.files import MANIFEST, STATE_NAME, complete_checkpoints
+from ..export.files import MANIFEST, STATE_NAME, checkpoint_problem, complete_checkpoints, contents, newest_good_checkpoint
 from ..plan.build import NEUTRAL_KEYS
 from .hooks import Hook
 from .store import LoraStore
@@ -30,18 +32,26 @@ log = logging.getLogger(__name__)
 
 
 def resume_path(setting: str | None, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: "latest" (newest complete one, or none), "none", or a folder."""
+    """The checkpoint to resume from: "latest" (the newest whole one: each damaged newer one is skipped with one
+    line naming it and what is wrong; none whole among several: one line, exit 2), "none", or a folder (checked
+    whole)."""
     if setting in (None, "", "none", "None", "false"):
         return None
     if setting == "latest":
-        found = complete_checkpoints(output_dir)
-        return found[-1][1] if found else None
+        good, skipped = newest_good_checkpoint(output_dir)
+        if good is None and skipped:  # the one line names them all
+            raise GlanceError(f"resume_from_checkpoint: no whole checkpoint in {output_dir} (every one is damaged: "
+                              f"{'; '.join(f'{p.name}: {why}' for p, why in skipped)}); set "
+                              "resume_from_checkpoint: none (or --overwrite) to start fresh")
+        for p, problem in skipped:
+            log.warning("resume: %s is damaged (%s); skipped", p, problem)
+        return good
     p = Path(setting)
     if not p.is_absolute() and not p.exists():
         p = Path(output_dir) / setting
-    if not (p / MANIFEST).is_file() or not (p / STATE_NAME).is_file():
-        raise GlanceError(f"resume_from_checkpoint: {setting} is not a complete glancetune checkpoint "
-                          f"(no {MANIFEST} / {STATE_NAME})")
+    problem = checkpoint_problem(p) if p.is_dir() else "not a folder"
+    if problem is not None:
+        raise GlanceError(f"resume_from_checkpoint: {setting} is not a whole glancetune checkpoint ({problem})")
     return p
 
 
@@ -128,7 +138,7 @@ class Checkpoints(Hook):
         # the LoRA weights are kept once, in the LoRA files; the state holds everything else
         lean = [{name: {k: v for k, v in st.items() if k != "params"} for name, st in r.items()} for r in states]
         torch.save({"step": step, "ranks": lean}, tmp / STATE_NAME)
-        manifest = {"step": step, **self.manifest}
+        manifest = {"step": step, **self.manifest, "contents": contents(tmp)}  # checked before a resume uses it
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
         if final.exists():

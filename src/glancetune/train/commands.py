@@ -78,6 +78,7 @@ def cmd_train(args, command: str) -> int:
         print(describe(job.plan))
     if args.dry_run:
         print(details(job.plan))
+        job.check(overwrite=args.overwrite)  # what the run would refuse before loading: refused here too
         return 0
     try:
         out = job.run(overwrite=args.overwrite)

@@ -60,6 +60,11 @@ class Job:
     def __init__(self, cfg, command: str, components: dict | None = None):
         self.plan = Plan.build(cfg, command, components)
 
+    def check(self, overwrite: bool = False) -> None:
+        """What the run refuses before loading, checked the run's own way and writing nothing (`--dry-run`): the
+        process layout, the output folder and the checkpoint it would resume from."""
+        open_output(self.plan, planned_layout(self.plan.cfg, self.plan.command), overwrite)
+
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
         plan, t_start = self.plan, time.perf_counter()
         cfg = plan.cfg
@@ -68,7 +73,7 @@ class Job:
             raise GlanceError(f"enable_group_offload: one process only (this run is {rt.layout} on {rt.world})")
         if rt.layout in ("ddp", "fsdp"):  # epochs count global batches (train_batch_size x processes)
             plan = plan.with_processes(rt.world)
-        out, resume = open_output(plan, rt, overwrite)
+        out, resume = open_output(plan, layout(rt), overwrite)
         times, lap = clock(plan)
         if plan.ladder_search is not None:  # the default ladder is searched once, then planned on
             lap("plan")
@@ -234,15 +239,33 @@ def layout(rt: Runtime) -> dict:
     return {"layout": rt.layout, "processes": rt.world}
 
 
-def open_output(plan: Plan, rt: Runtime, overwrite: bool) -> tuple[OutputDir, Path | None]:
-    """The output folder (checked, nothing written yet) and the checkpoint a rerun resumes from, if any."""
+def planned_layout(cfg, command: str) -> dict:
+    """The process layout a run of `cfg` will have (as `layout(rt)` reports it), read from accelerate's process
+    state without creating an Accelerator (a dry-run must not fix the process's mixed precision)."""
+    import os
+
+    from ..engine.runtime import process_state
+
+    n = process_state(cfg).num_processes
+    if n == 1:
+        kind = "single"
+    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        kind = "fsdp"
+    else:
+        kind = "parallel-phases" if cfg.parallel_phases and command == "glance" and n == 2 else "ddp"
+    return {"layout": kind, "processes": n}
+
+
+def open_output(plan: Plan, layout: dict, overwrite: bool) -> tuple[OutputDir, Path | None]:
+    """The output folder (checked, nothing written yet) and the checkpoint a rerun resumes from, if any, for a
+    run of this process `layout`."""
     cfg = plan.cfg
     out = OutputDir(cfg.output_dir, plan.identity, overwrite or cfg.overwrite_output_dir,
                     tuple(cfg.resume_allow_changes), cfg.logging_dir)
     resume = None if out.overwrite else checkpoint.resume_path(cfg.resume_from_checkpoint, out.final)
     if resume is not None:  # names the keys and files that differ, before the folder check does less well
         checkpoint.check_compatible(resume, checkpoint.read_manifest(resume), plan.identity, plan.files,
-                                    layout(rt), cfg.resume_allow_changes)
+                                    layout, cfg.resume_allow_changes)
     out.check()  # fail before loading weights
     return out, resume
 
