@@ -280,6 +280,13 @@ def test_dry_run_compares_the_plan_with_the_gpu(tiny_flux, tmp_path, capsys, mon
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
     assert "  fits: the weights of each phase are under this GPU's 931 GiB" in capsys.readouterr().out
     monkeypatch.setattr(memory, "device_total", lambda device: 2**10)  # 1 KiB: nothing fits
+    err = run_err(capsys, ["glance", "--config", str(cfg), "--dry-run"])  # the whole step's estimate refuses it
+    assert "memory: the training step needs" in err and "more than this GPU" in err
+    # below: the weights-only lines of the memory plan, with the step's estimate (plan/fit.py) out of the way
+    from glancetune.plan import build
+
+    monkeypatch.setattr(build, "resolve_memory", lambda cfg, *a, **k: (cfg.model_copy(
+        update={"gradient_checkpointing": cfg.gradient_checkpointing is True}), None))
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "DOES NOT FIT" in x)
     assert "encode (~" in line and "train (~" in line and "group-offload that phase" in line

@@ -72,3 +72,18 @@ def test_a_huge_image_is_one_notice_not_pillows_warning(tmp_path, monkeypatch, c
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # beyond twice the limit: Pillow refuses
     with pytest.raises(GlanceError, match="big.png: too many pixels to decode safely"):
         open_image(tmp_path / "big.png")
+
+
+@pytest.mark.slow
+def test_the_python_api_is_quiet(glance_run):
+    """generate.md's Python block in a fresh interpreter writes nothing to stderr (no library notices or bars)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from glancetune.sampling.sampler import GlanceSampler, resolve_spec\n"
+            f"sampler = GlanceSampler.from_spec(resolve_spec(run={str(glance_run)!r}))\n"
+            "images = sampler(['a fox in the snow'], seed=0)\nprint(images[0].size)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -191,3 +191,38 @@ def test_bad_requests_are_4xx_with_one_message(draft):
         assert_error(r, status, *words)
     assert client.get("/").status_code == 200 and client.get(f"/api/runs/{run_id}").json()["status"] == "draft"
     assert len(client.get("/api/runs").json()) == 1  # no failed creation left a run behind
+
+
+def test_security_headers_on_every_response(tmp_path, local):
+    client, _ = local
+    app, _ = create_app(tmp_path / "t", token=TOKEN, start_queue=False)
+    remote = TestClient(app, base_url="http://10.1.2.3:8001")
+    for r in (client.get("/"), client.get("/api/runs"), client.get("/nope"), client.get("/static/app.js"),
+              remote.get("/api/runs"), remote.get(f"/new?token={TOKEN}", follow_redirects=False)):
+        assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff", r.url
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+def test_origin_checked_on_token_servers_too(tmp_path):
+    app, _ = create_app(tmp_path / "runs", token=TOKEN, start_queue=False)
+    c = TestClient(app, base_url="http://10.1.2.3:8001")
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    assert_error(c.post("/api/runs", data={}, headers={**ok, "Origin": "http://evil.example"}), 403, "cross-site")
+    r = c.post("/api/generate", json={"run": "x"}, headers={**ok, "Origin": "http://10.1.2.3:8001"})
+    assert r.status_code != 403  # the server's own page
+
+
+def test_absurd_json_is_a_400_not_a_500(local):
+    client, _ = local
+    headers = {"content-type": "application/json"}
+    for body, words in (('{"run": "x", "prompts": ["p"], "seed": 1e400}', ("seed:", "is not an integer")),
+                        ('{"run": "x", "prompts": ["p"], "seed": 1, "guidance": "nan"}', ("guidance:",)),
+                        ("[" * 100000 + "]" * 100000, ("must be JSON",))):
+        assert_error(client.post("/api/generate", content=body, headers=headers), 400, *words)
+
+
+def test_too_many_files_names_the_limit(local):
+    client, _ = local
+    files = [("images", (f"a{i}.png", png(), "image/png")) for i in range(65)]
+    r = client.post("/api/runs", data={"captions": "c", "resolution": "64", "settings": settings()}, files=files)
+    assert_error(r, 400, "Too many files", "64")

@@ -39,7 +39,7 @@ def quiet_libraries(models: bool = True) -> None:
 
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
-    for name in ("diffusers", "transformers", "peft", "bitsandbytes"):  # bnb warns about an optional CPU kernel
+    for name in ("diffusers", "transformers", "peft", "bitsandbytes", "torchao"):  # bnb: an optional CPU kernel
         logging.getLogger(name).setLevel(logging.ERROR)
     if not models:
         return

@@ -60,6 +60,9 @@ class MemoryKeys(BaseModel):
                                          "while it encodes (the text encoders leave before the VAE arrives)")
     vae_enable_tiling: bool = Field(False, description="VAE encode/decode in tiles (large images in less memory)")
     vae_enable_slicing: bool = Field(False, description="VAE batch one image at a time")
+    memory_budget_gib: float | None = Field(
+        None, gt=0, description="plan for a card of this many GiB instead of the GPU at hand (the memory estimate, "
+        "gradient_checkpointing auto and the refusal of a run that does not fit use it; e.g. 24 on an 80 GB card)")
     gradient_checkpointing_backend: Literal["torch", "unsloth"] = Field(
         "torch", description="with gradient_checkpointing: torch keeps each block's input on the device; unsloth "
         "holds them in (pinned) CPU memory and brings each back for its block's recomputation")

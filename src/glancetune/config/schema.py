@@ -107,8 +107,9 @@ class TrainConfig(ValidationKeys, MemoryKeys):
     lora_init: Literal["gaussian", "default"] = Field("gaussian", description="gaussian (official Glance) or "
                                                       "peft default (kaiming A)")
     lora_targets: list[str] | None = Field(None, description="module name suffixes (default: the family preset)")
-    gradient_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
-                                                            "pass (less memory, slower)")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="recompute each block's activations in the backward pass (less memory, slower); auto: "
+        "on when the memory estimate without it does not fit the GPU or memory_budget_gib (off on a CPU)")
     compile_transformer: bool | Literal["auto"] = Field(
         "auto", description="regional `torch.compile` of the transformer blocks. `auto`: compiles on CUDA with "
                             "Triton, an unquantized base, no group offload and one process (or one per phase) "

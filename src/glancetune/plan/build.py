@@ -23,6 +23,7 @@ from ..engine.encode import ModelSource
 from ..errors import GlanceError
 from ..families import model_info, resolve_family
 from ..ladder import Phase, job_phases
+from .fit import MemoryEstimate, resolve_memory
 from .search import LadderRequest, ladder_request, uses_search
 from ..record import RunRecord
 from ..schedule import Ladder
@@ -182,6 +183,7 @@ class Plan:
     tread_routes: list
     created_at: float  # the job's time report: imports before it, the plan after
     ladder_search: LadderRequest | None = None  # the default ladder's search, still to run (the ladder is a stand-in)
+    memory: MemoryEstimate | None = None  # the training step's estimate against the budget (None: no budget)
 
     @classmethod
     def build(cls, cfg, command: str, components: dict | None = None) -> Plan:
@@ -194,7 +196,6 @@ class Plan:
         family, flavour = resolve_family(cfg.model_family, cfg.model_flavour)
         info = model_info(cfg.model_ref, family.name, flavour)
         family = info.family
-        memory.check(cfg, family, device, compute_dtype(mp))  # precisions and offload, before any weights
         if cfg.compile_transformer is True:
             from ..engine.speed import check_compile
 
@@ -213,6 +214,9 @@ class Plan:
         if limit is not None and max_len > limit:
             raise GlanceError(f"tokenizer_max_length: {max_len} is above the {limit} text tokens "
                               f"that {family.name}'s pipeline accepts")
+        cfg, estimate = resolve_memory(cfg, command, info, targets, width, height, max_len, device,
+                                       16 if mp == "bf16" else 32)  # gradient_checkpointing auto decided here
+        memory.check(cfg, family, device, compute_dtype(mp))  # precisions and offload, before any weights
         guidance = training_guidance(family, info.transformer_config, cfg)
         cfg = resolve_objective(cfg, family, command)
         check_objective(cfg, family, command)
@@ -228,7 +232,7 @@ class Plan:
                     "data_sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]}
         return cls(cfg, command, ModelSource(info, max_len, dict(components or {})), data, width, height,
                    targets_source, targets, guidance, ladder, phases, steps, steps_note, files, identity,
-                   tread_routes, created_at, pending)
+                   tread_routes, created_at, pending, estimate)
 
     # --- read-only views --------------------------------------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ def details(plan: Plan) -> str:
     n = count_trainable(plan.info.transformer_config, plan.cfg, plan.targets)
     return "\n".join([f"trainable LoRA parameters per phase: {n:,}", f"steps: {plan.steps_note}",
                       describe_optimizer(plan.cfg, plan.steps), checkpoint_plan(plan.cfg), memory_plan(plan),
+                      *([plan.memory.line()] if plan.memory else []),
                       "resolved config: " + json.dumps(plan.cfg.model_dump(), default=str)])
 
 

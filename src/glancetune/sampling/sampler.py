@@ -265,6 +265,9 @@ class GlanceSampler:
         `base_model_precision`: quantize the transformer before the LoRAs are loaded (engine/quantize.py)."""
         if lora_load not in ("as-trained", "stock"):
             raise GlanceError(f"--lora-load: {lora_load!r} is not one of as-trained, stock")
+        from ..process import quiet_libraries
+
+        quiet_libraries()  # called from Python too: the libraries' notices and bars down to errors, as the CLI does
         info = model_info(spec.base_model)
         pub = spec.published
         if pub is not None and pub not in info.family.published:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -101,7 +102,10 @@ async def _form_parts(request: Request) -> tuple[dict, list[tuple[str, bytes]]]:
         form = await request.form(max_files=64, max_fields=512)
     except BodyTooLarge:
         raise
-    except Exception as e:  # noqa: BLE001 - the multipart parser's errors: a malformed body
+    except Exception as e:  # noqa: BLE001 - the multipart parser's errors: a malformed body, or over a limit
+        limit = str(getattr(e, "detail", "") or getattr(e, "message", "") or e)
+        if limit.startswith("Too many"):  # Starlette names the limit it hit ("Too many files. Maximum ... 64.")
+            raise GlanceError(f"form: {limit.rstrip('.')} per run") from None
         raise GlanceError(f"form: malformed form data ({type(e).__name__})") from None
     fields: dict[str, list[str]] = {}
     images = []
@@ -115,6 +119,14 @@ async def _form_parts(request: Request) -> tuple[dict, list[tuple[str, bytes]]]:
         else:
             fields.setdefault(key, []).append(value)
     return fields, images
+
+
+async def json_body(request: Request, what: str):
+    """The request's JSON: a malformed or absurdly nested body is one 400 line, never a 500."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        raise GlanceError(f"{what}: the body must be JSON (and nested less deeply)") from None
 
 
 def _one(fields: dict, key: str, default: str = "") -> str:
@@ -174,10 +186,7 @@ def add_api(app: FastAPI, srv: Server) -> None:
     @app.post("/api/runs/{run_id}/eval")
     async def eval_run(request: Request, run_id: str):
         srv.store.dir(run_id)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise GlanceError("eval: the body must be JSON") from None
+        body = await json_body(request, "eval")
         seeds, prompts = parse_eval(body)
         path = None
         if prompts:
@@ -214,10 +223,7 @@ def add_use_api(app: FastAPI, srv: Server) -> None:
 
     @app.post("/api/generate")
     async def generate(request: Request):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise GlanceError("generate: the body must be JSON") from None
+        body = await json_body(request, "generate")
         req = parse_generate(body)
         run_id = req["run"]
         if srv.jobs.status(srv.store.read(run_id)) != "done":
@@ -292,10 +298,13 @@ def parse_generate(body) -> dict:
             out[key] = 0 if key == "seed" else None
             continue
         try:
-            if isinstance(v, bool) or (kind is int and isinstance(v, float) and v != int(v)):
+            if isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)) or (
+                    kind is int and isinstance(v, float) and v != int(v)):
                 raise ValueError
             out[key] = kind(v)
-        except (TypeError, ValueError):
+            if kind is float and not math.isfinite(out[key]):  # "nan", "inf" as strings
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
             raise GlanceError(f"{key}: {v!r} is not a{'n integer' if kind is int else ' number'}") from None
     return out
 

@@ -54,6 +54,22 @@ async def _reply(send, status: int, message: str, headers: list | None = None) -
     await send({"type": "http.response.body", "body": body})
 
 
+# on every response, guarded or not: no framing (clickjacking), no content sniffing, no token in a Referer
+SECURITY_HEADERS = ((b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"content-security-policy", b"frame-ancestors 'none'"), (b"referrer-policy", b"no-referrer"))
+
+
+def with_security_headers(send):
+    """`send` adding SECURITY_HEADERS to each response's start (where the response did not set them)."""
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            have = {k.lower() for k, _ in message.get("headers", [])}
+            message = {**message, "headers": [*message.get("headers", []),
+                                              *(h for h in SECURITY_HEADERS if h[0] not in have)]}
+        await send(message)
+    return wrapped
+
+
 class Guard:
     """ASGI middleware: token, Host / Origin and body size checks (module docstring)."""
 
@@ -79,6 +95,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        send = with_security_headers(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         method = scope.get("method", "GET")
@@ -88,6 +105,10 @@ class Guard:
                                     + ", ".join(sorted(self.hosts)) + ")")
             origin = headers.get("origin")
             if method not in SAFE_METHODS and origin and urlsplit(origin).netloc not in self.hosts:
+                return await _reply(send, 403, f"cross-site request refused (Origin {origin})")
+        elif method not in SAFE_METHODS and headers.get("origin"):  # any other address: same-site changes only
+            origin = headers["origin"]
+            if urlsplit(origin).netloc != headers.get("host", ""):
                 return await _reply(send, 403, f"cross-site request refused (Origin {origin})")
         if self.token is not None:
             if not self._token_ok(headers, query):

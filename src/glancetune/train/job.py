@@ -58,6 +58,9 @@ class Job:
     """A planned job that can run. `components`: pipeline components handed to the family's `load_pipeline`."""
 
     def __init__(self, cfg, command: str, components: dict | None = None):
+        from ..process import quiet_libraries
+
+        quiet_libraries()  # called from Python too: the libraries' notices and bars down to errors, as the CLI does
         self.plan = Plan.build(cfg, command, components)
 
     def check(self, overwrite: bool = False) -> None:
