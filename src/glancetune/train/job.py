@@ -29,10 +29,10 @@ from ..export.files import OutputDir
 from ..plan.build import Plan, teacher_guidance
 from . import checkpoint
 from .hooks import Hook, Hooks, RunInfo
+from .ladder_stage import run_ladder_search
 from .loop import PhaseState, Prepared, Trainer
 from .objectives import check_prompts, encode_prompts, make_objective
 from .store import LoraStore
-from .ladder_stage import run_ladder_search
 from .teacher import encode_teacher_texts, teacher_paths
 
 log = logging.getLogger(__name__)
