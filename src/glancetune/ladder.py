@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import GlanceError
 from .schedule import (
     FAST_INDICES,
+    GLANCE_STEPS,
     LADDER_STEPS,
     SLOW_INDICES,
     Ladder,
@@ -142,10 +143,10 @@ def glance_ladder(cfg, info, width: int, height: int, searched: Path | None = No
         return file_ladder(cfg, info, width, height)
     if searched is not None:  # not searched yet: the model's own 10-step schedule stands in (the dry-run says so)
         found = LadderFile.read(searched, key=f"the searched ladder {searched}") if searched.is_file() else \
-            LadderFile(model_schedule(info, width, height, len(SLOW_INDICES) + len(FAST_INDICES)), info.ref,
+            LadderFile(model_schedule(info, width, height, GLANCE_STEPS), info.ref,
                        info.family.name, width, height, None)
         return found.ladder(cfg.glance_ladder_slow_steps, key="glance_ladder_slow_steps")
-    if cfg.glance_ladder_slow_steps is not None and searched is None:
+    if cfg.glance_ladder_slow_steps is not None:
         raise GlanceError("glance_ladder_slow_steps: only with glance_ladder_file or glance_ladder: search")
     slow, fast = cfg.glance_slow_timesteps, cfg.glance_fast_timesteps
     if (slow is None) != (fast is None):

@@ -17,6 +17,7 @@ from .errors import GlanceError
 LADDER_STEPS = 50
 SLOW_INDICES = (0, 2, 4, 6, 8)
 FAST_INDICES = (10, 20, 30, 40, 49)
+GLANCE_STEPS = len(SLOW_INDICES) + len(FAST_INDICES)  # steps of the Glance ladder (and of the searched one)
 NUM_TRAIN_TIMESTEPS = 1000
 
 

@@ -152,7 +152,8 @@ class TrainConfig(ValidationKeys, MemoryKeys):
         "training and cached under cache_dir/ladders); glance: the paper's fixed cut (glance_slow_indices)")
     glance_ladder_file: str | None = Field(None, description="a ladder file from `glancetune search-ladder`: train on "
                                            "its sigmas instead of a cut of the model's own N-step schedule")
-    glance_ladder_slow_steps: int | None = Field(None, ge=1, description="with a ladder file or the search: the first K sigmas "
+    glance_ladder_slow_steps: int | None = Field(None, ge=1, description="with a ladder file or the search: the "
+                                                 "first K sigmas "
                                                  "are the slow phase (default: half, the extra one slow)")
     glance_slow_indices: str | list[int] | None = Field(None, description="0-based indices into the N-step "
                                                                           "schedule for the slow phase (default "

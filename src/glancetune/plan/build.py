@@ -111,8 +111,8 @@ def check_objective(cfg, family, command: str) -> None:
     if family.needs_control_image:
         raise GlanceError(f"glance_objective: distill is not built for edit models ({family.name}) yet")
     if own["glance_student_cfg"] and cfg.glance_student_cfg != "none" and not family.true_cfg:
-        raise GlanceError(f"glance_student_cfg: {cfg.glance_student_cfg} is for true-CFG families; {family.name} samples with a "
-                          "guidance embedding (one pass per step already)")
+        raise GlanceError(f"glance_student_cfg: {cfg.glance_student_cfg} is for true-CFG families; {family.name} "
+                          "samples with a guidance embedding (one pass per step already)")
 
 
 def training_guidance(family, transformer_config: dict, cfg):

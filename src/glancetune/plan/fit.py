@@ -18,7 +18,7 @@ RESERVE, CONTEXT_GIB = 1.10, 0.5
 @dataclass(frozen=True)
 class MemoryEstimate:
     parts: dict  # GiB: weights, lora, activations, dequant, total
-    budget_gib: float | None
+    budget_gib: float
     budget_source: str
     checkpointing_note: str  # how gradient_checkpointing was decided
 
@@ -27,8 +27,6 @@ class MemoryEstimate:
         head = (f"memory estimate of the training step (GiB allocated): weights {p['weights']:.3g} + LoRA "
                 f"{p['lora']:.3g} + activations {p['activations']:.3g}"
                 + (f" + 4-bit dequantization {p['dequant']:.3g}" if p["dequant"] else "") + f" = {p['total']:.3g}")
-        if self.budget_gib is None:
-            return head + " (no GPU budget to compare with: set memory_budget_gib to plan for a card)"
         return head + f"; fits {self.budget_source} ({self.budget_gib:g} GiB){self.checkpointing_note}"
 
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..schedule import FAST_INDICES, SLOW_INDICES
-
-SEARCH_STEPS = len(SLOW_INDICES) + len(FAST_INDICES)  # the searched ladder is as long as the Glance ladder
+from ..schedule import GLANCE_STEPS as SEARCH_STEPS  # the searched ladder is as long as the Glance ladder
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from ..errors import GlanceError
 from ..export.files import WEIGHT_NAME, lora_file, read_record
 from ..families import ModelInfo, model_info
 from ..families.base import PublishedLoras
-from ..record import RunRecord
 from ..schedule import LADDER_STEPS, Ladder, identity_scheduler_config, parse_sigma_list
 from .fused import MODES, BaseOnly, Fused, Unfused
 from .lora_files import detect_published, load_adapter, published_by_name
@@ -46,12 +45,6 @@ class GlanceSpec:
     train_steps: int | None = None  # the training step the LoRAs are of (image metadata)
     ladder_steps: int = LADDER_STEPS  # N of the N-step schedule the ladder was cut from (official-compat's grid)
     cfg_phases: str | None = None  # the pair's true-CFG policy from its record (distill); None: the family's
-
-
-def _record(path: Path) -> RunRecord | None:
-    """The record of a LoRA written by glancetune, with the sigmas of its own phase under "sigmas"."""
-    found = read_record(path)
-    return found[0] if found else None
 
 
 def _sigmas(path: Path) -> tuple[float, ...] | None:
@@ -102,8 +95,9 @@ def _spec(slow, fast, run, model, slow_sigmas, fast_sigmas, width, height, guida
         raise GlanceError("generate: give --run DIR or both --slow DIR and --fast DIR (or --ladder-file FILE: the "
                           "base model alone on a searched ladder)")
     slow, fast = Path(slow), Path(fast)
-    check_pair(slow, fast, read_record(slow), read_record(fast))  # before their sigmas meet
-    rs, rf = _record(slow), _record(fast)
+    found_s, found_f = read_record(slow), read_record(fast)
+    check_pair(slow, fast, found_s, found_f)  # before their sigmas meet
+    rs, rf = (found_s or (None,))[0], (found_f or (None,))[0]
     pub = None
     if preset not in ("auto", "none"):
         pub = published_by_name(preset)[1]

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..errors import GlanceError
-from ..export.files import MANIFEST, STATE_NAME, checkpoint_problem, complete_checkpoints, contents, newest_good_checkpoint
+from ..export.files import (MANIFEST, STATE_NAME, checkpoint_problem, complete_checkpoints, contents,
+                            newest_good_checkpoint)
 from ..plan.build import NEUTRAL_KEYS
 from .hooks import Hook
 from .store import LoraStore
