@@ -98,6 +98,20 @@ def test_dry_run_refuses_what_the_run_refuses(tiny_flux, tmp_path, capsys):
     assert dry == real and "output_dir" in dry
 
 
+@pytest.mark.parametrize("keys,words", [({"report_to": "wandb"}, "report_to: wandb is not installed"),
+                                         ({"validation_prompts": "missing-prompts.json"}, "validation_prompts"),
+                                         ({"validation_prompt": "a fox", "validation_ladder_file": "no-ladder.json"},
+                                          "no-ladder.json")])
+def test_dry_run_refuses_trackers_and_files_as_the_run_does(tiny_flux, tmp_path, capsys, keys, words):
+    """A tracker that is not installed, a missing prompt file, a missing ladder file: the dry-run refuses each with
+    the real run's line (the run refuses them before any weights load, so this costs no model load)."""
+    cfg = write_configs(tmp_path, tiny_flux, steps=2, **keys)
+    dry = run_err(capsys, ["glance", "--config", str(cfg), "--dry-run"])
+    real = run_err(capsys, ["glance", "--config", str(cfg)])
+    assert dry == real and words in dry
+    assert not (tmp_path / "output").exists()
+
+
 NUMERIC = sorted(k for k, f in TrainConfig.model_fields.items() if takes_number(f.annotation))
 
 

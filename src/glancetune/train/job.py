@@ -65,8 +65,22 @@ class Job:
 
     def check(self, overwrite: bool = False) -> None:
         """What the run refuses before loading, checked the run's own way and writing nothing (`--dry-run`): the
-        process layout, the output folder and the checkpoint it would resume from."""
-        open_output(self.plan, planned_layout(self.plan.cfg, self.plan.command), overwrite)
+        process layout, the output folder and the checkpoint it would resume from, the trackers of `report_to`, the
+        prompt files and the validation ladder file."""
+        from ..sampling.prompts import validation_prompts
+        from .logs import make_hooks
+
+        cfg = self.plan.cfg
+        open_output(self.plan, planned_layout(cfg, self.plan.command), overwrite)
+        make_hooks(cfg.report_to, cfg.output_dir, cfg.logging_dir, None, None, {}, False)  # writes nothing
+        if cfg.glance_prompts:
+            check_prompts(cfg)
+        if cfg.validation_enabled:
+            validation_prompts(cfg)
+            if cfg.validation_ladder_file:
+                from ..ladder import LadderFile
+
+                LadderFile.read(cfg.validation_ladder_file)
 
     def run(self, overwrite: bool = False, quiet: bool = False) -> Path:
         plan, t_start = self.plan, time.perf_counter()
