@@ -46,7 +46,6 @@ def check_start(args) -> None:
     """Every start-up argument, one line naming it, before the app is built: numbers in range, a runs folder
     that is (or can be) a folder, a host that resolves, a port free on it."""
     import math
-    import socket
 
     if not 1 <= args.port <= 65535:
         raise GlanceError(f"--port: {args.port} is not a port number (1-65535)")
@@ -59,18 +58,27 @@ def check_start(args) -> None:
     parent = next((q for q in (runs, *runs.absolute().parents) if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise GlanceError(f"--runs-dir: {parent} is a file, not a folder")
+    bind_socket(args.host, args.port).close()
+
+
+def bind_socket(host: str, port: int):
+    """A socket bound to host:port as uvicorn binds it, or one line naming --host or --port (port 0: any free)."""
+    import socket
+
     try:
-        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise GlanceError(f"--host: {args.host!r} is not an address this machine can bind ({e})") from None
+        raise GlanceError(f"--host: {host!r} is not an address this machine can bind ({e})") from None
     family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(addr)
-        except OSError as e:
-            why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise GlanceError(f"--port: {args.port} on {args.host} {why}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+        raise GlanceError(f"--port: {port} on {host} {why}") from None
+    return sock
 
 
 def cmd_server(args) -> int:

@@ -1,0 +1,94 @@
+"""`glancetune serve`: a small server that keeps `generate`'s pipeline warm (warm.py's API, FastAPI's own
+description at /docs and /openapi.json), so `glancetune generate` on this machine samples in seconds instead of
+importing and loading each time. Same guards as `glancetune server` (security.py): 127.0.0.1 by default, a token
+on any other address. While it runs it leaves its address, token and process id in $GLANCETUNE_HOME/serve.json
+(owner-only), which `generate` reads (sampling/remote.py); the file is removed when it exits.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..errors import GlanceError
+from . import bind_socket, loopback_hosts
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 8002
+MAX_BODY = 4 * 2**20  # a request is generate's arguments: prompts and paths, no uploads
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("serve", help="keep generate's pipeline warm: `glancetune generate` on this machine then "
+                       "samples through it (pip install 'glancetune[server]')")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other address "
+                   "requires a token)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free port")
+    s.add_argument("--token", help="require this token on every request (default: none on 127.0.0.1, a generated "
+                   "one, printed at start, on any other address)")
+    s.set_defaults(handler=cmd_serve, loads_models=False)
+
+
+def create_serve_app(token: str | None, hosts: set[str]):
+    """The ASGI app of `serve` (guarded) and its WarmPipelines."""
+    from fastapi import FastAPI
+
+    from .app import add_error_handlers
+    from .security import Guard
+    from .warm import WarmPipelines, add_generate_api
+
+    app = FastAPI(title="glancetune serve", description="generate with a warm pipeline")
+    add_error_handlers(app)
+    warm = WarmPipelines()
+    add_generate_api(app, warm)
+    return Guard(app, token, hosts, MAX_BODY), warm
+
+
+class Serve:
+    """A bound, listening `serve`: `run()` blocks until `stop()` (or Ctrl-C / SIGTERM) and leaves the state file
+    only while it runs."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None):
+        import uvicorn
+
+        from .security import is_loopback, server_token
+
+        if not 0 <= port <= 65535:
+            raise GlanceError(f"--port: {port} is not a port number (0-65535)")
+        self.token = server_token(host, token)
+        self.sock = bind_socket(host, port)
+        self.sock.listen(128)  # a client that reads the state file connects at once, before uvicorn accepts
+        port = self.sock.getsockname()[1]
+        self.host, self.port = host, port
+        near = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # how this machine reaches it
+        self.url = f"http://{f'[{near}]' if ':' in near else near}:{port}"
+        hosts = loopback_hosts(host, port) if is_loopback(host) else set()
+        app, self.warm = create_serve_app(self.token, hosts)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+    def run(self) -> None:
+        from ..sampling.remote import remove_state, write_state
+
+        path = write_state(self.url, self.token, os.getpid())
+        log.info("glancetune serve: %s/ (API description at %s/docs; `glancetune generate` here finds it through "
+                 "%s)", self.url, self.url, path)
+        if self.token:
+            log.info("token (required on every request; generate reads it from the state file or GLANCETUNE_TOKEN):"
+                     " %s", self.token)
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            remove_state(os.getpid())
+            self.sock.close()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+def cmd_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise GlanceError(f"serve: {e.name} is not installed; pip install 'glancetune[server]'") from None
+    Serve(args.host, args.port, args.token).run()
+    return 0
