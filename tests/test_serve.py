@@ -151,3 +151,49 @@ def test_token_server_needs_the_token(tmp_path, capsys, no_load, glance_run, mon
     finally:
         srv.stop()
         thread.join(30)
+
+
+def test_serve_md_python_client_runs(glance_run, tmp_path, served, monkeypatch):
+    """docs/serve.md's client block as written (only the run folder and the port replaced): the images equal
+    generate's."""
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "serve.md").read_text(encoding="utf-8")
+    code = page.split("```python\n")[1].split("```")[0]
+    code = code.replace('"output/glance"', repr(str(glance_run))).replace("http://127.0.0.1:8002", served.url)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "serve.md Python block", "exec"), {})
+    assert main(["generate", "--run", str(glance_run), "--prompt", "a fox in the snow", "--prompt", "a fox at dusk",
+                 "--seed", "0", "--output", str(tmp_path / "cli.png"), "--no-server"]) == 0
+    for k in range(2):
+        assert (tmp_path / f"fox-{k}.png").read_bytes() == (tmp_path / f"cli-{k}.png").read_bytes()
+
+
+def test_openapi_describes_generate(served):
+    import urllib.request
+
+    with urllib.request.urlopen(served.url + "/openapi.json") as r:
+        spec = json.load(r)
+    body = spec["paths"][remote.API]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["prompt"]["type"] == "array" and "ladder_file" in body["properties"]
+    assert "server" not in body["properties"]
+
+
+def test_serve_process_removes_its_state_on_sigterm(tmp_path):
+    """uvicorn re-raises the signal it caught when it stops: the state file must still be removed."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GLANCETUNE_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "glancetune", "serve", "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / remote.STATE
+    deadline = time.monotonic() + 60
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert json.loads(state.read_text())["pid"] == proc.pid
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not state.exists() and "glancetune serve: http://127.0.0.1:" in out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 
 from ..errors import GlanceError
 from . import bind_socket, loopback_hosts
@@ -74,14 +76,25 @@ class Serve:
         if self.token:
             log.info("token (required on every request; generate reads it from the state file or GLANCETUNE_TOKEN):"
                      " %s", self.token)
+        main = threading.current_thread() is threading.main_thread()
+        # uvicorn ends by raising the signal it caught again, with the handler it found: ours lets `finally` run
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
             self.server.run(sockets=[self.sock])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a normal end
+            pass
         finally:
             remove_state(os.getpid())
             self.sock.close()
+            if main:
+                signal.signal(signal.SIGTERM, previous)
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def cmd_serve(args) -> int:
