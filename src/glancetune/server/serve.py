@@ -73,6 +73,10 @@ class Serve:
         path = write_state(self.url, self.token, os.getpid())
         log.info("glancetune serve: %s/ (API description at %s/docs; `glancetune generate` here finds it through "
                  "%s)", self.url, self.url, path)
+        if self.host in ("0.0.0.0", "::"):
+            from .access import urls
+
+            log.info("other machines: %s", ", ".join(urls(self.host, self.port)))
         if self.token:
             log.info("token (required on every request; generate reads it from the state file or GLANCETUNE_TOKEN):"
                      " %s", self.token)
