@@ -34,7 +34,8 @@ def _search_parser(sub) -> None:
     s.add_argument("--height", type=int, required=True)
     s.add_argument("--guidance", type=float, help="default: the family's inference default (true CFG scale or "
                    "guidance embedding)")
-    s.add_argument("--prompts", help="JSON file of name -> prompt (default: the set shipped for eval)")
+    s.add_argument("--prompts", help="prompt file: JSON name -> prompt, a JSON list, or text, one prompt a line (default: the "
+                   "set shipped for eval)")
     s.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
     s.add_argument("--fine-steps", type=int, default=LADDER_STEPS, help="the teacher's steps: the model's own "
                    "schedule the ladder's sigmas are chosen from")
