@@ -7,8 +7,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import run_err, write_configs
+
 from glancetune.cli import main
 from glancetune.errors import GlanceError
 from glancetune.sampling.prompts import eval_prompts, read_prompt_file, validation_prompts

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import PROMPT, run_err
+
 from glancetune.cli import main
 from glancetune.sampling import remote
 from glancetune.server.serve import Serve
@@ -136,7 +136,7 @@ def test_state_file_removed_on_exit(tmp_path):
 
 
 def test_token_server_needs_the_token(tmp_path, capsys, no_load, glance_run, monkeypatch):
-    srv = Serve("127.0.0.1", 0, token="a-token-of-the-serve-test")
+    srv = Serve("127.0.0.1", 0, token="a-token-of-the-serve-test", allow_dirs=[str(glance_run.parent)])
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     while not srv.server.started:
@@ -148,9 +148,18 @@ def test_token_server_needs_the_token(tmp_path, capsys, no_load, glance_run, mon
         monkeypatch.setenv("GLANCETUNE_TOKEN", "a-token-of-the-serve-test")
         err = run_err(capsys, gen(glance_run, tmp_path / "a.png", "--server", srv.url, "--width", "72"))
         assert "--width/--height: 72x64 must be multiples of 16" in err
+        # a token server reads only under --allow-dir (links followed)
+        (tmp_path / "c.png").write_bytes(b"")
+        err = run_err(capsys, gen(glance_run, tmp_path / "a.png", "--server", srv.url, "--image", str(tmp_path / "c.png")))
+        assert f"--image: {tmp_path / 'c.png'} is outside the folders this server may read" in err
+        (glance_run.parent / "out-link").symlink_to(tmp_path)
+        err = run_err(capsys, ["generate", "--run", str(glance_run.parent / "out-link"), "--prompt", "x", "--server",
+                               srv.url, "--output", str(tmp_path / "a.png")])
+        assert "--run: " in err and "is outside the folders" in err
     finally:
         srv.stop()
         thread.join(30)
+        (glance_run.parent / "out-link").unlink(missing_ok=True)
 
 
 def test_serve_md_python_client_runs(glance_run, tmp_path, served, monkeypatch):

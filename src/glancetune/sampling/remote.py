@@ -126,11 +126,12 @@ def remote_generate(args):
     from .commands import Generated
     from .images import output_paths
 
-    found = None if args.server else running_server()
+    found = running_server()
     if args.server is None and found is None:
         return None
     url = (args.server or found["url"]).rstrip("/")
-    token = os.environ.get("GLANCETUNE_TOKEN") or (found or {}).get("token")
+    same = found is not None and found["url"].rstrip("/") == url  # the state file's token is for its server only
+    token = os.environ.get("GLANCETUNE_TOKEN") or (found.get("token") if same else None)
     paths = output_paths(args.output, len(args.prompt))  # this machine's folder, before the server works
     try:
         reply = _post(url + API, request_body(args), token)
@@ -149,7 +150,7 @@ def _post(url: str, body: dict, token: str | None) -> dict:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     try:
-        with urllib.request.urlopen(req) as r:  # noqa: S310 - the user's own server
+        with urllib.request.urlopen(req) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:

@@ -1,7 +1,8 @@
 """What a token server lets its clients reach, and how it tells them where it is:
 
 - allowed roots: on a token server a run's folders (`folder`, `cache_dir`, `logging_dir`, `output_dir`) must lie
-  under the runs folder or a folder named at start (`--allow-dir`); one outside is refused, one line naming the key;
+  under the runs folder or a folder named at start (`--allow-dir`); one outside is refused, one line naming the key
+  (a token `serve` checks the files a generate request names the same way, warm.py);
 - the token page: a browser without the token gets a small HTML form (the token then goes through the `?token=`
   handshake of security.py) instead of a JSON 401;
 - the addresses another machine can open when the server is bound to every interface (0.0.0.0 / ::).
@@ -43,9 +44,14 @@ def check_within(values: dict, roots: list[Path], output_dir: Path) -> None:
         p = Path(value).expanduser()
         base = output_dir if key == "logging_dir" else Path.cwd()
         p = (p if p.is_absolute() else base / p).resolve()
-        if not any(p == r or p.is_relative_to(r) for r in roots):
+        if not inside(p, roots):
             raise GlanceError(f"{key}: {value} is outside the folders this server may use ("
                               + ", ".join(str(r) for r in roots) + "; start it with --allow-dir DIR for more)")
+
+
+def inside(path: Path, roots: list[Path]) -> bool:
+    """`path` (resolved) is one of `roots` or lies under one."""
+    return any(path == r or path.is_relative_to(r) for r in roots)
 
 
 def token_page(path: str) -> bytes:

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
 from ..errors import GlanceError
 from . import bind_socket, loopback_hosts
@@ -27,11 +28,14 @@ def add_parser(sub) -> None:
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0: any free port")
     s.add_argument("--token", help="require this token on every request (default: none on 127.0.0.1, a generated "
                    "one, printed at start, on any other address)")
+    s.add_argument("--allow-dir", action="append", metavar="DIR", help="with a token: a folder that the files a "
+                   "request names (runs, LoRAs, ladder files, images, local models) may lie in (repeat for more)")
     s.set_defaults(handler=cmd_serve, loads_models=False)
 
 
-def create_serve_app(token: str | None, hosts: set[str]):
-    """The ASGI app of `serve` (guarded) and its WarmPipelines."""
+def create_serve_app(token: str | None, hosts: set[str], allow_dirs: list[Path] | None = None):
+    """The ASGI app of `serve` (guarded) and its WarmPipelines; with a token, the files a request names must lie
+    in `allow_dirs`."""
     from fastapi import FastAPI
 
     from .app import add_error_handlers
@@ -40,7 +44,7 @@ def create_serve_app(token: str | None, hosts: set[str]):
 
     app = FastAPI(title="glancetune serve", description="generate with a warm pipeline")
     add_error_handlers(app)
-    warm = WarmPipelines()
+    warm = WarmPipelines(list(allow_dirs or []) if token else None)
     add_generate_api(app, warm)
     return Guard(app, token, hosts, MAX_BODY), warm
 
@@ -49,14 +53,18 @@ class Serve:
     """A bound, listening `serve`: `run()` blocks until `stop()` (or Ctrl-C / SIGTERM) and leaves the state file
     only while it runs."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
+                 allow_dirs: list[str] | None = None):
         import uvicorn
 
         from .security import is_loopback, server_token
 
         if not 0 <= port <= 65535:
             raise GlanceError(f"--port: {port} is not a port number (0-65535)")
+        from .access import check_allowed_dirs
+
         self.token = server_token(host, token)
+        allowed = check_allowed_dirs(allow_dirs)
         self.sock = bind_socket(host, port)
         self.sock.listen(128)  # a client that reads the state file connects at once, before uvicorn accepts
         port = self.sock.getsockname()[1]
@@ -64,7 +72,7 @@ class Serve:
         near = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # how this machine reaches it
         self.url = f"http://{f'[{near}]' if ':' in near else near}:{port}"
         hosts = loopback_hosts(host, port) if is_loopback(host) else set()
-        app, self.warm = create_serve_app(self.token, hosts)
+        app, self.warm = create_serve_app(self.token, hosts, allowed)
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
 
     def run(self) -> None:
@@ -107,5 +115,5 @@ def cmd_serve(args) -> int:
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise GlanceError(f"serve: {e.name} is not installed; pip install 'glancetune[server]'") from None
-    Serve(args.host, args.port, args.token).run()
+    Serve(args.host, args.port, args.token, args.allow_dir).run()
     return 0

@@ -35,10 +35,30 @@ def _where(path) -> tuple | None:
     return (str(p), st.st_size, st.st_mtime_ns) if p.is_file() else (str(p),)
 
 
+# generate's arguments that name files or folders the server reads
+PATH_ARGS = ("run", "slow", "fast", "ladder_file", "image", "model")
+
+
+def check_paths(args, cwd: Path, roots: list[Path]) -> None:
+    """On a token server: each file or folder a request names (relative to its `cwd`) lies under `roots`; a model
+    that is no local path (a hub id, tiny:...) is not a file."""
+    from .access import inside
+
+    for key in PATH_ARGS:
+        value = getattr(args, key)
+        if value is None or (key == "model" and not (cwd / value).exists()):
+            continue
+        if not inside((cwd / value).resolve(), roots):
+            raise GlanceError(f"--{key.replace('_', '-')}: {value} is outside the folders this server may read ("
+                              + (", ".join(str(r) for r in roots) or "none") + "; start it with --allow-dir DIR)")
+
+
 class WarmPipelines:
     """One resident sampler; `make` has `sampling.prompt_cache.fresh_sampler`'s signature."""
 
-    def __init__(self):
+    def __init__(self, allowed: list[Path] | None = None):
+        """`allowed`: the folders a request's files must lie in (a token server); None: any."""
+        self.allowed = allowed
         self.lock = threading.Lock()  # one request at a time (and its working folder)
         self.sampler = None
         self.key: tuple | None = None
@@ -83,6 +103,8 @@ class WarmPipelines:
         args, cwd = args_from_body(body)
         if cwd is not None and not Path(cwd).is_dir():
             raise GlanceError(f"cwd: {cwd} is not a folder on the server")
+        if self.allowed is not None:
+            check_paths(args, Path(cwd or os.getcwd()), self.allowed)
         with self.lock, _notices() as notices, contextlib.chdir(cwd or os.getcwd()):
             done = generate_files(args, load=partial(sample_with_cache, make=self.make), check_output=False)
         return {"images": [{"name": p.name, "data": base64.b64encode(data).decode("ascii")} for p, data in done.files],
