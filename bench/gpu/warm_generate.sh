@@ -25,6 +25,9 @@ PY
   exit
 fi
 source bench/gpu/gpu_env.sh
+python3 -c "import fastapi, uvicorn" 2>/dev/null || {  # `serve` needs the [server] extra on the device
+  echo '{"failed": "fastapi/uvicorn not importable on the device: add their wheels (fastapi, starlette, uvicorn, h11, anyio, click, python-multipart) to .whl"}'
+  exit 1; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 [ -f /tmp/fluxfull/model_index.json ] || python3 bench/measure/seed_recipe.py --dir /tmp/fluxfull --build-only 2>&1 | tail -1
 [ -f /tmp/sp/bf16/out/slow/pytorch_lora_weights.safetensors ] ||

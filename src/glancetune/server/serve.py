@@ -88,6 +88,7 @@ class Serve:
         if self.token:
             log.info("token (required on every request; generate reads it from the state file or GLANCETUNE_TOKEN):"
                      " %s", self.token)
+        threading.Thread(target=_preload, daemon=True, name="serve-imports").start()  # the first request waits less
         main = threading.current_thread() is threading.main_thread()
         # uvicorn ends by raising the signal it caught again, with the handler it found: ours lets `finally` run
         previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
@@ -103,6 +104,17 @@ class Serve:
 
     def stop(self) -> None:
         self.server.should_exit = True
+
+
+def _preload() -> None:
+    """Import the sampler's libraries (torch, diffusers, ...) while no request waits for them."""
+    try:
+        from ..process import quiet_libraries
+        from ..sampling import commands, prompt_cache, sampler  # noqa: F401
+
+        quiet_libraries()
+    except Exception as e:  # noqa: BLE001 - a request reports the real problem, one line
+        log.debug("serve: preloading the sampler failed (%s)", e)
 
 
 def _interrupt(signum, frame):
