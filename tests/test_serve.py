@@ -104,17 +104,19 @@ def test_stale_state_falls_back(glance_run, tmp_path, capsys):
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    remote.write_state(f"http://127.0.0.1:{free_port()}", None, dead.pid)  # its process has exited
-    assert main(gen(glance_run, tmp_path / "a.png")) == 0
-    out = capsys.readouterr().out
-    assert "not answering" not in out and "(on http" not in out and (tmp_path / "a.png").is_file()
-    # a live process but nothing listening: one notice, then in-process
-    remote.write_state(f"http://127.0.0.1:{free_port()}", None, os.getpid())
-    assert main(gen(glance_run, tmp_path / "b.png")) == 0
-    out = capsys.readouterr().out
-    assert out.count("is not answering; sampling in this process") == 1
-    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
-    remote.state_path().unlink()
+    try:
+        remote.write_state(f"http://127.0.0.1:{free_port()}", None, dead.pid)  # its process has exited
+        assert main(gen(glance_run, tmp_path / "a.png")) == 0
+        out = capsys.readouterr().out
+        assert "not answering" not in out and "(on http" not in out and (tmp_path / "a.png").is_file()
+        # a live process but nothing listening: one notice, then in-process
+        remote.write_state(f"http://127.0.0.1:{free_port()}", None, os.getpid())
+        assert main(gen(glance_run, tmp_path / "b.png")) == 0
+        out = capsys.readouterr().out
+        assert out.count("is not answering; sampling in this process") == 1
+        assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    finally:
+        remote.state_path().unlink(missing_ok=True)
 
 
 def test_explicit_server_not_answering(glance_run, tmp_path, capsys, no_load):
