@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
-
 from fastapi.testclient import TestClient  # the [server] extra; the test extra installs it
 from PIL import Image
 
@@ -226,3 +226,129 @@ def test_too_many_files_names_the_limit(local):
     files = [("images", (f"a{i}.png", png(), "image/png")) for i in range(65)]
     r = client.post("/api/runs", data={"captions": "c", "resolution": "64", "settings": settings()}, files=files)
     assert_error(r, 400, "Too many files", "64")
+
+
+# --- token servers: allowed folders, the token page, wrong-token limit, addresses -------------------------------------
+def token_client(tmp_path, allow=None):
+    app, srv = create_app(tmp_path / "runs", token=TOKEN, start_queue=False, allow_dirs=allow)
+    return TestClient(app, base_url="http://10.1.2.3:8001", headers={"Authorization": f"Bearer {TOKEN}"}), srv, app
+
+
+@pytest.mark.parametrize("key", ["cache_dir", "logging_dir"])
+def test_token_server_keeps_run_folders_inside(tmp_path, key):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    client, srv, _ = token_client(tmp_path)
+    data = {"captions": "c", "resolution": "64", "settings": settings(**{key: str(outside)})}
+    r = client.post("/api/runs", data=data, files=[("images", ("a.png", png(), "image/png"))])
+    assert_error(r, 400, f"{key}: {outside} is outside the folders this server may use", "--allow-dir")
+    assert srv.store.ids() == [] and not [p for p in (tmp_path / "runs").iterdir()]  # nothing half-written
+    if key == "logging_dir":  # relative to output_dir: climbing out of the runs folder is outside too
+        data["settings"] = settings(logging_dir="../../../elsewhere")
+        r = client.post("/api/runs", data=data, files=[("images", ("a.png", png(), "image/png"))])
+        assert_error(r, 400, "logging_dir: ../../../elsewhere is outside")
+    # a folder named at start is allowed; so is one inside the runs folder
+    client, srv, _ = token_client(tmp_path, allow=[outside.resolve()])
+    r = client.post("/api/runs", data={**data, "settings": settings(**{key: str(outside / "sub")})},
+                    files=[("images", ("a.png", png(), "image/png"))])
+    assert r.status_code == 200, r.text
+    r = client.post("/api/runs", data={**data, "settings": settings(**{key: str(tmp_path / "runs" / "c")})},
+                    files=[("images", ("a.png", png(), "image/png"))])
+    assert r.status_code == 200, r.text
+
+
+def test_token_server_data_folder_inside(tmp_path):
+    outside = tmp_path / "data-outside"
+    outside.mkdir()
+    client, _, _ = token_client(tmp_path)
+    (tmp_path / "runs" / "data").mkdir()
+    os.symlink(outside, tmp_path / "runs" / "data" / "sneaky")  # a link inside that points out
+    for folder in (str(outside), str(tmp_path / "runs" / "data" / "sneaky"), "/etc", str(tmp_path / "missing")):
+        r = client.post("/api/runs", data={"folder": folder, "resolution": "64", "settings": settings()})
+        assert_error(r, 400, f"folder: {folder} is outside")
+    # no limit without a token (a loopback server is its user's own)
+    _, srv2 = create_app(tmp_path / "runs2", start_queue=False)
+    assert srv2.store.allowed is None
+
+
+def test_allow_dir_must_be_a_folder(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["server", "--host", "127.0.0.1", "--port", "8123", "--runs-dir", str(tmp_path / "r"),
+                 "--allow-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --allow-dir: {tmp_path / 'nope'} is not a folder"
+
+
+def test_browser_gets_a_token_page_api_gets_json(tmp_path):
+    app, _ = create_app(tmp_path / "runs", token=TOKEN, start_queue=False)
+    c = TestClient(app, base_url="http://10.1.2.3:8001")
+    r = c.get("/new?x=1", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert r.status_code == 401 and r.headers["content-type"].startswith("text/html")
+    assert '<form method="get" action="/new"' in r.text and 'name="token"' in r.text and TOKEN not in r.text
+    assert_error(c.get("/api/runs", headers={"Accept": "application/json"}), 401, "token required")
+    assert_error(c.get("/api/runs"), 401, "token required")
+    assert_error(c.post("/new", headers={"Accept": "text/html"}), 401, "token required")  # not a page request
+    # the form sends ?token=: the handshake sets the cookie
+    r = c.get(f"/new?token={TOKEN}", headers={"Accept": "text/html"}, follow_redirects=False)
+    assert r.status_code == 303 and "set-cookie" in r.headers
+
+
+def test_wrong_tokens_are_rate_limited(tmp_path):
+    from glancetune.server import security
+
+    app, _ = create_app(tmp_path / "runs", token=TOKEN, start_queue=False)
+    now = [1000.0]
+    app.clock = lambda: now[0]
+    c = TestClient(app, base_url="http://10.1.2.3:8001")
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    for k in range(security.MAX_WRONG - 1):
+        assert_error(c.get("/api/runs", headers={"Authorization": f"Bearer wrong-{k:020d}"}), 401)
+    for _ in range(5):  # the same wrong token again (a stale cookie) does not count again
+        assert_error(c.get("/api/runs", headers={"Authorization": "Bearer wrong-00000000000000000000"}), 401)
+    assert c.get("/api/runs", headers=ok).status_code == 200
+    assert_error(c.get("/api/runs", headers={"Authorization": "Bearer the-last-wrong-one!"}), 401)
+    r = c.get("/api/runs", headers=ok)  # locked: even the right token waits
+    assert_error(r, 429, "too many wrong tokens")
+    assert int(r.headers["retry-after"]) >= security.LOCK_S
+    now[0] += security.LOCK_S + 1
+    assert c.get("/api/runs", headers=ok).status_code == 200
+    # tries further apart than the window do not add up
+    for k in range(2 * security.MAX_WRONG):
+        now[0] += security.WRONG_WINDOW_S / (security.MAX_WRONG - 2)
+        assert_error(c.get("/api/runs", headers={"Authorization": f"Bearer spaced-{k:020d}"}), 401)
+    assert c.get("/api/runs", headers=ok).status_code == 200
+
+
+def test_start_line_names_reachable_addresses(monkeypatch):
+    import socket
+    from types import SimpleNamespace
+
+    import psutil
+
+    from glancetune.server.access import urls
+
+    fake = {"lo": [SimpleNamespace(family=socket.AF_INET, address="127.0.0.1"),
+                   SimpleNamespace(family=socket.AF_INET6, address="::1")],
+            "eth0": [SimpleNamespace(family=socket.AF_INET, address="192.168.1.20"),
+                     SimpleNamespace(family=socket.AF_INET6, address="fe80::1%eth0"),
+                     SimpleNamespace(family=socket.AF_INET6, address="2001:db8::5")]}
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: fake)
+    assert urls("0.0.0.0", 8001) == ["http://192.168.1.20:8001/"]
+    assert urls("::", 8001) == ["http://192.168.1.20:8001/", "http://[2001:db8::5]:8001/"]
+    assert urls("10.0.0.7", 8001) == ["http://10.0.0.7:8001/"]
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: {"lo": fake["lo"]})  # no network: loopback, not 0.0.0.0
+    assert urls("0.0.0.0", 8001) == ["http://127.0.0.1:8001/"]
+    # the command's start line uses them (uvicorn itself not started here)
+    import uvicorn
+
+    monkeypatch.setattr(psutil, "net_if_addrs", lambda: fake)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["server", "--host", "0.0.0.0", "--port", str(port), "--token", TOKEN, "--runs-dir",
+                 str(Path(os.environ["GLANCETUNE_HOME"]) / "runs-start-line")]) == 0
+    text = out.getvalue()
+    assert f"glancetune server: http://192.168.1.20:{port}/?token={TOKEN}" in text and "0.0.0.0" not in text

@@ -8,6 +8,7 @@ file registers them and runs the one asked for:
   validate-dataset                   data/validate.py
   tiny                               families/tiny.py
   server                             server/__init__.py
+  serve                              server/serve.py
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .families import tiny
     from .sampling import commands as sampling
     from .server import add_parser as add_server
+    from .server import serve
     from .train import commands as training
 
     p = argparse.ArgumentParser(prog="glancetune", description="Glance slow/fast LoRA training and exact "
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     comfyui.add_parser(sub)
     add_server(sub)
+    serve.add_parser(sub)
     return p
 
 

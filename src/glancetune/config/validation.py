@@ -49,9 +49,10 @@ class ValidationKeys(BaseModel):
     validation_prompt: str | None = Field(None, description="prompt of the validation images (name "
                                           "'validation'); with validation_prompts / user_prompt_library, all run")
     validation_prompts: str | dict[str, str] | list[str] | None = Field(
-        None, description="more validation prompts: a JSON file of name -> prompt (as user_prompt_library), a "
-        "mapping, or a list (named prompt-0, prompt-1, ...); <subject>-style placeholders are used as written")
-    user_prompt_library: str | None = Field(None, description="SimpleTuner's JSON file of name -> prompt")
+        None, description="more validation prompts: a prompt file (JSON name -> prompt as user_prompt_library, a "
+        "JSON list, or text with one prompt a line, # comments skipped), a mapping, or a list (named prompt-0, prompt-1, ...); <subject>-style placeholders are used as written")
+    user_prompt_library: str | None = Field(None, description="SimpleTuner's JSON file of name -> prompt (a JSON "
+                                               "list or a text file, one prompt a line, is read too)")
     validation_steps: int = Field(100, ge=1, description="validation images every N job steps (also at step 0 "
                                   "and at the end)")
     validation_seed: int | None = Field(None, ge=0, description="seed of the first validation image of each "

@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="compare a slow+fast pair with the base model (PSNR/SSIM, win-rate, report)")
     e.add_argument("--run", required=True, help="folder written by `glancetune glance` (holds slow/ and fast/)")
-    e.add_argument("--prompts", help="JSON file of name -> prompt (default: the set shipped with glancetune)")
+    e.add_argument("--prompts", help="prompt file: JSON name -> prompt, a JSON list, or text, one prompt a line (default: the set shipped with "
+                   "glancetune)")
     e.add_argument("--seeds", type=int, default=1, help="seeds per prompt (seed, seed+1, ...)")
     e.add_argument("--seed", type=int, default=0, help="first seed")
     e.add_argument("--steps-base", type=int, default=BASE_REFERENCE_STEPS, help="steps of the base reference")

@@ -2,8 +2,10 @@
 a resolution, from configs alone). Each command's parser and handler live here; cli.py registers them."""
 from __future__ import annotations
 
+import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GlanceError
@@ -32,7 +34,8 @@ def _search_parser(sub) -> None:
     s.add_argument("--height", type=int, required=True)
     s.add_argument("--guidance", type=float, help="default: the family's inference default (true CFG scale or "
                    "guidance embedding)")
-    s.add_argument("--prompts", help="JSON file of name -> prompt (default: the set shipped for eval)")
+    s.add_argument("--prompts", help="prompt file: JSON name -> prompt, a JSON list, or text, one prompt a line (default: the "
+                   "set shipped for eval)")
     s.add_argument("--seeds", type=int, default=1, help="seeds per prompt (0, 1, ...)")
     s.add_argument("--fine-steps", type=int, default=LADDER_STEPS, help="the teacher's steps: the model's own "
                    "schedule the ladder's sigmas are chosen from")
@@ -69,8 +72,25 @@ def cmd_search(args) -> int:
     return 0
 
 
+class _Raising(argparse.ArgumentParser):
+    """generate's arguments parsed from a `serve` request: an error is one line, not an exit."""
+
+    def error(self, message):
+        raise GlanceError(message)
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    """generate's arguments alone (remote.py: the server reads a request with them)."""
+    g = _Raising(prog="generate", add_help=False)
+    _generate_args(g)
+    return g
+
+
 def _generate_parser(sub) -> None:
-    g = sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder")
+    _generate_args(sub.add_parser("generate", help="sample with a slow+fast pair on its exact ladder"))
+
+
+def _generate_args(g) -> None:
     g.add_argument("--run", help="folder written by `glancetune glance` (holds slow/ and fast/)")
     g.add_argument("--slow", help="slow LoRA folder or .safetensors file")
     g.add_argument("--fast", help="fast LoRA folder or .safetensors file")
@@ -113,16 +133,50 @@ def _generate_parser(sub) -> None:
     g.add_argument("--base-model-precision", choices=PRECISIONS, default="no_change",
                    help="sample on a quantized transformer (as the config key of train/glance)")
     g.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
-    g.set_defaults(handler=cmd_generate)
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--server", metavar="URL", help="sample on this `glancetune serve` (default: the one running "
+                       "on this machine, if any; else in this process)")
+    where.add_argument("--no-server", action="store_true", help="sample in this process even if a `glancetune "
+                       "serve` is running")
+    g.set_defaults(handler=cmd_generate, loads_models=False)  # a client of `serve` imports no model library
 
 
 def cmd_generate(args) -> int:
+    from .images import write_files
+
+    done = None
+    if not args.no_server:
+        from .remote import remote_generate
+
+        done = remote_generate(args)  # None: no server running (or it is gone): sample here
+    if done is None:
+        from ..process import quiet_libraries
+
+        quiet_libraries()
+        done = generate_files(args)
+    for p in write_files(done.files):
+        print(f"wrote {p}")
+    print(done.summary)
+    return 0
+
+
+@dataclass
+class Generated:
+    """`generate`'s result before it is written: each image file's path and bytes, and the summary line."""
+
+    files: list[tuple[Path, bytes]]
+    summary: str
+
+
+def generate_files(args, load=None, check_output: bool = True) -> Generated:
+    """`generate` with its parsed arguments, up to the encoded files. `load`: sample_with_cache's signature (a warm
+    server passes its own); `check_output`: the output folder checked here (False on a server: its client writes)."""
     import torch
 
     from ..data.images import open_image
     from ..engine.runtime import select
     from ..families import model_info
-    from .images import image_info, output_paths, save_images
+    from .images import encode_images, image_info, output_names, output_paths
     from .prompt_cache import sample_with_cache
     from .sampler import check_image_arg, check_request, check_size, resolve_spec
 
@@ -136,7 +190,7 @@ def cmd_generate(args) -> int:
         from ..engine.speed import check_compile
 
         check_compile(device.type, "--compile")
-    output_paths(args.output, len(args.prompt))
+    (output_paths if check_output else output_names)(args.output, len(args.prompt))
     spec = resolve_spec(slow=args.slow, fast=args.fast, run=args.run, model=args.model,
                         slow_sigmas=args.slow_timesteps, fast_sigmas=args.fast_timesteps, width=args.width,
                         height=args.height, guidance=args.guidance, preset=args.preset,
@@ -153,7 +207,7 @@ def cmd_generate(args) -> int:
         raise GlanceError(f"--negative-prompt: {info.family.name} has no true CFG, so no negative prompt")
     dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     t0 = time.perf_counter()
-    sampler, images, load_s = sample_with_cache(args, spec, info, dtype, control)
+    sampler, images, load_s = (load or sample_with_cache)(args, spec, info, dtype, control)
     t2 = time.perf_counter()
     t1 = t0 + load_s
     params = image_info(spec, args.prompt, args.seed, sampler.guidance, args.sampler)
@@ -161,13 +215,11 @@ def cmd_generate(args) -> int:
         params["image"] = str(args.image)
     if args.negative_prompt is not None:
         params["negative_prompt"] = args.negative_prompt
-    for p in save_images(images, args.output, params):
-        print(f"wrote {p}")
-    print(f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
+    files = encode_images(images, args.output, params, check=check_output)
+    return Generated(files, f"{len(spec.ladder.sigmas)} {args.sampler} steps ({spec.ladder.boundary} slow + "
           f"{len(spec.ladder.fast)} fast), "
           f"{sampler.nfe(args.cfg_phases)} transformer passes per image, guidance {sampler.guidance}, "
           f"load {t1 - t0:.1f}s{_load_parts(sampler.load_parts, load_s)}, sample {t2 - t1:.1f}s")
-    return 0
 
 
 def _load_parts(parts: dict[str, float], load_s: float) -> str:

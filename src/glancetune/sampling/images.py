@@ -25,10 +25,7 @@ def output_paths(output: str | Path, n: int) -> list[Path]:
     output = Path(output)
     if output.is_dir():
         raise GlanceError(f"--output: {output} is a folder; give a file name such as {output / 'glance.png'}")
-    if output.suffix.lower() not in FORMATS:
-        what = f"extension {output.suffix!r}" if output.suffix else "no extension"
-        raise GlanceError(f"--output: {output} has {what}; use .png, .jpg, .jpeg or .webp")
-    paths = [output] if n == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(n)]
+    paths = output_names(output, n)
     for p in paths:
         if p.is_dir():
             raise GlanceError(f"--output: {p} (image {paths.index(p)} of the batch) is a folder")
@@ -44,6 +41,15 @@ def output_paths(output: str | Path, n: int) -> list[Path]:
     return paths
 
 
+def output_names(output: str | Path, n: int) -> list[Path]:
+    """The file names of `n` images (NAME-k.EXT for a batch) after the extension check; no file system access."""
+    output = Path(output)
+    if output.suffix.lower() not in FORMATS:
+        what = f"extension {output.suffix!r}" if output.suffix else "no extension"
+        raise GlanceError(f"--output: {output} has {what}; use .png, .jpg, .jpeg or .webp")
+    return [output] if n == 1 else [output.with_name(f"{output.stem}-{k}{output.suffix}") for k in range(n)]
+
+
 def image_info(spec, prompts: list[str], seed: int, guidance: float | None, sampler: str,
                width: int | None = None, height: int | None = None) -> dict:
     """The parameters stored in each image (generate and quickstart): enough to sample it again."""
@@ -57,16 +63,21 @@ def save_images(images, output: str | Path, info: dict) -> list[Path]:
     """Write the images atomically in the format the extension names (PNG, JPEG, WEBP); several images become
     NAME-0.EXT, NAME-1.EXT, ... Image k's parameters (`info` with seed+k) go into a `glancetune` PNG text chunk, or
     the EXIF UserComment of JPEG/WEBP, as JSON (`read_parameters` reads either). Missing parent folders are created."""
-    import os
+    return write_files(encode_images(images, output, info))
+
+
+def encode_images(images, output: str | Path, info: dict, check: bool = True) -> list[tuple[Path, bytes]]:
+    """(path, file bytes) of each image as `save_images` writes it, nothing written (a `glancetune serve` encodes,
+    its client writes). `check`: the full output_paths check (False: the name and extension only, for a server
+    that does not write there)."""
+    import io
 
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
 
-    paths = output_paths(output, len(images))
+    paths = output_paths(output, len(images)) if check else output_names(output, len(images))
     fmt = FORMATS[paths[0].suffix.lower()]
-    if not paths[0].parent.is_dir():
-        paths[0].parent.mkdir(parents=True)
-        log.info("notice: created the folder %s", paths[0].parent)
+    out = []
     for k, (im, p) in enumerate(zip(images, paths)):
         text = json.dumps({**info, "seed": info.get("seed", 0) + k})
         if fmt == "PNG":
@@ -77,13 +88,27 @@ def save_images(images, output: str | Path, info: dict) -> list[Path]:
             exif = Image.Exif()
             exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"ASCII\0\0\0" + text.encode("ascii")  # json.dumps: ASCII
             extra = {"exif": exif, "quality": 95}
+        buf = io.BytesIO()
+        im.save(buf, format=fmt, **extra)
+        out.append((p, buf.getvalue()))
+    return out
+
+
+def write_files(files: list[tuple[Path, bytes]]) -> list[Path]:
+    """Write encoded images atomically (a temporary name, then a rename), creating missing parent folders."""
+    import os
+
+    if files and not files[0][0].parent.is_dir():
+        files[0][0].parent.mkdir(parents=True)
+        log.info("notice: created the folder %s", files[0][0].parent)
+    for p, data in files:
         tmp = p.with_name(f".{p.name}.tmp")
         try:
-            im.save(tmp, format=fmt, **extra)
+            tmp.write_bytes(data)
             os.replace(tmp, p)
         finally:
             tmp.unlink(missing_ok=True)
-    return paths
+    return [p for p, _ in files]
 
 
 def read_parameters(path: str | Path) -> dict | None:

@@ -65,20 +65,27 @@ def prepared(sampler, args):
     return sampler
 
 
-def sample_with_cache(args, spec, info, dtype, control):
+def fresh_sampler(spec, args, dtype, components: dict):
+    """A newly loaded sampler for `generate` (`components`: pipeline parts to leave out, see without_encoders)."""
+    from .sampler import GlanceSampler
+
+    return prepared(GlanceSampler.from_spec(spec, device=args.device, dtype=dtype, lora_load=args.lora_load,
+                                            base_model_precision=args.base_model_precision,
+                                            components=components), args)
+
+
+def sample_with_cache(args, spec, info, dtype, control, make=fresh_sampler):
     """`glancetune generate`'s sampling, `args` its parsed arguments: (sampler, images, load seconds). Every prompt
-    is one call (image k seeded `seed + k`, as in a batch)."""
+    is one call (image k seeded `seed + k`, as in a batch). `make`: fresh_sampler's signature; a warm server's
+    returns its resident sampler (with every component: it encodes a missed prompt itself)."""
     import time
 
     from ..engine.runtime import compute_dtype, select
-    from .sampler import GlanceSampler
 
     t0 = time.perf_counter()
-    kw = dict(device=args.device, dtype=dtype, lora_load=args.lora_load,
-              base_model_precision=args.base_model_precision)
     fam = info.family
     if not usable(info):
-        sampler = prepared(GlanceSampler.from_spec(spec, **kw), args)
+        sampler = make(spec, args, dtype, {})
         load = time.perf_counter() - t0
         return sampler, sampler(args.prompt, seed=args.seed, cfg_phases=args.cfg_phases, image=control,
                                 sampler=args.sampler, negative_prompt=args.negative_prompt), load
@@ -87,7 +94,7 @@ def sample_with_cache(args, spec, info, dtype, control):
     texts = args.prompt + ([negative] if fam.true_cfg else [])
     cache = PromptCache(info, texts, dtype or compute_dtype(mp),
                         spec.max_sequence_length or fam.default_max_sequence_length)
-    sampler = prepared(GlanceSampler.from_spec(spec, components=cache.without_encoders(), **kw), args)
+    sampler = make(spec, args, dtype, cache.without_encoders())
     if not cache.complete:
         cache.fill(sampler.pipe, device)
     load = time.perf_counter() - t0

@@ -1,8 +1,10 @@
 """Named prompt sets: validation prompts from the config (validation_prompt, validation_prompts,
 user_prompt_library) and prompt files for `glancetune eval` (the default set ships in assets/eval_prompts.json).
 
-A prompt file is SimpleTuner's user_prompt_library layout: a JSON object of name -> prompt (a list of prompts is
-accepted too, named prompt-0, prompt-1, ...). Names become file names, so they are reduced to letters, digits,
+A prompt file (read by `read_prompt_file`, the one reader of all of them) is SimpleTuner's user_prompt_library
+layout, a JSON object of name -> prompt; or a JSON list of prompts; or plain text, one prompt per line (blank lines
+and lines starting with `#` skipped). Listed prompts are named prompt-0, prompt-1, ... A `.json` file is read as
+JSON, a `.txt` file as text, any other by its first character (`{` or `[`: JSON). Names become file names, so they are reduced to letters, digits,
 `.`, `_` and `-`. `<subject>`-style placeholders are kept as written: glancetune has no instance_prompt key to
 fill them from (a notice names each prompt that holds one).
 """
@@ -50,17 +52,31 @@ def _entries(data, where: str) -> list[tuple[str, str]]:
 
 
 def read_prompt_file(path: str | Path, key: str) -> list[tuple[str, str]]:
-    """(name, prompt) pairs of a prompt file; errors name `key` and the file."""
+    """(name, prompt) pairs of a prompt file (JSON object, JSON list or text lines); errors name `key` and the
+    file."""
     p = Path(path)
+    if p.is_dir():
+        raise GlanceError(f"{key}: {p} is a folder, not a prompt file")
     try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
+        raw = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise GlanceError(f"{key}: {p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GlanceError(f"{key}: {p}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise GlanceError(f"{key}: {p}: JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    entries = _entries(data, f"{key}: {p}")
+    except UnicodeDecodeError:
+        raise GlanceError(f"{key}: {p}: not UTF-8 text (a prompt file is JSON or text, one prompt a line)") from None
+    except OSError as e:
+        raise GlanceError(f"{key}: {p}: cannot read ({e.strerror or e})") from None
+    if "\x00" in raw:
+        raise GlanceError(f"{key}: {p}: not a text file (a prompt file is JSON or text, one prompt a line)")
+    suffix = p.suffix.lower()
+    if suffix == ".json" or (suffix != ".txt" and raw.lstrip()[:1] in ("{", "[")):
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise GlanceError(f"{key}: {p}: JSON syntax error at line {e.lineno}, column {e.colno}: {e.msg}") from None
+        entries = _entries(data, f"{key}: {p}")
+    else:
+        lines = [ln.strip() for ln in raw.splitlines()]
+        entries = [(f"prompt-{i}", t) for i, t in enumerate(ln for ln in lines if ln and not ln.startswith("#"))]
     if not entries:
         raise GlanceError(f"{key}: {p}: holds no prompts")
     return entries

@@ -303,6 +303,14 @@ class GlanceSampler:
         sampler.load_parts = dict(zip(("imports", "pipeline", "to device", "adapters"), (b - a for a, b in zip(clock, clock[1:]))))
         return sampler
 
+    def use_spec(self, spec: GlanceSpec) -> None:
+        """Sample as `from_spec(spec)` would, on this loaded pipeline (a warm server's: the same model, adapters
+        and precision): the spec's ladder, guidance, size, text length and CFG policy."""
+        self.ladder, self.size, self.ladder_steps = spec.ladder, (spec.width, spec.height), spec.ladder_steps
+        self.guidance = spec.guidance if spec.guidance_explicit else self.family.inference_guidance(spec.guidance)
+        self.max_sequence_length = spec.max_sequence_length or self.family.default_max_sequence_length
+        self.cfg_phases, self.load_parts = spec.cfg_phases, {}
+
     CFG_PHASES = ("both", "slow", "fast", "none")
     SAMPLERS = ("exact", "official-compat")
 

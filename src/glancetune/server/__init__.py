@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     s.add_argument("--device", help="device of the Generate page: auto | cpu | cuda | cuda:N")
     s.add_argument("--compile", action="store_true", help="compile the Generate page's transformer blocks when it "
                    "loads a run: ~20 s on its first images, then ~0.76x per image (FLUX.1-dev, H200)")
+    s.add_argument("--allow-dir", action="append", metavar="DIR", help="with a token: a folder (besides the runs "
+                   "folder) that a run's data folder, cache_dir and logging_dir may lie in (repeat for more)")
     s.set_defaults(handler=cmd_server)
 
 
@@ -46,7 +48,6 @@ def check_start(args) -> None:
     """Every start-up argument, one line naming it, before the app is built: numbers in range, a runs folder
     that is (or can be) a folder, a host that resolves, a port free on it."""
     import math
-    import socket
 
     if not 1 <= args.port <= 65535:
         raise GlanceError(f"--port: {args.port} is not a port number (1-65535)")
@@ -59,18 +60,27 @@ def check_start(args) -> None:
     parent = next((q for q in (runs, *runs.absolute().parents) if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise GlanceError(f"--runs-dir: {parent} is a file, not a folder")
+    bind_socket(args.host, args.port).close()
+
+
+def bind_socket(host: str, port: int):
+    """A socket bound to host:port as uvicorn binds it, or one line naming --host or --port (port 0: any free)."""
+    import socket
+
     try:
-        infos = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
-        raise GlanceError(f"--host: {args.host!r} is not an address this machine can bind ({e})") from None
+        raise GlanceError(f"--host: {host!r} is not an address this machine can bind ({e})") from None
     family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(addr)
-        except OSError as e:
-            why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise GlanceError(f"--port: {args.port} on {args.host} {why}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        why = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+        raise GlanceError(f"--port: {port} on {host} {why}") from None
+    return sock
 
 
 def cmd_server(args) -> int:
@@ -80,6 +90,7 @@ def cmd_server(args) -> int:
         from .app import create_app
     except ImportError as e:
         raise GlanceError(f"server: {e.name} is not installed; pip install 'glancetune[server]'") from None
+    from .access import check_allowed_dirs, urls
     from .security import is_loopback, server_token
 
     check_start(args)
@@ -93,12 +104,14 @@ def cmd_server(args) -> int:
             raise GlanceError(f"--{e}") from None
         check_compile(device.type, "--compile")
     token = server_token(args.host, args.token)
+    allowed = check_allowed_dirs(args.allow_dir)
     hosts = loopback_hosts(args.host, args.port) if is_loopback(args.host) else set()
     app, srv = create_app(args.runs_dir, token, hosts, args.max_upload_mb * 2**20, args.jobs, args.idle_release,
-                          args.device, compile_sampler=args.compile)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{shown}:{args.port}/"
-    log.info("glancetune server: %s (runs in %s)", url + (f"?token={token}" if token else ""), srv.store.root)
+                          args.device, compile_sampler=args.compile, allow_dirs=allowed)
+    for url in urls(args.host, args.port):  # 0.0.0.0 / ::: the addresses another machine can open
+        log.info("glancetune server: %s (runs in %s)", url + (f"?token={token}" if token else ""), srv.store.root)
+    if token:
+        log.info("folders runs may use: %s", ", ".join(str(d) for d in srv.store.allowed))
     if token and args.token is None:
         log.info("token (generated; required on every request): %s", token)
     try:

@@ -66,8 +66,8 @@ class Server:
     """The state behind the routes: store, queue, sampler."""
 
     def __init__(self, runs_dir, max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None,
-                 compile_sampler: bool = False):
-        self.store = RunStore(runs_dir)
+                 compile_sampler: bool = False, allowed: list[Path] | None = None):
+        self.store = RunStore(runs_dir, allowed)
         self.jobs = Manager(self.store, max_jobs)
         self.warm = WarmSampler(idle_s, device, compile_sampler)
         self.jobs.device_busy = lambda: self.warm.busy
@@ -348,9 +348,10 @@ def add_pages(app: FastAPI, srv: Server) -> None:
 
 def create_app(runs_dir, token: str | None = None, hosts: set[str] | None = None, max_body: int = 64 * 2**20,
                max_jobs: int = 1, idle_s: float = 300.0, device: str | None = None, start_queue: bool = True,
-               compile_sampler: bool = False):
-    """The ASGI app. `hosts`: the Host headers accepted (loopback binds); `token`: required on every request."""
-    srv = Server(runs_dir, max_jobs, idle_s, device, compile_sampler)
+               compile_sampler: bool = False, allow_dirs: list[Path] | None = None):
+    """The ASGI app. `hosts`: the Host headers accepted (loopback binds); `token`: required on every request; on a
+    token server a run's folders must lie in the runs folder or `allow_dirs` (access.py)."""
+    srv = Server(runs_dir, max_jobs, idle_s, device, compile_sampler, list(allow_dirs or []) if token else None)
     app = FastAPI(title="glancetune", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = srv
     add_error_handlers(app)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config.schema import build_config
 from ..errors import GlanceError
+from .access import check_within
 from .forms import SERVER_KEYS
 
 RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
@@ -83,9 +84,11 @@ def write_json(path: Path, data: dict) -> None:
 class RunStore:
     """Creates, reads, updates and deletes run folders under `root` (thread-safe)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, allowed: list[Path] | None = None):
+        """`allowed`: the folders (besides the runs folder) a run's folders may lie in (access.py); None: any."""
         Path(root).mkdir(parents=True, exist_ok=True)
         self.root = Path(root).resolve()
+        self.allowed = None if allowed is None else [self.root, *allowed]
         self.lock = threading.RLock()
 
     # --- lookup ---------------------------------------------------------------------------------------------
@@ -130,6 +133,8 @@ class RunStore:
         if images and not all(c.strip() for c in captions):
             raise GlanceError("captions: a caption is empty")
         exts = [check_image(data, f"image {k + 1} ({fname})") for k, (fname, data) in enumerate(images)]
+        if self.allowed is not None:  # before the folder is looked at: nothing is said about one outside
+            check_within({**settings, "folder": folder}, self.allowed, self.root / "run" / OUTPUT)
         if folder and not Path(folder).is_dir():
             raise GlanceError(f"folder: {folder} is not a folder on the server")
         run_id = f"{slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
