@@ -172,3 +172,24 @@ def test_a_searched_ladder_file_goes_into_the_workflow(runs, tmp_path, capsys):
     assert "only with --ladder-file" in err
     assert (run / "comfyui" / WORKFLOW_NAME).read_bytes() == before  # nothing rewritten
     assert main(["export", "--run", str(run)]) == 0  # the run's own ladder again, for the tests after this one
+
+
+@pytest.mark.slow
+def test_a_distilled_records_cfg_phases_and_guidance_set_each_phases_cfg(runs, tmp_path):
+    """A run record with `cfg_phases` "slow" (distill): cfg = the recorded guidance in the slow phase, 1 (one pass)
+    in the fast one, as generate samples it; without it, the family's inference guidance in both."""
+    import shutil
+
+    from glancetune.export.comfy_workflow import plan_for_run
+    from glancetune.export.files import WEIGHT_NAME, add_metadata, read_metadata
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["qwen_image"], run)
+    assert plan_for_run(run).cfg == (5.0, 5.0)
+    header = read_metadata(run / "slow")
+    record = json.loads(header["glancetune.run"])
+    add_metadata(run / "slow" / WEIGHT_NAME, {"glancetune.run": json.dumps({**record, "cfg_phases": "slow",
+                                                                            "guidance": 3.0})})
+    plan = plan_for_run(run)
+    assert plan.cfg == (3.0, 1.0) and plan.kind == "qwen_image" and plan.negative_prompt == " "
+    assert [n["inputs"]["cfg"] for _, n in of_class(build_workflow(plan), "CFGGuider")] == [3.0, 1.0]
