@@ -9,11 +9,18 @@ import re
 
 import pytest
 import torch
-
 from conftest import run_err, run_ladder, write_configs
+
 from glancetune.cli import main
-from glancetune.export.comfy_workflow import (LOADERS, WORKFLOW_NAME, WorkflowPlan, build_workflow, check_workflow,
-                                              load_schema, sigma_text)
+from glancetune.export.comfy_workflow import (
+    LOADERS,
+    WORKFLOW_NAME,
+    WorkflowPlan,
+    build_workflow,
+    check_workflow,
+    load_schema,
+    sigma_text,
+)
 from glancetune.ladder import LadderFile
 
 FAMILIES = {"flux": "flux", "flux2-klein": "flux2", "qwen_image": "qwen_image"}
@@ -61,9 +68,8 @@ def test_export_writes_a_workflow_on_the_runs_exact_sigmas(runs, name):
     assert check_workflow(graph, load_schema()) == []
     lad = run_ladder(run)
     (slow, slow_s), (fast, fast_s) = sampler_sigmas(graph)
-    f32 = lambda xs: torch.tensor(list(xs), dtype=torch.float32)  # noqa: E731
-    assert torch.equal(slow_s, f32(lad.slow + (lad.fast[0],)))  # ends at the split sigma
-    assert torch.equal(fast_s, f32(lad.fast + (0.0,)))  # starts there, ends at 0
+    assert torch.equal(slow_s, torch.tensor(lad.slow + (lad.fast[0],)))  # float32; ends at the split sigma
+    assert torch.equal(fast_s, torch.tensor(lad.fast + (0.0,)))  # starts there, ends at 0
     assert graph[slow["inputs"]["noise"][0]]["class_type"] == "RandomNoise"
     assert graph[fast["inputs"]["noise"][0]]["class_type"] == "DisableNoise"
     loras = {n["inputs"]["lora_name"]: n for _, n in of_class(graph, "LoraLoaderModelOnly")}
@@ -87,7 +93,7 @@ def guiders_model(graph, guider):
 
 @pytest.mark.slow
 def test_each_phase_samples_with_its_own_lora_and_the_runs_guidance(runs):
-    for name, run in runs.items():
+    for run in runs.values():
         graph = workflow(run)
         (slow, _), (fast, _) = sampler_sigmas(graph)
         assert guiders_model(graph, slow["inputs"]["guider"][0]) == "glance-slow.safetensors"

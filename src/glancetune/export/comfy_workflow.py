@@ -207,8 +207,8 @@ def _link_problem(graph, nodes, nid, cls, name, link, want) -> list[str]:
         return [f"node {nid} ({cls}): input {name!r} links to {link}, not a known node"]
     outputs = nodes[src["class_type"]]["outputs"]
     if not isinstance(link[1], int) or not 0 <= link[1] < len(outputs):
-        return [f"node {nid} ({cls}): input {name!r} links to output {link[1]} of {src['class_type']}, which has "
-                f"{len(outputs)}"]
+        return [(f"node {nid} ({cls}): input {name!r} links to output {link[1]} of {src['class_type']}, which has "
+                 f"{len(outputs)}")]
     if outputs[link[1]] != want:
         return [f"node {nid} ({cls}): input {name!r} wants {want}, gets {outputs[link[1]]} from {src['class_type']}"]
     return []
