@@ -10,8 +10,8 @@ latent (ComfyUI divides a flow latent by 1 - sigma when a sampler ends and multi
 starts without noise, so the chain continues exactly), then `VAEDecode` and `SaveImage`. Guidance: FLUX.1 and
 FLUX.2 dev put the record's value into the conditioning (`FluxGuidance`, `BasicGuider`); the true-CFG families
 (FLUX.2 klein, SD3, Qwen-Image) use `CFGGuider` with the family's negative prompt, its cfg per phase as
-`generate` samples (a distilled record's `cfg_phases`); Qwen-Image adds `CFGNorm` (pre_cfg), ComfyUI's form of
-the diffusers pipeline's norm-rescaled CFG. Qwen-Image-Edit (Plus) encode the prompt with the control image
+`generate` samples (a distilled record's `cfg_phases`); Qwen-Image adds `CFGNorm` (pre_cfg), ComfyUI's nearest
+form of the diffusers pipeline's norm-rescaled CFG (per latent pixel where diffusers rescales per packed token). Qwen-Image-Edit (Plus) encode the prompt with the control image
 (`TextEncodeQwenImageEdit(Plus)`, `LoadImage`).
 
 File names of the base model's parts are placeholders (ComfyUI's usual names; each loader's `_meta.title` says
