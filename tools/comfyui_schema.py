@@ -101,7 +101,7 @@ def _list_after(source: str, anchor: str) -> list:
 
 def options(repo: str, commit: str) -> dict[tuple[str, str], list]:
     nodes_py, samplers = show(repo, commit, "nodes.py"), show(repo, commit, "comfy/samplers.py")
-    names = ast.literal_eval(re.search(r"KSAMPLER_NAMES = (\[.*?\])", samplers, re.S).group(1))
+    names = ast.literal_eval(re.search(r"KSAMPLER_NAMES = (\[.*?\])", samplers, re.DOTALL).group(1))
     extra = ast.literal_eval(re.search(r"SAMPLER_NAMES = KSAMPLER_NAMES \+ (\[.*?\])", samplers).group(1))
     return {("UNETLoader", "weight_dtype"): _list_after(nodes_py, '"weight_dtype": (['),
             ("CLIPLoader", "type"): _list_after(nodes_py[nodes_py.index("class CLIPLoader"):], '"type": (['),
