@@ -135,7 +135,8 @@ def test_restart_stop_resume_download_generate(tmp_path, capsys):
         assert sorted(z.namelist()) == ["fast/" + WEIGHT_NAME, "glancetune_config.json", "slow/" + WEIGHT_NAME]
         assert z.read("slow/" + WEIGHT_NAME) == (out / "slow" / WEIGHT_NAME).read_bytes()
         z = zipfile.ZipFile(io.BytesIO(b.get(f"/api/runs/{run_id}/download/comfyui").content))
-        assert sorted(z.namelist()) == ["glance-fast.safetensors", "glance-slow.safetensors"]
+        assert sorted(z.namelist()) == ["glance-fast.safetensors", "glance-slow.safetensors",
+                                        "glance-workflow-api.json"]
         assert z.read("glance-fast.safetensors") == (out / "comfyui" / "glance-fast.safetensors").read_bytes()
         assert b.get(f"/api/runs/{run_id}/download/eval").status_code == 404  # no report written
 

@@ -1,5 +1,6 @@
 """ComfyUI copies of a slow/fast pair: `glancetune export --run DIR` writes `DIR/comfyui/glance-slow.safetensors`
-and `glance-fast.safetensors` in the key layout ComfyUI's LoRA loader reads natively.
+and `glance-fast.safetensors` in the key layout ComfyUI's LoRA loader reads natively, and the workflow that samples
+them (`glance-workflow-api.json`, comfy_workflow.py).
 
 Keys: `diffusion_model.<module>.lora_down.weight` / `.lora_up.weight` / `.alpha` (ComfyUI's "regular" LoRA names,
 comfy/lora.py; its generic key map turns every model weight `diffusion_model.<module>.weight` into the LoRA key
@@ -163,13 +164,18 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
     return sd, dict(sorted(header.items()))
 
 
-def export_run(run: str | Path) -> list[Path]:
-    """The ComfyUI copies of a run's slow and fast LoRAs into `run/comfyui/`: both converted first, then each
-    written to a temporary name and renamed into place."""
+def export_run(run: str | Path, ladder_file: str | None = None, ladder_slow_steps: int | None = None) -> list[Path]:
+    """The ComfyUI copies of a run's slow and fast LoRAs and the workflow that samples them into `run/comfyui/`:
+    everything read, converted and checked first (ladder file included), then each file written to a temporary
+    name and renamed into place, the workflow last."""
     from safetensors.torch import save_file
 
+    from .comfy_workflow import checked_workflow, plan_for_run, write_workflow
+
     run = Path(run)
+    ladder = _ladder(ladder_file, ladder_slow_steps)
     done = {role: converted(run, role) for role in ("slow", "fast")}
+    graph = checked_workflow(plan_for_run(run, ladder))
     folder = run / FOLDER
     folder.mkdir(exist_ok=True)
     written = []
@@ -182,17 +188,36 @@ def export_run(run: str | Path) -> list[Path]:
         finally:
             tmp.unlink(missing_ok=True)
         written.append(path)
+    written.append(write_workflow(folder, graph))
     return written
 
 
+def _ladder(ladder_file: str | None, slow_steps: int | None):
+    """A searched ladder for the workflow (`--ladder-file`, split at `--ladder-slow-steps`), or None: the run's."""
+    if ladder_file is None:
+        if slow_steps is not None:
+            raise GlanceError("--ladder-slow-steps: only with --ladder-file")
+        return None
+    from ..ladder import LadderFile
+
+    return LadderFile.read(ladder_file).ladder(slow_steps)
+
+
 def add_parser(sub) -> None:
-    x = sub.add_parser("export", help="write ComfyUI copies of a slow+fast pair (RUN/comfyui/)")
+    x = sub.add_parser("export", help="write ComfyUI copies of a slow+fast pair and a workflow that samples them "
+                       "(RUN/comfyui/)")
     x.add_argument("--run", required=True, help="folder written by `glancetune glance`")
     x.add_argument("--format", choices=["comfyui"], default="comfyui")
+    x.add_argument("--ladder-file", metavar="FILE", help="the workflow samples on this searched ladder "
+                   "(search-ladder's JSON) instead of the run's")
+    x.add_argument("--ladder-slow-steps", type=int, metavar="K", help="with --ladder-file: the first K sigmas are "
+                   "the slow phase (default: half)")
     x.set_defaults(handler=cmd_export)
 
 
 def cmd_export(args) -> int:
-    for p in export_run(args.run):
+    for p in export_run(args.run, args.ladder_file, args.ladder_slow_steps):
         print(f"wrote {p}")
+    print("in ComfyUI: copy the two LoRA files into models/loras, load the workflow, pick your base model's files "
+          "in its loader nodes, edit the prompt")
     return 0

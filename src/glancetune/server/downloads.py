@@ -1,7 +1,7 @@
 """Downloads of a finished run, as zip files built in the system's temp folder and removed once sent:
 `diffusers` (slow/ and fast/ `pytorch_lora_weights.safetensors`, loadable with stock `load_lora_weights`, plus
-the run's `glancetune_config.json`), `comfyui` (the copies `glancetune export` writes, made on first request by
-the export code itself) and `eval` (the report `glancetune eval` wrote into the run's `eval/`).
+the run's `glancetune_config.json`), `comfyui` (the copies and the workflow `glancetune export` writes, made on first
+request by the export code itself) and `eval` (the report `glancetune eval` wrote into the run's `eval/`).
 """
 from __future__ import annotations
 
@@ -35,9 +35,10 @@ def _members(store: RunStore, run_id: str, kind: str) -> list[tuple[Path, str]]:
     if kind == "diffusers":
         return [(out / r / WEIGHT_NAME, f"{r}/{WEIGHT_NAME}") for r in ("slow", "fast")] + [
             (out / CONFIG_NAME, CONFIG_NAME)]
+    from ..export.comfy_workflow import WORKFLOW_NAME
     from ..export.comfyui import export_run
 
-    files = [out / "comfyui" / f"glance-{r}.safetensors" for r in ("slow", "fast")]
+    files = [out / "comfyui" / f"glance-{r}.safetensors" for r in ("slow", "fast")] + [out / "comfyui" / WORKFLOW_NAME]
     newest = max((out / r / WEIGHT_NAME).stat().st_mtime for r in ("slow", "fast"))
     if not all(f.is_file() and f.stat().st_mtime >= newest for f in files):
         files = export_run(out)
