@@ -4,6 +4,7 @@
 const $ = (sel) => document.querySelector(sel);
 const page = document.body.dataset.page;
 const runId = document.body.dataset.run;
+const SVG = "http://www.w3.org/2000/svg";
 
 async function api(method, url, body) {
   const opts = { method, headers: {} };
@@ -21,7 +22,7 @@ function showError(el, err) {
 }
 
 function fmtEta(s) {
-  if (s === null || s === undefined) return "–";
+  if (s === null || s === undefined) return "";
   s = Math.round(s);
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
   return (h ? `${h}h ` : "") + (h || m ? `${m}m ` : "") + `${r}s`;
@@ -29,6 +30,13 @@ function fmtEta(s) {
 
 function el(tag, attrs = {}, text) {
   const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function svgEl(tag, attrs = {}, text) {
+  const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
   if (text !== undefined) e.textContent = text;
   return e;
@@ -43,12 +51,18 @@ function runsPage() {
     $("#no-runs").hidden = runs.length > 0;
     for (const r of runs.slice().reverse()) {
       const tr = el("tr", { "data-run": r.id });
-      const a = el("a", { href: `/runs/${encodeURIComponent(r.id)}` }, r.name);
-      tr.append(el("td"), el("td", { class: `status ${r.status}` }, r.status), el("td"), el("td", {}, fmtEta(r.eta)),
-                el("td", {}, new Date(r.created * 1000).toLocaleString()));
-      tr.children[0].append(a);
-      const p = el("progress", { max: r.total || 1, value: r.step || 0 });
-      tr.children[2].append(p, ` ${r.step}/${r.total ?? "?"}`);
+      const href = `/runs/${encodeURIComponent(r.id)}`;
+      const cells = [el("td", { class: "thumb" }), el("td"), el("td", { class: `status ${r.status}` }, r.status),
+                     el("td"), el("td", {}, fmtEta(r.eta)), el("td", {}, new Date(r.created * 1000).toLocaleString())];
+      if (r.thumb) {
+        const a = el("a", { href });
+        a.append(el("img", { src: `/runs/${encodeURIComponent(r.id)}/file/${r.thumb}`, alt: `latest validation of ${r.name}` }));
+        cells[0].append(a);
+      }
+      cells[1].append(el("a", { href }, r.name));
+      if (r.phase && r.phase !== r.status) cells[2].append(el("span", { class: "phase" }, r.phase));
+      cells[3].append(el("progress", { max: r.total || 1, value: r.step || 0 }), ` ${r.step}/${r.total ?? "?"}`);
+      tr.append(...cells);
       body.append(tr);
     }
   };
@@ -64,23 +78,104 @@ function settings() {
   return out;
 }
 
+function shellQuote(s) {
+  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+function showCommand() {
+  const parts = ["glancetune glance", "--data_backend_config=multidatabackend.json", "--output_dir=output"];
+  for (const [k, v] of Object.entries(settings())) parts.push(shellQuote(`--${k}=${v}`));
+  const res = $("#f-resolution").value.trim() || "1024";
+  $("#command").textContent = `# multidatabackend.json: [{"backend": "simple", "resolution": ${res}, "image_dir": "data", ` +
+    `"caption_extension": ".txt"}]\n` + parts.join(" \\\n  ");
+}
+
+function filterFlavours() {
+  const family = $("#f-model_family").value, menu = $("#f-model_flavour");
+  for (const o of menu.options) o.hidden = !!o.dataset.family && o.dataset.family !== family;
+  if (menu.selectedOptions[0]?.hidden) menu.value = "";
+}
+
+function applyPreset(p) {
+  for (const f of document.querySelectorAll("[data-key]")) {
+    const v = p.settings[f.dataset.key] ?? f.dataset.default;
+    if (f.type === "checkbox") f.checked = v === "true"; else f.value = v;
+  }
+  if (p.resolution) $("#f-resolution").value = String(p.resolution);
+  filterFlavours();
+  $("#preset-note").textContent = `${p.label}: from ${p.source}`;
+  clearFieldErrors();
+  showCommand();
+}
+
+function clearFieldErrors() {
+  for (const f of document.querySelectorAll(".field.invalid")) f.classList.remove("invalid");
+  for (const m of document.querySelectorAll(".field-error")) m.remove();
+}
+
+// The field an error line names ("max_train_steps: ...", "settings: lora_rank ...", "resolution: ..."), if any.
+function fieldOf(message) {
+  const m = /^(?:settings: )?(?:unknown key ')?([A-Za-z_][A-Za-z0-9_]*)/.exec(message);
+  if (!m) return null;
+  const key = m[1];
+  const alias = { captions: "f-caption", images: "f-images", image: "f-images", data: "f-images", name: "f-name" };
+  return document.getElementById(`f-${key}`) || (alias[key] && document.getElementById(alias[key]));
+}
+
+function showFormError(err) {
+  clearFieldErrors();
+  showError($("#form-error"), err);
+  const field = fieldOf(String(err.message || err));
+  const box = field?.closest(".field");
+  if (box) {
+    box.classList.add("invalid");
+    box.append(el("div", { class: "field-error", role: "alert" }, String(err.message || err)));
+    const details = box.closest("details");
+    if (details) details.open = true;
+    field.focus({ preventScroll: true });
+    box.scrollIntoView({ block: "center" });
+  } else {
+    $("#form-error").scrollIntoView({ block: "center" });
+  }
+}
+
+function showThumbs() {
+  const files = Array.from($("#f-images").files), box = $("#captions"), thumbs = $("#thumbs");
+  thumbs.replaceChildren();
+  if (files.length >= 2) {
+    box.replaceChildren();
+    files.forEach((f, k) => {
+      const d = el("div", { class: "field upload" });
+      d.append(el("label", { for: `f-caption-${k}` }, `caption of ${f.name}`));
+      const right = el("div", { class: "upload-row" });
+      right.append(el("img", { src: URL.createObjectURL(f), alt: f.name, class: "upload-thumb" }),
+                   el("textarea", { id: `f-caption-${k}`, name: "captions", rows: 2 }));
+      d.append(right);
+      box.append(d);
+    });
+  } else if (files.length === 1) {
+    const fig = el("figure", { class: "upload" });
+    fig.append(el("img", { src: URL.createObjectURL(files[0]), alt: files[0].name, class: "upload-thumb" }),
+               el("figcaption", { class: "meta" }, files[0].name));
+    thumbs.append(fig);
+  }
+}
+
 function newPage() {
   let draft = null;
   const form = $("#new-run"), err = $("#form-error");
-  $("#f-images").addEventListener("change", () => {
-    const files = $("#f-images").files, box = $("#captions");
-    if (files.length < 2) return;
-    box.replaceChildren();
-    Array.from(files).forEach((f, k) => {
-      const d = el("div", { class: "field" });
-      d.append(el("label", { for: `f-caption-${k}` }, `caption of ${f.name}`),
-               el("textarea", { id: `f-caption-${k}`, name: "captions", rows: 2 }));
-      box.append(d);
-    });
-  });
+  const presets = JSON.parse($("#presets-data").textContent);
+  for (const b of document.querySelectorAll("button.preset")) b.onclick = () => applyPreset(presets[+b.dataset.preset]);
+  $("#f-images").addEventListener("change", showThumbs);
+  $("#f-model_family").addEventListener("change", filterFlavours);
+  form.addEventListener("input", showCommand);
+  form.addEventListener("change", showCommand);
+  filterFlavours();
+  showCommand();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError(err, null);
+    clearFieldErrors();
     const fd = new FormData();
     for (const k of ["name", "folder", "resolution"]) fd.append(k, form.elements[k].value);
     for (const f of $("#f-images").files) fd.append("images", f);
@@ -95,10 +190,10 @@ function newPage() {
       $("#plan-text").textContent = r.plan.text;
       $("#plan").hidden = false;
       $("#plan").scrollIntoView();
-    } catch (e) { showError(err, e); } finally { $("#plan-btn").disabled = false; }
+    } catch (e) { showFormError(e); } finally { $("#plan-btn").disabled = false; }
   });
   $("#start-btn").addEventListener("click", async () => {
-    try { await api("POST", `/api/runs/${draft}/start`); location.href = `/runs/${draft}`; } catch (e) { showError(err, e); }
+    try { await api("POST", `/api/runs/${draft}/start`); location.href = `/runs/${draft}`; } catch (e) { showFormError(e); }
   });
   $("#discard-btn").addEventListener("click", async () => {
     await api("DELETE", `/api/runs/${draft}?confirm=${draft}`).catch(() => {});
@@ -109,28 +204,87 @@ function newPage() {
 // --- one run ----------------------------------------------------------------------------------------------
 const COLOURS = { slow: "#d9480f", fast: "#1971c2", lora: "#2f9e44" };
 
+function ticks(lo, hi, n) {
+  const span = hi - lo || 1, raw = span / n, mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || raw;
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  return out;
+}
+
 function drawLoss(svg, losses) {
   const all = Object.values(losses).flat();
   svg.replaceChildren();
-  if (!all.length) return;
-  const W = 520, H = 200, P = 30;
-  const maxS = Math.max(...all.map((p) => p[0]), 1), maxL = Math.max(...all.map((p) => p[1]), 1e-9);
-  const ns = "http://www.w3.org/2000/svg";
-  const frame = document.createElementNS(ns, "rect");
-  Object.entries({ x: P, y: 10, width: W - P - 10, height: H - P - 10, fill: "none", stroke: "#ccc" }).forEach(([k, v]) => frame.setAttribute(k, v));
-  svg.append(frame);
-  for (const [phase, pts] of Object.entries(losses)) {
-    const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", pts.map(([s, l]) => `${P + (W - P - 10) * s / maxS},${10 + (H - P - 10) * (1 - l / maxL)}`).join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", COLOURS[phase] || "#333");
-    line.setAttribute("class", `loss-${phase}`);
-    svg.append(line);
+  if (!all.length) { svg.append(svgEl("text", { x: 20, y: 30, class: "axis" }, "no loss logged yet")); return; }
+  const W = 640, H = 240, L = 58, R = 12, T = 12, B = 40;
+  const maxS = Math.max(...all.map((p) => p[0]), 1);
+  let lo = Math.min(...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
+  if (hi - lo < 1e-12) { lo -= Math.abs(lo) * 0.1 + 1e-6; hi += Math.abs(hi) * 0.1 + 1e-6; }
+  const x = (s) => L + (W - L - R) * s / maxS, y = (l) => T + (H - T - B) * (1 - (l - lo) / (hi - lo));
+  svg.append(svgEl("rect", { x: L, y: T, width: W - L - R, height: H - T - B, fill: "none", stroke: "#ccc" }));
+  for (const v of ticks(0, maxS, 8)) {
+    svg.append(svgEl("line", { x1: x(v), x2: x(v), y1: H - B, y2: H - B + 4, stroke: "#888" }),
+               svgEl("text", { x: x(v), y: H - B + 15, "text-anchor": "middle", class: "axis tick-x" }, String(v)));
   }
-  const label = document.createElementNS(ns, "text");
-  label.setAttribute("x", P); label.setAttribute("y", H - 6); label.setAttribute("font-size", "11");
-  label.textContent = `loss per step (slow orange, fast blue); max ${maxL.toFixed(3)}, steps 0..${maxS}`;
-  svg.append(label);
+  for (const v of ticks(lo, hi, 5)) {
+    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#eee" }),
+               svgEl("text", { x: L - 5, y: y(v) + 4, "text-anchor": "end", class: "axis tick-y" }, v.toPrecision(3)));
+  }
+  svg.append(svgEl("text", { x: L + (W - L - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, "step"),
+             svgEl("text", { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`,
+                             "text-anchor": "middle", class: "axis" }, "loss"));
+  let lx = L + 8;
+  for (const [phase, pts] of Object.entries(losses)) {
+    svg.append(svgEl("polyline", { points: pts.map(([s, l]) => `${x(s)},${y(l)}`).join(" "), fill: "none",
+                                   stroke: COLOURS[phase] || "#333", class: `loss-${phase}` }));
+    svg.append(svgEl("rect", { x: lx, y: T + 6, width: 12, height: 3, fill: COLOURS[phase] || "#333" }),
+               svgEl("text", { x: lx + 16, y: T + 11, class: "axis legend" }, phase));
+    lx += 60;
+  }
+}
+
+function followLog(box, text) {
+  const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;  // the user did not scroll up
+  if (box.textContent !== text) box.textContent = text;
+  if (atEnd || !box.dataset.seen) box.scrollTop = box.scrollHeight;
+  box.dataset.seen = "1";
+}
+
+function showButtons(r) {
+  const s = r.status, busy = ["queued", "running", "stopping", "evaluating"].includes(s);
+  $("#stop-btn").hidden = s !== "running";
+  $("#unqueue-btn").hidden = s !== "queued";
+  $("#cancel-eval-btn").hidden = s !== "evaluating";
+  $("#start-btn").hidden = s !== "draft";
+  $("#resume-btn").hidden = !["interrupted", "failed"].includes(s);
+  $("#delete-btn").hidden = busy;
+  $("#busy-note").textContent = busy ? `delete is possible once the run is no longer ${s}` : "";
+  $("#eval").hidden = s !== "done";
+}
+
+function showEval(r) {
+  const rep = r.eval, prog = r.eval_progress;
+  $("#eval-section").hidden = !rep && !prog;
+  $("#eval-progress").hidden = !prog;
+  if (prog) $("#eval-progress").textContent = `evaluating: ${prog.done} of ${prog.total} prompt x seed pairs done` +
+    (rep ? " (below: the previous report)" : "");
+  $("#eval-report").hidden = !rep;
+  if (!rep) return;
+  const fmt = (v, d) => (v === null || v === undefined ? "" : typeof v === "number" ? v.toFixed(d) : String(v));
+  const rows = rep.rows.map((row) => {
+    const tr = el("tr", { "data-sampler": row.sampler });
+    const ref = row.sampler === rep.reference;
+    tr.append(el("td", {}, row.sampler), el("td", {}, fmt(row.passes_per_image, 0)), el("td", {}, fmt(row.seconds_median, 3)),
+              el("td", {}, ref ? "reference" : fmt(row.psnr_mean, 2)), el("td", {}, fmt(row.ssim_mean, 4)),
+              el("td", {}, fmt(row.ms_ssim_mean, 4)), el("td", {}, fmt(row.latent_mse_mean, 5)), el("td", {}, fmt(row.alarms, 0)));
+    return tr;
+  });
+  $("#eval-table tbody").replaceChildren(...rows);
+  $("#eval-meta").textContent = `${rep.pairs} prompt x seed pair(s), LoRAs of step ${rep.step}; reference ${rep.reference}`;
+  $("#eval-verdict").textContent = rep.verdict ? `Verdict: ${rep.verdict}` : "";
+  $("#eval-figure").hidden = !rep.grid;
+  const src = rep.grid ? `/runs/${runId}/file/${rep.grid}?v=${encodeURIComponent(rep.step)}-${rep.pairs}` : "";
+  if (rep.grid && $("#eval-grid").getAttribute("src") !== src) $("#eval-grid").src = src;
 }
 
 function runPage() {
@@ -138,7 +292,7 @@ function runPage() {
   const act = (method, url) => async () => {
     try { showError(err, null); await api(method, url); } catch (e) { showError(err, e); }
   };
-  $("#stop-btn").onclick = act("POST", `/api/runs/${runId}/stop`);
+  for (const b of ["#stop-btn", "#unqueue-btn", "#cancel-eval-btn"]) $(b).onclick = act("POST", `/api/runs/${runId}/stop`);
   $("#start-btn").onclick = act("POST", `/api/runs/${runId}/start`);
   $("#resume-btn").onclick = act("POST", `/api/runs/${runId}/start`);
   $("#delete-btn").onclick = async () => {
@@ -159,19 +313,21 @@ function runPage() {
     const r = JSON.parse(ev.data);
     $("#status").textContent = r.status;
     $("#status").className = `status ${r.status}`;
+    $("#phase").textContent = r.phase || "";
+    $("#phase").hidden = !r.phase;
     $("#step").textContent = r.step;
     $("#total").textContent = r.total ?? "?";
-    $("#eta").textContent = fmtEta(r.eta);
+    $("#eta").textContent = r.flowing ? fmtEta(r.eta) : "";
+    $("#loss-now").textContent = Object.entries(r.loss || {}).map(([p, v]) => `${p} ${v.toFixed(4)}`).join(" · ") || "–";
+    $("#rate").textContent = r.per_step ? r.per_step.toFixed(2) : "–";
     $("#progress").max = r.total || 1;
     $("#progress").value = r.step || 0;
-    $("#stop-btn").hidden = !["running", "queued", "evaluating"].includes(r.status);
-    $("#eval").hidden = r.status !== "done";
-    $("#start-btn").hidden = r.status !== "draft";
-    $("#resume-btn").hidden = !["interrupted", "failed"].includes(r.status);
+    showButtons(r);
     $("#downloads").hidden = !r.downloads.diffusers;
     $("#dl-eval").hidden = !r.downloads.eval;
     drawLoss($("#loss"), r.losses);
     const box = $("#validation");
+    if (!shown.size) $("#no-validation").textContent = r.validation_set ? "none yet" : "none yet (set validation_prompt)";
     for (const v of r.validations) {
       if (shown.has(v.grid)) continue;
       if (!shown.size) box.replaceChildren();
@@ -181,28 +337,51 @@ function runPage() {
                  el("figcaption", {}, `step ${v.step}`));
       box.prepend(fig);
     }
-    $("#log").textContent = r.log;
+    followLog($("#log"), r.log);
+    showEval(r);
   };
 }
 
 // --- generate ---------------------------------------------------------------------------------------------
+function figure(im) {
+  const p = im.parameters || {};
+  const fig = el("figure", { class: "generated" });
+  const rest = Object.fromEntries(Object.entries(p).filter(([k]) => k !== "prompt" && k !== "seed"));
+  const details = el("details");
+  details.append(el("summary", {}, "parameters"), el("pre", { class: "params" }, JSON.stringify(rest, null, 1)));
+  const cap = el("figcaption");
+  cap.append(el("div", { class: "caption" }, `prompt: ${JSON.stringify(p.prompt ?? "")}\nseed: ${p.seed ?? "?"}`), details);
+  fig.append(el("img", { src: im.url, alt: String(p.prompt ?? "generated image") }), cap);
+  return fig;
+}
+
+async function loadGallery(run) {
+  const box = $("#images");
+  box.replaceChildren(el("p", { class: "meta", id: "no-images" }, "none yet"));
+  if (!run) return;
+  try {
+    const r = await api("GET", `/api/runs/${encodeURIComponent(run)}/generated`);
+    if (r.images.length) box.replaceChildren(...r.images.map(figure));
+  } catch (e) { showError($("#gen-error"), e); }
+}
+
 function generatePage() {
   const form = $("#generate"), err = $("#gen-error");
+  loadGallery($("#g-run").value);
+  $("#g-run").addEventListener("change", () => loadGallery($("#g-run").value));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError(err, null);
     const body = {};
     for (const k of ["run", "prompts", "seed", "width", "height", "guidance"]) body[k] = form.elements[k].value;
     $("#generate-btn").disabled = true;
+    $("#gen-busy").textContent = "generating…";
     try {
       const r = await api("POST", "/api/generate", body);
-      for (const im of r.images.slice().reverse()) {
-        const fig = el("figure", { class: "generated" });
-        fig.append(el("img", { src: im.url, alt: im.parameters.prompt }),
-                   el("figcaption", {}, Object.entries(im.parameters).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n")));
-        $("#images").prepend(fig);
-      }
-    } catch (e) { showError(err, e); } finally { $("#generate-btn").disabled = false; }
+      $("#no-images")?.remove();
+      for (const im of r.images.slice().reverse()) $("#images").prepend(figure(im));
+      $("#gen-busy").textContent = `${r.images.length} image(s) in ${r.seconds.toFixed(1)} s`;
+    } catch (e) { showError(err, e); $("#gen-busy").textContent = ""; } finally { $("#generate-btn").disabled = false; }
   });
 }
 
