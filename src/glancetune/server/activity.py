@@ -106,8 +106,8 @@ def activity(log_text: str, steps: list[dict], output: Path, total: int | None, 
     for d in mine:
         if d["step"] > last - 20 and d.get("seconds") is not None:
             seconds[d["step"]] = seconds.get(d["step"], 0.0) + d["seconds"]
-    per = sum(seconds.values()) / len(seconds) if seconds else None
     flowing = label in ("training", "validating", "checkpointing", "stopping") and bool(mine)
+    per = sum(seconds.values()) / len(seconds) if seconds and flowing else None
     return Activity(label, start, flowing, loss, per)
 
 
@@ -159,9 +159,10 @@ def live(run_dir: Path, output: Path, rec: dict, status: str, steps: list[dict],
 
 
 def glance_of(run_dir: Path, steps: list[dict], total: int | None, status: str) -> dict:
-    """The runs list's extras: the phase label and the newest validation grid (a thumbnail), if any."""
-    grids = [d["grid"] for d in steps if d.get("event") == "validation" and isinstance(d.get("grid"), str)]
-    thumb = next((f"output/{g}" for g in reversed(grids) if (run_dir / "output" / g).is_file()), None)
+    """The runs list's extras: the phase label and the newest validation image (a thumbnail), if any."""
+    shots = [d["images"][0] for d in steps if d.get("event") == "validation" and d.get("images")
+             and isinstance(d["images"][0], str)]
+    thumb = next((f"output/{g}" for g in reversed(shots) if (run_dir / "output" / g).is_file()), None)
     label = None
     if status in ("running", "stopping", "evaluating"):
         label = phase(job_lines(log_tail(run_dir / "process.log", 400)), run_dir / "output", total, status)

@@ -28,8 +28,8 @@ def layout(title: str, page: str, body: str, run_id: str = "") -> str:
 
 
 def runs_page() -> str:
-    body = ('<h1>Runs</h1><div class="scroll"><table id="runs" class="runs"><thead><tr><th>latest validation</th>'
-            '<th>run</th><th>status</th><th>progress</th><th>ETA</th><th>created</th></tr></thead><tbody></tbody>'
+    body = ('<h1>Runs</h1><div class="scroll"><table id="runs" class="runs"><thead><tr><th><span class="sr">latest validation image</span>'
+            '</th><th>run</th><th>status</th><th>progress</th><th>ETA</th><th class="created">created</th></tr></thead><tbody></tbody>'
             '</table></div>'
             '<p id="no-runs" class="meta" hidden>No runs yet: <a href="/new">start one</a>.</p>')
     return layout("Runs", "runs", body)
@@ -84,7 +84,8 @@ def run_page(run_id: str, rec: dict) -> str:
 <div class="statusline"><span>status <b id="status" class="status">…</b></span> <span id="phase" class="phase"
  hidden></span> <span>step <span id="step">0</span> / <span id="total">?</span></span>
 <progress id="progress" max="1" value="0"></progress> <span>loss <span id="loss-now">–</span></span>
-<span><span id="rate">–</span> s/step</span> <span>ETA <span id="eta"></span></span></div>
+<span id="rate-box" hidden><span id="rate">–</span> s/step</span> <span id="eta-box" hidden>ETA <span id="eta">
+</span></span></div>
 <p class="actions"><button id="stop-btn" hidden>Stop (checkpoint)</button>
 <button id="unqueue-btn" hidden>Leave the queue</button><button id="cancel-eval-btn" hidden>Cancel eval</button>
 <button id="start-btn" hidden>Start</button><button id="resume-btn" hidden>Resume</button>

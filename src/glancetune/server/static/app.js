@@ -53,7 +53,7 @@ function runsPage() {
       const tr = el("tr", { "data-run": r.id });
       const href = `/runs/${encodeURIComponent(r.id)}`;
       const cells = [el("td", { class: "thumb" }), el("td"), el("td", { class: `status ${r.status}` }, r.status),
-                     el("td"), el("td", {}, fmtEta(r.eta)), el("td", {}, new Date(r.created * 1000).toLocaleString())];
+                     el("td"), el("td", {}, fmtEta(r.eta)), el("td", { class: "created" }, new Date(r.created * 1000).toLocaleString())];
       if (r.thumb) {
         const a = el("a", { href });
         a.append(el("img", { src: `/runs/${encodeURIComponent(r.id)}/file/${r.thumb}`, alt: `latest validation of ${r.name}` }));
@@ -113,13 +113,18 @@ function clearFieldErrors() {
   for (const m of document.querySelectorAll(".field-error")) m.remove();
 }
 
-// The field an error line names ("max_train_steps: ...", "settings: lora_rank ...", "resolution: ..."), if any.
+// The field an error line names ("settings: key 'lora_rank': ...", "resolution: ...", "captions: ...") or whose
+// value it starts with ("tiny:nope: unknown tiny model"), if any.
 function fieldOf(message) {
-  const m = /^(?:settings: )?(?:unknown key ')?([A-Za-z_][A-Za-z0-9_]*)/.exec(message);
-  if (!m) return null;
-  const key = m[1];
-  const alias = { captions: "f-caption", images: "f-images", image: "f-images", data: "f-images", name: "f-name" };
-  return document.getElementById(`f-${key}`) || (alias[key] && document.getElementById(alias[key]));
+  const m = /^(?:settings: (?:unknown )?key '([^']+)'|([A-Za-z_][A-Za-z0-9_]*)[: ])/.exec(message);
+  const key = m && (m[1] || m[2]);
+  const alias = { captions: "#new-run [name=captions]", images: "#f-images", image: "#f-images", data: "#f-images" };
+  const byName = key && (document.getElementById(`f-${key}`) || (alias[key] && $(alias[key])));
+  if (byName) return byName;
+  for (const f of document.querySelectorAll("#new-run input[type=text], #new-run textarea")) {
+    if (f.value.trim() && message.startsWith(`${f.value.trim()}:`)) return f;
+  }
+  return null;
 }
 
 function showFormError(err) {
@@ -168,7 +173,10 @@ function newPage() {
   for (const b of document.querySelectorAll("button.preset")) b.onclick = () => applyPreset(presets[+b.dataset.preset]);
   $("#f-images").addEventListener("change", showThumbs);
   $("#f-model_family").addEventListener("change", filterFlavours);
-  form.addEventListener("input", showCommand);
+  form.addEventListener("input", (ev) => {
+    if (ev.target.closest(".field.invalid")) { clearFieldErrors(); showError(err, null); }
+    showCommand();
+  });
   form.addEventListener("change", showCommand);
   filterFlavours();
   showCommand();
@@ -212,11 +220,16 @@ function ticks(lo, hi, n) {
   return out;
 }
 
+function fmtTick(v) {
+  const a = Math.abs(v);
+  return a !== 0 && (a < 0.01 || a >= 1e4) ? v.toExponential(1) : String(+v.toPrecision(3));
+}
+
 function drawLoss(svg, losses) {
   const all = Object.values(losses).flat();
   svg.replaceChildren();
   if (!all.length) { svg.append(svgEl("text", { x: 20, y: 30, class: "axis" }, "no loss logged yet")); return; }
-  const W = 640, H = 240, L = 58, R = 12, T = 12, B = 40;
+  const W = 640, H = 240, L = 64, R = 12, T = 12, B = 40;
   const maxS = Math.max(...all.map((p) => p[0]), 1);
   let lo = Math.min(...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
   if (hi - lo < 1e-12) { lo -= Math.abs(lo) * 0.1 + 1e-6; hi += Math.abs(hi) * 0.1 + 1e-6; }
@@ -228,7 +241,7 @@ function drawLoss(svg, losses) {
   }
   for (const v of ticks(lo, hi, 5)) {
     svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#eee" }),
-               svgEl("text", { x: L - 5, y: y(v) + 4, "text-anchor": "end", class: "axis tick-y" }, v.toPrecision(3)));
+               svgEl("text", { x: L - 5, y: y(v) + 4, "text-anchor": "end", class: "axis tick-y" }, fmtTick(v)));
   }
   svg.append(svgEl("text", { x: L + (W - L - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, "step"),
              svgEl("text", { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`,
@@ -318,6 +331,8 @@ function runPage() {
     $("#step").textContent = r.step;
     $("#total").textContent = r.total ?? "?";
     $("#eta").textContent = r.flowing ? fmtEta(r.eta) : "";
+    $("#eta-box").hidden = !r.flowing;
+    $("#rate-box").hidden = !r.per_step;
     $("#loss-now").textContent = Object.entries(r.loss || {}).map(([p, v]) => `${p} ${v.toFixed(4)}`).join(" · ") || "–";
     $("#rate").textContent = r.per_step ? r.per_step.toFixed(2) : "–";
     $("#progress").max = r.total || 1;
