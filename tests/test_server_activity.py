@@ -133,6 +133,7 @@ def test_busy_runs_on_generate_and_delete(tmp_path):
     fake_run(tmp_path / "runs", "evaluated", job="eval", **me)
     fake_run(tmp_path / "runs", "queued-one", state="queued", queued=time.time())
     app, srv = create_app(tmp_path / "runs", hosts={"127.0.0.1:8001"}, start_queue=False)
+    assert srv.jobs.status(srv.store.read("queued-one")) == "queued"
     client = TestClient(app, base_url="http://127.0.0.1:8001")
     detail = client.get("/api/runs/evaluated").json()
     assert detail["status"] == "evaluating" and detail["phase"] == "evaluating"

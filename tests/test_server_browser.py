@@ -12,6 +12,7 @@ the ones docs/server.md shows, at 1280 px and as NAME-390.png at 390 px).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -78,11 +79,14 @@ def browser():
         b.close()
 
 
-def shot(page, tmp_path, name, full_page=False):
-    """A screenshot at 1280 px wide, and one at 390 px (`NAME-390`), where the page must not scroll sideways."""
+def shot(page, tmp_path, name, full_page=False, anchor=None):
+    """A screenshot at 1280 px wide, and one at 390 px (`NAME-390`), where the page must not scroll sideways
+    (`anchor`: an element scrolled into view at each width)."""
     for width, suffix in ((1280, ""), (390, "-390")):
         page.set_viewport_size({"width": width, "height": 820})
         page.wait_for_timeout(150)
+        if anchor:
+            page.eval_on_selector(anchor, "e => e.scrollIntoView()")
         wide = page.evaluate("document.documentElement.scrollWidth")
         assert wide <= width, f"{name} at {width} px: the page is {wide} px wide"
         page.screenshot(path=str(tmp_path / f"{name}{suffix}.png"), full_page=full_page)
@@ -123,7 +127,7 @@ def test_create_watch_generate_download(server, browser):
     page.click("#preset-qwen-image-24gb")
     assert page.input_value("#f-model_family") == "qwen_image" and page.input_value("#f-optimizer") == "adamw8bit"
     assert page.input_value("#f-pretrained_model_name_or_path") == "Qwen/Qwen-Image"
-    assert "--optimizer=adamw8bit" in page.inner_text("#command")
+    assert '"optimizer": "adamw8bit"' in page.inner_text("#command")
     page.click("#preset-tiny-cpu")
     assert page.input_value("#f-pretrained_model_name_or_path") == "tiny:flux"
     assert page.input_value("#f-optimizer") == "adamw" and page.input_value("#f-resolution") == "64"
@@ -132,6 +136,12 @@ def test_create_watch_generate_download(server, browser):
     page.set_input_files("#f-images", str(ASSET))
     page.fill("#f-caption", "a small glance test image")
     assert page.locator("#thumbs img.upload-thumb").count() == 1
+    command = page.inner_text("#command")  # the config file the form makes, and the command that runs it
+    assert command.rstrip().endswith("glancetune glance --config config/glance.json")
+    config = json.loads(command.split("# config/glance.json\n", 1)[1].split("\n# ", 1)[0])
+    assert config == {"pretrained_model_name_or_path": "tiny:flux", "max_train_steps": 20, "lora_rank": 4,
+                      "validation_prompt": "a red fox", "validation_steps": 10, "device": "cpu",
+                      "data_backend_config": "config/multidatabackend.json", "output_dir": "output"}
 
     # a bad value: named at the top of the form and at its field (highlighted), and the field is in view
     page.fill("#f-lora_rank", "four")
@@ -151,8 +161,7 @@ def test_create_watch_generate_download(server, browser):
     assert "phase slow: 5 sigmas" in page.inner_text("#plan-text")
     assert page.locator("#ladder svg circle.slow").count() == 5
     assert page.locator("#ladder svg circle.fast").count() == 5
-    page.locator("#plan").scroll_into_view_if_needed()
-    shot(page, tmp_path, "new-run")
+    shot(page, tmp_path, "new-run", anchor="#plan")
 
     page.click("#start-btn")
     page.wait_for_url("**/runs/browser-run-*", timeout=30_000)

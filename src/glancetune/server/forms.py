@@ -77,7 +77,8 @@ def form_keys() -> list[str]:
 
 def _widget(key: str, prop: dict) -> str:
     kind, default = field_kind(prop), default_text(prop)
-    attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"'
+    attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"' + (
+        " data-text" if kind == "text" else "")  # text as typed; other values are read as YAML (app.js too)
     if kind == "bool":
         return f'<input type="checkbox" {attrs}{" checked" if default == "true" else ""}>'
     if kind == "choice":

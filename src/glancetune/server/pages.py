@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict
 
 from .forms import render_fields
-from .presets import presets
 from .plan import ladder_svg, ladder_table
+from .presets import presets
 
 esc = html.escape
 
@@ -24,7 +24,8 @@ def layout(title: str, page: str, body: str, run_id: str = "") -> str:
             '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
             '<link rel="stylesheet" href="/static/style.css"></head>'
             f'<body data-page="{page}" data-run="{esc(run_id)}"><header><b>glancetune</b><nav>{nav}</nav></header>'
-            f'<main>{body}</main><script src="/static/app.js"></script></body></html>')
+            f'<main>{body}</main><script src="/static/chart.js"></script><script src="/static/app.js"></script>'
+            '</body></html>')
 
 
 def runs_page() -> str:
@@ -66,8 +67,9 @@ def new_page() -> str:
 </fieldset>
 <fieldset><legend>Settings (the <code>glancetune glance</code> config; empty = default)</legend>{render_fields()}
 </fieldset>
-<h2>Command</h2><p class="meta">The same run from a terminal (the server writes the dataloader JSON and runs
-<code>glancetune glance --config</code> on these values):</p><pre id="command" class="command"></pre>
+<h2>Command</h2><p class="meta">The same run from a terminal: the config this form makes, the dataloader JSON
+and the command (the server writes both files into the run's folder and runs this command there).</p>
+<pre id="command" class="command"></pre>
 <p><button type="submit" id="plan-btn">Check the plan</button></p>
 </form>
 <section id="plan" hidden><h2>Plan (<code>--dry-run</code>)</h2><div id="ladder"></div><pre id="plan-text"></pre>

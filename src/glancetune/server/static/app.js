@@ -4,7 +4,6 @@
 const $ = (sel) => document.querySelector(sel);
 const page = document.body.dataset.page;
 const runId = document.body.dataset.run;
-const SVG = "http://www.w3.org/2000/svg";
 
 async function api(method, url, body) {
   const opts = { method, headers: {} };
@@ -30,13 +29,6 @@ function fmtEta(s) {
 
 function el(tag, attrs = {}, text) {
   const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
-
-function svgEl(tag, attrs = {}, text) {
-  const e = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
   if (text !== undefined) e.textContent = text;
   return e;
@@ -78,16 +70,31 @@ function settings() {
   return out;
 }
 
-function shellQuote(s) {
-  return /^[A-Za-z0-9_./:=@%+,-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+// A form value as the config file holds it: text fields as typed; others as YAML scalars / JSON lists, as the
+// server reads them (numbers, true / false, null, [..] / {..}), else text.
+function typed(field, v) {
+  if (field.hasAttribute("data-text")) return v;
+  if (/^(true|false)$/i.test(v)) return v.toLowerCase() === "true";
+  if (/^(null|~)$/.test(v)) return null;
+  if (/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(v)) return Number(v);
+  if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch (e) { return v; } }
+  return v;
 }
 
 function showCommand() {
-  const parts = ["glancetune glance", "--data_backend_config=multidatabackend.json", "--output_dir=output"];
-  for (const [k, v] of Object.entries(settings())) parts.push(shellQuote(`--${k}=${v}`));
-  const res = $("#f-resolution").value.trim() || "1024";
-  $("#command").textContent = `# multidatabackend.json: [{"backend": "simple", "resolution": ${res}, "image_dir": "data", ` +
-    `"caption_extension": ".txt"}]\n` + parts.join(" \\\n  ");
+  const config = {};
+  const given = settings();
+  for (const f of document.querySelectorAll("[data-key]")) {
+    const v = given[f.dataset.key];
+    if (v !== undefined && v.trim() !== "") config[f.dataset.key] = typed(f, v);
+  }
+  config.data_backend_config = "config/multidatabackend.json";
+  config.output_dir = "output";
+  const res = Number($("#f-resolution").value.trim()) || 1024;
+  const backend = [{ backend: "simple", resolution: res, shuffle: true, image_dir: "data", caption_extension: ".txt" }];
+  $("#command").textContent = `# config/glance.json\n${JSON.stringify(config, null, 2)}\n` +
+    `# config/multidatabackend.json (data/: the images, each with a same-name .txt caption)\n` +
+    `${JSON.stringify(backend)}\nglancetune glance --config config/glance.json`;
 }
 
 function filterFlavours() {
@@ -210,52 +217,6 @@ function newPage() {
 }
 
 // --- one run ----------------------------------------------------------------------------------------------
-const COLOURS = { slow: "#d9480f", fast: "#1971c2", lora: "#2f9e44" };
-
-function ticks(lo, hi, n) {
-  const span = hi - lo || 1, raw = span / n, mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((k) => k * mag).find((s) => span / s <= n) || raw;
-  const out = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
-  return out;
-}
-
-function fmtTick(v) {
-  const a = Math.abs(v);
-  return a !== 0 && (a < 0.01 || a >= 1e4) ? v.toExponential(1) : String(+v.toPrecision(3));
-}
-
-function drawLoss(svg, losses) {
-  const all = Object.values(losses).flat();
-  svg.replaceChildren();
-  if (!all.length) { svg.append(svgEl("text", { x: 20, y: 30, class: "axis" }, "no loss logged yet")); return; }
-  const W = 640, H = 240, L = 64, R = 12, T = 12, B = 40;
-  const maxS = Math.max(...all.map((p) => p[0]), 1);
-  let lo = Math.min(...all.map((p) => p[1])), hi = Math.max(...all.map((p) => p[1]));
-  if (hi - lo < 1e-12) { lo -= Math.abs(lo) * 0.1 + 1e-6; hi += Math.abs(hi) * 0.1 + 1e-6; }
-  const x = (s) => L + (W - L - R) * s / maxS, y = (l) => T + (H - T - B) * (1 - (l - lo) / (hi - lo));
-  svg.append(svgEl("rect", { x: L, y: T, width: W - L - R, height: H - T - B, fill: "none", stroke: "#ccc" }));
-  for (const v of ticks(0, maxS, 8)) {
-    svg.append(svgEl("line", { x1: x(v), x2: x(v), y1: H - B, y2: H - B + 4, stroke: "#888" }),
-               svgEl("text", { x: x(v), y: H - B + 15, "text-anchor": "middle", class: "axis tick-x" }, String(v)));
-  }
-  for (const v of ticks(lo, hi, 5)) {
-    svg.append(svgEl("line", { x1: L, x2: W - R, y1: y(v), y2: y(v), stroke: "#eee" }),
-               svgEl("text", { x: L - 5, y: y(v) + 4, "text-anchor": "end", class: "axis tick-y" }, fmtTick(v)));
-  }
-  svg.append(svgEl("text", { x: L + (W - L - R) / 2, y: H - 6, "text-anchor": "middle", class: "axis" }, "step"),
-             svgEl("text", { x: 12, y: T + (H - T - B) / 2, transform: `rotate(-90 12 ${T + (H - T - B) / 2})`,
-                             "text-anchor": "middle", class: "axis" }, "loss"));
-  let lx = L + 8;
-  for (const [phase, pts] of Object.entries(losses)) {
-    svg.append(svgEl("polyline", { points: pts.map(([s, l]) => `${x(s)},${y(l)}`).join(" "), fill: "none",
-                                   stroke: COLOURS[phase] || "#333", class: `loss-${phase}` }));
-    svg.append(svgEl("rect", { x: lx, y: T + 6, width: 12, height: 3, fill: COLOURS[phase] || "#333" }),
-               svgEl("text", { x: lx + 16, y: T + 11, class: "axis legend" }, phase));
-    lx += 60;
-  }
-}
-
 function followLog(box, text) {
   const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;  // the user did not scroll up
   if (box.textContent !== text) box.textContent = text;
