@@ -144,3 +144,17 @@ def test_busy_runs_on_generate_and_delete(tmp_path):
     r = client.delete("/api/runs/queued-one")  # no confirmation asked for what cannot be deleted now
     assert r.status_code == 409 and "queued" in r.json()["error"]
     assert client.get("/api/runs/queued-one").json()["eta"] is None
+
+
+def test_validation_box_and_favicon(tmp_path):
+    """"none yet (set validation_prompt)" only without a validation prompt; the favicon is served locally."""
+    fake_run(tmp_path / "runs", "without", state="draft")
+    with_prompt = fake_run(tmp_path / "runs", "with", state="draft")
+    (with_prompt / "config" / "glance.json").write_text(json.dumps({"validation_prompt": "a fox"}))
+    app, _ = create_app(tmp_path / "runs", hosts={"127.0.0.1:8001"}, start_queue=False)
+    client = TestClient(app, base_url="http://127.0.0.1:8001")
+    assert client.get("/api/runs/with").json()["validation_set"] is True
+    assert client.get("/api/runs/without").json()["validation_set"] is False
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/runs/with").text
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.text.startswith("<svg")
