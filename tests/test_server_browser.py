@@ -1,14 +1,18 @@
 """`glancetune server` in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright for Python)
-against a real server process (`python -m glancetune server`). It creates a tiny-model run from the form, sees the
-plan and the ladder plot, starts it, watches it finish, sees the validation grids, generates an image and
-downloads the LoRA pair.
+against a real server process (`python -m glancetune server`). It fills the New run form from presets, sees a bad
+value named at the top of the form and at its field (in view), sees the plan and the ladder plot, starts the run,
+watches its phase label and the log following its newest line, sees the validation grids and the loss chart's
+axes, downloads the LoRA pair, evaluates it (the eval table on the run page), generates two images whose captions
+name their own prompt and seed (still there after a reload), and checks every page at 390 px for sideways
+overflow.
 
 Chromium missing is a failure, not a skip (CI installs it: .ci/run). GLANCETUNE_NO_BROWSER=1 skips this file on
 a machine without a browser. GLANCETUNE_SCREENSHOTS=DIR also saves the pages' screenshots there (docs/ holds
-the ones docs/server.md shows).
+the ones docs/server.md shows, at 1280 px and as NAME-390.png at 390 px).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -75,44 +79,111 @@ def browser():
         b.close()
 
 
-def shot(page, tmp_path, name):
-    page.screenshot(path=str(tmp_path / f"{name}.png"))
-    if os.environ.get("GLANCETUNE_SCREENSHOTS"):
-        shutil.copy(tmp_path / f"{name}.png", Path(os.environ["GLANCETUNE_SCREENSHOTS"]) / f"server-{name}.png")
+def shot(page, tmp_path, name, full_page=False, anchor=None):
+    """A screenshot at 1280 px wide, and one at 390 px (`NAME-390`), where the page must not scroll sideways
+    (`anchor`: an element scrolled into view at each width)."""
+    for width, suffix in ((1280, ""), (390, "-390")):
+        page.set_viewport_size({"width": width, "height": 820})
+        page.wait_for_timeout(150)
+        if anchor:
+            page.eval_on_selector(anchor, "e => e.scrollIntoView()")
+        wide = page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= width, f"{name} at {width} px: the page is {wide} px wide"
+        page.screenshot(path=str(tmp_path / f"{name}{suffix}.png"), full_page=full_page)
+        if os.environ.get("GLANCETUNE_SCREENSHOTS"):
+            shutil.copy(tmp_path / f"{name}{suffix}.png",
+                        Path(os.environ["GLANCETUNE_SCREENSHOTS"]) / f"server-{name}{suffix}.png")
+    page.set_viewport_size({"width": 1280, "height": 820})
+
+
+def in_viewport(page, selector) -> bool:
+    return page.eval_on_selector(selector, """e => { const r = e.getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""")
+
+
+# On the run page: every phase label shown, with the step and ETA beside it, and whether the log box was at its
+# end each time its text changed (it follows new lines unless the user scrolled up).
+WATCH = """document.addEventListener("DOMContentLoaded", () => {
+  if (document.body.dataset.page !== "run") return;
+  window.seen = { phases: [], follow: [] };
+  new MutationObserver(() => {
+    const p = document.querySelector("#phase").textContent, last = window.seen.phases.at(-1);
+    const row = [p, document.querySelector("#step").textContent, document.querySelector("#eta").textContent];
+    if (p && (!last || last[0] !== p)) window.seen.phases.push(row);
+    const log = document.querySelector("#log");
+    if (log.textContent && log.dataset.user !== "up")
+      window.seen.follow.push(log.scrollHeight <= log.clientHeight || log.scrollHeight - log.scrollTop - log.clientHeight < 2);
+  }).observe(document.querySelector("main"), { subtree: true, childList: true, characterData: true });
+});"""
 
 
 def test_create_watch_generate_download(server, browser):
     base, tmp_path = server
-    page = browser.new_page(viewport={"width": 1100, "height": 820}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 820}, accept_downloads=True)
+    page.add_init_script(WATCH)
     page.on("dialog", lambda d: d.accept())
     page.goto(base + "/new")
+    # a preset fills the form (the tiny CPU smoke test); the 24 GB Qwen-Image one is examples/'s config
+    page.click("#preset-qwen-image-24gb")
+    assert page.input_value("#f-model_family") == "qwen_image" and page.input_value("#f-optimizer") == "adamw8bit"
+    assert page.input_value("#f-pretrained_model_name_or_path") == "Qwen/Qwen-Image"
+    assert '"optimizer": "adamw8bit"' in page.inner_text("#command")
+    page.click("#preset-tiny-cpu")
+    assert page.input_value("#f-pretrained_model_name_or_path") == "tiny:flux"
+    assert page.input_value("#f-optimizer") == "adamw" and page.input_value("#f-resolution") == "64"
+    assert page.input_value("#f-max_train_steps") == "20" and page.input_value("#f-validation_prompt") == "a red fox"
     page.fill("#f-name", "browser run")
     page.set_input_files("#f-images", str(ASSET))
     page.fill("#f-caption", "a small glance test image")
-    page.fill("#f-resolution", "64")
-    for key, value in (("pretrained_model_name_or_path", "tiny:flux"), ("max_train_steps", "20"),
-                       ("lora_rank", "4"), ("validation_prompt", "a red fox"), ("validation_steps", "10")):
-        page.fill(f"#f-{key}", value)
+    assert page.locator("#thumbs img.upload-thumb").count() == 1
+    command = page.inner_text("#command")  # the config file the form makes, and the command that runs it
+    assert command.rstrip().endswith("glancetune glance --config config/glance.json")
+    config = json.loads(command.split("# config/glance.json\n", 1)[1].split("\n# ", 1)[0])
+    assert config == {"pretrained_model_name_or_path": "tiny:flux", "max_train_steps": 20, "lora_rank": 4,
+                      "validation_prompt": "a red fox", "validation_steps": 10, "device": "cpu",
+                      "data_backend_config": "config/multidatabackend.json", "output_dir": "output"}
+
+    # a bad value: named at the top of the form and at its field (highlighted), and the field is in view
+    page.fill("#f-lora_rank", "four")
+    page.click("#plan-btn")
+    page.wait_for_selector("#form-error:not([hidden])", timeout=60_000)
+    assert "lora_rank" in page.inner_text("#form-error")
+    assert page.locator(".field.invalid #f-lora_rank").count() == 1
+    assert "lora_rank" in page.inner_text(".field.invalid .field-error")
+    assert in_viewport(page, ".field.invalid .field-error") and in_viewport(page, "#f-lora_rank")
+    page.fill("#f-lora_rank", "4")  # editing the named field clears the error
+    assert page.is_hidden("#form-error") and page.locator(".field.invalid, .field-error").count() == 0
+    page.evaluate("window.scrollTo(0, 0)")
     shot(page, tmp_path, "new-form")
     page.click("#plan-btn")
     page.wait_for_selector("#plan:not([hidden])", timeout=120_000)
+    assert page.locator(".field.invalid").count() == 0
     assert "phase slow: 5 sigmas" in page.inner_text("#plan-text")
     assert page.locator("#ladder svg circle.slow").count() == 5
     assert page.locator("#ladder svg circle.fast").count() == 5
-    page.locator("#plan").scroll_into_view_if_needed()
-    shot(page, tmp_path, "new-run")
+    shot(page, tmp_path, "new-run", anchor="#plan")
 
     page.click("#start-btn")
     page.wait_for_url("**/runs/browser-run-*", timeout=30_000)
     run_id = page.url.rsplit("/", 1)[1]
     page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=240_000)
+    seen = page.evaluate("window.seen")
+    phases = [p for p, _, _ in seen["phases"]]
+    # before the first step: a phase other than "training", at step 0 with no ETA; then training
+    assert phases[0] in ("starting", "loading", "searching the ladder", "caching", "validating"), phases
+    assert all(eta == "" for p, step, eta in seen["phases"] if step == "0"), seen["phases"]
+    assert "training" in phases, phases
+    assert seen["follow"] and all(seen["follow"]), seen["follow"]  # the log box stayed at its newest line
+    assert page.evaluate("(l => l.scrollHeight > l.clientHeight)(document.querySelector('#log'))")
     assert page.inner_text("#step") == "20" and page.inner_text("#total") == "20"
+    assert page.is_hidden("#phase") and page.inner_text("#eta") == ""
     page.wait_for_function("document.querySelectorAll('#validation figure.grid').length === 3", timeout=30_000)
     loaded = page.eval_on_selector_all("#validation img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == 3 and all(w > 0 for w in loaded)
     assert page.locator("#loss polyline.loss-slow").count() == 1
+    assert page.locator("#loss text.tick-x").count() >= 3 and page.locator("#loss text.tick-y").count() >= 2
     assert "wrote " in page.inner_text("#log")
-    shot(page, tmp_path, "run")
+    assert page.is_hidden("#stop-btn") and page.is_visible("#delete-btn")
 
     with page.expect_download() as dl:
         page.click("#dl-diffusers")
@@ -124,18 +195,46 @@ def test_create_watch_generate_download(server, browser):
     assert zipfile.ZipFile(path).read("slow/pytorch_lora_weights.safetensors") == (
         tmp_path / "runs" / run_id / "output" / "slow" / "pytorch_lora_weights.safetensors").read_bytes()
 
+    # eval: the user scrolls the log up (it no longer follows), the run is busy, the table appears on the page
+    page.eval_on_selector("#log", "l => { l.dataset.user = 'up'; l.scrollTop = 0; }")
+    page.fill("#e-prompts", "a red fox")
+    page.click("#eval-btn")
+    page.wait_for_function("document.querySelector('#status').textContent === 'evaluating'", timeout=30_000)
+    assert page.is_hidden("#stop-btn") and page.is_hidden("#delete-btn") and page.is_visible("#cancel-eval-btn")
+    page.wait_for_selector("#eval-table tbody tr[data-sampler='glance']", timeout=240_000)
+    page.wait_for_function("document.querySelector('#status').textContent === 'done'", timeout=30_000)
+    samplers = page.eval_on_selector_all("#eval-table tbody tr", "rows => rows.map(r => r.dataset.sampler)")
+    assert samplers[0] == "base-50" and "glance" in samplers
+    assert page.inner_text("#eval-table tr[data-sampler='base-50'] td:nth-child(4)") == "reference"
+    page.wait_for_function("document.querySelector('#eval-grid').naturalWidth > 0", timeout=30_000)
+    assert "eval: prompt-1 seed 0 done" in page.inner_text("#log")
+    assert page.eval_on_selector("#log", "l => l.scrollTop") == 0  # scrolled up by the user: left there
+    page.evaluate("window.scrollTo(0, 0)")
+    shot(page, tmp_path, "run", full_page=True)
+
     page.goto(base + "/")
     page.wait_for_selector(f"tr[data-run='{run_id}'] td.status.done", timeout=30_000)
+    page.wait_for_function(f"document.querySelector(\"tr[data-run='{run_id}'] td.thumb img\").naturalWidth > 0")
     shot(page, tmp_path, "runs")
 
     page.goto(base + f"/generate?run={run_id}")
     assert page.input_value("#g-run") == run_id
-    page.fill("#g-prompts", "a red fox in the snow")
+    page.fill("#g-prompts", "a red fox in the snow\na blue bird")
     page.fill("#g-seed", "7")
     page.click("#generate-btn")
-    page.wait_for_selector("#images figure.generated img", timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('#images figure.generated').length === 2", timeout=120_000)
     page.wait_for_function("document.querySelector('#images img').naturalWidth > 0", timeout=30_000)
-    caption = page.inner_text("#images figcaption")
-    assert 'prompt: "a red fox in the snow"' in caption.splitlines() and "seed: 7" in caption.splitlines()
-    assert len(list((tmp_path / "runs" / run_id / "generated").glob("gen-*.png"))) == 1
+
+    def captions():
+        return [page.inner_text(f"#images figure.generated:nth-of-type({k}) .caption").splitlines() for k in (1, 2)]
+
+    assert captions() == [['prompt: "a red fox in the snow"', "seed: 7"], ['prompt: "a blue bird"', "seed: 8"]]
+    assert len(list((tmp_path / "runs" / run_id / "generated").glob("gen-*.png"))) == 2
+    page.reload()  # the images are the run's files: still there, with their own captions
+    page.wait_for_function("document.querySelectorAll('#images figure.generated').length === 2", timeout=30_000)
+    assert captions() == [['prompt: "a red fox in the snow"', "seed: 7"], ['prompt: "a blue bird"', "seed: 8"]]
+    box = page.eval_on_selector("#images figure.generated", "f => f.getBoundingClientRect().right")
+    page.click("#images figure.generated summary")
+    params = page.eval_on_selector("#images figure.generated pre.params", "p => p.getBoundingClientRect().right")
+    assert params <= box + 1  # the ladder's JSON wraps inside its own caption
     shot(page, tmp_path, "generate")

@@ -21,9 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GlanceError
 from . import pages, progress
+from .activity import glance_of, live
 from .downloads import download
 from .forms import form_keys, parse_settings
-from .generate import WarmSampler
+from .generate import WarmSampler, gallery
 from .jobs import Manager
 from .plan import ladder_svg, make_plan
 from .runs import LOG, Conflict, NotFound, RunStore, write_json
@@ -81,7 +82,8 @@ class Server:
         total = (rec.get("plan") or {}).get("steps")
         step, eta = progress.step_and_eta(lines, total, status == "running")
         return {"id": run_id, "name": rec.get("name", run_id), "status": status, "step": step, "total": total,
-                "eta": eta, "created": rec.get("created"), "returncode": rec.get("returncode")}
+                "eta": eta, "created": rec.get("created"), "returncode": rec.get("returncode"),
+                **glance_of(self.store.dir(run_id), lines, total, status)}
 
     def detail(self, run_id: str) -> dict:
         out = self.summary(run_id)
@@ -93,6 +95,9 @@ class Server:
                    downloads={"diffusers": progress.finished(self.store.output(run_id)),
                               "comfyui": progress.finished(self.store.output(run_id)),
                               "eval": any(f.startswith("eval/") for f in files)})
+        out.update(live(d, self.store.output(run_id), self.store.read(run_id), out["status"], lines, files))
+        if not out["flowing"]:
+            out["eta"] = None  # starting, loading, searching, resuming: no training steps of this job yet
         return out
 
 
@@ -201,10 +206,10 @@ def add_api(app: FastAPI, srv: Server) -> None:
     @app.delete("/api/runs/{run_id}")
     def delete_run(run_id: str, confirm: str = ""):
         status = srv.jobs.status(srv.store.read(run_id))
+        if status in ("queued", "running", "stopping", "evaluating"):  # before the confirmation: nothing to confirm
+            raise Conflict(f"run {run_id} is {status}: stop it before deleting")
         if confirm != run_id:
             raise GlanceError(f"delete: confirm by passing confirm={run_id}")
-        if status in ("queued", "running", "stopping", "evaluating"):
-            raise Conflict(f"run {run_id} is {status}: stop it before deleting")
         srv.store.delete(run_id)
         return {"deleted": run_id}
 
@@ -226,19 +231,26 @@ def add_use_api(app: FastAPI, srv: Server) -> None:
         body = await json_body(request, "generate")
         req = parse_generate(body)
         run_id = req["run"]
-        if srv.jobs.status(srv.store.read(run_id)) != "done":
+        status = srv.jobs.status(srv.store.read(run_id))
+        if status not in ("done", "evaluating") or not progress.finished(srv.store.output(run_id)):
             raise Conflict(f"run {run_id} has not finished: generate needs its slow and fast LoRAs")
         busy = srv.jobs.active()
         if busy:
-            raise Conflict(f"the device is busy with run {busy[0]} (one device job at a time); generate when it "
-                           "has finished")
+            doing = "being evaluated" if srv.jobs.status(srv.store.read(busy[0])) == "evaluating" else "training"
+            raise Conflict(f"the device is busy: run {busy[0]} is {doing} (one device job at a time); generate "
+                           "when it has finished")
         paths, info, seconds = await asyncio.to_thread(
             srv.warm.generate, run_id, srv.store.output(run_id), srv.store.dir(run_id) / "generated",
             req["prompts"], req["seed"], req["width"], req["height"], req["guidance"])
         d = srv.store.dir(run_id)
         return {"images": [{"url": f"/runs/{run_id}/file/{p.relative_to(d).as_posix()}",
-                            "parameters": {**info, "seed": req["seed"] + k}} for k, p in enumerate(paths)],
+                            "parameters": {**info, "prompt": req["prompts"][k], "seed": req["seed"] + k}}
+                           for k, p in enumerate(paths)],
                 "seconds": round(seconds, 3)}
+
+    @app.get("/api/runs/{run_id}/generated")
+    def generated(run_id: str):
+        return {"images": gallery(srv.store.dir(run_id), srv.store.files(run_id))}
 
 
 
@@ -342,7 +354,7 @@ def add_pages(app: FastAPI, srv: Server) -> None:
     @app.get("/generate", response_class=HTMLResponse)
     def generate_page(run: str | None = None):
         done = [(i, srv.store.read(i).get("name", i)) for i in srv.store.ids()
-                if srv.jobs.status(srv.store.read(i)) == "done"]
+                if srv.jobs.status(srv.store.read(i)) in ("done", "evaluating")]  # evaluating: done, and busy
         return pages.generate_page(done, run)
 
 

@@ -25,6 +25,10 @@ PRIMARY = ("model_family", "model_flavour", "pretrained_model_name_or_path", "ma
            "lora_rank", "seed", "validation_prompt", "validation_steps", "mixed_precision", "device")
 
 
+ACRONYMS = {"vae": "VAE", "gib": "GiB", "lora": "LoRA", "lr": "LR", "ema": "EMA", "cfg": "CFG", "gpu": "GPU",
+            "cpu": "CPU", "snr": "SNR", "id": "id", "te": "TE", "dtype": "dtype"}
+
+
 def schema() -> dict:
     return TrainConfig.model_json_schema()
 
@@ -73,7 +77,8 @@ def form_keys() -> list[str]:
 
 def _widget(key: str, prop: dict) -> str:
     kind, default = field_kind(prop), default_text(prop)
-    attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"'
+    attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"' + (
+        " data-text" if kind == "text" else "")  # text as typed; other values are read as YAML (app.js too)
     if kind == "bool":
         return f'<input type="checkbox" {attrs}{" checked" if default == "true" else ""}>'
     if kind == "choice":
@@ -81,8 +86,33 @@ def _widget(key: str, prop: dict) -> str:
         return f"<select {attrs}>" + "".join(
             f'<option value="{html.escape(o)}"{" selected" if o == default else ""}>{html.escape(o) or "(none)"}'
             "</option>" for o in opts) + "</select>"
+    if key in ("model_family", "model_flavour"):
+        return family_menu(key, attrs, default)
     extra = ' list="models"' if key == "pretrained_model_name_or_path" else ""
     return f'<input type="text" {attrs} value="{html.escape(default)}"{extra}>'
+
+
+def family_menu(key: str, attrs: str, default: str) -> str:
+    """model_family: a menu of the registered families; model_flavour: each family's flavours (data-family tells
+    app.js which to show), and "(default)"."""
+    from ..families.registry import FAMILIES
+
+    if key == "model_family":
+        opts = [(name, name, "") for name in FAMILIES]
+    else:
+        opts = [("", "(the family's default)", "")] + [
+            (f, f, fam) for fam, family in FAMILIES.items()
+            for f in [*(x for x in family.flavours if x), *family.flavour_families]]
+    return f"<select {attrs}>" + "".join(
+        f'<option value="{html.escape(v)}"{f" data-family={chr(34)}{fam}{chr(34)}" if fam else ""}'
+        f'{" selected" if v == default else ""}>{html.escape(text)}</option>' for v, text, fam in opts) + "</select>"
+
+
+def human(key: str, prop: dict) -> str:
+    """The label people read: the schema's title ("Max Train Steps") in sentence case ("Max train steps")."""
+    words = (prop.get("title") or key.replace("_", " ")).split()
+    words = [ACRONYMS.get(w.lower(), w if k == 0 else w.lower()) for k, w in enumerate(words)]
+    return " ".join(words)
 
 
 def render_fields() -> str:
@@ -91,12 +121,13 @@ def render_fields() -> str:
 
     def row(key: str) -> str:
         prop = props[key]
-        kind = field_kind(prop)
+        kind = "choice" if key in ("model_family", "model_flavour") else field_kind(prop)
         typ = {"choice": "one of the listed values", "bool": "true / false", "number": "number",
                "text": "text", "value": "YAML value (list, mapping, number or text), as --set"}[kind]
         default = default_text(prop) or "none"
         help_ = html.escape(prop.get("description", ""))
-        return (f'<div class="field"><label for="f-{key}"><code>{key}</code></label>{_widget(key, prop)}'
+        return (f'<div class="field" data-field="{key}"><label for="f-{key}">{html.escape(human(key, prop))} '
+                f'<code>{key}</code></label>{_widget(key, prop)}'
                 f'<div class="help">{help_} <span class="meta">({typ}; default {html.escape(default)})</span>'
                 "</div></div>")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,38 @@ from ..errors import GlanceError
 
 log = logging.getLogger(__name__)
 MAX_PROMPTS = 8
+GALLERY = 60  # newest generated images listed on the Generate page
+_NAME = re.compile(r"gen-(\d{8}-\d{6})-(\d+)(?:-(\d+))?\.png$")  # the request's time and number, batch index
+
+
+def own_parameters(params: dict, name: str) -> dict:
+    """One image's parameters: a batch stores every prompt in each image (and seed + k), so image k of a batch
+    (NAME-k.png) gets its own prompt back."""
+    prompt = params.get("prompt")
+    if isinstance(prompt, list):
+        m = _NAME.search(name)
+        k = int(m.group(3)) if m and m.group(3) else 0
+        params = {**params, "prompt": prompt[k] if k < len(prompt) else None}
+    return params
+
+
+def gallery(run_dir: Path, files: list[str]) -> list[dict]:
+    """The run's generated images, newest first, with the parameters stored in each (read back from the PNG)."""
+    from ..sampling.images import read_parameters
+
+    def order(name: str) -> tuple:  # newest request first, a batch's images in their order
+        m = _NAME.search(name)
+        return (m.group(1), int(m.group(2)), -int(m.group(3) or 0)) if m else ("", 0, 0)
+
+    names = sorted((f for f in files if f.startswith("generated/")), key=order, reverse=True)
+    out = []
+    for name in names[:GALLERY]:
+        try:
+            params = read_parameters(run_dir / name) or {}
+        except (OSError, ValueError):
+            params = {}
+        out.append({"url": f"/runs/{run_dir.name}/file/{name}", "parameters": own_parameters(params, name)})
+    return out
 
 
 class WarmSampler:

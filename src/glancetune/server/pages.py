@@ -5,9 +5,12 @@ server-sent events. Every value from a run or a user is escaped here.
 from __future__ import annotations
 
 import html
+import json
+from dataclasses import asdict
 
 from .forms import render_fields
 from .plan import ladder_svg, ladder_table
+from .presets import presets
 
 esc = html.escape
 
@@ -18,28 +21,44 @@ def layout(title: str, page: str, body: str, run_id: str = "") -> str:
                                            ("generate", "/generate", "Generate")))
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · glancetune</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
             '<link rel="stylesheet" href="/static/style.css"></head>'
             f'<body data-page="{page}" data-run="{esc(run_id)}"><header><b>glancetune</b><nav>{nav}</nav></header>'
-            f'<main>{body}</main><script src="/static/app.js"></script></body></html>')
+            f'<main>{body}</main><script src="/static/chart.js"></script><script src="/static/app.js"></script>'
+            '</body></html>')
 
 
 def runs_page() -> str:
-    body = ('<h1>Runs</h1><table id="runs" class="runs"><thead><tr><th>run</th><th>status</th><th>progress</th>'
-            '<th>ETA</th><th>created</th></tr></thead><tbody></tbody></table>'
+    body = ('<h1>Runs</h1><div class="scroll"><table id="runs" class="runs"><thead><tr><th><span class="sr">latest validation image</span>'
+            '</th><th>run</th><th>status</th><th>progress</th><th>ETA</th><th class="created">created</th></tr></thead><tbody></tbody>'
+            '</table></div>'
             '<p id="no-runs" class="meta" hidden>No runs yet: <a href="/new">start one</a>.</p>')
     return layout("Runs", "runs", body)
+
+
+def presets_html() -> str:
+    """One button per preset; their values travel as JSON in a script element (`<` escaped) for app.js."""
+    items = presets()
+    buttons = "".join(f'<button type="button" class="secondary preset" data-preset="{k}" id="preset-{esc(p.name)}" '
+                      f'title="{esc(p.source)}">{esc(p.label)}</button> ' for k, p in enumerate(items))
+    data = json.dumps([asdict(p) for p in items]).replace("<", "\\u003c")
+    return (f'<p class="actions">{buttons}</p><p class="meta" id="preset-note"></p>'
+            f'<script type="application/json" id="presets-data">{data}</script>')
 
 
 def new_page() -> str:
     body = f"""<h1>New run</h1>
 <form id="new-run" autocomplete="off">
+<p id="form-error" class="error" role="alert" hidden></p>
+<fieldset class="presets"><legend>Presets (fill the form; every value stays editable)</legend>{presets_html()}
+</fieldset>
 <fieldset><legend>Data</legend>
 <div class="field"><label for="f-name">name</label><input type="text" id="f-name" name="name" placeholder="my-run"></div>
 <div class="field"><label for="f-images">image(s)</label><input type="file" id="f-images" name="images" multiple
  accept="image/png,image/jpeg,image/webp"><div class="help">PNG, JPEG or WEBP; one image and its caption is Glance's
  recipe</div></div>
 <div id="captions"><div class="field"><label for="f-caption">caption</label><textarea id="f-caption" name="captions"
- rows="2"></textarea></div></div>
+ rows="2"></textarea></div></div><div id="thumbs" class="thumbs"></div>
 <div class="field"><label for="f-folder">or a folder on the server</label><input type="text" id="f-folder"
  name="folder" placeholder="/data/my-dataset"><div class="help">image + same-name .txt caption pairs; read, never
  written</div></div>
@@ -48,8 +67,10 @@ def new_page() -> str:
 </fieldset>
 <fieldset><legend>Settings (the <code>glancetune glance</code> config; empty = default)</legend>{render_fields()}
 </fieldset>
+<h2>Command</h2><p class="meta">The same run from a terminal: the config this form makes, the dataloader JSON
+and the command (the server writes both files into the run's folder and runs this command there).</p>
+<pre id="command" class="command"></pre>
 <p><button type="submit" id="plan-btn">Check the plan</button></p>
-<p id="form-error" class="error" role="alert" hidden></p>
 </form>
 <section id="plan" hidden><h2>Plan (<code>--dry-run</code>)</h2><div id="ladder"></div><pre id="plan-text"></pre>
 <p><button id="start-btn">Start this run</button> <button id="discard-btn" class="secondary">Discard</button></p>
@@ -60,26 +81,38 @@ def new_page() -> str:
 def run_page(run_id: str, rec: dict) -> str:
     plan = rec.get("plan") or {}
     ladder = (ladder_svg(plan["ladder"]) + ladder_table(plan["ladder"])) if plan.get("ladder") else ""
-    body = f"""<h1>{esc(rec.get("name", run_id))} <small class="meta">{esc(run_id)}</small></h1>
-<p>status <b id="status" class="status">…</b> · step <span id="step">0</span> / <span id="total">?</span>
- · ETA <span id="eta">–</span></p><progress id="progress" max="1" value="0"></progress>
+    rid = esc(run_id)
+    body = f"""<h1>{esc(rec.get("name", run_id))} <small class="meta">{rid}</small></h1>
+<div class="statusline"><span>status <b id="status" class="status">…</b></span> <span id="phase" class="phase"
+ hidden></span> <span>step <span id="step">0</span> / <span id="total">?</span></span>
+<progress id="progress" max="1" value="0"></progress> <span>loss <span id="loss-now">–</span></span>
+<span id="rate-box" hidden><span id="rate">–</span> s/step</span> <span id="eta-box" hidden>ETA <span id="eta">
+</span></span></div>
 <p class="actions"><button id="stop-btn" hidden>Stop (checkpoint)</button>
+<button id="unqueue-btn" hidden>Leave the queue</button><button id="cancel-eval-btn" hidden>Cancel eval</button>
 <button id="start-btn" hidden>Start</button><button id="resume-btn" hidden>Resume</button>
-<button id="delete-btn" class="danger">Delete…</button></p>
-<p id="downloads" class="actions" hidden><a id="dl-diffusers" href="/api/runs/{esc(run_id)}/download/diffusers">
-Download LoRA pair (diffusers)</a> <a id="dl-comfyui" href="/api/runs/{esc(run_id)}/download/comfyui">Download
-ComfyUI files</a> <a id="dl-eval" href="/api/runs/{esc(run_id)}/download/eval" hidden>Download eval report</a>
-<a href="/generate?run={esc(run_id)}">Generate with it</a></p>
+<button id="delete-btn" class="danger" hidden>Delete…</button> <span id="busy-note" class="meta"></span></p>
+<p id="downloads" class="actions" hidden><a id="dl-diffusers" href="/api/runs/{rid}/download/diffusers">
+Download LoRA pair (diffusers)</a> <a id="dl-comfyui" href="/api/runs/{rid}/download/comfyui">Download
+ComfyUI files</a> <a id="dl-eval" href="/api/runs/{rid}/download/eval" hidden>Download eval report</a>
+<a href="/generate?run={rid}">Generate with it</a></p>
+<p id="action-error" class="error" role="alert" hidden></p>
+<h2>Loss</h2><svg id="loss" class="loss" viewBox="0 0 640 240" width="640" height="240" role="img"
+ aria-label="loss per step"></svg>
+<h2>Validation</h2><div id="validation" class="grids"><p class="meta" id="no-validation">none yet</p></div>
+<h2>Log</h2><pre id="log" class="log"></pre>
+<section id="eval-section" hidden><h2>Eval</h2><p id="eval-progress" class="meta" hidden></p>
+<div id="eval-report" hidden><p id="eval-meta" class="meta"></p><div class="scroll"><table id="eval-table"
+ class="eval"><thead><tr><th>sampler</th><th>passes / image</th><th>s / image</th><th>PSNR (dB)</th><th>SSIM</th>
+<th>MS-SSIM</th><th>latent MSE</th><th>alarms</th></tr></thead><tbody></tbody></table></div>
+<p id="eval-verdict"></p><figure id="eval-figure" hidden><img id="eval-grid" alt="eval grid: the reference and
+each sampler per prompt and seed"><figcaption class="meta">eval/grid.png</figcaption></figure></div></section>
 <form id="eval" hidden><h2>Evaluate</h2><p class="meta"><code>glancetune eval</code>: Glance against the base
 model's own 50-step image and its 10-step images (PSNR, SSIM, win-rate); a queued device job.</p>
 <div class="field"><label for="e-prompts">prompts</label><textarea id="e-prompts" name="prompts" rows="2"
  placeholder="one per line (empty: glancetune's 32 eval prompts)"></textarea></div>
 <div class="field"><label for="e-seeds">seeds per prompt</label><input type="text" id="e-seeds" name="seeds"
  value="1"></div><p><button type="submit" id="eval-btn">Evaluate</button></p></form>
-<p id="action-error" class="error" role="alert" hidden></p>
-<h2>Loss</h2><svg id="loss" class="loss" viewBox="0 0 520 200" width="520" height="200"></svg>
-<h2>Validation</h2><div id="validation" class="grids"><p class="meta">none yet (set validation_prompt)</p></div>
-<h2>Log</h2><pre id="log" class="log"></pre>
 <details><summary>Plan (<code>--dry-run</code>) and ladder</summary>{ladder}<pre>{esc(plan.get("text", ""))}</pre>
 </details>"""
     return layout(rec.get("name", run_id), "run", body, run_id)
@@ -101,7 +134,8 @@ def generate_page(runs: list[tuple[str, str]], chosen: str | None) -> str:
  placeholder="trained size"></div>
 <div class="field"><label for="g-guidance">guidance</label><input type="text" id="g-guidance" name="guidance"
  placeholder="the run's"></div>
-<p><button type="submit" id="generate-btn">Generate</button></p>
+<p><button type="submit" id="generate-btn">Generate</button> <span id="gen-busy" class="meta"></span></p>
 <p id="gen-error" class="error" role="alert" hidden></p></form>
-<section id="images" class="images"></section>"""
+<h2>Images <small class="meta">(this run's, newest first; kept in its <code>generated/</code> folder)</small></h2>
+<section id="images" class="images"><p class="meta" id="no-images">none yet</p></section>"""
     return layout("Generate", "generate", body)

@@ -21,7 +21,7 @@ function showError(el, err) {
 }
 
 function fmtEta(s) {
-  if (s === null || s === undefined) return "–";
+  if (s === null || s === undefined) return "";
   s = Math.round(s);
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
   return (h ? `${h}h ` : "") + (h || m ? `${m}m ` : "") + `${r}s`;
@@ -43,12 +43,18 @@ function runsPage() {
     $("#no-runs").hidden = runs.length > 0;
     for (const r of runs.slice().reverse()) {
       const tr = el("tr", { "data-run": r.id });
-      const a = el("a", { href: `/runs/${encodeURIComponent(r.id)}` }, r.name);
-      tr.append(el("td"), el("td", { class: `status ${r.status}` }, r.status), el("td"), el("td", {}, fmtEta(r.eta)),
-                el("td", {}, new Date(r.created * 1000).toLocaleString()));
-      tr.children[0].append(a);
-      const p = el("progress", { max: r.total || 1, value: r.step || 0 });
-      tr.children[2].append(p, ` ${r.step}/${r.total ?? "?"}`);
+      const href = `/runs/${encodeURIComponent(r.id)}`;
+      const cells = [el("td", { class: "thumb" }), el("td"), el("td", { class: `status ${r.status}` }, r.status),
+                     el("td"), el("td", {}, fmtEta(r.eta)), el("td", { class: "created" }, new Date(r.created * 1000).toLocaleString())];
+      if (r.thumb) {
+        const a = el("a", { href });
+        a.append(el("img", { src: `/runs/${encodeURIComponent(r.id)}/file/${r.thumb}`, alt: `latest validation of ${r.name}` }));
+        cells[0].append(a);
+      }
+      cells[1].append(el("a", { href }, r.name));
+      if (r.phase && r.phase !== r.status) cells[2].append(el("span", { class: "phase" }, r.phase));
+      cells[3].append(el("progress", { max: r.total || 1, value: r.step || 0 }), ` ${r.step}/${r.total ?? "?"}`);
+      tr.append(...cells);
       body.append(tr);
     }
   };
@@ -64,23 +70,127 @@ function settings() {
   return out;
 }
 
+// A form value as the config file holds it: text fields as typed; others as YAML scalars / JSON lists, as the
+// server reads them (numbers, true / false, null, [..] / {..}), else text.
+function typed(field, v) {
+  if (field.hasAttribute("data-text")) return v;
+  if (/^(true|false)$/i.test(v)) return v.toLowerCase() === "true";
+  if (/^(null|~)$/.test(v)) return null;
+  if (/^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/.test(v)) return Number(v);
+  if (/^[[{]/.test(v)) { try { return JSON.parse(v); } catch (e) { return v; } }
+  return v;
+}
+
+function showCommand() {
+  const config = {};
+  const given = settings();
+  for (const f of document.querySelectorAll("[data-key]")) {
+    const v = given[f.dataset.key];
+    if (v !== undefined && v.trim() !== "") config[f.dataset.key] = typed(f, v);
+  }
+  config.data_backend_config = "config/multidatabackend.json";
+  config.output_dir = "output";
+  const res = Number($("#f-resolution").value.trim()) || 1024;
+  const backend = [{ backend: "simple", resolution: res, shuffle: true, image_dir: "data", caption_extension: ".txt" }];
+  $("#command").textContent = `# config/glance.json\n${JSON.stringify(config, null, 2)}\n` +
+    `# config/multidatabackend.json (data/: the images, each with a same-name .txt caption)\n` +
+    `${JSON.stringify(backend)}\nglancetune glance --config config/glance.json`;
+}
+
+function filterFlavours() {
+  const family = $("#f-model_family").value, menu = $("#f-model_flavour");
+  for (const o of menu.options) o.hidden = !!o.dataset.family && o.dataset.family !== family;
+  if (menu.selectedOptions[0]?.hidden) menu.value = "";
+}
+
+function applyPreset(p) {
+  for (const f of document.querySelectorAll("[data-key]")) {
+    const v = p.settings[f.dataset.key] ?? f.dataset.default;
+    if (f.type === "checkbox") f.checked = v === "true"; else f.value = v;
+  }
+  if (p.resolution) $("#f-resolution").value = String(p.resolution);
+  filterFlavours();
+  $("#preset-note").textContent = `${p.label}: from ${p.source}`;
+  clearFieldErrors();
+  showCommand();
+}
+
+function clearFieldErrors() {
+  for (const f of document.querySelectorAll(".field.invalid")) f.classList.remove("invalid");
+  for (const m of document.querySelectorAll(".field-error")) m.remove();
+}
+
+// The field an error line names ("settings: key 'lora_rank': ...", "resolution: ...", "captions: ...") or whose
+// value it starts with ("tiny:nope: unknown tiny model"), if any.
+function fieldOf(message) {
+  const m = /^(?:settings: (?:unknown )?key '([^']+)'|([A-Za-z_][A-Za-z0-9_]*)[: ])/.exec(message);
+  const key = m && (m[1] || m[2]);
+  const alias = { captions: "#new-run [name=captions]", images: "#f-images", image: "#f-images", data: "#f-images" };
+  const byName = key && (document.getElementById(`f-${key}`) || (alias[key] && $(alias[key])));
+  if (byName) return byName;
+  for (const f of document.querySelectorAll("#new-run input[type=text], #new-run textarea")) {
+    if (f.value.trim() && message.startsWith(`${f.value.trim()}:`)) return f;
+  }
+  return null;
+}
+
+function showFormError(err) {
+  clearFieldErrors();
+  showError($("#form-error"), err);
+  const field = fieldOf(String(err.message || err));
+  const box = field?.closest(".field");
+  if (box) {
+    box.classList.add("invalid");
+    box.append(el("div", { class: "field-error", role: "alert" }, String(err.message || err)));
+    const details = box.closest("details");
+    if (details) details.open = true;
+    field.focus({ preventScroll: true });
+    box.scrollIntoView({ block: "center" });
+  } else {
+    $("#form-error").scrollIntoView({ block: "center" });
+  }
+}
+
+function showThumbs() {
+  const files = Array.from($("#f-images").files), box = $("#captions"), thumbs = $("#thumbs");
+  thumbs.replaceChildren();
+  if (files.length >= 2) {
+    box.replaceChildren();
+    files.forEach((f, k) => {
+      const d = el("div", { class: "field upload" });
+      d.append(el("label", { for: `f-caption-${k}` }, `caption of ${f.name}`));
+      const right = el("div", { class: "upload-row" });
+      right.append(el("img", { src: URL.createObjectURL(f), alt: f.name, class: "upload-thumb" }),
+                   el("textarea", { id: `f-caption-${k}`, name: "captions", rows: 2 }));
+      d.append(right);
+      box.append(d);
+    });
+  } else if (files.length === 1) {
+    const fig = el("figure", { class: "upload" });
+    fig.append(el("img", { src: URL.createObjectURL(files[0]), alt: files[0].name, class: "upload-thumb" }),
+               el("figcaption", { class: "meta" }, files[0].name));
+    thumbs.append(fig);
+  }
+}
+
 function newPage() {
   let draft = null;
   const form = $("#new-run"), err = $("#form-error");
-  $("#f-images").addEventListener("change", () => {
-    const files = $("#f-images").files, box = $("#captions");
-    if (files.length < 2) return;
-    box.replaceChildren();
-    Array.from(files).forEach((f, k) => {
-      const d = el("div", { class: "field" });
-      d.append(el("label", { for: `f-caption-${k}` }, `caption of ${f.name}`),
-               el("textarea", { id: `f-caption-${k}`, name: "captions", rows: 2 }));
-      box.append(d);
-    });
+  const presets = JSON.parse($("#presets-data").textContent);
+  for (const b of document.querySelectorAll("button.preset")) b.onclick = () => applyPreset(presets[+b.dataset.preset]);
+  $("#f-images").addEventListener("change", showThumbs);
+  $("#f-model_family").addEventListener("change", filterFlavours);
+  form.addEventListener("input", (ev) => {
+    if (ev.target.closest(".field.invalid")) { clearFieldErrors(); showError(err, null); }
+    showCommand();
   });
+  form.addEventListener("change", showCommand);
+  filterFlavours();
+  showCommand();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError(err, null);
+    clearFieldErrors();
     const fd = new FormData();
     for (const k of ["name", "folder", "resolution"]) fd.append(k, form.elements[k].value);
     for (const f of $("#f-images").files) fd.append("images", f);
@@ -95,10 +205,10 @@ function newPage() {
       $("#plan-text").textContent = r.plan.text;
       $("#plan").hidden = false;
       $("#plan").scrollIntoView();
-    } catch (e) { showError(err, e); } finally { $("#plan-btn").disabled = false; }
+    } catch (e) { showFormError(e); } finally { $("#plan-btn").disabled = false; }
   });
   $("#start-btn").addEventListener("click", async () => {
-    try { await api("POST", `/api/runs/${draft}/start`); location.href = `/runs/${draft}`; } catch (e) { showError(err, e); }
+    try { await api("POST", `/api/runs/${draft}/start`); location.href = `/runs/${draft}`; } catch (e) { showFormError(e); }
   });
   $("#discard-btn").addEventListener("click", async () => {
     await api("DELETE", `/api/runs/${draft}?confirm=${draft}`).catch(() => {});
@@ -107,30 +217,48 @@ function newPage() {
 }
 
 // --- one run ----------------------------------------------------------------------------------------------
-const COLOURS = { slow: "#d9480f", fast: "#1971c2", lora: "#2f9e44" };
+function followLog(box, text) {
+  const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;  // the user did not scroll up
+  if (box.textContent !== text) box.textContent = text;
+  if (atEnd || !box.dataset.seen) box.scrollTop = box.scrollHeight;
+  box.dataset.seen = "1";
+}
 
-function drawLoss(svg, losses) {
-  const all = Object.values(losses).flat();
-  svg.replaceChildren();
-  if (!all.length) return;
-  const W = 520, H = 200, P = 30;
-  const maxS = Math.max(...all.map((p) => p[0]), 1), maxL = Math.max(...all.map((p) => p[1]), 1e-9);
-  const ns = "http://www.w3.org/2000/svg";
-  const frame = document.createElementNS(ns, "rect");
-  Object.entries({ x: P, y: 10, width: W - P - 10, height: H - P - 10, fill: "none", stroke: "#ccc" }).forEach(([k, v]) => frame.setAttribute(k, v));
-  svg.append(frame);
-  for (const [phase, pts] of Object.entries(losses)) {
-    const line = document.createElementNS(ns, "polyline");
-    line.setAttribute("points", pts.map(([s, l]) => `${P + (W - P - 10) * s / maxS},${10 + (H - P - 10) * (1 - l / maxL)}`).join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", COLOURS[phase] || "#333");
-    line.setAttribute("class", `loss-${phase}`);
-    svg.append(line);
-  }
-  const label = document.createElementNS(ns, "text");
-  label.setAttribute("x", P); label.setAttribute("y", H - 6); label.setAttribute("font-size", "11");
-  label.textContent = `loss per step (slow orange, fast blue); max ${maxL.toFixed(3)}, steps 0..${maxS}`;
-  svg.append(label);
+function showButtons(r) {
+  const s = r.status, busy = ["queued", "running", "stopping", "evaluating"].includes(s);
+  $("#stop-btn").hidden = s !== "running";
+  $("#unqueue-btn").hidden = s !== "queued";
+  $("#cancel-eval-btn").hidden = s !== "evaluating";
+  $("#start-btn").hidden = s !== "draft";
+  $("#resume-btn").hidden = !["interrupted", "failed"].includes(s);
+  $("#delete-btn").hidden = busy;
+  $("#busy-note").textContent = busy ? `delete is possible once the run is no longer ${s}` : "";
+  $("#eval").hidden = s !== "done";
+}
+
+function showEval(r) {
+  const rep = r.eval, prog = r.eval_progress;
+  $("#eval-section").hidden = !rep && !prog;
+  $("#eval-progress").hidden = !prog;
+  if (prog) $("#eval-progress").textContent = `evaluating: ${prog.done} of ${prog.total} prompt x seed pairs done` +
+    (rep ? " (below: the previous report)" : "");
+  $("#eval-report").hidden = !rep;
+  if (!rep) return;
+  const fmt = (v, d) => (v === null || v === undefined ? "" : typeof v === "number" ? v.toFixed(d) : String(v));
+  const rows = rep.rows.map((row) => {
+    const tr = el("tr", { "data-sampler": row.sampler });
+    const ref = row.sampler === rep.reference;
+    tr.append(el("td", {}, row.sampler), el("td", {}, fmt(row.passes_per_image, 0)), el("td", {}, fmt(row.seconds_median, 3)),
+              el("td", {}, ref ? "reference" : fmt(row.psnr_mean, 2)), el("td", {}, fmt(row.ssim_mean, 4)),
+              el("td", {}, fmt(row.ms_ssim_mean, 4)), el("td", {}, fmt(row.latent_mse_mean, 5)), el("td", {}, fmt(row.alarms, 0)));
+    return tr;
+  });
+  $("#eval-table tbody").replaceChildren(...rows);
+  $("#eval-meta").textContent = `${rep.pairs} prompt x seed pair(s), LoRAs of step ${rep.step}; reference ${rep.reference}`;
+  $("#eval-verdict").textContent = rep.verdict ? `Verdict: ${rep.verdict}` : "";
+  $("#eval-figure").hidden = !rep.grid;
+  const src = rep.grid ? `/runs/${runId}/file/${rep.grid}?v=${encodeURIComponent(rep.step)}-${rep.pairs}` : "";
+  if (rep.grid && $("#eval-grid").getAttribute("src") !== src) $("#eval-grid").src = src;
 }
 
 function runPage() {
@@ -138,7 +266,7 @@ function runPage() {
   const act = (method, url) => async () => {
     try { showError(err, null); await api(method, url); } catch (e) { showError(err, e); }
   };
-  $("#stop-btn").onclick = act("POST", `/api/runs/${runId}/stop`);
+  for (const b of ["#stop-btn", "#unqueue-btn", "#cancel-eval-btn"]) $(b).onclick = act("POST", `/api/runs/${runId}/stop`);
   $("#start-btn").onclick = act("POST", `/api/runs/${runId}/start`);
   $("#resume-btn").onclick = act("POST", `/api/runs/${runId}/start`);
   $("#delete-btn").onclick = async () => {
@@ -159,19 +287,23 @@ function runPage() {
     const r = JSON.parse(ev.data);
     $("#status").textContent = r.status;
     $("#status").className = `status ${r.status}`;
+    $("#phase").textContent = r.phase || "";
+    $("#phase").hidden = !r.phase;
     $("#step").textContent = r.step;
     $("#total").textContent = r.total ?? "?";
-    $("#eta").textContent = fmtEta(r.eta);
+    $("#eta").textContent = r.flowing ? fmtEta(r.eta) : "";
+    $("#eta-box").hidden = !r.flowing;
+    $("#rate-box").hidden = !r.per_step;
+    $("#loss-now").textContent = Object.entries(r.loss || {}).map(([p, v]) => `${p} ${v.toFixed(4)}`).join(" · ") || "–";
+    $("#rate").textContent = r.per_step ? r.per_step.toFixed(2) : "–";
     $("#progress").max = r.total || 1;
     $("#progress").value = r.step || 0;
-    $("#stop-btn").hidden = !["running", "queued", "evaluating"].includes(r.status);
-    $("#eval").hidden = r.status !== "done";
-    $("#start-btn").hidden = r.status !== "draft";
-    $("#resume-btn").hidden = !["interrupted", "failed"].includes(r.status);
+    showButtons(r);
     $("#downloads").hidden = !r.downloads.diffusers;
     $("#dl-eval").hidden = !r.downloads.eval;
     drawLoss($("#loss"), r.losses);
     const box = $("#validation");
+    if (!shown.size) $("#no-validation").textContent = r.validation_set ? "none yet" : "none yet (set validation_prompt)";
     for (const v of r.validations) {
       if (shown.has(v.grid)) continue;
       if (!shown.size) box.replaceChildren();
@@ -181,28 +313,51 @@ function runPage() {
                  el("figcaption", {}, `step ${v.step}`));
       box.prepend(fig);
     }
-    $("#log").textContent = r.log;
+    followLog($("#log"), r.log);
+    showEval(r);
   };
 }
 
 // --- generate ---------------------------------------------------------------------------------------------
+function figure(im) {
+  const p = im.parameters || {};
+  const fig = el("figure", { class: "generated" });
+  const rest = Object.fromEntries(Object.entries(p).filter(([k]) => k !== "prompt" && k !== "seed"));
+  const details = el("details");
+  details.append(el("summary", {}, "parameters"), el("pre", { class: "params" }, JSON.stringify(rest, null, 1)));
+  const cap = el("figcaption");
+  cap.append(el("div", { class: "caption" }, `prompt: ${JSON.stringify(p.prompt ?? "")}\nseed: ${p.seed ?? "?"}`), details);
+  fig.append(el("img", { src: im.url, alt: String(p.prompt ?? "generated image") }), cap);
+  return fig;
+}
+
+async function loadGallery(run) {
+  const box = $("#images");
+  box.replaceChildren(el("p", { class: "meta", id: "no-images" }, "none yet"));
+  if (!run) return;
+  try {
+    const r = await api("GET", `/api/runs/${encodeURIComponent(run)}/generated`);
+    if (r.images.length) box.replaceChildren(...r.images.map(figure));
+  } catch (e) { showError($("#gen-error"), e); }
+}
+
 function generatePage() {
   const form = $("#generate"), err = $("#gen-error");
+  loadGallery($("#g-run").value);
+  $("#g-run").addEventListener("change", () => loadGallery($("#g-run").value));
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     showError(err, null);
     const body = {};
     for (const k of ["run", "prompts", "seed", "width", "height", "guidance"]) body[k] = form.elements[k].value;
     $("#generate-btn").disabled = true;
+    $("#gen-busy").textContent = "generating…";
     try {
       const r = await api("POST", "/api/generate", body);
-      for (const im of r.images.slice().reverse()) {
-        const fig = el("figure", { class: "generated" });
-        fig.append(el("img", { src: im.url, alt: im.parameters.prompt }),
-                   el("figcaption", {}, Object.entries(im.parameters).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n")));
-        $("#images").prepend(fig);
-      }
-    } catch (e) { showError(err, e); } finally { $("#generate-btn").disabled = false; }
+      $("#no-images")?.remove();
+      for (const im of r.images.slice().reverse()) $("#images").prepend(figure(im));
+      $("#gen-busy").textContent = `${r.images.length} image(s) in ${r.seconds.toFixed(1)} s`;
+    } catch (e) { showError(err, e); $("#gen-busy").textContent = ""; } finally { $("#generate-btn").disabled = false; }
   });
 }
 
