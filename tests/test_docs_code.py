@@ -53,7 +53,7 @@ def shell_commands(code: str) -> list[list[str]]:
         words = shlex.split(line, comments=True)
         cmd: list[str] = []
         for w in words + ["&&"]:
-            if w in ("&&", ";", "||"):
+            if w in ("&&", ";", "||", "&"):
                 if cmd:
                     commands.append(cmd)
                 cmd = []
