@@ -352,7 +352,7 @@ def add_pages(app: FastAPI, srv: Server) -> None:
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: str):
-        return pages.run_page(run_id, srv.store.read(run_id))
+        return pages.run_page(run_id, srv.store.read(run_id), read_note(srv.store, run_id))
 
     @app.get("/generate", response_class=HTMLResponse)
     def generate_page(run: str | None = None):
