@@ -68,6 +68,8 @@ def test_zip_upload_unpacks_images_and_captions(server):
     got = r.json()["images"]
     assert [(i["name"], i["caption"]) for i in got] == [("b.png", ""), ("a.png", "a red bar")]
     assert base64.b64decode(got[1]["data"].split(",", 1)[1]) == a and got[1]["data"].startswith("data:image/png")
+    two = unpack(client, zipped({"x/a.png": a, "y/a.png": b, "y/a.txt": b"the second"})).json()["images"]
+    assert [(i["name"], i["caption"]) for i in two] == [("x_a.png", ""), ("y_a.png", "the second")]
 
 
 @pytest.mark.parametrize("entries, words", [

@@ -104,9 +104,13 @@ def unpack_zip(data: bytes) -> list[Unpacked]:
 
 
 def unpacked_json(items: list[Unpacked]) -> dict:
-    """The unpacked images for the page: name, caption and the bytes as a data: URL (turned back into files)."""
-    return {"images": [{"name": PurePosixPath(u.name).name, "caption": u.caption,
-                        "data": f"data:{MIME[u.ext]};base64,{base64.b64encode(u.data).decode()}"} for u in items]}
+    """The unpacked images for the page: name (the file name; the path with `_` for `/` where two share one),
+    caption and the bytes as a data: URL (turned back into files)."""
+    short = [PurePosixPath(u.name).name for u in items]
+    names = [n if short.count(n) == 1 else u.name.replace("/", "_") for n, u in zip(short, items)]  # kept apart
+    return {"images": [{"name": name, "caption": u.caption,
+                        "data": f"data:{MIME[u.ext]};base64,{base64.b64encode(u.data).decode()}"}
+                       for name, u in zip(names, items)]}
 
 
 def _alignment(body: dict) -> tuple[int, str]:
