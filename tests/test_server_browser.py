@@ -117,8 +117,71 @@ WATCH = """document.addEventListener("DOMContentLoaded", () => {
 });"""
 
 
+def png_bytes(w: int, h: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (30, 120, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+DROP = """([files]) => {
+  const dt = new DataTransfer();
+  for (const [name, b64, type] of files)
+    dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], name, { type }));
+  document.querySelector("#drop").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+}"""
+
+
+def check_new_run_data(browser, base):
+    """New run's data in a page of its own: images and a .txt caption dropped (a caption box each, prefilled from
+    the .txt), the bucket preview (the server's bucket code), a ZIP added (its caption prefilled, a typed caption
+    kept), a config file loaded into the form and a bad one named at the top."""
+    import base64
+    import io
+
+    from glancetune.server.uploads import bucket_preview
+
+    page = browser.new_page(viewport={"width": 1280, "height": 820})
+    page.goto(base + "/new")
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    page.evaluate(DROP, [[["fox.png", b64(png_bytes(64, 64)), "image/png"],
+                          ["wide.png", b64(png_bytes(96, 64)), "image/png"],
+                          ["fox.txt", b64(b"a fox in the snow\n"), "text/plain"]]])
+    page.wait_for_function("document.querySelectorAll('#captions textarea').length === 2", timeout=10_000)
+    assert page.input_value("#f-caption-0") == "a fox in the snow" and page.input_value("#f-caption-1") == ""
+    page.wait_for_function("document.querySelectorAll('#buckets tbody tr').length === 2", timeout=20_000)
+    want = bucket_preview({"resolution": 1024, "sizes": [[64, 64], [96, 64]]})["images"]
+    cells = page.eval_on_selector_all("#buckets tbody tr", "rows => rows.map(r => r.cells[2].textContent)")
+    assert cells == ["{}×{}".format(*w["target"]) for w in want] and want[0]["target"] != want[1]["target"]
+    page.fill("#f-caption-1", "a wide blue image")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("set/bird.png", png_bytes(64, 96))
+        z.writestr("set/bird.txt", "a small bird")
+    page.set_input_files("#f-zip", files=[{"name": "set.zip", "mimeType": "application/zip",
+                                           "buffer": buf.getvalue()}])
+    page.wait_for_function("document.querySelectorAll('#captions textarea').length === 3", timeout=20_000)
+    assert [page.input_value(f"#f-caption-{k}") for k in range(3)] == [
+        "a fox in the snow", "a wide blue image", "a small bird"]
+    page.wait_for_function("document.querySelectorAll('#buckets tbody tr').length === 3", timeout=20_000)
+    page.set_input_files("#f-config", files=[{"name": "mine.yaml", "mimeType": "text/yaml",
+                                              "buffer": b"pretrained_model_name_or_path: tiny:flux\nlora_rank: 8\n"}])
+    page.wait_for_function("document.querySelector('#f-lora_rank').value === '8'", timeout=10_000)
+    assert page.input_value("#f-pretrained_model_name_or_path") == "tiny:flux"
+    assert "mine.yaml" in page.inner_text("#preset-note")
+    page.set_input_files("#f-config", files=[{"name": "bad.json", "mimeType": "application/json",
+                                              "buffer": b'{"lora_rnak": 8}'}])
+    page.wait_for_selector("#form-error:not([hidden])", timeout=10_000)
+    assert "bad.json" in page.inner_text("#form-error") and "lora_rnak" in page.inner_text("#form-error")
+    page.close()
+
+
 def test_create_watch_generate_download(server, browser):
     base, tmp_path = server
+    check_new_run_data(browser, base)
     page = browser.new_page(viewport={"width": 1280, "height": 820}, accept_downloads=True)
     page.add_init_script(WATCH)
     page.on("dialog", lambda d: d.accept())

@@ -27,6 +27,7 @@ from .forms import form_keys, parse_settings
 from .generate import WarmSampler, gallery
 from .jobs import Manager
 from .plan import ladder_svg, make_plan
+from .run_files import add_run_files, queue_positions, read_note
 from .runs import LOG, Conflict, NotFound, RunStore, write_json
 from .security import BodyTooLarge, Guard
 
@@ -83,6 +84,8 @@ class Server:
         step, eta = progress.step_and_eta(lines, total, status == "running")
         return {"id": run_id, "name": rec.get("name", run_id), "status": status, "step": step, "total": total,
                 "eta": eta, "created": rec.get("created"), "returncode": rec.get("returncode"),
+                "queue": queue_positions(self.store).get(run_id) if status == "queued" else None,
+                "note": read_note(self.store, run_id),
                 **glance_of(self.store.dir(run_id), lines, total, status)}
 
     def detail(self, run_id: str) -> dict:
@@ -349,7 +352,7 @@ def add_pages(app: FastAPI, srv: Server) -> None:
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: str):
-        return pages.run_page(run_id, srv.store.read(run_id))
+        return pages.run_page(run_id, srv.store.read(run_id), read_note(srv.store, run_id))
 
     @app.get("/generate", response_class=HTMLResponse)
     def generate_page(run: str | None = None):
@@ -370,6 +373,7 @@ def create_app(runs_dir, token: str | None = None, hosts: set[str] | None = None
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_api(app, srv)
     add_use_api(app, srv)
+    add_run_files(app, srv)
     add_events(app, srv)
     add_pages(app, srv)
     if start_queue:

@@ -25,7 +25,7 @@ def layout(title: str, page: str, body: str, run_id: str = "") -> str:
             '<link rel="stylesheet" href="/static/style.css"></head>'
             f'<body data-page="{page}" data-run="{esc(run_id)}"><header><b>glancetune</b><nav>{nav}</nav></header>'
             f'<main>{body}</main><script src="/static/chart.js"></script><script src="/static/app.js"></script>'
-            '</body></html>')
+            '<script src="/static/data.js"></script><script src="/static/runs.js"></script></body></html>')
 
 
 def runs_page() -> str:
@@ -51,14 +51,21 @@ def new_page() -> str:
 <form id="new-run" autocomplete="off">
 <p id="form-error" class="error" role="alert" hidden></p>
 <fieldset class="presets"><legend>Presets (fill the form; every value stays editable)</legend>{presets_html()}
-</fieldset>
+<div class="field"><label for="f-config">or load a config file</label><input type="file" id="f-config"
+ accept=".json,.toml,.yaml,.yml"><div class="help">a <code>glancetune glance --config</code> file (JSON, TOML or YAML),
+ read by the server as the command reads it</div></div></fieldset>
 <fieldset><legend>Data</legend>
 <div class="field"><label for="f-name">name</label><input type="text" id="f-name" name="name" placeholder="my-run"></div>
-<div class="field"><label for="f-images">image(s)</label><input type="file" id="f-images" name="images" multiple
- accept="image/png,image/jpeg,image/webp"><div class="help">PNG, JPEG or WEBP; one image and its caption is Glance's
- recipe</div></div>
+<div id="drop" class="drop"><div class="field"><label for="f-images">image(s)</label><input type="file" id="f-images"
+ name="images" multiple accept="image/png,image/jpeg,image/webp"><div class="help">PNG, JPEG or WEBP; one image and its
+ caption is Glance's recipe. Or drop images (with same-name .txt captions) or a .zip of them here.</div></div>
+<div class="field"><label for="f-zip">or a ZIP</label><input type="file" id="f-zip" accept=".zip,application/zip">
+<div class="help">images + same-name .txt captions, at most 64 files; unpacked into the list above</div></div>
+<p id="drop-note" class="meta" role="status"></p></div>
 <div id="captions"><div class="field"><label for="f-caption">caption</label><textarea id="f-caption" name="captions"
  rows="2"></textarea></div></div><div id="thumbs" class="thumbs"></div>
+<div id="buckets" class="scroll" hidden><table class="buckets"><caption class="meta" id="bucket-note"></caption><thead>
+<tr><th>image</th><th>size</th><th>trains at</th><th>bucket</th></tr></thead><tbody></tbody></table></div>
 <div class="field"><label for="f-folder">or a folder on the server</label><input type="text" id="f-folder"
  name="folder" placeholder="/data/my-dataset"><div class="help">image + same-name .txt caption pairs; read, never
  written</div></div>
@@ -78,7 +85,18 @@ and the command (the server writes both files into the run's folder and runs thi
     return layout("New run", "new", body)
 
 
-def run_page(run_id: str, rec: dict) -> str:
+def run_extras(run_id: str, note: str) -> str:
+    """The run page's checkpoints and note (filled and saved by static/runs.js)."""
+    return f"""<h2>Checkpoints</h2><div class="scroll"><table id="checkpoints" class="checkpoints"><thead><tr>
+<th>step</th><th>size</th><th>download</th></tr></thead><tbody></tbody></table></div>
+<p class="meta" id="no-checkpoints">none yet</p>
+<h2>Note</h2><div class="field"><label for="note">note <span class="meta">(kept in the run folder's note.txt; at most
+2000 characters)</span></label><textarea id="note" rows="2" maxlength="2000">{esc(note)}</textarea></div>
+<p><button type="button" id="note-btn" class="secondary">Save note</button> <span id="note-saved" class="meta"
+ role="status"></span></p>"""
+
+
+def run_page(run_id: str, rec: dict, note: str = "") -> str:
     plan = rec.get("plan") or {}
     ladder = (ladder_svg(plan["ladder"]) + ladder_table(plan["ladder"])) if plan.get("ladder") else ""
     rid = esc(run_id)
@@ -87,7 +105,7 @@ def run_page(run_id: str, rec: dict) -> str:
  hidden></span> <span>step <span id="step">0</span> / <span id="total">?</span></span>
 <progress id="progress" max="1" value="0"></progress> <span>loss <span id="loss-now">–</span></span>
 <span id="rate-box" hidden><span id="rate">–</span> s/step</span> <span id="eta-box" hidden>ETA <span id="eta">
-</span></span></div>
+</span></span> <span id="queue-pos" class="meta" hidden></span></div>
 <p class="actions"><button id="stop-btn" hidden>Stop (checkpoint)</button>
 <button id="unqueue-btn" hidden>Leave the queue</button><button id="cancel-eval-btn" hidden>Cancel eval</button>
 <button id="start-btn" hidden>Start</button><button id="resume-btn" hidden>Resume</button>
@@ -96,6 +114,8 @@ def run_page(run_id: str, rec: dict) -> str:
 Download LoRA pair (diffusers)</a> <a id="dl-comfyui" href="/api/runs/{rid}/download/comfyui">Download
 ComfyUI files</a> <a id="dl-eval" href="/api/runs/{rid}/download/eval" hidden>Download eval report</a>
 <a href="/generate?run={rid}">Generate with it</a></p>
+<p class="actions"><a id="dl-config" href="/api/runs/{rid}/config">Download config (glance.json)</a>
+<button type="button" id="duplicate-btn" class="secondary">Duplicate (a new draft, same config and data)</button></p>
 <p id="action-error" class="error" role="alert" hidden></p>
 <h2>Loss</h2><svg id="loss" class="loss" viewBox="0 0 640 240" width="640" height="240" role="img"
  aria-label="loss per step"></svg>
@@ -114,7 +134,7 @@ model's own 50-step image and its 10-step images (PSNR, SSIM, win-rate); a queue
 <div class="field"><label for="e-seeds">seeds per prompt</label><input type="text" id="e-seeds" name="seeds"
  value="1"></div><p><button type="submit" id="eval-btn">Evaluate</button></p></form>
 <details><summary>Plan (<code>--dry-run</code>) and ladder</summary>{ladder}<pre>{esc(plan.get("text", ""))}</pre>
-</details>"""
+</details>{run_extras(run_id, note)}"""
     return layout(rec.get("name", run_id), "run", body, run_id)
 
 

@@ -52,7 +52,9 @@ function runsPage() {
         cells[0].append(a);
       }
       cells[1].append(el("a", { href }, r.name));
+      if (r.note) cells[1].append(el("div", { class: "note meta" }, r.note));
       if (r.phase && r.phase !== r.status) cells[2].append(el("span", { class: "phase" }, r.phase));
+      if (r.queue) cells[2].append(el("span", { class: "queue-pos meta" }, ` #${r.queue} in the queue`));
       cells[3].append(el("progress", { max: r.total || 1, value: r.step || 0 }), ` ${r.step}/${r.total ?? "?"}`);
       tr.append(...cells);
       body.append(tr);
@@ -298,6 +300,8 @@ function runPage() {
     $("#rate").textContent = r.per_step ? r.per_step.toFixed(2) : "–";
     $("#progress").max = r.total || 1;
     $("#progress").value = r.step || 0;
+    $("#queue-pos").textContent = r.queue ? `#${r.queue} in the queue` : "";
+    $("#queue-pos").hidden = !r.queue;
     showButtons(r);
     $("#downloads").hidden = !r.downloads.diffusers;
     $("#dl-eval").hidden = !r.downloads.eval;
