@@ -268,6 +268,7 @@ def test_create_watch_generate_download(server, browser):
     page.click("#images figure.generated summary")
     params = page.eval_on_selector("#images figure.generated pre.params", "p => p.getBoundingClientRect().right")
     assert params <= box + 1  # the ladder's JSON wraps inside its own caption
+    shot(page, tmp_path, "generate")
     second = "#images figure.generated:nth-of-type(2)"
     assert page.get_attribute(f"{second} a.download", "href") == page.get_attribute(f"{second} img", "src")
     with page.expect_download() as dl:
@@ -280,4 +281,3 @@ def test_create_watch_generate_download(server, browser):
     page.wait_for_selector("#gen-error:not([hidden])", timeout=30_000)
     assert page.inner_text("#gen-error").startswith("ladder: bad.json: \"sigmas\" must be")
     assert page.eval_on_selector_all("#g-ladder option", "os => os.map(o => o.value)") == [""]
-    shot(page, tmp_path, "generate")
