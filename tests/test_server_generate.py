@@ -169,3 +169,18 @@ def test_validation_labels(app_client):
     assert got[1]["rows"] == [{"prompt": "a red fox", "seed": 0}, {"prompt": "a blue bird", "seed": 0}]
     assert got[2]["rows"] == [{"prompt": None, "seed": None}] * 2
     assert client.get("/api/runs/nope/validations").status_code == 404
+
+
+def test_a_ladders_link_out_of_the_run_is_refused(app_client, tmp_path):
+    client, srv = app_client
+    d = finished_run(srv.store.root, "r1")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.json").write_bytes(ladder_bytes())
+    (d / "ladders").symlink_to(outside, target_is_directory=True)
+    r = upload(client, "r1", ladder_bytes())
+    assert r.status_code == 400 and "outside the run folder" in r.json()["error"]
+    assert sorted(p.name for p in outside.iterdir()) == ["x.json"]  # nothing written there
+    assert client.get("/api/runs/r1/ladders").status_code == 400
+    r = client.post("/api/generate", json={"run": "r1", "prompts": ["a fox"], "ladder": "x.json"})
+    assert r.status_code == 400 and "outside the run folder" in r.json()["error"]
