@@ -53,7 +53,8 @@ def gallery(run_dir: Path, files: list[str]) -> list[dict]:
 
 @dataclass(frozen=True)
 class Progress:
-    """The newest request's state: idle | loading | sampling | saving | done | failed, and a line saying it."""
+    """The newest request's state (idle | starting | loading | sampling | saving | done | failed) and a line
+    saying it."""
 
     state: str = "idle"
     message: str = ""
@@ -128,7 +129,7 @@ class WarmSampler:
         check_request(prompts, seed, width, height, guidance)
         with self.lock:
             self.busy = True
-            self._report(state="loading", message="starting", run=key, image=0, of=len(prompts),
+            self._report(state="starting", message="starting", run=key, image=0, of=len(prompts),
                          request=self.progress.request + 1, seconds=None)
             try:
                 t0 = time.perf_counter()
@@ -167,7 +168,7 @@ class WarmSampler:
 
         if self.key != key:
             self._drop()
-            self._report(message=f"loading the pipeline of {key}")
+            self._report(state="loading", message=f"loading the pipeline of {key}")
             spec = resolve_spec(run=run_output)
             check_size(model_info(spec.base_model), width or spec.width, height or spec.height)
             self.sampler = GlanceSampler.from_spec(spec, device=self.device)
