@@ -1,10 +1,12 @@
 """`glancetune server` in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright for Python)
 against a real server process (`python -m glancetune server`). It fills the New run form from presets, sees a bad
 value named at the top of the form and at its field (in view), sees the plan and the ladder plot, starts the run,
-watches its phase label and the log following its newest line, sees the validation grids and the loss chart's
-axes, downloads the LoRA pair, evaluates it (the eval table on the run page), generates two images whose captions
-name their own prompt and seed (still there after a reload), and checks every page at 390 px for sideways
-overflow.
+watches its phase label and the log following its newest line, sees the validation grids (labelled with their
+step and prompt, enlarged in a lightbox that Esc closes and the arrow keys step through, two steps side by side)
+and the loss chart's axes, downloads the LoRA pair, evaluates it (the eval table on the run page), generates two
+images while the page says what the server is doing (their captions name their own prompt and seed, still there
+after a reload; "reuse seed" fills the form; a bad ladder file is refused in one line), and checks every page at
+390 px for sideways overflow.
 
 Chromium missing is a failure, not a skip (CI installs it: .ci/run). GLANCETUNE_NO_BROWSER=1 skips this file on
 a machine without a browser. GLANCETUNE_SCREENSHOTS=DIR also saves the pages' screenshots there (docs/ holds
@@ -114,6 +116,13 @@ WATCH = """document.addEventListener("DOMContentLoaded", () => {
     if (log.textContent && log.dataset.user !== "up")
       window.seen.follow.push(log.scrollHeight <= log.clientHeight || log.scrollHeight - log.scrollTop - log.clientHeight < 2);
   }).observe(document.querySelector("main"), { subtree: true, childList: true, characterData: true });
+});
+document.addEventListener("DOMContentLoaded", () => {  // the Generate page: every progress line shown
+  if (document.body.dataset.page !== "generate") return;
+  window.progress = [];
+  const busy = document.querySelector("#gen-busy");
+  new MutationObserver(() => { if (window.progress.at(-1) !== busy.textContent) window.progress.push(busy.textContent); })
+    .observe(busy, { subtree: true, childList: true, characterData: true });
 });"""
 
 
@@ -243,6 +252,25 @@ def test_create_watch_generate_download(server, browser):
     page.wait_for_function("document.querySelectorAll('#validation figure.grid').length === 3", timeout=30_000)
     loaded = page.eval_on_selector_all("#validation img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
     assert len(loaded) == 3 and all(w > 0 for w in loaded)
+    # the viewer: each grid labelled (step, prompt); a lightbox (Esc, arrows); two steps side by side
+    page.wait_for_function("document.querySelectorAll('#validation figcaption .v-step').length === 3", timeout=30_000)
+    label = page.inner_text("#validation figure.grid[data-step='10'] figcaption")
+    assert [line for line in label.splitlines() if line.strip()] == ["step 10", '"a red fox" · seed 0'], label
+    page.click("#validation figure.grid[data-step='20'] img")
+    assert page.is_visible("#lightbox") and page.inner_text("#lightbox .v-step") == "step 20"
+    page.wait_for_function("document.querySelector('#lightbox img').naturalWidth > 0", timeout=30_000)
+    page.keyboard.press("ArrowLeft")
+    assert page.inner_text("#lightbox .v-step") == "step 10" and "a red fox" in page.inner_text("#lightbox figcaption")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # past the newest: back to the first
+    assert page.inner_text("#lightbox .v-step") == "step 0"
+    page.keyboard.press("Escape")
+    assert page.is_hidden("#lightbox")
+    assert page.is_visible("#compare") and page.input_value("#cmp-a") == "0" and page.input_value("#cmp-b") == "2"
+    page.select_option("#cmp-a", "1")
+    assert [page.inner_text(f"#cmp-fig-{x} .v-step") for x in "ab"] == ["step 10", "step 20"]
+    page.wait_for_function("[...document.querySelectorAll('#compare img')].every(i => i.naturalWidth > 0)",
+                           timeout=30_000)
     assert page.locator("#loss polyline.loss-slow").count() == 1
     assert page.locator("#loss text.tick-x").count() >= 3 and page.locator("#loss text.tick-y").count() >= 2
     assert "wrote " in page.inner_text("#log")
@@ -287,6 +315,9 @@ def test_create_watch_generate_download(server, browser):
     page.click("#generate-btn")
     page.wait_for_function("document.querySelectorAll('#images figure.generated').length === 2", timeout=120_000)
     page.wait_for_function("document.querySelector('#images img').naturalWidth > 0", timeout=30_000)
+    shown = page.evaluate("window.progress")  # the server's progress, then the result
+    assert f"loading the pipeline of {run_id}…" in shown, shown
+    assert shown[-1].startswith("done: 2 image(s) in "), shown
 
     def captions():
         return [page.inner_text(f"#images figure.generated:nth-of-type({k}) .caption").splitlines() for k in (1, 2)]
@@ -301,3 +332,15 @@ def test_create_watch_generate_download(server, browser):
     params = page.eval_on_selector("#images figure.generated pre.params", "p => p.getBoundingClientRect().right")
     assert params <= box + 1  # the ladder's JSON wraps inside its own caption
     shot(page, tmp_path, "generate")
+    second = "#images figure.generated:nth-of-type(2)"
+    assert page.get_attribute(f"{second} a.download", "href") == page.get_attribute(f"{second} img", "src")
+    with page.expect_download() as dl:
+        page.click(f"{second} a.download")
+    assert dl.value.suggested_filename.endswith("-1.png")
+    page.click(f"{second} button.reuse")
+    assert page.input_value("#g-prompts") == "a blue bird" and page.input_value("#g-seed") == "8"
+    page.set_input_files("#g-ladder-file", files=[{"name": "bad.json", "mimeType": "application/json",
+                                                   "buffer": b'{"format": "glancetune-ladder/1", "sigmas": [0.2, 0.9]}'}])
+    page.wait_for_selector("#gen-error:not([hidden])", timeout=30_000)
+    assert page.inner_text("#gen-error").startswith("ladder: bad.json: \"sigmas\" must be")
+    assert page.eval_on_selector_all("#g-ladder option", "os => os.map(o => o.value)") == [""]

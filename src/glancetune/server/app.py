@@ -24,8 +24,10 @@ from . import pages, progress
 from .activity import glance_of, live
 from .downloads import download
 from .forms import form_keys, parse_settings
+from .gen_api import add_gen_api
 from .generate import WarmSampler, gallery
 from .jobs import Manager
+from .ladders import ladder_path
 from .plan import ladder_svg, make_plan
 from .run_files import add_run_files, queue_positions, read_note
 from .runs import LOG, Conflict, NotFound, RunStore, write_json
@@ -242,9 +244,10 @@ def add_use_api(app: FastAPI, srv: Server) -> None:
             doing = "being evaluated" if srv.jobs.status(srv.store.read(busy[0])) == "evaluating" else "training"
             raise Conflict(f"the device is busy: run {busy[0]} is {doing} (one device job at a time); generate "
                            "when it has finished")
+        ladder = ladder_path(srv.store.dir(run_id), req["ladder"])  # a searched ladder file of the run, or None
         paths, info, seconds = await asyncio.to_thread(
             srv.warm.generate, run_id, srv.store.output(run_id), srv.store.dir(run_id) / "generated",
-            req["prompts"], req["seed"], req["width"], req["height"], req["guidance"])
+            req["prompts"], req["seed"], req["width"], req["height"], req["guidance"], ladder, req["ladder"])
         d = srv.store.dir(run_id)
         return {"images": [{"url": f"/runs/{run_id}/file/{p.relative_to(d).as_posix()}",
                             "parameters": {**info, "prompt": req["prompts"][k], "seed": req["seed"] + k}}
@@ -291,10 +294,11 @@ def add_events(app: FastAPI, srv: Server) -> None:
 
 
 def parse_generate(body) -> dict:
-    """The generate request: {run, prompts: [..] or prompt, seed, width, height, guidance}; one-line errors."""
+    """The generate request: {run, prompts: [..] or prompt, seed, width, height, guidance, ladder (a ladder file of
+    the run; empty: its own)}; one-line errors."""
     if not isinstance(body, dict):
         raise GlanceError("generate: expected a JSON object")
-    unknown = set(body) - {"run", "prompts", "seed", "width", "height", "guidance"}
+    unknown = set(body) - {"run", "prompts", "seed", "width", "height", "guidance", "ladder"}
     if unknown:
         raise GlanceError(f"generate: unknown field(s) {', '.join(sorted(unknown))}")
     prompts = body.get("prompts")
@@ -302,9 +306,11 @@ def parse_generate(body) -> dict:
         prompts = [p for p in prompts.splitlines() if p.strip()]
     if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
         raise GlanceError("prompts: expected a list of prompts (or lines of text)")
-    out = {"run": body.get("run"), "prompts": prompts}
+    out = {"run": body.get("run"), "prompts": prompts, "ladder": body.get("ladder") or None}
     if not isinstance(out["run"], str):
         raise GlanceError("run: expected a run id")
+    if out["ladder"] is not None and not isinstance(out["ladder"], str):
+        raise GlanceError("ladder: expected the name of one of the run's ladder files")
     for key, kind in (("seed", int), ("width", int), ("height", int), ("guidance", float)):
         v = body.get(key)
         if isinstance(v, str):
@@ -376,6 +382,7 @@ def create_app(runs_dir, token: str | None = None, hosts: set[str] | None = None
     add_run_files(app, srv)
     add_events(app, srv)
     add_pages(app, srv)
+    add_gen_api(app, srv)
     if start_queue:
         srv.jobs.start()
     return Guard(app, token, hosts or set(), max_body), srv

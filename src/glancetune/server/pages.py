@@ -1,6 +1,7 @@
 """The HTML pages, rendered on the server (no templates package, no build step). Live parts (progress, loss
-curve, log, validation grids, generated images) are filled by static/app.js from the JSON API and its
-server-sent events. Every value from a run or a user is escaped here.
+curve, log, validation grids) are filled by static/app.js from the JSON API and its server-sent events; the
+Generate page (progress, gallery, ladder choice) by static/generate.js, the validation viewer (labels, lightbox,
+two steps side by side) by static/viewer.js. Every value from a run or a user is escaped here.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ def layout(title: str, page: str, body: str, run_id: str = "") -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)} · glancetune</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
-            '<link rel="stylesheet" href="/static/style.css"></head>'
+            '<link rel="stylesheet" href="/static/style.css"><link rel="stylesheet" href="/static/gen.css"></head>'
             f'<body data-page="{page}" data-run="{esc(run_id)}"><header><b>glancetune</b><nav>{nav}</nav></header>'
             f'<main>{body}</main><script src="/static/chart.js"></script><script src="/static/app.js"></script>'
-            '<script src="/static/data.js"></script><script src="/static/runs.js"></script></body></html>')
+            '<script src="/static/data.js"></script><script src="/static/runs.js"></script>'
+            '<script src="/static/generate.js"></script><script src="/static/viewer.js"></script>'
+            '</body></html>')
 
 
 def runs_page() -> str:
@@ -120,6 +123,10 @@ ComfyUI files</a> <a id="dl-eval" href="/api/runs/{rid}/download/eval" hidden>Do
 <h2>Loss</h2><svg id="loss" class="loss" viewBox="0 0 640 240" width="640" height="240" role="img"
  aria-label="loss per step"></svg>
 <h2>Validation</h2><div id="validation" class="grids"><p class="meta" id="no-validation">none yet</p></div>
+<section id="compare" hidden><h3>Compare two steps</h3><p class="actions"><label>left <select id="cmp-a"></select>
+</label> <label>right <select id="cmp-b"></select></label></p><div class="compare"><figure id="cmp-fig-a"><img
+ alt="validation grid (left)"><figcaption></figcaption></figure><figure id="cmp-fig-b"><img
+ alt="validation grid (right)"><figcaption></figcaption></figure></div></section>
 <h2>Log</h2><pre id="log" class="log"></pre>
 <section id="eval-section" hidden><h2>Eval</h2><p id="eval-progress" class="meta" hidden></p>
 <div id="eval-report" hidden><p id="eval-meta" class="meta"></p><div class="scroll"><table id="eval-table"
@@ -154,7 +161,12 @@ def generate_page(runs: list[tuple[str, str]], chosen: str | None) -> str:
  placeholder="trained size"></div>
 <div class="field"><label for="g-guidance">guidance</label><input type="text" id="g-guidance" name="guidance"
  placeholder="the run's"></div>
-<p><button type="submit" id="generate-btn">Generate</button> <span id="gen-busy" class="meta"></span></p>
+<div class="field"><label for="g-ladder">ladder</label><select id="g-ladder" name="ladder"><option value="">the
+ run's own ladder</option></select><div class="help">or a searched ladder file (<code>glancetune search-ladder</code>
+ output) in the run's <code>ladders/</code> folder: <label class="upload-ladder">upload one <input type="file"
+ id="g-ladder-file" accept=".json,application/json"></label></div></div>
+<p><button type="submit" id="generate-btn">Generate</button> <span id="gen-busy" class="meta" role="status"
+ aria-live="polite"></span></p>
 <p id="gen-error" class="error" role="alert" hidden></p></form>
 <h2>Images <small class="meta">(this run's, newest first; kept in its <code>generated/</code> folder)</small></h2>
 <section id="images" class="images"><p class="meta" id="no-images">none yet</p></section>"""

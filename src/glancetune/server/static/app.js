@@ -322,47 +322,5 @@ function runPage() {
   };
 }
 
-// --- generate ---------------------------------------------------------------------------------------------
-function figure(im) {
-  const p = im.parameters || {};
-  const fig = el("figure", { class: "generated" });
-  const rest = Object.fromEntries(Object.entries(p).filter(([k]) => k !== "prompt" && k !== "seed"));
-  const details = el("details");
-  details.append(el("summary", {}, "parameters"), el("pre", { class: "params" }, JSON.stringify(rest, null, 1)));
-  const cap = el("figcaption");
-  cap.append(el("div", { class: "caption" }, `prompt: ${JSON.stringify(p.prompt ?? "")}\nseed: ${p.seed ?? "?"}`), details);
-  fig.append(el("img", { src: im.url, alt: String(p.prompt ?? "generated image") }), cap);
-  return fig;
-}
-
-async function loadGallery(run) {
-  const box = $("#images");
-  box.replaceChildren(el("p", { class: "meta", id: "no-images" }, "none yet"));
-  if (!run) return;
-  try {
-    const r = await api("GET", `/api/runs/${encodeURIComponent(run)}/generated`);
-    if (r.images.length) box.replaceChildren(...r.images.map(figure));
-  } catch (e) { showError($("#gen-error"), e); }
-}
-
-function generatePage() {
-  const form = $("#generate"), err = $("#gen-error");
-  loadGallery($("#g-run").value);
-  $("#g-run").addEventListener("change", () => loadGallery($("#g-run").value));
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    showError(err, null);
-    const body = {};
-    for (const k of ["run", "prompts", "seed", "width", "height", "guidance"]) body[k] = form.elements[k].value;
-    $("#generate-btn").disabled = true;
-    $("#gen-busy").textContent = "generating…";
-    try {
-      const r = await api("POST", "/api/generate", body);
-      $("#no-images")?.remove();
-      for (const im of r.images.slice().reverse()) $("#images").prepend(figure(im));
-      $("#gen-busy").textContent = `${r.images.length} image(s) in ${r.seconds.toFixed(1)} s`;
-    } catch (e) { showError(err, e); $("#gen-busy").textContent = ""; } finally { $("#generate-btn").disabled = false; }
-  });
-}
-
-({ runs: runsPage, new: newPage, run: runPage, generate: generatePage })[page]?.();
+// the Generate page: generate.js; the validation viewer: viewer.js
+({ runs: runsPage, new: newPage, run: runPage })[page]?.();
