@@ -78,7 +78,7 @@ def running_server() -> dict | None:
 
 def request_body(args: argparse.Namespace) -> dict:
     """generate's parsed arguments as the API's JSON body: the values that differ from the defaults, by name."""
-    from .commands import generate_parser
+    from .generate_args import generate_parser
 
     defaults = vars(generate_parser().parse_args(["--prompt", "x"]))
     body = {k: v for k, v in vars(args).items() if k not in NOT_SENT and k in defaults and v != defaults[k]}
@@ -90,7 +90,7 @@ def request_body(args: argparse.Namespace) -> dict:
 def args_from_body(body) -> tuple[argparse.Namespace, str | None]:
     """The API's JSON body as generate's parsed arguments (argparse itself checks each value) and the client's
     working folder (`cwd`, or None); one line naming the key when something is wrong."""
-    from .commands import generate_parser
+    from .generate_args import generate_parser
 
     if not isinstance(body, dict):
         raise GlanceError("generate: expected a JSON object of generate's arguments")
@@ -122,8 +122,8 @@ def args_from_body(body) -> tuple[argparse.Namespace, str | None]:
 
 def remote_generate(args):
     """generate on a server: `--server URL`, else the one running here; None when there is none (or it is gone:
-    one info line), so the caller samples in-process. Returns commands.Generated."""
-    from .commands import Generated
+    one info line), so the caller samples in-process. Returns generate_args.Generated."""
+    from .generate_args import Generated
     from .images import output_paths
 
     found = running_server()

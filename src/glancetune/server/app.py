@@ -23,7 +23,7 @@ from ..errors import GlanceError
 from . import pages, progress
 from .activity import glance_of, live
 from .downloads import download
-from .forms import form_keys, parse_settings
+from .forms import form_keys, json_body, parse_settings
 from .gen_api import add_gen_api
 from .generate import WarmSampler, gallery
 from .jobs import Manager
@@ -129,14 +129,6 @@ async def _form_parts(request: Request) -> tuple[dict, list[tuple[str, bytes]]]:
         else:
             fields.setdefault(key, []).append(value)
     return fields, images
-
-
-async def json_body(request: Request, what: str):
-    """The request's JSON: a malformed or absurdly nested body is one 400 line, never a 500."""
-    try:
-        return await request.json()
-    except (ValueError, RecursionError):
-        raise GlanceError(f"{what}: the body must be JSON (and nested less deeply)") from None
 
 
 def _one(fields: dict, key: str, default: str = "") -> str:

@@ -173,3 +173,11 @@ def parse_settings(text: str | None) -> dict[str, Any]:
             except yaml.YAMLError:
                 out[key] = value
     return out
+
+
+async def json_body(request, what: str):
+    """A request's JSON (FastAPI's Request): a malformed or absurdly nested body is one 400 line, never a 500."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        raise GlanceError(f"{what}: the body must be JSON (and nested less deeply)") from None

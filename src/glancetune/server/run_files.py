@@ -132,7 +132,7 @@ async def _upload(request: Request, field: str) -> tuple[str, bytes]:
 
 def add_run_files(app: FastAPI, srv) -> None:
     """Register the routes above on the app (`srv`: app.Server)."""
-    from .app import json_body
+    from .forms import json_body
     from .plan import ladder_svg, make_plan
 
     store: RunStore = srv.store

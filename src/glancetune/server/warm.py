@@ -132,7 +132,7 @@ def _notices():
 
 def body_schema() -> dict:
     """The request body in the OpenAPI description (/docs): generate's arguments, read from its parser."""
-    from ..sampling.commands import generate_parser
+    from ..sampling.generate_args import generate_parser
 
     props = {}
     for a in generate_parser()._actions:
@@ -149,7 +149,7 @@ def body_schema() -> dict:
 
 
 def add_generate_api(app: FastAPI, warm: WarmPipelines) -> None:
-    from .app import json_body
+    from .forms import json_body
 
     @app.post(API, openapi_extra=body_schema())
     async def generate(request: Request):
