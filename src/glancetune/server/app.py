@@ -8,14 +8,13 @@ is logged with its traceback and answered 500 without one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,6 +22,7 @@ from ..errors import GlanceError
 from . import pages, progress
 from .activity import glance_of, live
 from .downloads import download
+from .events import sse
 from .forms import form_keys, json_body, parse_settings
 from .gen_api import add_gen_api
 from .generate import WarmSampler, gallery
@@ -251,38 +251,17 @@ def add_use_api(app: FastAPI, srv: Server) -> None:
         return {"images": gallery(srv.store.dir(run_id), srv.store.files(run_id))}
 
 
-
 def add_events(app: FastAPI, srv: Server) -> None:
     """Server-sent events: the runs list and one run, sent when they change (a comment line keeps them open)."""
 
-    async def events(request: Request, make, once: bool):
-        async def stream():
-            last, quiet = None, 0
-            while not await request.is_disconnected():
-                try:
-                    text = json.dumps(await asyncio.to_thread(make))
-                except NotFound:  # the run was deleted
-                    yield "event: gone\ndata: {}\n\n"
-                    return
-                if text != last:
-                    yield f"data: {text}\n\n"
-                    last, quiet = text, 0
-                elif (quiet := quiet + 1) % 30 == 0:
-                    yield ": keep-alive\n\n"
-                if once:
-                    return
-                await asyncio.sleep(EVENT_S)
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
     @app.get("/api/events")
     async def all_events(request: Request, once: bool = False):
-        return await events(request, lambda: [srv.summary(i) for i in srv.store.ids()], once)
+        return sse(request, lambda: [srv.summary(i) for i in srv.store.ids()], once, EVENT_S)
 
     @app.get("/api/runs/{run_id}/events")
     async def run_events(request: Request, run_id: str, once: bool = False):
         srv.store.dir(run_id)
-        return await events(request, lambda: srv.detail(run_id), once)
+        return sse(request, lambda: srv.detail(run_id), once, EVENT_S)
 
 
 def parse_generate(body) -> dict:

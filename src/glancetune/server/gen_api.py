@@ -10,14 +10,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from ..errors import GlanceError
 from . import progress
+from .events import sse
 from .ladders import list_ladders, save_upload
 from .security import BodyTooLarge
 
@@ -72,20 +71,7 @@ def add_gen_api(app: FastAPI, srv) -> None:
 
     @app.get("/api/generate/events")
     async def generate_events(request: Request, once: bool = False):
-        async def stream():
-            last, quiet = None, 0
-            while not await request.is_disconnected():
-                text = json.dumps(srv.warm.status())
-                if text != last:
-                    yield f"data: {text}\n\n"
-                    last, quiet = text, 0
-                elif (quiet := quiet + 1) % 150 == 0:
-                    yield ": keep-alive\n\n"
-                if once:
-                    return
-                await asyncio.sleep(EVENT_S)
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return sse(request, srv.warm.status, once, EVENT_S)
 
     @app.get("/api/runs/{run_id}/ladders")
     def ladders(run_id: str):
