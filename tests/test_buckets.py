@@ -165,7 +165,7 @@ def test_glance_on_two_aspect_buckets(tiny_flux, tmp_path, capsys, record_shapes
     write_backend(tmp_path / "config", [local(data, resolution=128, repeats=1)])
     assert main(["glance", "--config", str(cfg), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "3 image(s) in 1 dataset(s); 6 samples per epoch" in out and "128x128 -> 2, 176x96 -> 1" in out
+    assert "3 image(s) in 1 dataset(s); 6 sample(s) per epoch" in out and "128x128 -> 2, 176x96 -> 1" in out
     assert "sample(s) at 128x128 (the largest of 2 buckets" in out and "img2 176x96 <- img2.txt" in out
     assert main(["glance", "--config", str(cfg)]) == 0
     train = [s for s in record_shapes if s[0] == 2]  # the eval passes use a batch of 5 (one per sigma)

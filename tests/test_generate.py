@@ -163,8 +163,14 @@ def test_extension_names_the_format(glance_run, tmp_path, ext, fmt):
 
 
 @pytest.mark.slow
-def test_quickstart_png_carries_every_parameter(tmp_path):
+def test_quickstart_png_carries_every_parameter(tmp_path, capsys, monkeypatch):
     assert main(["quickstart", "--dir", str(tmp_path / "qs"), "--steps", "2", "--resolution", "64"]) == 0
+    # it ends with the commands to go on with, runnable as printed (the generate one here)
+    import shlex
+
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("glancetune generate"))
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(line)[1:]) == 0 and (tmp_path / "fox.png").is_file()
     info = read_parameters(tmp_path / "qs" / "glance.png")
     rec = read_record(tmp_path / "qs" / "output" / "glance" / "slow")[0]
     assert info["ladder"] == rec.ladder.to_dict() and info["base_model"] == rec.base_model

@@ -119,6 +119,25 @@ def test_stale_state_falls_back(glance_run, tmp_path, capsys):
         remote.state_path().unlink(missing_ok=True)
 
 
+def test_a_frozen_server_is_a_short_wait_then_in_process(glance_run, tmp_path, capsys, monkeypatch):
+    """A server that takes the connection but never answers (a stopped process, a hung one): generate waits its
+    health check's few seconds, says so in one line and samples in-process; before, it waited forever."""
+    monkeypatch.setattr(remote, "HEALTH_S", 0.5)
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)  # connections complete in the backlog; nothing is ever read or answered
+    try:
+        remote.write_state(f"http://127.0.0.1:{mute.getsockname()[1]}", None, os.getpid())
+        t0 = time.monotonic()
+        assert main(gen(glance_run, tmp_path / "a.png")) == 0
+        assert time.monotonic() - t0 < 60
+        out = capsys.readouterr().out
+        assert out.count("is not answering; sampling in this process") == 1 and (tmp_path / "a.png").is_file()
+    finally:
+        remote.state_path().unlink(missing_ok=True)
+        mute.close()
+
+
 def test_explicit_server_not_answering(glance_run, tmp_path, capsys, no_load):
     url = f"http://127.0.0.1:{free_port()}"
     err = run_err(capsys, gen(glance_run, tmp_path / "a.png", "--server", url))

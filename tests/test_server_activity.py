@@ -158,3 +158,16 @@ def test_validation_box_and_favicon(tmp_path):
     assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/runs/with").text
     icon = client.get("/static/favicon.svg")
     assert icon.status_code == 200 and icon.text.startswith("<svg")
+
+
+def test_objective_dependent_defaults_start_empty_in_the_form():
+    """learning_rate and max_train_steps depend on the objective (distill: 5e-4 and 200): the form leaves them empty
+    with the defaults named, so an untouched field gets the objective's default and a typed value is sent as typed
+    (before, the field showed 2e-3 while the run used 5e-4, and a typed 2e-3 was dropped as "the default")."""
+    from glancetune.server.forms import parse_settings, render_fields
+
+    page = render_fields()
+    assert ('data-key="learning_rate" data-default="" value="" placeholder="default: 0.0005 with distill, 0.002 '
+            'otherwise"') in page
+    assert 'data-key="max_train_steps" data-default="" value="" placeholder="default: 200 with distill"' in page
+    assert parse_settings('{"learning_rate": "0.002", "max_train_steps": ""}') == {"learning_rate": 0.002}

@@ -352,3 +352,14 @@ def test_start_line_names_reachable_addresses(monkeypatch):
                  str(Path(os.environ["GLANCETUNE_HOME"]) / "runs-start-line")]) == 0
     text = out.getvalue()
     assert f"glancetune server: http://192.168.1.20:{port}/?token={TOKEN}" in text and "0.0.0.0" not in text
+
+
+def test_a_missing_page_is_a_page_for_a_browser_and_json_for_the_api(local):
+    client, _ = local
+    page = client.get("/runs/does-not-exist", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert '<a href="/">All runs</a>' in page.text and "X-Frame-Options" in page.headers  # headers on it too
+    assert client.get("/no/such/page", headers={"Accept": "text/html"}).status_code == 404
+    api = client.get("/api/runs/does-not-exist", headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json() == {"error": "not found"}
+    assert client.get("/runs/does-not-exist").json() == {"error": "not found"}  # no Accept: html: the JSON line

@@ -106,7 +106,7 @@ class DataPlan:
         per_epoch = sum(len(g) for g in self.groups)
         n_batches = sum(-(-len(g) // batch_size) for g in self.groups)
         lines = [f"data: {len(self.samples)} image(s) in {sum(d.dataset_type == 'image' for d in self.datasets)} "
-                 f"dataset(s); {per_epoch} samples per epoch with repeats, {n_batches} batch(es) of {batch_size} per "
+                 f"dataset(s); {per_epoch} sample(s) per epoch with repeats, {n_batches} batch(es) of {batch_size} per "
                  f"epoch, each from one bucket" + ("" if self.shuffle else " (shuffle off)")]
         for d in self.datasets:
             mine = [s for s in self.samples if s.dataset_id == d.id]
@@ -117,7 +117,8 @@ class DataPlan:
                 lines.append(f"  conditioning {d.id!r} ({d.conditioning_type}): {d.root}")
                 continue
             crop = f"crop {d.crop_style}/{d.crop_aspect}" if d.crop else "no crop (aspect kept)"
-            lines.append(f"  dataset {d.id!r} ({d.backend}) {d.root}: {len(mine)} image(s), repeats {d.repeats}, "
+            lines.append(f"  dataset {d.id!r} ({d.backend}) {d.root}: {len(mine)} image(s), "
+                         f"{'no repeats' if not d.repeats else f'repeats {d.repeats} (seen {d.repeats + 1}x)'}, "
                          f"resolution {d.resolution:g} {d.resolution_type}, {crop}, captions {d.caption_strategy}"
                          + (f", cache_dir_vae {d.cache_dir_vae}" if d.cache_dir_vae else ""))
             counts = Counter(s.bucket for s in mine)

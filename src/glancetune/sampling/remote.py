@@ -134,6 +134,7 @@ def remote_generate(args):
     token = os.environ.get("GLANCETUNE_TOKEN") or (found.get("token") if same else None)
     paths = output_paths(args.output, len(args.prompt))  # this machine's folder, before the server works
     try:
+        _alive(url, token)  # a stuck or frozen server: a short wait, not a hang (the request itself may take minutes)
         reply = _post(url + API, request_body(args), token)
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # no answer (an HTTP error is one line)
         if args.server:
@@ -144,6 +145,21 @@ def remote_generate(args):
         log.info("%s", line)
     files = [(p, base64.b64decode(f["data"])) for p, f in zip(paths, reply["images"])]
     return Generated(files, reply["summary"] + f" (on {url})")
+
+
+HEALTH, HEALTH_S = "/api/v1/health", 5.0
+
+
+def _alive(url: str, token: str | None) -> None:
+    """The server answers its health check within HEALTH_S seconds (URLError/TimeoutError when not)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url + HEALTH, headers=headers), timeout=HEALTH_S):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answers (a token problem is reported by the request itself)
+    except OSError as e:  # socket.timeout is TimeoutError, an OSError; so is a refused connection
+        raise urllib.error.URLError(getattr(e, "reason", e)) from None
 
 
 def _post(url: str, body: dict, token: str | None) -> dict:

@@ -42,6 +42,20 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _not_found(request: Request, message: str = "not found"):
+    """404: a browser asking for a page gets a page with the way back; the API and files keep the JSON line."""
+    if request.method == "GET" and not request.url.path.startswith("/api/") \
+            and "text/html" in request.headers.get("accept", ""):
+        body = ("<h1>Not found</h1><p>There is no such page or run here (a deleted run, or a mistyped address).</p>"
+                '<p><a href="/">All runs</a></p>')
+        return HTMLResponse(pages.layout("Not found", "", body), status_code=404)
+    return _error(404, message)
+
+
+def _http_error(request: Request, exc: StarletteHTTPException):
+    return _not_found(request, str(exc.detail)) if exc.status_code == 404 else _error(exc.status_code, str(exc.detail))
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for e in exc.errors():
@@ -52,11 +66,11 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 def add_error_handlers(app: FastAPI) -> None:
     handlers = {GlanceError: lambda r, e: _error(400, str(e)),
-                NotFound: lambda r, e: _error(404, "not found"),
+                NotFound: lambda r, e: _not_found(r),
                 Conflict: lambda r, e: _error(409, str(e)),
                 BodyTooLarge: lambda r, e: _error(413, "request body too large"),
                 RequestValidationError: lambda r, e: _error(422, _validation_message(e)),
-                StarletteHTTPException: lambda r, e: _error(e.status_code, str(e.detail))}
+                StarletteHTTPException: _http_error}
     for exc, fn in handlers.items():
         app.add_exception_handler(exc, fn)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..config.schema import TrainConfig
+from ..config.schema import OBJECTIVE_DEFAULTS, TrainConfig
 from ..errors import GlanceError
 
 # set by the server for every run: where the data and the outputs live, and resuming by re-running
@@ -60,6 +60,16 @@ def choices(prop: dict) -> list:
     return out
 
 
+def objective_default(key: str, prop: dict) -> str | None:
+    """A key whose default depends on the objective (OBJECTIVE_DEFAULTS), described; None for the others. Such a
+    field starts empty, so the run gets its objective's default unless the user types a value."""
+    per = {obj: d[key] for obj, d in OBJECTIVE_DEFAULTS.items() if key in d}
+    if not per:
+        return None
+    plain = default_text(prop)
+    return ", ".join([f"{v:g} with {obj}" for obj, v in per.items()] + ([f"{plain} otherwise"] if plain else []))
+
+
 def default_text(prop: dict) -> str:
     """The default as the form shows it ("" for none)."""
     d = prop.get("default")
@@ -77,6 +87,10 @@ def form_keys() -> list[str]:
 
 def _widget(key: str, prop: dict) -> str:
     kind, default = field_kind(prop), default_text(prop)
+    per_objective = objective_default(key, prop)
+    if per_objective is not None:  # empty: the objective's default, not the schema's, unless a value is typed
+        return (f'<input type="text" name="{key}" id="f-{key}" data-key="{key}" data-default="" value="" '
+                f'placeholder="default: {html.escape(per_objective)}">')
     attrs = f'name="{key}" id="f-{key}" data-key="{key}" data-default="{html.escape(default)}"' + (
         " data-text" if kind == "text" else "")  # text as typed; other values are read as YAML (app.js too)
     if kind == "bool":
@@ -124,7 +138,7 @@ def render_fields() -> str:
         kind = "choice" if key in ("model_family", "model_flavour") else field_kind(prop)
         typ = {"choice": "one of the listed values", "bool": "true / false", "number": "number",
                "text": "text", "value": "YAML value (list, mapping, number or text), as --set"}[kind]
-        default = default_text(prop) or "none"
+        default = objective_default(key, prop) or default_text(prop) or "none"
         help_ = html.escape(prop.get("description", ""))
         return (f'<div class="field" data-field="{key}"><label for="f-{key}">{html.escape(human(key, prop))} '
                 f'<code>{key}</code></label>{_widget(key, prop)}'

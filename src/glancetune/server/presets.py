@@ -67,7 +67,7 @@ def from_example(path: Path, label: str) -> Preset | None:
 def presets(folder: Path = EXAMPLES) -> list[Preset]:
     """The smoke test, then each shipped example found."""
     out = [Preset("tiny-cpu", "Tiny CPU smoke test", {k: _text(v) for k, v in SMOKE.items()}, 64,
-                  "built in: tiny:flux, random weights")]
+                  "the built-in tiny:flux (random weights)")]
     for name, label in SHIPPED:
         if (folder / name).is_file():
             p = from_example(folder / name, label)

@@ -155,4 +155,9 @@ def cmd_quickstart(args) -> int:
     images = sampler([caption], seed=0)
     paths = save_images(images, root / "glance.png", image_info(spec, [caption], 0, sampler.guidance, "exact"))
     print(f"trained slow+fast in {t1 - t0:.1f}s, sampled 10 steps in {time.perf_counter() - t1:.1f}s: {paths[0]}")
+    print(f"the pair is in {out} (slow/ and fast/); from this folder, next:\n"
+          f"  glancetune generate --run {out} --prompt \"a fox in the snow\" --output fox.png\n"
+          f"  glancetune export --run {out}      # ComfyUI copies and a workflow that samples the pair\n"
+          f"  glancetune glance --config {root / 'config' / 'glance.json'}      # train again (its paths are "
+          "relative to this folder)")
     return 0
