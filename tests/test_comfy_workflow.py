@@ -199,3 +199,34 @@ def test_a_distilled_records_cfg_phases_and_guidance_set_each_phases_cfg(runs, t
     plan = plan_for_run(run)
     assert plan.cfg == (3.0, 1.0) and plan.kind == "qwen_image" and plan.negative_prompt == " "
     assert [n["inputs"]["cfg"] for _, n in of_class(build_workflow(plan), "CFGGuider")] == [3.0, 1.0]
+
+
+def test_export_name_prompt_caption_tiny_notice_and_file_modes(runs, capsys):
+    """--name names the LoRA files and the workflow's LoRA loaders; the prompt is the run's caption unless
+    --prompt; a tiny: run gets one notice; the copies' mode is what a new file gets under the umask (not 0600)."""
+    import os
+
+    run = runs["flux"]
+    texts = [n["inputs"]["text"] for _, n in of_class(workflow(run), "CLIPTextEncode")]
+    assert texts == ["a red gradient with speckles"]  # conftest's dataset caption, not the placeholder
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("glance-slow.safetensors", "glance-fast.safetensors", WORKFLOW_NAME):
+        assert (run / "comfyui" / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--name", "fox_v2.1", "--prompt", "a cat"]) == 0
+    out = capsys.readouterr().out
+    notices = [line for line in out.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and "tiny" in notices[0] and "do not fit" in notices[0]
+    graph = workflow(run)
+    assert {n["inputs"]["lora_name"] for _, n in of_class(graph, "LoraLoaderModelOnly")} == {
+        "fox_v2.1-slow.safetensors", "fox_v2.1-fast.safetensors"}
+    assert [n["inputs"]["text"] for _, n in of_class(graph, "CLIPTextEncode")] == ["a cat"]
+    for role in ("slow", "fast"):
+        assert (run / "comfyui" / f"fox_v2.1-{role}.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    before = (run / "comfyui" / WORKFLOW_NAME).read_bytes()
+    for bad in ("../x", "a b", ".hidden", "", "x/y"):
+        err = run_err(capsys, ["export", "--run", str(run), "--name", bad])
+        assert err.startswith("error: --name") and "safe file stem" in err
+    assert (run / "comfyui" / WORKFLOW_NAME).read_bytes() == before  # nothing written
+    assert main(["export", "--run", str(run)]) == 0  # the default names again, for the tests after this one

@@ -161,3 +161,23 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     err = run_err(capsys, ["export", "--run", str(tmp_path / "f" / "output")])
     assert "LoRA module proj_out has no ComfyUI name" in err
     assert not (tmp_path / "f" / "output" / "comfyui").exists()
+
+
+def test_the_comfyui_download_zip_stores_0644_whatever_the_files_mode(tmp_path):
+    """An export made before the mode fix left 0600 copies: the zip still hands them out readable (0644)."""
+    import os
+    import zipfile
+
+    from glancetune.server.downloads import _zip
+
+    f = tmp_path / "glance-slow.safetensors"
+    f.write_bytes(b"x" * 100)
+    os.chmod(f, 0o600)
+    path = _zip([(f, f.name)])
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(f.name)
+            assert (info.external_attr >> 16) & 0o777 == 0o644
+            assert z.read(f.name) == b"x" * 100
+    finally:
+        os.unlink(path)

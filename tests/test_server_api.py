@@ -138,6 +138,7 @@ def test_restart_stop_resume_download_generate(tmp_path, capsys):
         assert sorted(z.namelist()) == ["glance-fast.safetensors", "glance-slow.safetensors",
                                         "glance-workflow-api.json"]
         assert z.read("glance-fast.safetensors") == (out / "comfyui" / "glance-fast.safetensors").read_bytes()
+        assert {(i.external_attr >> 16) & 0o777 for i in z.infolist()} == {0o644}  # readable by another user
         assert b.get(f"/api/runs/{run_id}/download/eval").status_code == 404  # no report written
 
         r = b.post("/api/generate", json={"run": run_id, "prompts": ["a dog"], "seed": 3})

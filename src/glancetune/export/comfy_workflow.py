@@ -32,7 +32,7 @@ from ..schedule import Ladder
 
 WORKFLOW_NAME = "glance-workflow-api.json"
 SCHEMA_PATH = Path(__file__).with_name("comfyui_nodes.json")
-PROMPT = "a fox in the snow"  # the text node's prompt: the user's to edit
+PROMPT = "a fox in the snow"  # the text node's prompt where the run has no caption: the user's to edit
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class WorkflowPlan:
     negative_prompt: str
     loras: tuple[str, str]  # file names in ComfyUI's models/loras
     seed: int = 0
+    prompt: str = PROMPT
+    tiny: bool = False  # trained on a tiny: model (the loaders still name the full-size model's files)
 
 
 # each family's loaders: (class, inputs, title) of the diffusion model, the text encoder and the VAE; file names are
@@ -134,7 +136,7 @@ def _encode(g: _Graph, kind: str, clip: list, vae: list, text: str, title: str) 
 
 def _guiders(g: _Graph, plan: WorkflowPlan, models: list[list], clip: list, vae: list) -> list[list]:
     """The slow and the fast guider."""
-    positive = _encode(g, plan.kind, clip, vae, PROMPT, "prompt")
+    positive = _encode(g, plan.kind, clip, vae, plan.prompt, "prompt")
     if plan.kind in EMBEDDED:
         if plan.guidance is not None:
             positive = [g.add("FluxGuidance", "guidance (from the run)", conditioning=positive,
@@ -224,9 +226,24 @@ def checked_workflow(plan: WorkflowPlan) -> dict[str, dict]:
     return graph
 
 
-def plan_for_run(run: Path, ladder: Ladder | None = None) -> WorkflowPlan:
+def run_caption(run: Path) -> str | None:
+    """The run's training caption (glancetune_config.json `captions`, the first file's by name), or None."""
+    from .files import CONFIG_NAME
+
+    try:
+        captions = json.loads((run / CONFIG_NAME).read_text(encoding="utf-8")).get("captions") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = [str(captions[k]).strip() for k in sorted(captions) if str(captions[k]).strip()]
+    return found[0] if found else None
+
+
+def plan_for_run(run: Path, ladder: Ladder | None = None,
+                 loras: tuple[str, str] = ("glance-slow.safetensors", "glance-fast.safetensors"),
+                 prompt: str | None = None) -> WorkflowPlan:
     """The plan of a glance run, from its slow LoRA's record (what `generate --run` reads): ladder (or `ladder`,
-    a searched one), size, the guidance and CFG phases generate samples with."""
+    a searched one), size, the guidance and CFG phases generate samples with; the prompt: `prompt`, else the
+    run's training caption, else a placeholder."""
     from ..families import model_info
     from .files import read_record
 
@@ -244,8 +261,9 @@ def plan_for_run(run: Path, ladder: Ladder | None = None) -> WorkflowPlan:
     cfg = tuple(float(guidance) if guidance is not None and phases in ("both", p) else 1.0 for p in ("slow", "fast"))
     slow, fast = comfy_sigmas(ladder or rec.ladder)
     width, height = rec.resolution
+    text = prompt if prompt is not None else (run_caption(run) or PROMPT)
     return WorkflowPlan(kind, slow, fast, int(width), int(height), guidance, cfg, family.negative_prompt,
-                        ("glance-slow.safetensors", "glance-fast.safetensors"))
+                        tuple(loras), prompt=text, tiny=rec.base_model.startswith("tiny:"))
 
 
 def write_workflow(folder: Path, graph: dict) -> Path:

@@ -23,7 +23,9 @@ diffusers modules each fused one holds), with which `from_comfyui` gives back th
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,22 @@ if TYPE_CHECKING:
     import torch
 
 FOLDER = "comfyui"
+NAME = "glance"  # the files' default stem: glance-slow.safetensors, glance-fast.safetensors
+_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+log = logging.getLogger(__name__)
+
+
+def check_name(name: str) -> str:
+    """`--name`: a safe file stem (letters, digits, `-`, `_`, `.`; not starting with `.`)."""
+    if not _STEM.fullmatch(name or "") or len(name) > 100:
+        raise GlanceError(f"--name {name!r}: not a safe file stem (letters, digits, '-', '_', '.'; not starting "
+                          "with '.'; at most 100 characters)")
+    return name
+
+
+def lora_names(name: str = NAME) -> tuple[str, str]:
+    """The ComfyUI file names of the slow and the fast LoRA."""
+    return f"{name}-slow.safetensors", f"{name}-fast.safetensors"
 
 
 def _family(name: str):
@@ -137,7 +155,7 @@ def from_comfyui(sd: dict, family: str, config: dict, parts: dict, alpha: float 
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def converted(run: Path, role: str) -> tuple[dict, dict]:
+def converted(run: Path, role: str, name: str = NAME) -> tuple[dict, dict]:
     """(ComfyUI state dict, header) of one LoRA of a glance run."""
     from safetensors.torch import load_file
 
@@ -158,37 +176,44 @@ def converted(run: Path, role: str) -> tuple[dict, dict]:
                            alpha)
     other = "fast" if role == "slow" else "slow"
     header = {k: v for k, v in meta.items() if k != "lora_adapter_metadata"}
-    header.update({"glancetune.partner": f"glance-{other}.safetensors", "glancetune.format": "comfyui",
+    header.update({"glancetune.partner": f"{name}-{other}.safetensors", "glancetune.format": "comfyui",
                    "glancetune.comfyui.parts": json.dumps(parts, sort_keys=True),
                    "modelspec.implementation": "comfyui"})
     return sd, dict(sorted(header.items()))
 
 
-def export_run(run: str | Path, ladder_file: str | None = None, ladder_slow_steps: int | None = None) -> list[Path]:
-    """The ComfyUI copies of a run's slow and fast LoRAs and the workflow that samples them into `run/comfyui/`:
-    everything read, converted and checked first (ladder file included), then each file written to a temporary
-    name and renamed into place, the workflow last."""
-    from safetensors.torch import save_file
+def export_run(run: str | Path, ladder_file: str | None = None, ladder_slow_steps: int | None = None,
+               name: str = NAME, prompt: str | None = None) -> list[Path]:
+    """The ComfyUI copies of a run's slow and fast LoRAs (`{name}-slow/fast.safetensors`) and the workflow that
+    samples them into `run/comfyui/`: everything read, converted and checked first (ladder file included), then
+    each file written to a temporary name and renamed into place, the workflow last. `prompt`: the workflow's
+    (default: the run's training caption)."""
+    from safetensors.torch import save
 
     from .comfy_workflow import checked_workflow, plan_for_run, write_workflow
 
     run = Path(run)
+    check_name(name)
     ladder = _ladder(ladder_file, ladder_slow_steps)
-    done = {role: converted(run, role) for role in ("slow", "fast")}
-    graph = checked_workflow(plan_for_run(run, ladder))
+    done = {role: converted(run, role, name) for role in ("slow", "fast")}
+    plan = plan_for_run(run, ladder, lora_names(name), prompt)
+    graph = checked_workflow(plan)
     folder = run / FOLDER
     folder.mkdir(exist_ok=True)
     written = []
-    for role, (sd, header) in done.items():
-        path = folder / f"glance-{role}.safetensors"
+    for (role, (sd, header)), file_name in zip(done.items(), plan.loras):
+        path = folder / file_name
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            save_file(sd, str(tmp), metadata=header)
+        try:  # bytes written by Python: mode 0o666 & ~umask like every file we write (save_file makes it 0600)
+            tmp.write_bytes(save(sd, metadata=header))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
         written.append(path)
     written.append(write_workflow(folder, graph))
+    if plan.tiny:
+        log.info("notice: export: this run trained a tiny: model; the workflow names the full-size model's files, "
+                 "and a tiny model's LoRAs do not fit them (the files test the layout, not a ComfyUI run)")
     return written
 
 
@@ -212,11 +237,14 @@ def add_parser(sub) -> None:
                    "(search-ladder's JSON) instead of the run's")
     x.add_argument("--ladder-slow-steps", type=int, metavar="K", help="with --ladder-file: the first K sigmas are "
                    "the slow phase (default: half)")
+    x.add_argument("--name", default=NAME, help="stem of the LoRA files and of the workflow's LoRA names: "
+                   "NAME-slow.safetensors, NAME-fast.safetensors (default: glance; letters, digits, - _ .)")
+    x.add_argument("--prompt", metavar="TEXT", help="the workflow's prompt (default: the run's training caption)")
     x.set_defaults(handler=cmd_export)
 
 
 def cmd_export(args) -> int:
-    for p in export_run(args.run, args.ladder_file, args.ladder_slow_steps):
+    for p in export_run(args.run, args.ladder_file, args.ladder_slow_steps, args.name, args.prompt):
         print(f"wrote {p}")
     print("in ComfyUI: copy the two LoRA files into models/loras, load the workflow, pick your base model's files "
           "in its loader nodes, edit the prompt")

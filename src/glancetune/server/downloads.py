@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -50,8 +51,11 @@ def _zip(members: list[tuple[Path, str]]) -> str:
     os.close(fd)
     try:
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:  # safetensors do not compress
-            for f, name in members:
-                z.write(f, name)
+            for f, name in members:  # stored as 0644 whatever the file's own mode (an older export's were 0600)
+                info = zipfile.ZipInfo.from_file(f, name)
+                info.external_attr = (0o100644 & 0xFFFF) << 16
+                with open(f, "rb") as src, z.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
     except BaseException:
         os.unlink(path)
         raise
