@@ -23,7 +23,7 @@ from . import pages, progress
 from .activity import glance_of, live
 from .downloads import download
 from .events import sse
-from .forms import form_keys, json_body, parse_settings
+from .forms import form_keys, json_body, parse_settings, whole_number
 from .gen_api import add_gen_api
 from .generate import WarmSampler, gallery
 from .jobs import Manager
@@ -319,11 +319,7 @@ def parse_eval(body) -> tuple[int, list[str]]:
     """The eval request: {seeds: 1..16, prompts: [..] or lines (empty: glancetune's default eval set)}."""
     if not isinstance(body, dict) or set(body) - {"seeds", "prompts"}:
         raise GlanceError("eval: expected a JSON object with seeds and prompts")
-    seeds = body.get("seeds", 1)
-    if isinstance(seeds, str) and seeds.strip().isdigit():
-        seeds = int(seeds)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 16:
-        raise GlanceError(f"seeds: {seeds!r} is not a whole number from 1 to 16")
+    seeds = whole_number(body.get("seeds", 1), "seeds", 1, 16)
     prompts = body.get("prompts") or []
     if isinstance(prompts, str):
         prompts = [p.strip() for p in prompts.splitlines() if p.strip()]

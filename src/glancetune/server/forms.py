@@ -195,3 +195,12 @@ async def json_body(request, what: str):
         return await request.json()
     except (ValueError, RecursionError):
         raise GlanceError(f"{what}: the body must be JSON (and nested less deeply)") from None
+
+
+def whole_number(value, key: str, lo: int, hi: int, unit: str = "") -> int:
+    """A JSON body's whole number (digits as text too) within [lo, hi], else one line naming `key`."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise GlanceError(f"{key}: {value!r} is not a whole number{unit} from {lo} to {hi}")
+    return value

@@ -26,7 +26,7 @@ from ..config.schema import build_config, normalise_key, read_config_file
 from ..data.backends import DatasetSpec
 from ..data.buckets import file_rng, plan_crop, plan_target
 from ..errors import GlanceError
-from .forms import SERVER_KEYS, schema
+from .forms import SERVER_KEYS, schema, whole_number
 from .runs import check_image
 
 MAX_FILES = 64
@@ -137,11 +137,7 @@ def bucket_preview(body: Any) -> dict:
     and crop, and its bucket (images of one training size share one)."""
     if not isinstance(body, dict) or set(body) - {"resolution", "sizes", "model", "model_family", "model_flavour"}:
         raise GlanceError("buckets: expected a JSON object with resolution, sizes and the model")
-    res = body.get("resolution", 1024)
-    if isinstance(res, str) and res.strip().isdigit():
-        res = int(res)
-    if isinstance(res, bool) or not isinstance(res, int) or not 64 <= res <= 8192:
-        raise GlanceError(f"resolution: {res!r} is not a whole number of pixels from 64 to 8192")
+    res = whole_number(body.get("resolution", 1024), "resolution", 64, 8192, " of pixels")
     sizes = body.get("sizes")
     if not isinstance(sizes, list) or len(sizes) > MAX_FILES or not all(
             isinstance(s, list) and len(s) == 2 and all(type(v) is int and 1 <= v <= 65536 for v in s) for s in sizes):
