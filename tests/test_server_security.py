@@ -363,3 +363,18 @@ def test_a_missing_page_is_a_page_for_a_browser_and_json_for_the_api(local):
     api = client.get("/api/runs/does-not-exist", headers={"Accept": "text/html"})
     assert api.status_code == 404 and api.json() == {"error": "not found"}
     assert client.get("/runs/does-not-exist").json() == {"error": "not found"}  # no Accept: html: the JSON line
+
+
+def test_an_oversize_file_upload_is_413_on_every_upload_route(local):
+    """A body over --max-upload-mb, streamed without Content-Length, found while the form is read: 413 on the ZIP,
+    config-file and ladder uploads too (one shared reader; the ZIP and config routes answered 400 before)."""
+    client, _ = local
+
+    def chunks(field: str):
+        yield f'--x\r\nContent-Disposition: form-data; name="{field}"; filename="a.zip"\r\n\r\n'.encode()
+        for _ in range(40):
+            yield b"\0" * 2**15
+
+    for url, field in (("/api/unpack", "archive"), ("/api/config", "config")):
+        r = client.post(url, content=chunks(field), headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert r.status_code == 413 and "too large" in r.json()["error"], (url, r.status_code, r.text)

@@ -14,6 +14,7 @@ import yaml
 
 from ..config.schema import OBJECTIVE_DEFAULTS, TrainConfig
 from ..errors import GlanceError
+from .security import BodyTooLarge
 
 # set by the server for every run: where the data and the outputs live, and resuming by re-running
 SERVER_KEYS = {"data_backend_config": "the run's own dataloader JSON",
@@ -204,3 +205,19 @@ def whole_number(value, key: str, lo: int, hi: int, unit: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise GlanceError(f"{key}: {value!r} is not a whole number{unit} from {lo} to {hi}")
     return value
+
+
+async def one_upload(request, field: str, what: str) -> tuple[str, bytes]:
+    """The one file of a multipart form (FastAPI's Request), sent as `field`: (its file name, its bytes). A body over
+    the size limit stays a 413; a malformed one, another field or no file is one 400 line naming `what`."""
+    hint = f"send one file as the multipart form field {field!r}"
+    try:
+        form = await request.form(max_files=1, max_fields=1)
+    except BodyTooLarge:
+        raise
+    except Exception as e:  # noqa: BLE001 - the multipart parser's errors: a malformed body, or over a limit
+        raise GlanceError(f"{what}: malformed upload ({type(e).__name__}); {hint}") from None
+    value = form.get(field)
+    if value is None or not hasattr(value, "read") or set(form.keys()) != {field}:
+        raise GlanceError(f"{what}: {hint}")
+    return value.filename or field, await value.read()

@@ -14,29 +14,13 @@ import logging
 
 from fastapi import FastAPI, Request
 
-from ..errors import GlanceError
 from . import progress
 from .events import sse
+from .forms import one_upload
 from .ladders import list_ladders, save_upload
-from .security import BodyTooLarge
 
 log = logging.getLogger(__name__)
 EVENT_S = 0.1  # the progress stream's poll: a tiny model's image takes a fraction of a second
-
-
-async def _ladder_upload(request: Request) -> tuple[str, bytes]:
-    """The one file of a multipart upload (field `file`)."""
-    try:
-        form = await request.form(max_files=1, max_fields=2)
-    except BodyTooLarge:
-        raise
-    except Exception as e:  # noqa: BLE001 - the multipart parser's errors: a malformed body, or over a limit
-        raise GlanceError(f"ladder: malformed upload ({type(e).__name__}); send the file as the field 'file'") \
-            from None
-    value = form.get("file")
-    if value is None or not hasattr(value, "read"):
-        raise GlanceError("ladder: no file sent (the field 'file')")
-    return value.filename or "upload.json", await value.read()
 
 
 def validation_labels(run_dir, output) -> list[dict]:
@@ -80,7 +64,7 @@ def add_gen_api(app: FastAPI, srv) -> None:
     @app.post("/api/runs/{run_id}/ladders")
     async def upload_ladder(request: Request, run_id: str):
         d = srv.store.dir(run_id)
-        filename, data = await _ladder_upload(request)
+        filename, data = await one_upload(request, "file", "ladder")
         return await asyncio.to_thread(save_upload, d, filename, data)
 
     @app.get("/api/runs/{run_id}/validations")

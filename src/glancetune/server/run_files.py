@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 
 from ..errors import GlanceError
 from .downloads import _zip
-from .forms import SERVER_KEYS
+from .forms import SERVER_KEYS, one_upload
 from .runs import NotFound, RunStore
 from .uploads import bucket_preview, read_config_upload, unpack_zip, unpacked_json
 
@@ -118,18 +118,6 @@ def duplicate_inputs(store: RunStore, run_id: str) -> dict:
             "folder": rec.get("folder") if rec.get("data") == "folder" else None, "resolution": resolution}
 
 
-async def _upload(request: Request, field: str) -> tuple[str, bytes]:
-    """The one file of a multipart form (field `field`)."""
-    try:
-        form = await request.form(max_files=1, max_fields=1)
-    except Exception as e:  # noqa: BLE001 - the multipart parser: malformed, or over its limits
-        raise GlanceError(f"{field}: send one file as multipart form field {field!r} ({type(e).__name__})") from None
-    value = form.get(field)
-    if value is None or not hasattr(value, "read") or set(form.keys()) != {field}:
-        raise GlanceError(f"{field}: send one file as multipart form field {field!r}")
-    return value.filename or field, await value.read()
-
-
 def add_run_files(app: FastAPI, srv) -> None:
     """Register the routes above on the app (`srv`: app.Server)."""
     from .forms import json_body
@@ -139,7 +127,7 @@ def add_run_files(app: FastAPI, srv) -> None:
 
     @app.post("/api/unpack")
     async def unpack(request: Request):
-        _, data = await _upload(request, "archive")
+        _, data = await one_upload(request, "archive", "archive")
         return unpacked_json(await asyncio.to_thread(unpack_zip, data))
 
     @app.post("/api/buckets")
@@ -148,7 +136,7 @@ def add_run_files(app: FastAPI, srv) -> None:
 
     @app.post("/api/config")
     async def read_config(request: Request):
-        name, data = await _upload(request, "config")
+        name, data = await one_upload(request, "config", "config")
         return await asyncio.to_thread(read_config_upload, name, data)
 
     @app.get("/api/runs/{run_id}/config")
