@@ -19,7 +19,6 @@ from .progress import log_tail
 EVAL_ROWS = ("passes_per_image", "seconds_median", "psnr_mean", "ssim_mean", "ms_ssim_mean", "latent_mse_mean",
              "alarms")
 VALIDATION_KEYS = ("validation_prompt", "validation_prompts", "user_prompt_library")
-DEFAULT_EVAL_PROMPTS = 32  # glancetune eval's own prompt set, when the run page sends none
 _STEP = re.compile(r"^step (\d+)/(\d+) ")
 _VALIDATED = re.compile(r"^validation step (\d+):")
 _EVERY = re.compile(r"^validation: .* at step 0, every (\d+) steps")
@@ -115,12 +114,13 @@ def eval_progress(log_text: str, prompts_file: str | None, seeds: int) -> dict:
     """{done, total} prompt x seed pairs of the running eval job (its `eval: NAME seed S done` lines)."""
     lines = job_lines(log_text)
     done = sum(1 for line in lines if line.startswith("eval: ") and line.rstrip().endswith(" done"))
-    n = DEFAULT_EVAL_PROMPTS
-    if prompts_file:
-        try:
-            n = len(json.loads(Path(prompts_file).read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
-            pass
+    from ..errors import GlanceError
+    from ..sampling.prompts import eval_prompts
+
+    try:  # the prompts eval reads, as it reads them (its own set when the page sends none)
+        n = len(eval_prompts(prompts_file or None))
+    except GlanceError:  # an unreadable file: the eval job says so; count its own set meanwhile
+        n = len(eval_prompts(None))
     return {"done": done, "total": n * max(1, seeds)}
 
 
